@@ -1,0 +1,143 @@
+//! The optional `thaw.toml` at the top of a bundle.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::paths::normalize_rel;
+use crate::{validate_name, BundleError};
+
+/// The settings file's name, at the top of the bundle.
+pub const SETTINGS_FILE: &str = "thaw.toml";
+
+/// A function's settings. Every key is optional in `thaw.toml`; missing ones
+/// take the defaults of [`Settings::default`]. Serde uses the TOML key names
+/// (`memory`, `timeout`, `concurrency`, `keep_alive`, `env`), also in JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The function's name (the CLI's default for `thaw deploy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The entry file, relative to the bundle root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+    /// Memory per instance in MiB, 64..=4096.
+    #[serde(rename = "memory", default = "default_memory")]
+    pub memory_mb: u32,
+    /// Longest a request may run, in seconds, 1..=900.
+    #[serde(rename = "timeout", default = "default_timeout")]
+    pub timeout_s: u32,
+    /// Requests one instance handles at once, 1..=1000.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// How long an idle instance stays warm, in seconds, 0..=86400.
+    #[serde(rename = "keep_alive", default = "default_keep_alive")]
+    pub keep_alive_s: u32,
+    /// Environment variables for the function.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+fn default_memory() -> u32 {
+    256
+}
+fn default_timeout() -> u32 {
+    30
+}
+fn default_concurrency() -> u32 {
+    1
+}
+fn default_keep_alive() -> u32 {
+    300
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            name: None,
+            entry: None,
+            memory_mb: default_memory(),
+            timeout_s: default_timeout(),
+            concurrency: default_concurrency(),
+            keep_alive_s: default_keep_alive(),
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// Parses and validates the text of a `thaw.toml`.
+    pub fn from_toml(text: &str) -> Result<Settings, BundleError> {
+        let settings: Settings = toml::from_str(text).map_err(|e| BundleError::BadSettings {
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks the values serde cannot: ranges, the name, the entry path and
+    /// env keys. Useful for settings that arrive some other way than TOML.
+    pub fn validate(&self) -> Result<(), BundleError> {
+        let bad = |message: String| Err(BundleError::BadSettings { message });
+        if let Some(name) = &self.name {
+            if let Err(e) = validate_name(name) {
+                return bad(format!("`name`: {e}"));
+            }
+        }
+        if let Some(entry) = &self.entry {
+            if let Err(problem) = normalize_rel(entry.as_bytes()).and_then(|e| e.ok_or("")) {
+                let problem = if problem.is_empty() {
+                    "names the folder itself, not a file"
+                } else {
+                    problem
+                };
+                return bad(format!("`entry = {entry:?}` {problem}"));
+            }
+        }
+        let ranges = [
+            ("memory", "MiB", self.memory_mb, 64, 4096),
+            ("timeout", "seconds", self.timeout_s, 1, 900),
+            ("concurrency", "requests", self.concurrency, 1, 1000),
+            ("keep_alive", "seconds", self.keep_alive_s, 0, 86400),
+        ];
+        for (key, unit, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return bad(format!(
+                    "`{key} = {value}` is out of range: it must be between {min} and {max} ({unit})"
+                ));
+            }
+        }
+        for key in self.env.keys() {
+            let mut chars = key.chars();
+            let ok = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return bad(format!(
+                    "environment variable name {key:?} in [env] is invalid: names are letters, \
+                     digits and '_', and do not start with a digit"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads `thaw.toml` at the top of `dir`; no file means all defaults.
+pub fn read_settings(dir: &Path) -> Result<Settings, BundleError> {
+    let path = dir.join(SETTINGS_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Settings::default()),
+        Err(e) => return Err(BundleError::io(format!("cannot read `{}`", path.display()), e)),
+    };
+    let text = String::from_utf8(bytes).map_err(|_| BundleError::BadSettings {
+        message: "the file is not valid UTF-8: save it as UTF-8 text".into(),
+    })?;
+    Settings::from_toml(&text)
+}

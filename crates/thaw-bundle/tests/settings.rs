@@ -1,0 +1,211 @@
+//! thaw.toml and finding the entry file.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::symlink;
+
+use common::write;
+use thaw_bundle::{find_entry, read_settings, Settings};
+
+fn settings_err(toml: &str) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "thaw.toml", toml);
+    let err = read_settings(tmp.path()).unwrap_err();
+    assert_eq!(err.code(), "bad_settings", "{err}");
+    err.to_string()
+}
+
+#[test]
+fn defaults_without_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = read_settings(tmp.path()).unwrap();
+    assert_eq!(s, Settings::default());
+    assert_eq!(
+        (s.memory_mb, s.timeout_s, s.concurrency, s.keep_alive_s),
+        (256, 30, 1, 300)
+    );
+    assert!(s.name.is_none() && s.entry.is_none() && s.env.is_empty());
+    // An empty file means defaults too.
+    write(tmp.path(), "thaw.toml", "");
+    assert_eq!(read_settings(tmp.path()).unwrap(), Settings::default());
+}
+
+#[test]
+fn full_example() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        tmp.path(),
+        "thaw.toml",
+        r#"
+name = "hello-api"
+entry = "src/main.ts"
+memory = 512
+timeout = 60
+concurrency = 8
+keep_alive = 0
+
+[env]
+GREETING = "hi"
+_PRIVATE_1 = ""
+"#,
+    );
+    let s = read_settings(tmp.path()).unwrap();
+    let env = BTreeMap::from([
+        ("GREETING".to_string(), "hi".to_string()),
+        ("_PRIVATE_1".to_string(), String::new()),
+    ]);
+    assert_eq!(
+        s,
+        Settings {
+            name: Some("hello-api".into()),
+            entry: Some("src/main.ts".into()),
+            memory_mb: 512,
+            timeout_s: 60,
+            concurrency: 8,
+            keep_alive_s: 0,
+            env,
+        }
+    );
+    // Serde uses the TOML names, so settings survive a JSON round trip.
+    let json = serde_json::to_string(&s).unwrap();
+    assert!(json.contains("\"memory\":512"), "{json}");
+    assert_eq!(serde_json::from_str::<Settings>(&json).unwrap(), s);
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let msg = settings_err("memory = 128\nmemroy_mb = 3\n");
+    assert!(msg.contains("memroy_mb"), "{msg}");
+    assert!(msg.contains("line 2"), "{msg}");
+}
+
+#[test]
+fn bad_types() {
+    let msg = settings_err("memory = \"big\"\n");
+    assert!(msg.contains("memory") || msg.contains("line 1"), "{msg}");
+    let msg = settings_err("[env]\nPORT = 8080\n");
+    assert!(msg.contains("line 2") && msg.contains("string"), "{msg}");
+    let msg = settings_err("timeout = -1\n");
+    assert!(msg.contains("line 1"), "{msg}");
+}
+
+#[test]
+fn syntax_error_has_line_and_column() {
+    let msg = settings_err("name = \"a\"\nmemory = = 3\n");
+    assert!(msg.contains("line 2, column"), "{msg}");
+}
+
+#[test]
+fn out_of_range_values() {
+    for (toml, key) in [
+        ("memory = 32", "memory = 32"),
+        ("memory = 5000", "between 64 and 4096"),
+        ("timeout = 0", "timeout = 0"),
+        ("timeout = 901", "between 1 and 900"),
+        ("concurrency = 0", "concurrency"),
+        ("keep_alive = 86401", "keep_alive"),
+    ] {
+        let msg = settings_err(toml);
+        assert!(msg.contains(key), "{toml}: {msg}");
+    }
+}
+
+#[test]
+fn bad_name_entry_and_env_key() {
+    let msg = settings_err("name = \"Hello\"\n");
+    assert!(msg.contains("Hello") && msg.contains("lowercase"), "{msg}");
+    let msg = settings_err("entry = \"../x.js\"\n");
+    assert!(msg.contains("../x.js"), "{msg}");
+    let msg = settings_err("entry = \"/abs.js\"\n");
+    assert!(msg.contains("/abs.js"), "{msg}");
+    for key in ["1ABC", "A-B", "\"A B\"", "\"\""] {
+        let msg = settings_err(&format!("[env]\n{key} = \"x\"\n"));
+        assert!(msg.contains("environment variable name"), "{key}: {msg}");
+    }
+}
+
+fn entry_of(files: &[&str]) -> Result<String, thaw_bundle::BundleError> {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in files {
+        write(tmp.path(), f, "1");
+    }
+    find_entry(tmp.path(), &Settings::default())
+}
+
+#[test]
+fn entry_from_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "src/main.ts", "1");
+    write(tmp.path(), "index.js", "1");
+    let mut s = Settings {
+        entry: Some("./src/main.ts".into()),
+        ..Settings::default()
+    };
+    assert_eq!(find_entry(tmp.path(), &s).unwrap(), "src/main.ts");
+    s.entry = Some("src/missing.ts".into());
+    let err = find_entry(tmp.path(), &s).unwrap_err();
+    assert_eq!(err.code(), "no_entry");
+    assert!(err.to_string().contains("src/missing.ts"), "{err}");
+    s.entry = Some("src".into());
+    assert_eq!(find_entry(tmp.path(), &s).unwrap_err().code(), "no_entry");
+}
+
+#[test]
+fn entry_from_package_json_main() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "lib/server.js", "1");
+    write(tmp.path(), "a.js", "1");
+    write(tmp.path(), "b.js", "1");
+    write(tmp.path(), "package.json", r#"{"main": "./lib/server.js"}"#);
+    assert_eq!(find_entry(tmp.path(), &Settings::default()).unwrap(), "lib/server.js");
+    // Without extension, like Node.
+    write(tmp.path(), "package.json", r#"{"main": "lib/server"}"#);
+    assert_eq!(find_entry(tmp.path(), &Settings::default()).unwrap(), "lib/server.js");
+    // A folder with an index.
+    write(tmp.path(), "pkg/index.mjs", "1");
+    write(tmp.path(), "package.json", r#"{"main": "pkg"}"#);
+    assert_eq!(find_entry(tmp.path(), &Settings::default()).unwrap(), "pkg/index.mjs");
+    // A main that names nothing falls through to the other rules.
+    write(tmp.path(), "package.json", r#"{"main": "index.js"}"#);
+    write(tmp.path(), "index.ts", "1");
+    assert_eq!(find_entry(tmp.path(), &Settings::default()).unwrap(), "index.ts");
+    // Invalid JSON is an error.
+    write(tmp.path(), "package.json", "{ main: nope");
+    let err = find_entry(tmp.path(), &Settings::default()).unwrap_err();
+    assert_eq!(err.code(), "bad_package_json");
+    assert!(err.to_string().contains("line 1"), "{err}");
+}
+
+#[test]
+fn entry_single_top_level_file() {
+    let found = entry_of(&["handler.ts", "types.d.ts", "README.md", "lib/x.js", "node_modules/y/index.js"]);
+    assert_eq!(found.unwrap(), "handler.ts");
+    assert_eq!(entry_of(&["app.cjs", ".eslintrc.js"]).unwrap(), "app.cjs");
+}
+
+#[test]
+fn entry_single_index() {
+    assert_eq!(entry_of(&["index.ts", "helpers.ts", "config.js"]).unwrap(), "index.ts");
+}
+
+#[test]
+fn entry_ambiguity_lists_candidates() {
+    let err = entry_of(&["a.js", "b.ts", "index.js", "index.ts"]).unwrap_err();
+    assert_eq!(err.code(), "no_entry");
+    let msg = err.to_string();
+    for needle in ["a.js", "b.ts", "index.js", "index.ts", "entry = ", "package.json"] {
+        assert!(msg.contains(needle), "{needle} not in: {msg}");
+    }
+    let err = entry_of(&["README.md", "src/index.ts"]).unwrap_err();
+    assert_eq!(err.code(), "no_entry");
+    assert!(err.to_string().contains("no entry file found"), "{err}");
+}
+
+#[test]
+fn entry_through_in_tree_symlink() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "dist/main.js", "1");
+    symlink("dist/main.js", tmp.path().join("main.js")).unwrap();
+    assert_eq!(find_entry(tmp.path(), &Settings::default()).unwrap(), "main.js");
+}

@@ -1,0 +1,352 @@
+//! `thaw`: the command line. It parses arguments and calls the libraries
+//! (`thaw up`) or the HTTP API (everything else); it holds no logic of its
+//! own beyond presenting results.
+
+mod client;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use client::Client;
+use serde_json::Value;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+
+#[derive(Parser)]
+#[command(
+    name = "thaw",
+    version,
+    about = "Self-hosted serverless functions for Node.js",
+    long_about = "thaw runs folders of JavaScript or TypeScript as HTTP functions on your own host.\n\n\
+Start the platform with `thaw up`, then from another terminal:\n  \
+thaw deploy ./my-function        # pack, upload, print the URL\n  \
+curl http://127.0.0.1:8787/fn/my-function/\n  \
+thaw logs my-function -f         # console output, live",
+    after_help = "Every command but `up` talks to a running platform: --server (or THAW_SERVER) says where, \
+and the API token comes from THAW_TOKEN or the `token` file in the data directory."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct Remote {
+    /// URL of the platform.
+    #[arg(long, env = "THAW_SERVER", default_value = "http://127.0.0.1:8787", global = true)]
+    server: String,
+    /// API token. Without it, the `token` file in the data directory is used.
+    #[arg(long, env = "THAW_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Data directory of a platform on this host, where its token file is.
+    #[arg(long, env = "THAW_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the platform in the foreground (API, gateway, registry, runtimes).
+    #[command(after_help = "Examples:\n  thaw up\n  thaw up --data-dir /var/lib/thaw --listen 0.0.0.0:8787\n\n\
+The API token is THAW_TOKEN when set; otherwise one is created on first start and kept in DATA_DIR/token.")]
+    Up {
+        /// Where functions, code and logs are kept [default: $XDG_DATA_HOME/thaw or ~/.local/share/thaw]
+        #[arg(long, env = "THAW_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Address to serve the API and functions on.
+        #[arg(long, env = "THAW_LISTEN", default_value = DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// The node binary runtimes use.
+        #[arg(long, env = "THAW_NODE", default_value = "node")]
+        node: PathBuf,
+    },
+    /// Deploy a folder as a function and print its URL.
+    #[command(after_help = "The folder may hold a thaw.toml:\n  \
+name = \"hello\"        # default: the folder's name\n  \
+entry = \"index.ts\"    # default: package.json main, or the only source file\n  \
+memory = 256          # MiB\n  \
+timeout = 30          # seconds\n  \
+concurrency = 1       # requests one instance serves at once\n  \
+keep_alive = 300      # seconds an idle instance stays warm\n  \
+[env]\n  \
+GREETING = \"hi\"\n\n\
+node_modules is uploaded when present; list paths to leave out in .thawignore (gitignore syntax).\n\
+TypeScript is compiled on the platform: nothing to install.")]
+    Deploy {
+        /// Folder to deploy.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Function name [default: thaw.toml `name`, else the folder's name]
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Call a function with a JSON event and print its answer; its console
+    /// output goes to stderr.
+    #[command(after_help = "Examples:\n  thaw invoke hello\n  thaw invoke hello --data '{\"name\":\"Ada\"}'\n  \
+thaw invoke hello --data @event.json\n  echo '{}' | thaw invoke hello --data @-\n  \
+thaw invoke hello-service --data '{\"jsonrpc\":\"2.0\",\"method\":\"HelloWorldService.helloWorld\",\"params\":[],\"id\":1}'")]
+    Invoke {
+        name: String,
+        /// The event: JSON text, @FILE, or @- for standard input.
+        #[arg(long, short = 'd')]
+        data: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List deployed functions.
+    Ls {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show a function's console output.
+    Logs {
+        name: String,
+        /// Keep printing new lines as they come.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// How many of the newest lines to show first.
+        #[arg(long, short = 'n', default_value_t = 100)]
+        lines: u32,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Remove a function: it stops answering, its instances end, its logs go.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up {
+            data_dir,
+            listen,
+            node,
+        } => up(data_dir.unwrap_or_else(default_data_dir), listen, node),
+        Command::Deploy { dir, name, remote } => deploy(&Client::new(&remote_config(&remote))?, &dir, name),
+        Command::Invoke { name, data, remote } => {
+            invoke(&Client::new(&remote_config(&remote))?, &name, data)
+        }
+        Command::Ls { json, remote } => ls(&Client::new(&remote_config(&remote))?, json),
+        Command::Logs {
+            name,
+            follow,
+            lines,
+            remote,
+        } => logs(&Client::new(&remote_config(&remote))?, &name, follow, lines),
+        Command::Rm { name, remote } => {
+            let c = Client::new(&remote_config(&remote))?;
+            c.delete(&format!("/v1/functions/{name}"))?;
+            println!("removed {name}");
+            Ok(())
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("thaw");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".local/share/thaw")
+}
+
+fn remote_config(r: &Remote) -> client::RemoteConfig {
+    client::RemoteConfig {
+        server: r.server.trim_end_matches('/').to_string(),
+        token: r.token.clone().filter(|t| !t.is_empty()),
+        data_dir: r.data_dir.clone().unwrap_or_else(default_data_dir),
+    }
+}
+
+fn up(data_dir: PathBuf, listen: SocketAddr, node: PathBuf) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("THAW_LOG")
+                .unwrap_or_else(|_| "thaw=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = thaw_gateway::Config::new(data_dir, listen);
+    config.token = std::env::var("THAW_TOKEN").ok();
+    config.node = node;
+    config.esbuild = std::env::var_os("THAW_ESBUILD").map(PathBuf::from);
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(thaw_gateway::serve(config))
+}
+
+/// The function name for a folder: --name, else thaw.toml's, else the
+/// folder's own name made valid.
+fn function_name(dir: &Path, flag: Option<String>) -> anyhow::Result<String> {
+    if let Some(n) = flag {
+        return Ok(n);
+    }
+    let settings = thaw_bundle::read_settings(dir)?;
+    if let Some(n) = settings.name {
+        return Ok(n);
+    }
+    let abs = dir
+        .canonicalize()
+        .with_context(|| format!("cannot open {}", dir.display()))?;
+    let base = abs
+        .file_name()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let cleaned: String = base
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let cleaned = cleaned.trim_matches('-').to_string();
+    if thaw_bundle::validate_name(&cleaned).is_err() {
+        bail!(
+            "cannot make a function name from the folder name {base:?}: pass --name or set `name` in thaw.toml"
+        );
+    }
+    Ok(cleaned)
+}
+
+fn deploy(c: &Client, dir: &Path, name: Option<String>) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        bail!("{} is not a folder: pass the folder holding your function", dir.display());
+    }
+    let name = function_name(dir, name)?;
+    thaw_bundle::validate_name(&name)?;
+    let limits = thaw_bundle::Limits::default();
+    let packed = thaw_bundle::pack_dir(dir, &limits)?;
+    eprintln!(
+        "packed {} files ({:.1} KiB, {:.1} KiB compressed); uploading {name}…",
+        packed.files,
+        packed.unpacked_bytes as f64 / 1024.0,
+        packed.archive.len() as f64 / 1024.0
+    );
+    let v = c.put_archive(&format!("/v1/functions/{name}"), packed.archive)?;
+    eprintln!(
+        "deployed {name} version {} (entry {})",
+        v["version"], v["entry"].as_str().unwrap_or("?")
+    );
+    println!("{}", v["url"].as_str().unwrap_or(""));
+    Ok(())
+}
+
+fn read_event(data: Option<String>) -> anyhow::Result<Vec<u8>> {
+    let Some(data) = data else {
+        return Ok(b"null".to_vec());
+    };
+    let bytes = match data.strip_prefix('@') {
+        Some("-") => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+            buf
+        }
+        Some(path) => std::fs::read(path).with_context(|| format!("cannot read {path}"))?,
+        None => data.into_bytes(),
+    };
+    serde_json::from_slice::<Value>(&bytes)
+        .context("--data is not valid JSON (pass JSON text, @FILE or @-)")?;
+    Ok(bytes)
+}
+
+fn invoke(c: &Client, name: &str, data: Option<String>) -> anyhow::Result<()> {
+    let event = read_event(data)?;
+    let (ok, v) = c.post_json_raw(&format!("/v1/functions/{name}/invoke"), event)?;
+    for l in v["logs"].as_array().into_iter().flatten() {
+        eprintln!("{}", l["line"].as_str().unwrap_or(""));
+    }
+    if !ok {
+        bail!("{}", client::error_message(&v));
+    }
+    if let Some(err) = v.get("error") {
+        bail!(
+            "the handler threw {}: {}",
+            err["name"].as_str().unwrap_or("an error"),
+            err["message"].as_str().unwrap_or("")
+        );
+    }
+    let mut out = std::io::stdout();
+    if let Some(body) = v["body"].as_str() {
+        out.write_all(body.as_bytes())?;
+        if !body.ends_with('\n') {
+            out.write_all(b"\n")?;
+        }
+    } else if let Some(b64) = v["body_base64"].as_str() {
+        writeln!(out, "(binary body, base64) {b64}")?;
+    }
+    let status = v["status"].as_u64().unwrap_or(0);
+    if status >= 400 {
+        bail!("the function answered with status {status}");
+    }
+    Ok(())
+}
+
+fn ls(c: &Client, json: bool) -> anyhow::Result<()> {
+    let v = c.get("/v1/functions")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let fns = v["functions"].as_array().cloned().unwrap_or_default();
+    if fns.is_empty() {
+        println!("no functions deployed: try `thaw deploy DIR`");
+        return Ok(());
+    }
+    println!("{:<24} {:>7} {:>5} {:>5}  URL", "NAME", "VERSION", "BUSY", "IDLE");
+    for f in fns {
+        println!(
+            "{:<24} {:>7} {:>5} {:>5}  {}",
+            f["name"].as_str().unwrap_or(""),
+            f["version"],
+            f["instances"]["busy"],
+            f["instances"]["idle"],
+            f["url"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+fn print_logs(v: &Value) -> i64 {
+    for l in v["logs"].as_array().into_iter().flatten() {
+        let ts = l["ts_ms"].as_i64().unwrap_or(0);
+        let secs = ts / 1000;
+        let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+        let inv = l["invocation"]
+            .as_u64()
+            .map(|i| format!("{i:x}"))
+            .unwrap_or_else(|| "-".into());
+        let stream = if l["stream"] == "stderr" { "ERR " } else { "" };
+        println!(
+            "{h:02}:{m:02}:{s:02}.{:03} [{inv}] {stream}{}",
+            ts % 1000,
+            l["line"].as_str().unwrap_or("")
+        );
+    }
+    v["next"].as_i64().unwrap_or(0)
+}
+
+fn logs(c: &Client, name: &str, follow: bool, lines: u32) -> anyhow::Result<()> {
+    let first = c.get(&format!("/v1/functions/{name}/logs?limit={lines}"))?;
+    let mut next = print_logs(&first);
+    while follow {
+        std::io::stdout().flush()?;
+        std::thread::sleep(Duration::from_millis(500));
+        let v = c.get(&format!("/v1/functions/{name}/logs?after={next}&limit=1000"))?;
+        next = print_logs(&v);
+    }
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! `ANY /fn/{name}/{path...}`: one HTTP request, one invocation.
+//!
+//! The request reaches the runtime with its method, raw path, raw query,
+//! headers and body as they came (bodies as bytes, so binary survives).
+//! The runtime's answer is checked before it becomes the response: it is
+//! the function's output, and the function is not trusted.
+
+use crate::errors::{invoke_error, ApiError};
+use crate::platform::Platform;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderName, HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use thaw_protocol::{HttpRequest, Payload};
+use thaw_sandbox::InvokeOutcome;
+
+/// Headers that describe one hop of the connection, not the message: they
+/// are neither passed to the function nor taken from its answer.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+pub async fn call(
+    State(p): State<Arc<Platform>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request<Body>,
+) -> Response {
+    match serve(p, peer, request).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Splits `/fn/{name}{rest}` keeping `rest` exactly as sent.
+fn split_path(path: &str) -> Option<(&str, &str)> {
+    let after = path.strip_prefix("/fn/")?;
+    match after.find('/') {
+        Some(i) => Some((&after[..i], &after[i..])),
+        None => Some((after, "/")),
+    }
+}
+
+async fn serve(
+    p: Arc<Platform>,
+    peer: SocketAddr,
+    request: Request<Body>,
+) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let (name, rest) = split_path(parts.uri.path()).ok_or_else(|| ApiError::not_found(""))?;
+    let route = p.route(name).ok_or_else(|| ApiError::not_found(name))?;
+    let limit = p.config.max_request_bytes;
+    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request bodies are limited to {} MiB", limit / (1024 * 1024)),
+        )
+    })?;
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()))
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost")
+        .to_string();
+    let payload = Payload::Request(HttpRequest {
+        method: parts.method.as_str().to_string(),
+        path: rest.to_string(),
+        query: parts.uri.query().unwrap_or("").to_string(),
+        headers,
+        body: base64::engine::general_purpose::STANDARD.encode(&body),
+        source_ip: peer.ip().to_string(),
+        host,
+    });
+
+    let inv = match p.scheduler.invoke(&route.spec, payload).await {
+        Ok(inv) => inv,
+        Err(e) => {
+            let err = invoke_error(&e);
+            return Ok(with_meta(err.into_response(), None, None));
+        }
+    };
+    let cold = Some(inv.cold);
+    let id = Some(inv.id);
+    let response = match inv.outcome {
+        InvokeOutcome::Reply(reply) => build_response(reply)?,
+        InvokeOutcome::HandlerError {
+            name: error_name,
+            message,
+            ..
+        } => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "handler_error",
+            message,
+        )
+        .with(json!({ "name": error_name }))
+        .into_response(),
+    };
+    Ok(with_meta(response, id, cold))
+}
+
+/// Marks a response with its invocation id and whether it was a cold start.
+fn with_meta(mut response: Response, id: Option<u64>, cold: Option<bool>) -> Response {
+    let h = response.headers_mut();
+    if let Some(id) = id {
+        h.insert("x-thaw-invocation", HeaderValue::from(id));
+    }
+    if let Some(cold) = cold {
+        h.insert(
+            "x-thaw-start",
+            HeaderValue::from_static(if cold { "cold" } else { "warm" }),
+        );
+    }
+    response
+}
+
+fn bad_output(what: String) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "bad_response",
+        format!("the function answered with {what}"),
+    )
+}
+
+fn build_response(reply: thaw_sandbox::Reply) -> Result<Response, ApiError> {
+    let status = StatusCode::from_u16(reply.status)
+        .ok()
+        .filter(|s| (200..=599).contains(&s.as_u16()))
+        .ok_or_else(|| bad_output(format!("an invalid status code {}", reply.status)))?;
+    let mut response = Response::new(Body::from(reply.body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    for (name, value) in reply.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| bad_output(format!("an invalid header name {name:?}")))?;
+        if HOP_BY_HOP.contains(&name.as_str()) {
+            continue;
+        }
+        let value = HeaderValue::from_str(&value)
+            .map_err(|_| bad_output(format!("an invalid value for header {name}")))?;
+        headers.append(name, value);
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rest_of_the_path_is_kept_as_sent() {
+        assert_eq!(split_path("/fn/hello"), Some(("hello", "/")));
+        assert_eq!(split_path("/fn/hello/"), Some(("hello", "/")));
+        assert_eq!(
+            split_path("/fn/hello/a%2Fb/c"),
+            Some(("hello", "/a%2Fb/c"))
+        );
+        assert_eq!(split_path("/v1/x"), None);
+    }
+
+    #[test]
+    fn a_function_cannot_answer_with_broken_headers_or_status() {
+        let reply = |status, headers: Vec<(&str, &str)>| thaw_sandbox::Reply {
+            status,
+            headers: headers
+                .into_iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            body: Vec::new(),
+        };
+        assert!(build_response(reply(200, vec![("x-ok", "1")])).is_ok());
+        assert_eq!(
+            build_response(reply(200, vec![("bad header", "1")]))
+                .unwrap_err()
+                .status,
+            StatusCode::BAD_GATEWAY
+        );
+        assert!(build_response(reply(200, vec![("x", "a\r\nb")])).is_err());
+        assert!(build_response(reply(99, vec![])).is_err());
+        assert!(build_response(reply(1000, vec![])).is_err());
+        let r = build_response(reply(201, vec![("transfer-encoding", "chunked")])).unwrap();
+        assert!(r.headers().get("transfer-encoding").is_none());
+    }
+}

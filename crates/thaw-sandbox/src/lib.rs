@@ -1,0 +1,55 @@
+//! Sandbox drivers: where a runtime instance runs.
+//!
+//! A [`Driver`] starts runtimes (Node with the thaw shim, bound to no
+//! function yet) and hands back an [`Instance`]: the driver-independent end
+//! of the wire protocol, which binds the runtime to one function version
+//! with `init`, runs invocations by id, collects their console output and
+//! notices when the runtime dies. The `process` driver runs each instance as
+//! its own Node process talking over a socketpair.
+//!
+//! This crate must not know about HTTP, the registry or scheduling policy:
+//! it starts, talks to and kills runtimes, nothing more.
+
+mod instance;
+mod process;
+
+pub use instance::{Binding, Instance, InvokeOutcome, LogLine, LogSink, Reply, RuntimeProcess};
+pub use process::{ProcessDriver, ProcessDriverConfig};
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("could not start the runtime: {0}")]
+    Start(String),
+    #[error("the runtime did not become ready: {0}")]
+    NotReady(String),
+    #[error("the function failed to initialise: {message}")]
+    Init {
+        message: String,
+        stack: Option<String>,
+    },
+    #[error("the runtime exited ({0})")]
+    Crashed(String),
+    #[error("wire protocol error: {0}")]
+    Protocol(#[from] thaw_protocol::ProtocolError),
+}
+
+/// What varies between the places a runtime can run.
+pub trait Driver: Send + Sync + 'static {
+    /// Short name shown in logs, metrics and `thaw ls`.
+    fn name(&self) -> &'static str;
+
+    /// Starts a runtime and waits until it has announced itself ready.
+    /// Output that belongs to no invocation goes to `sink`.
+    fn start(&self, sink: Arc<dyn LogSink>) -> BoxFuture<'_, Result<Instance, SandboxError>>;
+
+    /// The path under which a runtime of this driver sees a code tree that
+    /// the host keeps at `host_dir`.
+    fn code_path(&self, host_dir: &Path) -> String;
+}

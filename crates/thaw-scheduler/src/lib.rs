@@ -1,0 +1,415 @@
+//! The scheduler: which instance serves a call.
+//!
+//! Instances are grouped in pools, one per function version. A call takes
+//! an instance of its version with room for one more request, or starts one
+//! (a cold start) while the version has fewer than its maximum, or waits in
+//! a bounded queue. A call that outlives the function's timeout kills its
+//! instance; an instance that dies is dropped from its pool and the next
+//! call starts a fresh one. Idle instances are reclaimed after the
+//! function's keep-alive, and a deploy retires the pools of older versions.
+//!
+//! This crate must not know HTTP or the registry: it is given a
+//! [`FunctionSpec`] and a payload and answers with an outcome.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use thaw_protocol::{Init, Payload};
+use thaw_sandbox::{Driver, Instance, InvokeOutcome, LogLine, LogSink, SandboxError};
+use tokio::sync::Notify;
+
+/// Everything the scheduler needs to know about one function version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionSpec {
+    pub name: String,
+    pub version: i64,
+    /// The read-only code tree on the host.
+    pub code_dir: PathBuf,
+    /// Entry module, relative to the code tree.
+    pub entry: String,
+    pub env: BTreeMap<String, String>,
+    pub timeout: Duration,
+    pub memory_mb: u32,
+    /// Requests one instance serves at once.
+    pub concurrency: u32,
+    pub keep_alive: Duration,
+    pub max_instances: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Calls that may wait for an instance, per function version.
+    pub queue_limit: usize,
+    /// How long a queued call waits before giving up.
+    pub queue_timeout: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            queue_limit: 100,
+            queue_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a call got no answer from the function.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("the function did not answer within its timeout of {}s", .timeout.as_secs_f64())]
+    Timeout {
+        timeout: Duration,
+        logs: Vec<LogLine>,
+    },
+    #[error("the function's instance crashed: {reason}")]
+    Crashed { reason: String, logs: Vec<LogLine> },
+    #[error("the function failed to start: {message}")]
+    InitFailed {
+        message: String,
+        stack: Option<String>,
+    },
+    #[error("no runtime could be started: {0}")]
+    Unavailable(String),
+    #[error("too many requests waiting for this function ({0} queued); retry later")]
+    QueueFull(usize),
+    #[error("no instance of this function became free within {}s", .0.as_secs())]
+    QueueTimeout(Duration),
+}
+
+/// A finished call.
+#[derive(Debug)]
+pub struct Invocation {
+    pub id: u64,
+    pub outcome: InvokeOutcome,
+    pub logs: Vec<LogLine>,
+    /// Whether this call started its instance.
+    pub cold: bool,
+    pub pid: Option<u32>,
+}
+
+struct Slot {
+    instance: Instance,
+    inflight: u32,
+    last_used: Instant,
+}
+
+#[derive(Default)]
+struct Pool {
+    slots: Vec<Slot>,
+    starting: u32,
+    waiting: usize,
+    freed: Arc<Notify>,
+}
+
+type PoolKey = (String, i64);
+
+pub struct Scheduler {
+    driver: Arc<dyn Driver>,
+    sink: Arc<dyn LogSink>,
+    config: SchedulerConfig,
+    pools: Mutex<HashMap<PoolKey, Pool>>,
+    next_id: AtomicU64,
+}
+
+/// Instances counted by what they are doing, for `thaw ls` and metrics.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct PoolStats {
+    pub busy: u32,
+    pub idle: u32,
+    pub starting: u32,
+    pub waiting: usize,
+}
+
+enum Acquired {
+    Warm(Instance),
+    Cold,
+}
+
+impl Scheduler {
+    pub fn new(driver: Arc<dyn Driver>, sink: Arc<dyn LogSink>, config: SchedulerConfig) -> Self {
+        // Invocation ids name log lines in the registry, so they must not
+        // repeat across restarts: start from the clock.
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        Scheduler {
+            driver,
+            sink,
+            config,
+            pools: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(seed),
+        }
+    }
+
+    pub fn driver_name(&self) -> &'static str {
+        self.driver.name()
+    }
+
+    /// Runs one call of `spec` with `payload`.
+    pub async fn invoke(
+        &self,
+        spec: &FunctionSpec,
+        payload: Payload,
+    ) -> Result<Invocation, InvokeError> {
+        let key: PoolKey = (spec.name.clone(), spec.version);
+        let (instance, cold) = match self.acquire(&key, spec).await? {
+            Acquired::Warm(instance) => (instance, false),
+            Acquired::Cold => (self.start_bound(&key, spec, 1).await?, true),
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let deadline_ms = SystemTime::now()
+            .checked_add(spec.timeout)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(u64::MAX);
+        let call = instance.invoke(id, deadline_ms, payload);
+        let result = match tokio::time::timeout(spec.timeout, call).await {
+            Err(_) => {
+                let logs = instance.abandon(id);
+                instance.kill();
+                Err(InvokeError::Timeout {
+                    timeout: spec.timeout,
+                    logs,
+                })
+            }
+            Ok((Ok(outcome), logs)) => Ok(Invocation {
+                id,
+                outcome,
+                logs,
+                cold,
+                pid: instance.pid(),
+            }),
+            Ok((Err(e), logs)) => Err(InvokeError::Crashed {
+                reason: match e {
+                    SandboxError::Crashed(reason) => reason,
+                    other => other.to_string(),
+                },
+                logs,
+            }),
+        };
+        self.release(&key, &instance);
+        result
+    }
+
+    /// Starts one instance of `spec` and leaves it idle in its pool. Used
+    /// at deploy time: it proves the code loads (syntax errors, missing
+    /// handler, a throwing top level) before the version goes live, and the
+    /// instance then serves the first call warm.
+    pub async fn start_idle(&self, spec: &FunctionSpec) -> Result<(), InvokeError> {
+        let key: PoolKey = (spec.name.clone(), spec.version);
+        self.pools.lock().unwrap().entry(key.clone()).or_default().starting += 1;
+        self.start_bound(&key, spec, 0).await.map(|_| ())
+    }
+
+    /// Kills the instances of every version of `function` but `keep`;
+    /// busy ones finish their calls first.
+    pub fn retire(&self, function: &str, keep: Option<i64>) {
+        self.retire_where(|name, version| name == function && Some(version) != keep);
+    }
+
+    /// Kills the instances of one version (one that never went live).
+    pub fn retire_version(&self, function: &str, version: i64) {
+        self.retire_where(|name, v| name == function && v == version);
+    }
+
+    fn retire_where(&self, doomed: impl Fn(&str, i64) -> bool) {
+        let mut pools = self.pools.lock().unwrap();
+        let old: Vec<PoolKey> = pools
+            .keys()
+            .filter(|(name, version)| doomed(name, *version))
+            .cloned()
+            .collect();
+        for key in old {
+            if let Some(pool) = pools.remove(&key) {
+                for slot in pool.slots.iter().filter(|s| s.inflight == 0) {
+                    slot.instance.kill();
+                }
+                // Busy instances are killed by `release`, which finds no pool.
+                pool.freed.notify_waiters();
+            }
+        }
+    }
+
+    /// Kills instances idle for longer than their function's keep-alive.
+    /// Returns how many were reclaimed.
+    pub fn reap_idle(&self, keep_alive_of: impl Fn(&str, i64) -> Option<Duration>) -> usize {
+        let mut pools = self.pools.lock().unwrap();
+        let mut reaped = 0;
+        pools.retain(|(name, version), pool| {
+            let keep_alive = keep_alive_of(name, *version).unwrap_or(Duration::ZERO);
+            pool.slots.retain(|slot| {
+                let expired = slot.inflight == 0 && slot.last_used.elapsed() >= keep_alive;
+                if expired {
+                    slot.instance.kill();
+                    reaped += 1;
+                }
+                !expired
+            });
+            !(pool.slots.is_empty() && pool.starting == 0 && pool.waiting == 0)
+        });
+        reaped
+    }
+
+    pub fn stats(&self, function: &str) -> PoolStats {
+        let pools = self.pools.lock().unwrap();
+        let mut stats = PoolStats::default();
+        for ((name, _), pool) in pools.iter() {
+            if name != function {
+                continue;
+            }
+            for slot in &pool.slots {
+                if slot.inflight > 0 {
+                    stats.busy += 1;
+                } else {
+                    stats.idle += 1;
+                }
+            }
+            stats.starting += pool.starting;
+            stats.waiting += pool.waiting;
+        }
+        stats
+    }
+
+    async fn acquire(&self, key: &PoolKey, spec: &FunctionSpec) -> Result<Acquired, InvokeError> {
+        let wait_until = Instant::now() + self.config.queue_timeout;
+        loop {
+            let freed = {
+                let mut pools = self.pools.lock().unwrap();
+                let pool = pools.entry(key.clone()).or_default();
+                pool.slots.retain(|s| s.instance.is_alive() || s.inflight > 0);
+                // Most recently used first, so the rest can age out.
+                let free = pool
+                    .slots
+                    .iter_mut()
+                    .filter(|s| s.inflight < spec.concurrency.max(1) && s.instance.is_alive())
+                    .max_by_key(|s| s.last_used);
+                if let Some(slot) = free {
+                    slot.inflight += 1;
+                    slot.last_used = Instant::now();
+                    return Ok(Acquired::Warm(slot.instance.clone()));
+                }
+                if (pool.slots.len() as u32 + pool.starting) < spec.max_instances.max(1) {
+                    pool.starting += 1;
+                    return Ok(Acquired::Cold);
+                }
+                if pool.waiting >= self.config.queue_limit {
+                    return Err(InvokeError::QueueFull(pool.waiting));
+                }
+                pool.waiting += 1;
+                pool.freed.clone()
+            };
+            let notified = freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // The pool may have changed between unlocking and enabling:
+            // `release` notifies after changing it, so a change made before
+            // `enable` is seen by the next loop turn only if we do not
+            // sleep through it. A short bound on each wait covers that gap.
+            let step = wait_until
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(50));
+            let _ = tokio::time::timeout(step, notified).await;
+            {
+                let mut pools = self.pools.lock().unwrap();
+                if let Some(pool) = pools.get_mut(key) {
+                    pool.waiting = pool.waiting.saturating_sub(1);
+                }
+            }
+            if Instant::now() >= wait_until {
+                return Err(InvokeError::QueueTimeout(self.config.queue_timeout));
+            }
+        }
+    }
+
+    /// Starts and binds an instance for a pool that counted it in
+    /// `starting`, and adds it with `inflight` calls already on it.
+    async fn start_bound(
+        &self,
+        key: &PoolKey,
+        spec: &FunctionSpec,
+        inflight: u32,
+    ) -> Result<Instance, InvokeError> {
+        let started = self.start_and_init(spec).await;
+        let mut pools = self.pools.lock().unwrap();
+        let pool = pools.entry(key.clone()).or_default();
+        pool.starting = pool.starting.saturating_sub(1);
+        match started {
+            Ok(instance) => {
+                pool.slots.push(Slot {
+                    instance: instance.clone(),
+                    inflight,
+                    last_used: Instant::now(),
+                });
+                if inflight == 0 {
+                    pool.freed.notify_waiters();
+                }
+                Ok(instance)
+            }
+            Err(e) => {
+                pool.freed.notify_waiters();
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_and_init(&self, spec: &FunctionSpec) -> Result<Instance, InvokeError> {
+        let instance = self
+            .driver
+            .start(self.sink.clone())
+            .await
+            .map_err(|e| InvokeError::Unavailable(e.to_string()))?;
+        let init = Init {
+            function: spec.name.clone(),
+            version: spec.version,
+            code_dir: self.driver.code_path(&spec.code_dir),
+            entry: spec.entry.clone(),
+            env: spec.env.clone(),
+            timeout_ms: spec.timeout.as_millis() as u64,
+            memory_mb: spec.memory_mb,
+        };
+        match instance.init(init, spec.timeout).await {
+            Ok(_style) => Ok(instance),
+            Err(SandboxError::Init { message, stack }) => {
+                instance.kill();
+                Err(InvokeError::InitFailed { message, stack })
+            }
+            Err(e) => {
+                instance.kill();
+                Err(InvokeError::InitFailed {
+                    message: e.to_string(),
+                    stack: None,
+                })
+            }
+        }
+    }
+
+    fn release(&self, key: &PoolKey, instance: &Instance) {
+        let mut pools = self.pools.lock().unwrap();
+        let Some(pool) = pools.get_mut(key) else {
+            // The version was retired while this call ran.
+            instance.kill();
+            return;
+        };
+        let alive = instance.is_alive();
+        if let Some(pos) = pool
+            .slots
+            .iter()
+            .position(|s| same_instance(&s.instance, instance))
+        {
+            let slot = &mut pool.slots[pos];
+            slot.inflight = slot.inflight.saturating_sub(1);
+            slot.last_used = Instant::now();
+            if !alive && slot.inflight == 0 {
+                pool.slots.swap_remove(pos);
+            }
+        }
+        pool.freed.notify_waiters();
+    }
+}
+
+fn same_instance(a: &Instance, b: &Instance) -> bool {
+    a.ptr_eq(b)
+}

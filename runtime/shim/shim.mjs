@@ -1,0 +1,1052 @@
+// thaw runtime shim: the Node.js side of the host ⇄ runtime protocol.
+//
+// The host starts this file with plain `node` inside an instance. It speaks
+// length-prefixed JSON frames (docs/protocol.md) over the byte stream on file
+// descriptor THAW_FD (default 3), imports the user's module on `init`, and
+// answers `invoke` messages by calling the user's handler in one of four
+// styles: lambda, fetch, openwhisk or class (JSON-RPC).
+//
+// This file sits on the cold-start path, so module top level only sets up the
+// socket, console capture and crash handlers. Everything else (Request,
+// Response, URLSearchParams work, ...) is touched lazily, on first use.
+
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { Buffer, isUtf8 } from 'node:buffer';
+import { Console } from 'node:console';
+import { writeSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const PROTOCOL_VERSION = 1;
+const RUNTIME_NAME = 'thaw-shim/0.1.0';
+// docs/protocol.md: a frame holds at most 64 MiB of JSON.
+const MAX_FRAME_BYTES = 64 * 1024 * 1024;
+// A single console line could otherwise exceed the frame limit; longer lines
+// are cut into several `log` frames.
+const MAX_LOG_LINE_CHARS = 256 * 1024;
+
+// ---------------------------------------------------------------------------
+// Fatal errors of the shim itself go to the real stderr (fd 2): the host only
+// reads fds 1 and 2 to explain a crash, and the frame stream may be the thing
+// that broke.
+
+function die(message, exitCode = 1) {
+  try {
+    writeSync(2, `thaw-shim: ${message}\n`);
+  } catch {
+    // Nothing left to report to.
+  }
+  process.exit(exitCode);
+}
+
+// ---------------------------------------------------------------------------
+// Framing: 4-byte big-endian length, then that many bytes of UTF-8 JSON.
+
+const fd = Number(process.env.THAW_FD ?? 3);
+if (!Number.isInteger(fd) || fd < 0) die(`THAW_FD must be a file descriptor number, got ${JSON.stringify(process.env.THAW_FD)}`);
+
+const channel = new net.Socket({ fd, readable: true, writable: true });
+
+class FrameTooLargeError extends Error {}
+
+// Sends one already-serialised JSON object. Writing the header and the JSON
+// into one buffer keeps each frame a single write on the socket.
+function sendJson(json) {
+  const size = Buffer.byteLength(json);
+  if (size > MAX_FRAME_BYTES) throw new FrameTooLargeError(`frame of ${size} bytes exceeds the 64 MiB limit`);
+  const frame = Buffer.allocUnsafe(4 + size);
+  frame.writeUInt32BE(size, 0);
+  frame.write(json, 4, 'utf8');
+  channel.write(frame);
+}
+
+function send(message) {
+  sendJson(JSON.stringify(message));
+}
+
+// Incoming bytes are collected as a list of chunks and only joined once a
+// whole frame is present, so a large body that arrives in many small reads is
+// copied once rather than once per read.
+let pendingChunks = [];
+let pendingBytes = 0;
+let bytesNeeded = 4;
+
+function onChannelData(chunk) {
+  pendingChunks.push(chunk);
+  pendingBytes += chunk.length;
+  if (pendingBytes < bytesNeeded) return;
+
+  const data = pendingChunks.length === 1 ? pendingChunks[0] : Buffer.concat(pendingChunks, pendingBytes);
+  let offset = 0;
+  while (data.length - offset >= 4) {
+    const length = data.readUInt32BE(offset);
+    if (length > MAX_FRAME_BYTES) die(`the host sent a frame of ${length} bytes, above the 64 MiB limit; closing`);
+    if (data.length - offset - 4 < length) break;
+    const text = data.toString('utf8', offset + 4, offset + 4 + length);
+    offset += 4 + length;
+    let message;
+    try {
+      message = JSON.parse(text);
+    } catch (err) {
+      die(`the host sent a frame that is not JSON (${err.message}); closing`);
+    }
+    onMessage(message);
+  }
+
+  const rest = offset === data.length ? null : data.subarray(offset);
+  pendingChunks = rest ? [rest] : [];
+  pendingBytes = rest ? rest.length : 0;
+  bytesNeeded = rest && rest.length >= 4 ? 4 + rest.readUInt32BE(0) : 4;
+  if (bytesNeeded - 4 > MAX_FRAME_BYTES) die(`the host sent a frame of ${bytesNeeded - 4} bytes, above the 64 MiB limit; closing`);
+}
+
+channel.on('data', onChannelData);
+// The host closing its end means the instance is being torn down.
+channel.on('end', () => process.exit(0));
+channel.on('error', (err) => die(`frame stream failed: ${err.message}`));
+
+// ---------------------------------------------------------------------------
+// Console capture. Every line the user's code prints becomes a `log` frame
+// tagged with the invocation that printed it; nothing reaches the real fds 1
+// and 2, which the host reads only when the process crashes.
+
+const invocationScope = new AsyncLocalStorage();
+
+function currentInvocationId() {
+  return invocationScope.getStore() ?? null;
+}
+
+function sendLogLine(id, stream, line) {
+  if (line.endsWith('\r')) line = line.slice(0, -1);
+  if (line.length <= MAX_LOG_LINE_CHARS) {
+    send({ type: 'log', id, stream, line });
+    return;
+  }
+  for (let start = 0; start < line.length; start += MAX_LOG_LINE_CHARS) {
+    send({ type: 'log', id, stream, line: line.slice(start, start + MAX_LOG_LINE_CHARS) });
+  }
+}
+
+// Text written without a trailing newline is held per stream and invocation
+// until the rest of its line arrives or the invocation ends, so that
+// `process.stdout.write('a'); process.stdout.write('b\n')` is one line.
+const unfinishedLines = { stdout: new Map(), stderr: new Map() };
+
+function captureText(stream, text) {
+  const id = currentInvocationId();
+  const unfinished = unfinishedLines[stream];
+  let newline = text.indexOf('\n');
+  if (newline === -1) {
+    if (text.length > 0) unfinished.set(id, (unfinished.get(id) ?? '') + text);
+    return;
+  }
+  let start = 0;
+  const head = unfinished.get(id);
+  if (head !== undefined) {
+    unfinished.delete(id);
+    sendLogLine(id, stream, head + text.slice(0, newline));
+    start = newline + 1;
+    newline = text.indexOf('\n', start);
+  }
+  while (newline !== -1) {
+    sendLogLine(id, stream, text.slice(start, newline));
+    start = newline + 1;
+    newline = text.indexOf('\n', start);
+  }
+  if (start < text.length) unfinished.set(id, text.slice(start));
+}
+
+function flushUnfinishedLines(id) {
+  for (const stream of ['stdout', 'stderr']) {
+    const text = unfinishedLines[stream].get(id);
+    if (text !== undefined) {
+      unfinishedLines[stream].delete(id);
+      sendLogLine(id, stream, text);
+    }
+  }
+}
+
+// Writes a multi-line text (typically an error stack) as log lines of the
+// current invocation.
+function logText(stream, text) {
+  captureText(stream, text.endsWith('\n') ? text : `${text}\n`);
+}
+
+function chunkToText(chunk, encoding) {
+  if (typeof chunk === 'string') {
+    if (!encoding || encoding === 'utf8' || encoding === 'utf-8') return chunk;
+    return Buffer.from(chunk, encoding).toString('utf8');
+  }
+  if (ArrayBuffer.isView(chunk)) return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength).toString('utf8');
+  return String(chunk);
+}
+
+function captureStreamWrites(stream, name) {
+  stream.write = function write(chunk, encoding, callback) {
+    if (typeof encoding === 'function') {
+      callback = encoding;
+      encoding = undefined;
+    }
+    captureText(name, chunkToText(chunk, encoding));
+    if (typeof callback === 'function') process.nextTick(callback);
+    return true;
+  };
+}
+
+captureStreamWrites(process.stdout, 'stdout');
+captureStreamWrites(process.stderr, 'stderr');
+
+// Rather than re-implementing each console method, a Console bound to two
+// capturing sinks does the formatting exactly as Node does (util.format for
+// log/info/debug, stack for trace, indentation for group, tables, timers,
+// counters), without colours. Its bound methods then replace the global ones.
+{
+  const sink = (name) => ({ write: (text) => (captureText(name, String(text)), true) });
+  const capturing = new Console({ stdout: sink('stdout'), stderr: sink('stderr'), colorMode: false, ignoreErrors: false });
+  for (const key of Object.keys(capturing)) {
+    if (typeof capturing[key] === 'function' && typeof console[key] === 'function') console[key] = capturing[key];
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Crashes. An exception nobody caught leaves the process in an unknown state,
+// so the shim reports it and exits; the host treats the exit as a crash.
+
+let crashing = false;
+
+function onFatalError(err) {
+  if (crashing) return;
+  crashing = true;
+  const text = describeThrown(err).stack;
+  try {
+    writeSync(2, `${text}\n`);
+  } catch {
+    // Still try the frame stream below.
+  }
+  // Exit once the log frame has left, or after a second if the stream is stuck.
+  setTimeout(() => process.exit(1), 1000);
+  try {
+    for (const line of text.split('\n')) sendLogLine(null, 'stderr', line);
+    channel.write(Buffer.alloc(0), () => process.exit(1));
+  } catch {
+    process.exit(1);
+  }
+}
+
+process.on('uncaughtException', onFatalError);
+process.on('unhandledRejection', onFatalError);
+
+// ---------------------------------------------------------------------------
+// Error values: anything can be thrown, not only Error objects.
+
+function describeThrown(value) {
+  if (value instanceof Error || (value !== null && typeof value === 'object' && typeof value.message === 'string')) {
+    const name = typeof value.name === 'string' ? value.name : value.constructor?.name ?? 'Error';
+    const message = String(value.message);
+    const stack = typeof value.stack === 'string' ? value.stack : `${name}: ${message}`;
+    return { name, message, stack };
+  }
+  const message = typeof value === 'string' ? value : safeInspect(value);
+  return { name: 'Error', message, stack: `Error: ${message}` };
+}
+
+function safeInspect(value) {
+  try {
+    return typeof value === 'object' && value !== null ? JSON.stringify(value) : String(value);
+  } catch {
+    return Object.prototype.toString.call(value);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Message dispatch.
+
+let initStarted = false;
+let initDone = null; // promise: resolves to the style adapter, or rejects
+let boundFunction = null;
+let functionTimeoutMs = 0; // from init; a fallback deadline when an invoke has none
+
+function onMessage(message) {
+  if (message === null || typeof message !== 'object') return;
+  switch (message.type) {
+    case 'init':
+      onInit(message);
+      break;
+    case 'invoke':
+      onInvoke(message);
+      break;
+    default:
+      // Unknown message types are ignored so the host can add new ones.
+      break;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// init: bind the runtime to one function for the rest of its life.
+
+function onInit(message) {
+  if (initStarted) {
+    const bound = boundFunction === null ? 'a function' : `function ${JSON.stringify(boundFunction)}`;
+    send({ type: 'init_error', message: `this runtime is already bound to ${bound}; a runtime takes exactly one init` });
+    return;
+  }
+  initStarted = true;
+  boundFunction = typeof message.function === 'string' ? message.function : null;
+  initDone = initialise(message);
+  initDone.then(
+    (adapter) => {
+      flushUnfinishedLines(null);
+      const reply = { type: 'init_ok', style: adapter.style };
+      if (adapter.services) reply.services = adapter.services;
+      send(reply);
+    },
+    (failure) => {
+      flushUnfinishedLines(null);
+      send({ type: 'init_error', message: failure.message, stack: failure.stack });
+    },
+  );
+}
+
+class InitFailure extends Error {
+  constructor(message, stack) {
+    super(message);
+    this.stack = stack;
+  }
+}
+
+async function initialise({ function: functionName, version, code_dir: codeDir, entry, env, timeout_ms: timeoutMs, memory_mb: memoryMb }) {
+  if (typeof codeDir !== 'string' || typeof entry !== 'string') {
+    throw new InitFailure('init needs string fields code_dir and entry');
+  }
+  if (env !== null && typeof env === 'object') {
+    for (const [key, value] of Object.entries(env)) {
+      if (typeof value === 'string') process.env[key] = value;
+    }
+  }
+  const entryPath = path.resolve(codeDir, entry);
+  let mod;
+  try {
+    process.chdir(codeDir);
+    mod = await import(pathToFileURL(entryPath).href);
+  } catch (err) {
+    throw await importFailure(err, entry, entryPath);
+  }
+  if (Number.isFinite(timeoutMs)) functionTimeoutMs = timeoutMs;
+  const fn = {
+    name: typeof functionName === 'string' ? functionName : '',
+    version: version === undefined || version === null ? '$LATEST' : String(version),
+    memoryMb: memoryMb === undefined || memoryMb === null ? '' : String(memoryMb),
+  };
+  return detectStyle(mod, entry, fn);
+}
+
+async function importFailure(err, entry, entryPath) {
+  const thrown = describeThrown(err);
+  const stackLines = thrown.stack.split('\n').slice(0, 12).join('\n');
+  if (thrown.name !== 'SyntaxError') {
+    return new InitFailure(`importing ${entry} failed: ${thrown.name}: ${thrown.message}`, stackLines);
+  }
+  // CommonJS syntax errors already start their stack with "file:line", the
+  // source line and a caret. ES module syntax errors do not (Node keeps that
+  // part hidden until the error is fatal), so it is worked out separately.
+  let location = /^(\S[^\n]*:\d+)\n/.exec(thrown.stack) ? thrown.stack.split('\n\n')[0] : null;
+  if (location === null && !thrown.message.includes('does not provide an export named')) {
+    location = await locateModuleSyntaxError(entryPath);
+  }
+  if (location === null) {
+    return new InitFailure(`${thrown.name} while importing ${entry}: ${thrown.message}`, stackLines);
+  }
+  const where = location.split('\n')[0].replace(/^file:\/\/\S+?(?=:\d+$)/, (url) => {
+    try {
+      return fileURLToPath(url);
+    } catch {
+      return url;
+    }
+  });
+  const stack = stackLines.startsWith(location) ? stackLines : `${location}\n\n${stackLines}`;
+  return new InitFailure(`${thrown.name} in ${where}: ${thrown.message}`, stack);
+}
+
+// Finds which ES module of the entry's static import graph fails to parse and
+// returns Node's "file:line / source line / caret" block for it, or null.
+// Runs in a child process because parsing a module without evaluating it needs
+// `vm.SourceTextModule` (behind --experimental-vm-modules). Only ever used on
+// the init failure path.
+async function locateModuleSyntaxError(entryPath) {
+  const { spawnSync } = await import('node:child_process');
+  const child = spawnSync(
+    process.execPath,
+    ['--experimental-vm-modules', '--no-warnings', '--input-type=module', '--eval', `await (${findModuleSyntaxError})(${JSON.stringify(entryPath)})`],
+    { encoding: 'utf8', timeout: 10_000, env: { PATH: process.env.PATH ?? '' }, stdio: ['ignore', 'pipe', 'ignore'] },
+  );
+  const block = child.stdout?.trim();
+  return block ? block : null;
+}
+
+// Evaluated in the child started by locateModuleSyntaxError (passed as source
+// text, so it must not use anything from this file's scope).
+async function findModuleSyntaxError(entryPath) {
+  const fs = await import('node:fs');
+  const path = await import('node:path');
+  const vm = await import('node:vm');
+  const { spawnSync } = await import('node:child_process');
+  const { createRequire } = await import('node:module');
+  const { fileURLToPath, pathToFileURL } = await import('node:url');
+
+  const packageTypes = new Map();
+  function packageType(dir) {
+    if (packageTypes.has(dir)) return packageTypes.get(dir);
+    let type = null;
+    try {
+      type = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')).type ?? 'commonjs';
+    } catch (err) {
+      const parent = path.dirname(dir);
+      if (err.code === 'ENOENT' && parent !== dir) type = packageType(parent);
+    }
+    packageTypes.set(dir, type);
+    return type;
+  }
+
+  // Mirrors how Node picks the module format, closely enough for diagnosis:
+  // CommonJS files are skipped because Node reports their syntax errors with
+  // a location already.
+  function loadsAsModule(file, source) {
+    if (file.endsWith('.mjs')) return true;
+    if (!file.endsWith('.js')) return false;
+    const type = packageType(path.dirname(file));
+    if (type === 'module') return true;
+    if (type === 'commonjs') return false;
+    try {
+      vm.compileFunction(source, ['exports', 'require', 'module', '__filename', '__dirname']);
+      return false;
+    } catch {
+      return true;
+    }
+  }
+
+  const seen = new Set([entryPath]);
+  const queue = [entryPath];
+  while (queue.length > 0 && seen.size < 2000) {
+    const file = queue.shift();
+    let source;
+    try {
+      source = fs.readFileSync(file, 'utf8');
+    } catch {
+      continue;
+    }
+    if (!loadsAsModule(file, source)) continue;
+    let mod;
+    try {
+      mod = new vm.SourceTextModule(source, { identifier: pathToFileURL(file).href });
+    } catch (err) {
+      if (!(err instanceof SyntaxError)) continue;
+      // `node --check` prints the location; fed through stdin with
+      // --input-type=module it parses the text as a module whatever the
+      // file is called.
+      const check = spawnSync(process.execPath, ['--check', '--input-type=module'], { input: source, encoding: 'utf8' });
+      const block = check.status !== 0 ? check.stderr.split('\n\n')[0] : '';
+      if (block.startsWith('[stdin]:')) {
+        process.stdout.write(file + block.slice('[stdin]'.length));
+        return;
+      }
+      continue;
+    }
+    const require = createRequire(file);
+    for (const specifier of mod.dependencySpecifiers) {
+      let resolved = null;
+      try {
+        if (/^\.{0,2}\//.test(specifier) || specifier.startsWith('file:')) {
+          resolved = fileURLToPath(new URL(specifier, pathToFileURL(file)));
+        } else if (!specifier.startsWith('node:')) {
+          resolved = require.resolve(specifier);
+        }
+      } catch {
+        continue;
+      }
+      if (resolved && path.isAbsolute(resolved) && !seen.has(resolved)) {
+        seen.add(resolved);
+        queue.push(resolved);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Handler style detection, in the order docs/protocol.md gives.
+
+function isClass(value) {
+  return typeof value === 'function' && /^class[\s{]/.test(Function.prototype.toString.call(value));
+}
+
+function isPlainObject(value) {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+function detectStyle(mod, entry, fn) {
+  // A CommonJS module's `module.exports` arrives as the default export; Node
+  // only lifts the names it can see statically into named exports, so the
+  // default object is searched too.
+  const fallback = mod.default !== null && (typeof mod.default === 'object' || typeof mod.default === 'function') ? mod.default : null;
+
+  const handler = typeof mod.handler === 'function' ? mod.handler : typeof fallback?.handler === 'function' ? fallback.handler : null;
+  if (handler) return lambdaAdapter(handler, fn);
+
+  if (fallback && typeof fallback.fetch === 'function') return fetchAdapter(fallback, fn);
+
+  const main = typeof mod.main === 'function' ? mod.main : typeof fallback?.main === 'function' ? fallback.main : null;
+  if (main) return openwhiskAdapter(main);
+
+  const classes = new Map();
+  for (const key of Object.keys(mod)) {
+    if (key !== 'default' && isClass(mod[key])) classes.set(key, mod[key]);
+  }
+  if (isClass(fallback)) {
+    // `export default class Name {}`: served under its own name.
+    if (fallback.name && !classes.has(fallback.name)) classes.set(fallback.name, fallback);
+  } else if (fallback) {
+    for (const key of Object.keys(fallback)) {
+      if (!classes.has(key) && isClass(fallback[key])) classes.set(key, fallback[key]);
+    }
+  }
+  if (classes.size > 0) return classAdapter(classes);
+
+  throw new InitFailure(
+    `${entry} has no handler thaw recognises: it exports ${describeExports(mod)}; expected one of ` +
+      'a "handler" function (Lambda style), a default export with a "fetch" method (fetch style), ' +
+      'a "main" function (OpenWhisk style), or one or more exported classes (class style)',
+  );
+}
+
+function describeExports(mod) {
+  const names = Object.keys(mod).map((key) => {
+    const value = mod[key];
+    if (key === 'default' && value !== null && typeof value === 'object') {
+      const inner = Object.keys(value).map((k) => `${k} (${typeof value[k]})`);
+      return `default (object with ${inner.length ? inner.join(', ') : 'no properties'})`;
+    }
+    return `${key} (${isClass(value) ? 'class' : typeof value})`;
+  });
+  return names.length ? names.join(', ') : 'nothing';
+}
+
+// ---------------------------------------------------------------------------
+// invoke
+
+function onInvoke(message) {
+  const { id } = message;
+  if (!initStarted) {
+    send({ type: 'error', id, name: 'Error', message: 'invoke received before init; send init first' });
+    return;
+  }
+  // An invoke that arrives while init is still importing waits for it.
+  initDone.then(
+    (adapter) => invocationScope.run(id, () => runInvocation(adapter, message)),
+    () => send({ type: 'error', id, name: 'Error', message: 'this runtime failed to initialise and cannot run invocations' }),
+  );
+}
+
+async function runInvocation(adapter, message) {
+  const { id } = message;
+  const invocation = {
+    id,
+    deadline: Number.isFinite(message.deadline_ms) ? message.deadline_ms : Date.now() + functionTimeoutMs,
+  };
+  let reply;
+  try {
+    let response;
+    if (message.request !== undefined && message.request !== null) {
+      response = await adapter.http(normaliseRequest(message.request), invocation);
+    } else if (Object.hasOwn(message, 'event')) {
+      response = await adapter.event(message.event, invocation);
+    } else {
+      throw new TypeError('invoke needs a "request" or an "event" field');
+    }
+    reply = resultJson(id, response);
+  } catch (err) {
+    const { name, message: text, stack } = describeThrown(err);
+    reply = JSON.stringify({ type: 'error', id, name, message: text, stack });
+  }
+  flushUnfinishedLines(id);
+  try {
+    sendJson(reply);
+  } catch (err) {
+    if (!(err instanceof FrameTooLargeError)) throw err;
+    send({ type: 'error', id, name: 'RangeError', message: `the response is too large to send: ${err.message}` });
+  }
+}
+
+// Builds the `result` frame text by hand: the body is base64, which never
+// needs JSON escaping, so a large body is not scanned and copied again by
+// JSON.stringify.
+function resultJson(id, { status, headers, body }) {
+  if (!Number.isInteger(status) || status < 100 || status > 599) {
+    throw new RangeError(`the handler answered with status ${safeInspect(status)}; a status must be an integer from 100 to 599`);
+  }
+  const pairs = headers.map(([name, value]) => [String(name).toLowerCase(), String(value)]);
+  return `{"type":"result","id":${JSON.stringify(id ?? null)},"status":${status},"headers":${JSON.stringify(pairs)},"body":"${body.toString('base64')}"}`;
+}
+
+const EMPTY_BODY = Buffer.alloc(0);
+
+function normaliseRequest(request) {
+  return {
+    method: typeof request.method === 'string' ? request.method.toUpperCase() : 'GET',
+    path: typeof request.path === 'string' && request.path.startsWith('/') ? request.path : `/${request.path ?? ''}`,
+    query: typeof request.query === 'string' ? request.query : '',
+    headers: Array.isArray(request.headers) ? request.headers.map(([name, value]) => [String(name).toLowerCase(), String(value)]) : [],
+    body: typeof request.body === 'string' && request.body.length > 0 ? Buffer.from(request.body, 'base64') : EMPTY_BODY,
+    bodyBase64: typeof request.body === 'string' ? request.body : '',
+    sourceIp: typeof request.source_ip === 'string' ? request.source_ip : '',
+    host: typeof request.host === 'string' && request.host ? request.host : 'localhost',
+  };
+}
+
+function headerValue(request, name) {
+  for (const [key, value] of request.headers) if (key === name) return value;
+  return undefined;
+}
+
+// Content types whose bodies are handed to the handler as text, as AWS does
+// for function URLs.
+function isTextualContentType(contentType) {
+  if (!contentType) return false;
+  const type = contentType.split(';', 1)[0].trim().toLowerCase();
+  return (
+    type.startsWith('text/') ||
+    type === 'application/json' ||
+    type.endsWith('+json') ||
+    type === 'application/xml' ||
+    type.endsWith('+xml') ||
+    type === 'application/javascript' ||
+    type === 'application/x-www-form-urlencoded'
+  );
+}
+
+function bodyIsText(request) {
+  return isTextualContentType(headerValue(request, 'content-type')) && isUtf8(request.body);
+}
+
+// Assigns a key that comes from the request (header or parameter name)
+// without letting "__proto__" replace the object's prototype.
+function setOwn(object, key, value) {
+  if (key === '__proto__') Object.defineProperty(object, key, { value, writable: true, enumerable: true, configurable: true });
+  else object[key] = value;
+}
+
+// Header list → object, repeated names joined with "," as AWS does.
+function headersObject(request, skip) {
+  const headers = {};
+  for (const [name, value] of request.headers) {
+    if (name === skip) continue;
+    setOwn(headers, name, Object.hasOwn(headers, name) ? `${headers[name]},${value}` : value);
+  }
+  return headers;
+}
+
+function jsonResponse(status, json, extraHeaders = []) {
+  return {
+    status,
+    headers: [['content-type', 'application/json'], ...extraHeaders],
+    body: json === undefined ? EMPTY_BODY : Buffer.from(json),
+  };
+}
+
+// Turns any body value a handler may give into bytes.
+function bodyBytes(body, base64) {
+  if (body === undefined || body === null) return EMPTY_BODY;
+  if (typeof body === 'string') return Buffer.from(body, base64 ? 'base64' : 'utf8');
+  if (Buffer.isBuffer(body)) return body;
+  if (ArrayBuffer.isView(body)) return Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  if (body instanceof ArrayBuffer) return Buffer.from(body);
+  return Buffer.from(JSON.stringify(body) ?? '');
+}
+
+// Header object (value or array of values) → [name, value] pairs.
+function pushHeaderObject(pairs, headers) {
+  if (!isPlainObject(headers)) return;
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined || value === null) continue;
+    if (Array.isArray(value)) for (const item of value) pairs.push([name, String(item)]);
+    else pairs.push([name, String(value)]);
+  }
+}
+
+function statusNumber(value, fallback) {
+  if (value === undefined || value === null) return fallback;
+  return typeof value === 'string' && /^\d+$/.test(value) ? Number(value) : value;
+}
+
+// ---------------------------------------------------------------------------
+// Lambda style: handler(event, context[, callback]).
+
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+
+// The API Gateway / function URL time format: "12/Mar/2020:19:03:58 +0000".
+function formatRequestTime(date) {
+  const two = (n) => String(n).padStart(2, '0');
+  return (
+    `${two(date.getUTCDate())}/${MONTHS[date.getUTCMonth()]}/${date.getUTCFullYear()}:` +
+    `${two(date.getUTCHours())}:${two(date.getUTCMinutes())}:${two(date.getUTCSeconds())} +0000`
+  );
+}
+
+function lambdaAdapter(handler, fn) {
+  // AWS tells callback-style handlers apart by their declared parameters.
+  const usesCallback = handler.length >= 3;
+
+  function context(invocation) {
+    return {
+      functionName: fn.name,
+      functionVersion: fn.version,
+      awsRequestId: String(invocation.id),
+      memoryLimitInMB: fn.memoryMb,
+      callbackWaitsForEmptyEventLoop: true,
+      getRemainingTimeInMillis: () => Math.max(0, invocation.deadline - Date.now()),
+    };
+  }
+
+  function call(event, invocation) {
+    const ctx = context(invocation);
+    if (!usesCallback) return handler(event, ctx);
+    return new Promise((resolve, reject) => {
+      const callback = (err, value) => (err === undefined || err === null ? resolve(value) : reject(err));
+      const returned = handler(event, ctx, callback);
+      // A handler may declare the callback and still return a promise.
+      if (returned && typeof returned.then === 'function') returned.then(resolve, reject);
+    });
+  }
+
+  // Function URL event, payload format 2.0.
+  function httpEvent(request, invocation) {
+    const cookies = [];
+    for (const [name, value] of request.headers) {
+      if (name !== 'cookie') continue;
+      for (const cookie of value.split(';')) {
+        const trimmed = cookie.trim();
+        if (trimmed) cookies.push(trimmed);
+      }
+    }
+    const headers = headersObject(request, 'cookie');
+    const now = new Date();
+    const domainName = request.host;
+    const event = {
+      version: '2.0',
+      routeKey: '$default',
+      rawPath: request.path,
+      rawQueryString: request.query,
+    };
+    if (cookies.length > 0) event.cookies = cookies;
+    event.headers = headers;
+    if (request.query) {
+      const parameters = {};
+      for (const [key, value] of new URLSearchParams(request.query)) {
+        setOwn(parameters, key, Object.hasOwn(parameters, key) ? `${parameters[key]},${value}` : value);
+      }
+      event.queryStringParameters = parameters;
+    }
+    event.requestContext = {
+      accountId: 'anonymous',
+      apiId: fn.name,
+      domainName,
+      domainPrefix: domainName.split('.', 1)[0].replace(/:\d+$/, ''),
+      http: {
+        method: request.method,
+        path: request.path,
+        protocol: 'HTTP/1.1',
+        sourceIp: request.sourceIp,
+        userAgent: headers['user-agent'] ?? '',
+      },
+      requestId: String(invocation.id),
+      routeKey: '$default',
+      stage: '$default',
+      time: formatRequestTime(now),
+      timeEpoch: now.getTime(),
+    };
+    if (request.body.length > 0) {
+      const text = bodyIsText(request);
+      event.body = text ? request.body.toString('utf8') : request.bodyBase64;
+      event.isBase64Encoded = !text;
+    } else {
+      event.isBase64Encoded = false;
+    }
+    return event;
+  }
+
+  // A `statusCode` result describes the response; anything else is the body.
+  function httpResponse(value) {
+    if (!isPlainObject(value) || !('statusCode' in value)) {
+      return jsonResponse(200, value === undefined ? undefined : JSON.stringify(value));
+    }
+    const headers = [];
+    pushHeaderObject(headers, value.headers);
+    pushHeaderObject(headers, value.multiValueHeaders);
+    if (Array.isArray(value.cookies)) for (const cookie of value.cookies) headers.push(['set-cookie', String(cookie)]);
+    return { status: statusNumber(value.statusCode, 200), headers, body: bodyBytes(value.body, value.isBase64Encoded === true) };
+  }
+
+  return {
+    style: 'lambda',
+    async http(request, invocation) {
+      return httpResponse(await call(httpEvent(request, invocation), invocation));
+    },
+    async event(event, invocation) {
+      const value = await call(event, invocation);
+      return jsonResponse(200, JSON.stringify(value === undefined ? null : value));
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// fetch style: default.fetch(request, env, ctx) → Response.
+
+function fetchAdapter(target, fn) {
+  // waitUntil's promise outlives the response; its failure is logged rather
+  // than left to crash the runtime as an unhandled rejection.
+  const ctx = {
+    waitUntil(promise) {
+      Promise.resolve(promise).catch((err) => logText('stderr', describeThrown(err).stack));
+    },
+    passThroughOnException() {},
+  };
+
+  async function respond(request) {
+    const hasBody = request.method !== 'GET' && request.method !== 'HEAD' && request.body.length > 0;
+    const url = `http://${request.host}${request.path}${request.query ? `?${request.query}` : ''}`;
+    const req = new Request(url, {
+      method: request.method,
+      headers: request.headers,
+      body: hasBody ? request.body : undefined,
+      duplex: 'half',
+    });
+    const response = await target.fetch(req, process.env, ctx);
+    const isResponse =
+      response instanceof Response ||
+      (response !== null && typeof response === 'object' && typeof response.status === 'number' && typeof response.arrayBuffer === 'function' && response.headers);
+    if (!isResponse) {
+      throw new TypeError(`fetch must return a Response (or a promise of one), got ${response === null ? 'null' : typeof response}`);
+    }
+    const headers = [];
+    for (const [name, value] of response.headers) if (name !== 'set-cookie') headers.push([name, value]);
+    const cookies = typeof response.headers.getSetCookie === 'function' ? response.headers.getSetCookie() : [];
+    for (const cookie of cookies) headers.push(['set-cookie', cookie]);
+    return { status: response.status, headers, body: Buffer.from(await response.arrayBuffer()) };
+  }
+
+  return {
+    style: 'fetch',
+    http: (request) => respond(request),
+    // An event is delivered as `POST /` with the event as a JSON body.
+    event: (event) =>
+      respond({
+        method: 'POST',
+        path: '/',
+        query: '',
+        headers: [['content-type', 'application/json']],
+        body: Buffer.from(JSON.stringify(event === undefined ? null : event)),
+        host: 'localhost',
+      }),
+  };
+}
+
+// ---------------------------------------------------------------------------
+// OpenWhisk style: main(params).
+
+function openwhiskAdapter(main) {
+  function params(request) {
+    const merged = {};
+    if (request.query) for (const [key, value] of new URLSearchParams(request.query)) setOwn(merged, key, value);
+    const contentType = (headerValue(request, 'content-type') ?? '').split(';', 1)[0].trim().toLowerCase();
+    if (request.body.length > 0 && isUtf8(request.body)) {
+      if (contentType === 'application/x-www-form-urlencoded') {
+        for (const [key, value] of new URLSearchParams(request.body.toString('utf8'))) setOwn(merged, key, value);
+      } else {
+        let parsed;
+        try {
+          parsed = JSON.parse(request.body.toString('utf8'));
+        } catch {
+          parsed = undefined;
+        }
+        if (isPlainObject(parsed)) for (const key of Object.keys(parsed)) setOwn(merged, key, parsed[key]);
+      }
+    }
+    merged.__ow_method = request.method.toLowerCase();
+    merged.__ow_path = request.path;
+    merged.__ow_headers = headersObject(request, null);
+    merged.__ow_query = request.query;
+    merged.__ow_body = bodyIsText(request) ? request.body.toString('utf8') : request.bodyBase64;
+    return merged;
+  }
+
+  function webResponse(value) {
+    if (!isPlainObject(value) || !('statusCode' in value || 'headers' in value || 'body' in value)) {
+      return jsonResponse(200, value === undefined ? undefined : JSON.stringify(value));
+    }
+    const headers = [];
+    pushHeaderObject(headers, value.headers);
+    const contentType = headers.find(([name]) => name.toLowerCase() === 'content-type')?.[1];
+    let body = value.body;
+    if (body !== undefined && body !== null && typeof body !== 'string' && !ArrayBuffer.isView(body) && !(body instanceof ArrayBuffer)) {
+      body = JSON.stringify(body);
+      if (!contentType) headers.push(['content-type', 'application/json']);
+    }
+    // OpenWhisk's rule: a string body with a binary content type is base64.
+    const base64 = typeof body === 'string' && contentType !== undefined && !isTextualContentType(contentType);
+    return { status: statusNumber(value.statusCode, 200), headers, body: bodyBytes(body, base64) };
+  }
+
+  return {
+    style: 'openwhisk',
+    async http(request) {
+      return webResponse(await main(params(request)));
+    },
+    async event(event) {
+      const value = await main(event);
+      return jsonResponse(200, JSON.stringify(value === undefined ? null : value));
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Class style: JSON-RPC 2.0 over POST, "Class.method" names.
+
+const RPC_PARSE_ERROR = -32700;
+const RPC_INVALID_REQUEST = -32600;
+const RPC_METHOD_NOT_FOUND = -32601;
+const RPC_INVALID_PARAMS = -32602;
+const RPC_INTERNAL_ERROR = -32603;
+const RPC_SERVER_ERROR = -32000;
+
+const RPC_HTTP_STATUS = new Map([
+  [RPC_PARSE_ERROR, 400],
+  [RPC_INVALID_REQUEST, 400],
+  [RPC_METHOD_NOT_FOUND, 404],
+  [RPC_INVALID_PARAMS, 400],
+  [RPC_INTERNAL_ERROR, 500],
+  [RPC_SERVER_ERROR, 500],
+]);
+
+function rpcErrorJson(id, code, message, data) {
+  const error = data === undefined ? { code, message } : { code, message, data };
+  return JSON.stringify({ jsonrpc: '2.0', error, id });
+}
+
+function classAdapter(classes) {
+  const instances = new Map();
+  // "Class.method" → [instance, function], filled on first successful lookup.
+  const resolved = new Map();
+
+  function instanceOf(className) {
+    let instance = instances.get(className);
+    if (instance === undefined) {
+      instance = new (classes.get(className))();
+      instances.set(className, instance);
+    }
+    return instance;
+  }
+
+  // Only methods the class itself defines are callable: nothing private by
+  // convention ("_x", "#x"), no constructor, and nothing from Object.prototype
+  // ("toString", "__proto__", "hasOwnProperty", ...). Own properties are
+  // walked with descriptors so getters never run.
+  function findMethod(instance, name) {
+    if (name === 'constructor' || name.startsWith('_') || name.startsWith('#')) return null;
+    for (let proto = Object.getPrototypeOf(instance); proto !== null && proto !== Object.prototype; proto = Object.getPrototypeOf(proto)) {
+      const descriptor = Object.getOwnPropertyDescriptor(proto, name);
+      if (descriptor) return typeof descriptor.value === 'function' ? descriptor.value : null;
+    }
+    return null;
+  }
+
+  // Returns [instance, fn], null when there is no such method, or throws when
+  // the class constructor throws.
+  function lookup(methodName) {
+    const cached = resolved.get(methodName);
+    if (cached) return cached;
+    const dot = methodName.indexOf('.');
+    if (dot <= 0) return null;
+    const className = methodName.slice(0, dot);
+    if (!classes.has(className)) return null;
+    const instance = instanceOf(className);
+    const fn = findMethod(instance, methodName.slice(dot + 1));
+    if (fn === null) return null;
+    const entry = [instance, fn];
+    resolved.set(methodName, entry);
+    return entry;
+  }
+
+  // Answers one request object: undefined for a notification, otherwise
+  // { code (0 on success), json }.
+  async function answer(request) {
+    const validId = (id) => id === null || typeof id === 'string' || typeof id === 'number';
+    if (!isPlainObject(request) || request.jsonrpc !== '2.0' || typeof request.method !== 'string' || (Object.hasOwn(request, 'id') && !validId(request.id))) {
+      const id = isPlainObject(request) && validId(request.id) ? request.id : null;
+      return { code: RPC_INVALID_REQUEST, json: rpcErrorJson(id, RPC_INVALID_REQUEST, 'Invalid Request: expected {"jsonrpc":"2.0","method":"Class.method","params":[...],"id":...}') };
+    }
+    const isNotification = !Object.hasOwn(request, 'id');
+    const id = isNotification ? null : request.id;
+    const fail = (code, message, data) => (isNotification ? undefined : { code, json: rpcErrorJson(id, code, message, data) });
+
+    let args;
+    if (!Object.hasOwn(request, 'params')) args = [];
+    else if (Array.isArray(request.params)) args = request.params;
+    else if (isPlainObject(request.params)) args = [request.params];
+    else return fail(RPC_INVALID_PARAMS, 'Invalid params: params must be an array or an object');
+
+    let result;
+    try {
+      const target = lookup(request.method);
+      if (target === null) {
+        return fail(RPC_METHOD_NOT_FOUND, `Method not found: ${request.method} (exported classes: ${[...classes.keys()].join(', ')})`);
+      }
+      result = await target[1].apply(target[0], args);
+    } catch (err) {
+      const thrown = describeThrown(err);
+      logText('stderr', thrown.stack);
+      return fail(RPC_SERVER_ERROR, thrown.message, { name: thrown.name });
+    }
+    if (isNotification) return undefined;
+    try {
+      return { code: 0, json: JSON.stringify({ jsonrpc: '2.0', result: result === undefined ? null : result, id }) };
+    } catch (err) {
+      return { code: RPC_INTERNAL_ERROR, json: rpcErrorJson(id, RPC_INTERNAL_ERROR, `the result could not be serialised as JSON: ${err.message}`) };
+    }
+  }
+
+  async function respond(payload) {
+    if (Array.isArray(payload)) {
+      if (payload.length === 0) {
+        return jsonResponse(400, rpcErrorJson(null, RPC_INVALID_REQUEST, 'Invalid Request: empty batch'));
+      }
+      const answers = (await Promise.all(payload.map(answer))).filter((a) => a !== undefined);
+      if (answers.length === 0) return { status: 204, headers: [], body: EMPTY_BODY };
+      // A batch mixes outcomes, so it is always 200; each entry says how it went.
+      return jsonResponse(200, `[${answers.map((a) => a.json).join(',')}]`);
+    }
+    const single = await answer(payload);
+    if (single === undefined) return { status: 204, headers: [], body: EMPTY_BODY };
+    return jsonResponse(RPC_HTTP_STATUS.get(single.code) ?? 200, single.json);
+  }
+
+  return {
+    style: 'class',
+    services: [...classes.keys()],
+    http(request) {
+      if (request.method !== 'POST') {
+        return jsonResponse(405, rpcErrorJson(null, RPC_INVALID_REQUEST, 'JSON-RPC requests must be sent with POST'), [['allow', 'POST']]);
+      }
+      let payload;
+      try {
+        payload = JSON.parse(request.body.toString('utf8'));
+      } catch (err) {
+        return jsonResponse(400, rpcErrorJson(null, RPC_PARSE_ERROR, `Parse error: ${err.message}`));
+      }
+      return respond(payload);
+    },
+    event: (event) => respond(event),
+  };
+}
+
+// ---------------------------------------------------------------------------
+
+send({ type: 'ready', protocol: PROTOCOL_VERSION, runtime: RUNTIME_NAME, node: process.version, pid: process.pid });

@@ -1,0 +1,901 @@
+// Tests for the runtime shim: each test starts `node shim.mjs` with fd 3 as
+// the frame stream, plays the host's side of docs/protocol.md and checks the
+// frames that come back.
+//
+// Run from the repository root with: node --test runtime/shim/
+
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+const SHIM = path.join(path.dirname(fileURLToPath(import.meta.url)), 'shim.mjs');
+const FRAME_TIMEOUT_MS = 5000;
+
+// ---------------------------------------------------------------------------
+// Host side of the protocol.
+
+function encodeFrame(message) {
+  const json = Buffer.from(JSON.stringify(message));
+  const header = Buffer.alloc(4);
+  header.writeUInt32BE(json.length, 0);
+  return Buffer.concat([header, json]);
+}
+
+// Feeds bytes in, calls onFrame for every complete frame.
+function frameDecoder(onFrame) {
+  let buffered = Buffer.alloc(0);
+  return (chunk) => {
+    buffered = Buffer.concat([buffered, chunk]);
+    while (buffered.length >= 4) {
+      const length = buffered.readUInt32BE(0);
+      if (buffered.length < 4 + length) break;
+      onFrame(JSON.parse(buffered.toString('utf8', 4, 4 + length)));
+      buffered = buffered.subarray(4 + length);
+    }
+  };
+}
+
+class Shim {
+  constructor() {
+    this.child = spawn(process.execPath, [SHIM], { stdio: ['ignore', 'pipe', 'pipe', 'pipe'] });
+    this.stream = this.child.stdio[3];
+    this.frames = []; // every frame received, in order
+    this.unclaimed = []; // frames no waiter has taken yet
+    this.waiters = [];
+    this.stdout = '';
+    this.stderr = '';
+    this.child.stdout.on('data', (d) => (this.stdout += d));
+    this.child.stderr.on('data', (d) => (this.stderr += d));
+    this.exited = new Promise((resolve) => this.child.on('exit', (code, signal) => resolve({ code, signal })));
+    this.stream.on('data', frameDecoder((frame) => this.#deliver(frame)));
+    this.stream.on('error', () => {});
+    this.nextId = 1;
+  }
+
+  #deliver(frame) {
+    this.frames.push(frame);
+    const index = this.waiters.findIndex((w) => w.match(frame));
+    if (index === -1) {
+      this.unclaimed.push(frame);
+      return;
+    }
+    const [waiter] = this.waiters.splice(index, 1);
+    clearTimeout(waiter.timer);
+    waiter.resolve(frame);
+  }
+
+  // The next frame (already received or still to come) that matches.
+  frame(match, what = 'frame') {
+    const index = this.unclaimed.findIndex(match);
+    if (index !== -1) return Promise.resolve(this.unclaimed.splice(index, 1)[0]);
+    return new Promise((resolve, reject) => {
+      const waiter = { match, resolve };
+      waiter.timer = setTimeout(() => {
+        this.waiters.splice(this.waiters.indexOf(waiter), 1);
+        reject(new Error(`timed out waiting for ${what}; frames so far: ${JSON.stringify(this.frames).slice(0, 2000)}; stderr: ${this.stderr}`));
+      }, FRAME_TIMEOUT_MS);
+      this.waiters.push(waiter);
+    });
+  }
+
+  send(message) {
+    this.stream.write(encodeFrame(message));
+  }
+
+  ready() {
+    return this.frame((f) => f.type === 'ready', 'ready');
+  }
+
+  async init(codeDir, entry, extra = {}) {
+    await this.ready();
+    this.send({ type: 'init', function: 'demo', version: '7', code_dir: codeDir, entry, env: {}, timeout_ms: 30_000, memory_mb: 256, ...extra });
+    return this.frame((f) => f.type === 'init_ok' || f.type === 'init_error', 'init reply');
+  }
+
+  async initOk(codeDir, entry, extra) {
+    const reply = await this.init(codeDir, entry, extra);
+    assert.equal(reply.type, 'init_ok', JSON.stringify(reply));
+    return reply;
+  }
+
+  // Sends one invoke and resolves with its result/error frame plus the log
+  // frames carrying its id.
+  async invoke(payload, id = this.nextId++) {
+    this.send({ type: 'invoke', id, deadline_ms: Date.now() + 10_000, ...payload });
+    const reply = await this.frame((f) => (f.type === 'result' || f.type === 'error') && f.id === id, `reply to ${id}`);
+    const logs = this.frames.filter((f) => f.type === 'log' && f.id === id);
+    return { reply, logs, body: reply.type === 'result' ? Buffer.from(reply.body, 'base64') : null };
+  }
+
+  request(request, id) {
+    return this.invoke({ request: httpRequest(request) }, id);
+  }
+
+  event(event, id) {
+    return this.invoke({ event }, id);
+  }
+
+  async stop() {
+    this.stream.end();
+    const exit = await this.exited;
+    assert.equal(exit.code, 0, `shim exit: ${JSON.stringify(exit)} stderr: ${this.stderr}`);
+    // User output must only travel as log frames, never on the real fds.
+    assert.equal(this.stdout, '');
+    assert.equal(this.stderr, '');
+  }
+}
+
+function httpRequest({ method = 'GET', path: p = '/', query = '', headers = [], body = '', host = 'demo.thaw.test', sourceIp = '203.0.113.7' } = {}) {
+  return { method, path: p, query, headers, body: Buffer.from(body).toString('base64'), source_ip: sourceIp, host };
+}
+
+function header(reply, name) {
+  return reply.headers.filter(([n]) => n === name).map(([, v]) => v);
+}
+
+function json(result) {
+  return JSON.parse(result.body.toString('utf8'));
+}
+
+// ---------------------------------------------------------------------------
+// Fixture modules, written to a temp dir once.
+
+const root = fs.mkdtempSync(path.join(os.tmpdir(), 'thaw-shim-test-'));
+
+function fixture(name, files) {
+  const dir = path.join(root, name);
+  for (const [file, text] of Object.entries(files)) {
+    fs.mkdirSync(path.dirname(path.join(dir, file)), { recursive: true });
+    fs.writeFileSync(path.join(dir, file), text);
+  }
+  return dir;
+}
+
+const fixtures = {
+  lambdaEsm: fixture('lambda-esm', {
+    'index.mjs': `
+      export async function handler(event, context) {
+        switch (event.rawPath) {
+          case '/echo':
+            return { statusCode: 200, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ event, context: { ...context, remaining: context.getRemainingTimeInMillis() } }) };
+          case '/binary': {
+            const bytes = Buffer.from(event.body, event.isBase64Encoded ? 'base64' : 'utf8').reverse();
+            return { statusCode: 201, headers: { 'Content-Type': 'application/octet-stream', 'X-Custom': 'yes' }, multiValueHeaders: { 'x-multi': ['a', 'b'] }, cookies: ['a=1; Path=/', 'b=2'], body: bytes.toString('base64'), isBase64Encoded: true };
+          }
+          case '/plain':
+            return { hello: 'world' };
+          case '/nothing':
+            return undefined;
+          case '/throw':
+            throw new TypeError('bad thing');
+          case '/logs':
+            console.log('first %s', 'line', { a: 1 });
+            console.error('oops\\nsecond');
+            process.stdout.write('partial ');
+            process.stdout.write('done\\n');
+            process.stderr.write(Buffer.from('bytes\\n'));
+            console.info('info');
+            console.warn('warn');
+            console.debug('debug');
+            console.trace('tracing');
+            return 'logged';
+          default:
+            return { statusCode: 404, body: 'no route' };
+        }
+      }
+    `,
+  }),
+  lambdaCjs: fixture('lambda-cjs', {
+    'index.cjs': `exports.handler = async (event, context) => ({ style: 'cjs', event, fn: context.functionName });`,
+  }),
+  lambdaJs: fixture('lambda-js', {
+    'package.json': '{}',
+    'handler.js': `
+      // A callback-style handler in a .js CommonJS file.
+      exports.handler = function (event, context, callback) {
+        setTimeout(() => event.fail ? callback(new Error('callback failure')) : callback(null, { viaCallback: true, event }), 5);
+      };
+    `,
+  }),
+  lambdaDynamicExports: fixture('lambda-dynamic', {
+    // Exports the lexer cannot see, so the handler is only on the default object.
+    'index.cjs': `const name = ['hand', 'ler'].join(''); module.exports = { [name]: async () => 'dynamic' };`,
+  }),
+  fetch: fixture('fetch', {
+    'index.mjs': `
+      export default {
+        async fetch(request, env, ctx) {
+          const url = new URL(request.url);
+          ctx.waitUntil(Promise.resolve());
+          if (url.pathname === '/binary') {
+            const bytes = new Uint8Array(await request.arrayBuffer()).reverse();
+            return new Response(bytes, { status: 202, headers: { 'content-type': 'application/octet-stream' } });
+          }
+          if (url.pathname === '/cookies') {
+            const headers = new Headers({ 'x-one': '1' });
+            headers.append('set-cookie', 'a=1');
+            headers.append('set-cookie', 'b=2; Path=/');
+            return new Response(null, { status: 204, headers });
+          }
+          if (url.pathname === '/not-response') return { status: 200 };
+          if (url.pathname === '/throw') throw new RangeError('fetch failed here');
+          return Response.json({
+            method: request.method,
+            url: request.url,
+            headers: Object.fromEntries(request.headers),
+            body: request.body ? await request.text() : null,
+            envValue: env.FIXTURE_VALUE ?? null,
+            envNotString: env.NOT_A_STRING ?? null,
+            cwd: process.cwd(),
+          });
+        },
+      };
+    `,
+  }),
+  openwhisk: fixture('openwhisk', {
+    'index.mjs': `
+      export function main(params) {
+        if (params.__ow_path === '/web') return { statusCode: 201, headers: { 'x-ow': 'yes' }, body: 'web body' };
+        if (params.__ow_path === '/object') return { body: { nested: true } };
+        if (params.__ow_path === '/image') return { headers: { 'content-type': 'image/png' }, body: Buffer.from([1, 2, 3]).toString('base64') };
+        if (params.__ow_path === '/throw') throw new Error('whisk failure');
+        return { params };
+      }
+    `,
+  }),
+  classes: fixture('classes', {
+    'index.mjs': `
+      export class Counter {
+        constructor() { this.count = 0; this.own = () => 'own'; }
+        add(a, b) { return a + b; }
+        increment() { return ++this.count; }
+        echo(params) { return params; }
+        nothing() {}
+        async slow(ms) { await new Promise((r) => setTimeout(r, ms)); return ms; }
+        async fail() { throw new Error('method exploded'); }
+        _hidden() { return 'hidden'; }
+        get getter() { return () => 'getter'; }
+      }
+      class Base { inherited() { return 'from base'; } }
+      export class Child extends Base {}
+      export const notAClass = 42;
+      export function helper() {}
+    `,
+  }),
+  classesCjs: fixture('classes-cjs', {
+    'index.cjs': `
+      class Greeter { greet(name) { return 'hello ' + name; } }
+      module.exports = { Greeter, version: 1 };
+    `,
+  }),
+  logs: fixture('logs', {
+    'index.mjs': `
+      const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+      console.log('loading module');
+      export async function handler(event) {
+        console.log('start', event.name);
+        await sleep(event.firstDelay);
+        console.log('middle', event.name);
+        await sleep(event.secondDelay);
+        setTimeout(() => {}, 0);
+        console.error('end', event.name);
+        return event.name;
+      }
+    `,
+  }),
+  syntaxError: fixture('syntax-error', {
+    'index.mjs': `export function handler() {\n  return 1;\n}\nlet broken = ;\n`,
+  }),
+  nestedSyntaxError: fixture('nested-syntax-error', {
+    'index.mjs': `import { value } from './lib/util.mjs';\nexport const handler = () => value;\n`,
+    'lib/util.mjs': `export const value = 1;\n\nexport const other = {\n  a: 1,,\n};\n`,
+  }),
+  cjsSyntaxError: fixture('cjs-syntax-error', {
+    'index.cjs': `exports.handler = () => 1;\nfunction (\n`,
+  }),
+  throwsAtTop: fixture('throws-at-top', {
+    'index.mjs': `throw new Error('top level failure');\n`,
+  }),
+  noHandler: fixture('no-handler', {
+    'index.mjs': `export const answer = 42;\nexport function helper() {}\nexport default { name: 'x' };\n`,
+  }),
+  uncaught: fixture('uncaught', {
+    'index.mjs': `export async function handler() { setTimeout(() => { throw new Error('escaped the handler'); }, 1); return 'ok'; }\n`,
+  }),
+};
+
+after(() => fs.rmSync(root, { recursive: true, force: true }));
+
+// ---------------------------------------------------------------------------
+
+test('sends a ready frame on start and exits when the host closes the stream', async () => {
+  const shim = new Shim();
+  const ready = await shim.ready();
+  assert.equal(ready.protocol, 1);
+  assert.match(ready.runtime, /^thaw-shim\/\d+\.\d+\.\d+$/);
+  assert.equal(ready.node, process.version);
+  assert.equal(ready.pid, shim.child.pid);
+  await shim.stop();
+});
+
+test('answers an invoke that arrives before init with an error frame', async () => {
+  const shim = new Shim();
+  await shim.ready();
+  const { reply } = await shim.event({});
+  assert.equal(reply.type, 'error');
+  assert.match(reply.message, /before init/);
+  await shim.stop();
+});
+
+describe('lambda style', () => {
+  let shim;
+  before(async () => {
+    shim = new Shim();
+    const reply = await shim.initOk(fixtures.lambdaEsm, 'index.mjs');
+    assert.equal(reply.style, 'lambda');
+  });
+  after(() => shim.stop());
+
+  test('builds a function URL 2.0 event with query, headers and cookies', async () => {
+    const result = await shim.request(
+      {
+        method: 'POST',
+        path: '/echo',
+        query: 'a=1&b=two%20words&a=3',
+        headers: [
+          ['content-type', 'application/json'],
+          ['user-agent', 'test-agent'],
+          ['x-repeat', 'one'],
+          ['x-repeat', 'two'],
+          ['cookie', 'c1=v1; c2=v2'],
+        ],
+        body: '{"hello":"wörld"}',
+      },
+      41,
+    );
+    assert.equal(result.reply.type, 'result', JSON.stringify(result.reply));
+    assert.equal(result.reply.status, 200);
+    const { event, context } = json(result);
+    assert.equal(event.version, '2.0');
+    assert.equal(event.routeKey, '$default');
+    assert.equal(event.rawPath, '/echo');
+    assert.equal(event.rawQueryString, 'a=1&b=two%20words&a=3');
+    assert.deepEqual(event.queryStringParameters, { a: '1,3', b: 'two words' });
+    assert.deepEqual(event.cookies, ['c1=v1', 'c2=v2']);
+    assert.deepEqual(event.headers, { 'content-type': 'application/json', 'user-agent': 'test-agent', 'x-repeat': 'one,two' });
+    assert.equal(event.body, '{"hello":"wörld"}');
+    assert.equal(event.isBase64Encoded, false);
+    const rc = event.requestContext;
+    assert.equal(rc.accountId, 'anonymous');
+    assert.equal(rc.apiId, 'demo');
+    assert.equal(rc.domainName, 'demo.thaw.test');
+    assert.equal(rc.domainPrefix, 'demo');
+    assert.deepEqual(rc.http, { method: 'POST', path: '/echo', protocol: 'HTTP/1.1', sourceIp: '203.0.113.7', userAgent: 'test-agent' });
+    assert.equal(rc.requestId, '41');
+    assert.equal(rc.stage, '$default');
+    assert.match(rc.time, /^\d{2}\/[A-Z][a-z]{2}\/\d{4}:\d{2}:\d{2}:\d{2} \+0000$/);
+    assert.ok(Math.abs(rc.timeEpoch - Date.now()) < 5000);
+    assert.equal(context.functionName, 'demo');
+    assert.equal(context.functionVersion, '7');
+    assert.equal(context.awsRequestId, '41');
+    assert.equal(context.memoryLimitInMB, '256');
+    assert.ok(context.remaining > 5000 && context.remaining <= 10_000, `remaining ${context.remaining}`);
+  });
+
+  test('omits query parameters, cookies and body when there are none', async () => {
+    const { event } = json(await shim.request({ path: '/echo' }));
+    assert.equal(event.queryStringParameters, undefined);
+    assert.equal(event.cookies, undefined);
+    assert.equal(event.body, undefined);
+    assert.equal(event.isBase64Encoded, false);
+  });
+
+  test('round-trips binary request and response bodies', async () => {
+    const bytes = Buffer.from([0, 255, 1, 254, 0x80, 0xc3, 10]);
+    const result = await shim.request({ method: 'PUT', path: '/binary', headers: [['content-type', 'application/octet-stream']], body: bytes });
+    assert.equal(result.reply.status, 201);
+    assert.deepEqual(result.body, Buffer.from(bytes).reverse());
+    assert.deepEqual(header(result.reply, 'content-type'), ['application/octet-stream']);
+    assert.deepEqual(header(result.reply, 'x-custom'), ['yes']);
+    assert.deepEqual(header(result.reply, 'x-multi'), ['a', 'b']);
+    assert.deepEqual(header(result.reply, 'set-cookie'), ['a=1; Path=/', 'b=2']);
+  });
+
+  test('base64-encodes a textual content type whose body is not UTF-8', async () => {
+    const bytes = Buffer.from([0xff, 0xfe, 0x41]);
+    const { event } = json(await shim.request({ method: 'POST', path: '/echo', headers: [['content-type', 'text/plain']], body: bytes }));
+    assert.equal(event.isBase64Encoded, true);
+    assert.equal(event.body, bytes.toString('base64'));
+  });
+
+  test('turns a plain return value into a 200 JSON response', async () => {
+    const result = await shim.request({ path: '/plain' });
+    assert.equal(result.reply.status, 200);
+    assert.deepEqual(header(result.reply, 'content-type'), ['application/json']);
+    assert.deepEqual(json(result), { hello: 'world' });
+    const empty = await shim.request({ path: '/nothing' });
+    assert.equal(empty.reply.status, 200);
+    assert.equal(empty.body.length, 0);
+  });
+
+  test('passes an event through and answers with its JSON value', async () => {
+    const result = await shim.event({ rawPath: '/plain' });
+    assert.equal(result.reply.status, 200);
+    assert.deepEqual(json(result), { hello: 'world' });
+    const nothing = await shim.event({ rawPath: '/nothing' });
+    assert.equal(nothing.body.toString(), 'null');
+  });
+
+  test('reports a handler exception as an error frame and keeps serving', async () => {
+    const { reply } = await shim.request({ path: '/throw' });
+    assert.equal(reply.type, 'error');
+    assert.equal(reply.name, 'TypeError');
+    assert.equal(reply.message, 'bad thing');
+    assert.match(reply.stack, /index\.mjs/);
+    const after = await shim.request({ path: '/plain' });
+    assert.equal(after.reply.status, 200);
+  });
+
+  test('captures console and stream output as log frames of the invocation', async () => {
+    const { reply, logs } = await shim.request({ path: '/logs' }, 77);
+    assert.equal(reply.type, 'result');
+    const lines = logs.map((l) => [l.stream, l.line]);
+    assert.deepEqual(lines.slice(0, 8), [
+      ['stdout', 'first line { a: 1 }'],
+      ['stderr', 'oops'],
+      ['stderr', 'second'],
+      ['stdout', 'partial done'],
+      ['stderr', 'bytes'],
+      ['stdout', 'info'],
+      ['stderr', 'warn'],
+      ['stdout', 'debug'],
+    ]);
+    assert.deepEqual(lines[8], ['stderr', 'Trace: tracing']);
+    assert.match(lines[9][1], /^\s+at handler \(file:.*index\.mjs/);
+    // No log frame of this invocation may arrive after its result.
+    const resultIndex = shim.frames.indexOf(reply);
+    assert.ok(shim.frames.every((f, i) => !(f.type === 'log' && f.id === 77) || i < resultIndex));
+  });
+
+  test('refuses a second init', async () => {
+    shim.send({ type: 'init', function: 'other', code_dir: fixtures.fetch, entry: 'index.mjs', env: {} });
+    const reply = await shim.frame((f) => f.type === 'init_error', 'init_error');
+    assert.match(reply.message, /already bound to function "demo"/);
+    const still = await shim.request({ path: '/plain' });
+    assert.equal(still.reply.status, 200);
+  });
+});
+
+describe('lambda style from CommonJS', () => {
+  test('exports.handler in a .cjs file', async () => {
+    const shim = new Shim();
+    assert.equal((await shim.initOk(fixtures.lambdaCjs, 'index.cjs')).style, 'lambda');
+    const result = await shim.event({ n: 1 });
+    assert.deepEqual(json(result), { style: 'cjs', event: { n: 1 }, fn: 'demo' });
+    const http = await shim.request({ path: '/x' });
+    assert.equal(json(http).event.rawPath, '/x');
+    await shim.stop();
+  });
+
+  test('callback-style exports.handler in a .js file without type:module', async () => {
+    const shim = new Shim();
+    assert.equal((await shim.initOk(fixtures.lambdaJs, 'handler.js')).style, 'lambda');
+    const result = await shim.event({ n: 2 });
+    assert.deepEqual(json(result), { viaCallback: true, event: { n: 2 } });
+    const failed = await shim.event({ fail: true });
+    assert.equal(failed.reply.type, 'error');
+    assert.equal(failed.reply.message, 'callback failure');
+    await shim.stop();
+  });
+
+  test('a handler only reachable through module.exports', async () => {
+    const shim = new Shim();
+    assert.equal((await shim.initOk(fixtures.lambdaDynamicExports, 'index.cjs')).style, 'lambda');
+    assert.equal(json(await shim.event(null)), 'dynamic');
+    await shim.stop();
+  });
+});
+
+describe('fetch style', () => {
+  let shim;
+  before(async () => {
+    shim = new Shim();
+    assert.equal((await shim.initOk(fixtures.fetch, 'index.mjs', { env: { FIXTURE_VALUE: 'from-env', NOT_A_STRING: 5 } })).style, 'fetch');
+  });
+  after(() => shim.stop());
+
+  test('builds a Request from the HTTP request', async () => {
+    const result = await shim.request({
+      method: 'POST',
+      path: '/echo/path',
+      query: 'x=1&y=2',
+      headers: [['content-type', 'text/plain'], ['x-test', 'a']],
+      body: 'hello body',
+    });
+    assert.equal(result.reply.status, 200);
+    const seen = json(result);
+    assert.equal(seen.method, 'POST');
+    assert.equal(seen.url, 'http://demo.thaw.test/echo/path?x=1&y=2');
+    assert.equal(seen.headers['x-test'], 'a');
+    assert.equal(seen.body, 'hello body');
+    assert.equal(seen.envValue, 'from-env');
+    assert.equal(seen.envNotString, null);
+    assert.equal(seen.cwd, fs.realpathSync(fixtures.fetch));
+  });
+
+  test('sends no body for GET', async () => {
+    const seen = json(await shim.request({ path: '/' }));
+    assert.equal(seen.method, 'GET');
+    assert.equal(seen.body, null);
+  });
+
+  test('round-trips binary bodies', async () => {
+    const bytes = Buffer.from([0, 1, 2, 250, 251, 252, 0xc0]);
+    const result = await shim.request({ method: 'POST', path: '/binary', body: bytes });
+    assert.equal(result.reply.status, 202);
+    assert.deepEqual(result.body, Buffer.from(bytes).reverse());
+    assert.deepEqual(header(result.reply, 'content-type'), ['application/octet-stream']);
+  });
+
+  test('keeps several set-cookie headers apart', async () => {
+    const result = await shim.request({ path: '/cookies' });
+    assert.equal(result.reply.status, 204);
+    assert.deepEqual(header(result.reply, 'set-cookie'), ['a=1', 'b=2; Path=/']);
+    assert.deepEqual(header(result.reply, 'x-one'), ['1']);
+  });
+
+  test('delivers an event as POST / with a JSON body', async () => {
+    const seen = json(await shim.event({ kind: 'event' }));
+    assert.equal(seen.method, 'POST');
+    assert.equal(new URL(seen.url).pathname, '/');
+    assert.equal(seen.headers['content-type'], 'application/json');
+    assert.deepEqual(JSON.parse(seen.body), { kind: 'event' });
+  });
+
+  test('rejects a return value that is not a Response', async () => {
+    const { reply } = await shim.request({ path: '/not-response' });
+    assert.equal(reply.type, 'error');
+    assert.match(reply.message, /must return a Response/);
+  });
+
+  test('reports an exception as an error frame', async () => {
+    const { reply } = await shim.request({ path: '/throw' });
+    assert.equal(reply.type, 'error');
+    assert.equal(reply.name, 'RangeError');
+    assert.equal(reply.message, 'fetch failed here');
+  });
+});
+
+describe('openwhisk style', () => {
+  let shim;
+  before(async () => {
+    shim = new Shim();
+    assert.equal((await shim.initOk(fixtures.openwhisk, 'index.mjs')).style, 'openwhisk');
+  });
+  after(() => shim.stop());
+
+  test('merges query and JSON body into params with the __ow_ fields', async () => {
+    const result = await shim.request({
+      method: 'POST',
+      path: '/params',
+      query: 'q=1&shared=query',
+      headers: [['content-type', 'application/json'], ['x-a', 'b']],
+      body: '{"shared":"body","n":2}',
+    });
+    assert.equal(result.reply.status, 200);
+    assert.deepEqual(header(result.reply, 'content-type'), ['application/json']);
+    const { params } = json(result);
+    assert.equal(params.q, '1');
+    assert.equal(params.n, 2);
+    assert.equal(params.shared, 'body');
+    assert.equal(params.__ow_method, 'post');
+    assert.equal(params.__ow_path, '/params');
+    assert.deepEqual(params.__ow_headers, { 'content-type': 'application/json', 'x-a': 'b' });
+    assert.equal(params.__ow_query, 'q=1&shared=query');
+    assert.equal(params.__ow_body, '{"shared":"body","n":2}');
+  });
+
+  test('passes a binary body as base64', async () => {
+    const bytes = Buffer.from([0xff, 0x00, 0x10]);
+    const { params } = json(await shim.request({ method: 'POST', path: '/p', headers: [['content-type', 'application/octet-stream']], body: bytes }));
+    assert.equal(params.__ow_body, bytes.toString('base64'));
+  });
+
+  test('treats a statusCode/headers/body result as a web response', async () => {
+    const web = await shim.request({ path: '/web' });
+    assert.equal(web.reply.status, 201);
+    assert.deepEqual(header(web.reply, 'x-ow'), ['yes']);
+    assert.equal(web.body.toString(), 'web body');
+    const object = await shim.request({ path: '/object' });
+    assert.equal(object.reply.status, 200);
+    assert.deepEqual(header(object.reply, 'content-type'), ['application/json']);
+    assert.deepEqual(json(object), { nested: true });
+    const image = await shim.request({ path: '/image' });
+    assert.deepEqual(image.body, Buffer.from([1, 2, 3]));
+  });
+
+  test('calls main with the event itself', async () => {
+    assert.deepEqual(json(await shim.event({ a: 1 })), { params: { a: 1 } });
+  });
+
+  test('reports an exception as an error frame', async () => {
+    const { reply } = await shim.request({ path: '/throw' });
+    assert.equal(reply.type, 'error');
+    assert.equal(reply.message, 'whisk failure');
+  });
+});
+
+describe('class style (JSON-RPC)', () => {
+  let shim;
+  const rpc = (body, method = 'POST') =>
+    shim.request({ method, path: '/', headers: [['content-type', 'application/json']], body: typeof body === 'string' ? body : JSON.stringify(body) });
+
+  before(async () => {
+    shim = new Shim();
+    const reply = await shim.initOk(fixtures.classes, 'index.mjs');
+    assert.equal(reply.style, 'class');
+    assert.deepEqual(reply.services.sort(), ['Child', 'Counter']);
+  });
+  after(() => shim.stop());
+
+  test('calls a method with positional and named params', async () => {
+    const result = await rpc({ jsonrpc: '2.0', method: 'Counter.add', params: [2, 3], id: 1 });
+    assert.equal(result.reply.status, 200);
+    assert.deepEqual(header(result.reply, 'content-type'), ['application/json']);
+    assert.deepEqual(json(result), { jsonrpc: '2.0', result: 5, id: 1 });
+    const named = await rpc({ jsonrpc: '2.0', method: 'Counter.echo', params: { a: 1 }, id: 'x' });
+    assert.deepEqual(json(named), { jsonrpc: '2.0', result: { a: 1 }, id: 'x' });
+    const nothing = await rpc({ jsonrpc: '2.0', method: 'Counter.nothing', id: 2 });
+    assert.deepEqual(json(nothing), { jsonrpc: '2.0', result: null, id: 2 });
+    const inherited = await rpc({ jsonrpc: '2.0', method: 'Child.inherited', id: 3 });
+    assert.deepEqual(json(inherited), { jsonrpc: '2.0', result: 'from base', id: 3 });
+  });
+
+  test('keeps one instance per class', async () => {
+    const first = json(await rpc({ jsonrpc: '2.0', method: 'Counter.increment', id: 1 })).result;
+    const second = json(await rpc({ jsonrpc: '2.0', method: 'Counter.increment', id: 2 })).result;
+    assert.equal(second, first + 1);
+  });
+
+  test('answers a parse error with 400', async () => {
+    const result = await rpc('{"jsonrpc": "2.0", "method"');
+    assert.equal(result.reply.status, 400);
+    const body = json(result);
+    assert.equal(body.error.code, -32700);
+    assert.equal(body.id, null);
+  });
+
+  test('answers an invalid request with 400', async () => {
+    for (const bad of [{ method: 'Counter.add', id: 1 }, { jsonrpc: '2.0', method: 5, id: 1 }, '"just a string"', [], { jsonrpc: '2.0', method: 'Counter.add', id: {} }]) {
+      const result = await rpc(bad);
+      assert.equal(result.reply.status, 400, JSON.stringify(bad));
+      assert.equal(json(result).error.code, -32600, JSON.stringify(bad));
+    }
+    const params = await rpc({ jsonrpc: '2.0', method: 'Counter.add', params: 'nope', id: 9 });
+    assert.equal(params.reply.status, 400);
+    assert.deepEqual(json(params).error.code, -32602);
+    assert.equal(json(params).id, 9);
+  });
+
+  test('answers unknown and unsafe methods with 404', async () => {
+    const names = [
+      'Counter.missing',
+      'Counter.__proto__',
+      'Counter.constructor',
+      'Counter.toString',
+      'Counter.hasOwnProperty',
+      'Counter.valueOf',
+      'Counter._hidden',
+      'Counter.#private',
+      'Counter.getter',
+      'Counter.own',
+      'Counter.count',
+      'Nope.add',
+      'notAClass.toFixed',
+      'helper.call',
+      'toString.call',
+      '__proto__.constructor',
+      'constructor.name',
+      'Counter',
+      '.add',
+    ];
+    for (const method of names) {
+      const result = await rpc({ jsonrpc: '2.0', method, id: 1 });
+      assert.equal(result.reply.status, 404, method);
+      const body = json(result);
+      assert.equal(body.error.code, -32601, method);
+      assert.equal(body.id, 1);
+    }
+  });
+
+  test('answers a thrown error with 500 and logs its stack', async () => {
+    const result = await rpc({ jsonrpc: '2.0', method: 'Counter.fail', id: 4 });
+    assert.equal(result.reply.status, 500);
+    const body = json(result);
+    assert.equal(body.error.code, -32000);
+    assert.equal(body.error.message, 'method exploded');
+    assert.equal(body.id, 4);
+    const stderr = result.logs.filter((l) => l.stream === 'stderr').map((l) => l.line);
+    assert.equal(stderr[0], 'Error: method exploded');
+    assert.match(stderr[1], /at Counter\.fail/);
+  });
+
+  test('answers a batch, leaving out notifications', async () => {
+    const result = await rpc([
+      { jsonrpc: '2.0', method: 'Counter.add', params: [1, 1], id: 'a' },
+      { jsonrpc: '2.0', method: 'Counter.increment' },
+      { jsonrpc: '2.0', method: 'Counter.missing', id: 'b' },
+      { jsonrpc: '2.0', method: 'Counter.slow', params: [5], id: 'c' },
+      7,
+    ]);
+    assert.equal(result.reply.status, 200);
+    const answers = json(result);
+    assert.equal(answers.length, 4);
+    assert.deepEqual(answers[0], { jsonrpc: '2.0', result: 2, id: 'a' });
+    assert.equal(answers[1].error.code, -32601);
+    assert.deepEqual(answers[2], { jsonrpc: '2.0', result: 5, id: 'c' });
+    assert.equal(answers[3].error.code, -32600);
+  });
+
+  test('answers notifications with 204 and no body', async () => {
+    const single = await rpc({ jsonrpc: '2.0', method: 'Counter.increment' });
+    assert.equal(single.reply.status, 204);
+    assert.equal(single.body.length, 0);
+    const batch = await rpc([{ jsonrpc: '2.0', method: 'Counter.increment' }, { jsonrpc: '2.0', method: 'Counter.missing' }]);
+    assert.equal(batch.reply.status, 204);
+    assert.equal(batch.body.length, 0);
+  });
+
+  test('answers other HTTP methods with 405', async () => {
+    const result = await rpc('', 'GET');
+    assert.equal(result.reply.status, 405);
+    assert.deepEqual(header(result.reply, 'allow'), ['POST']);
+    assert.equal(json(result).jsonrpc, '2.0');
+    assert.ok(json(result).error);
+  });
+
+  test('takes an event as the JSON-RPC request', async () => {
+    const result = await shim.event({ jsonrpc: '2.0', method: 'Counter.add', params: [10, 20], id: 5 });
+    assert.equal(result.reply.status, 200);
+    assert.deepEqual(json(result), { jsonrpc: '2.0', result: 30, id: 5 });
+    const missing = await shim.event({ jsonrpc: '2.0', method: 'Counter.nope', id: 6 });
+    assert.equal(missing.reply.status, 404);
+  });
+
+  test('finds classes on a CommonJS module.exports object', async () => {
+    const cjs = new Shim();
+    const reply = await cjs.initOk(fixtures.classesCjs, 'index.cjs');
+    assert.deepEqual(reply.services, ['Greeter']);
+    const result = await cjs.event({ jsonrpc: '2.0', method: 'Greeter.greet', params: ['thaw'], id: 1 });
+    assert.deepEqual(json(result), { jsonrpc: '2.0', result: 'hello thaw', id: 1 });
+    await cjs.stop();
+  });
+});
+
+describe('console capture', () => {
+  test('tags output with the invocation that printed it, across concurrent invocations', async () => {
+    const shim = new Shim();
+    await shim.initOk(fixtures.logs, 'index.mjs');
+    const loading = shim.frames.find((f) => f.type === 'log' && f.line === 'loading module');
+    assert.equal(loading.id, null);
+
+    // a: start, (b: start), a: middle, (b: middle), a: end, (b: end) with the
+    // delays chosen so the two invocations' lines alternate.
+    const a = shim.event({ name: 'a', firstDelay: 20, secondDelay: 60 }, 100);
+    const b = shim.event({ name: 'b', firstDelay: 40, secondDelay: 60 }, 200);
+    const [ra, rb] = await Promise.all([a, b]);
+    assert.equal(json(ra), 'a');
+    assert.equal(json(rb), 'b');
+    assert.deepEqual(ra.logs.map((l) => [l.stream, l.line]), [['stdout', 'start a'], ['stdout', 'middle a'], ['stderr', 'end a']]);
+    assert.deepEqual(rb.logs.map((l) => [l.stream, l.line]), [['stdout', 'start b'], ['stdout', 'middle b'], ['stderr', 'end b']]);
+    const order = shim.frames.filter((f) => f.type === 'log' && f.id !== null).map((f) => f.line);
+    assert.deepEqual(order, ['start a', 'start b', 'middle a', 'middle b', 'end a', 'end b']);
+    await shim.stop();
+  });
+});
+
+describe('init errors', () => {
+  async function initError(dir, entry) {
+    const shim = new Shim();
+    const reply = await shim.init(dir, entry);
+    assert.equal(reply.type, 'init_error', JSON.stringify(reply));
+    return { shim, reply };
+  }
+
+  test('a syntax error in the entry names the file and line', async () => {
+    const { shim, reply } = await initError(fixtures.syntaxError, 'index.mjs');
+    const file = path.join(fixtures.syntaxError, 'index.mjs');
+    assert.ok(reply.message.includes(`${file}:4`), reply.message);
+    assert.match(reply.message, /SyntaxError/);
+    assert.ok(reply.stack.includes('let broken = ;'), reply.stack);
+    // Invocations on a runtime whose init failed are refused.
+    const { reply: refused } = await shim.event({});
+    assert.equal(refused.type, 'error');
+    await shim.stop();
+  });
+
+  test('a syntax error in an imported module names that module', async () => {
+    const { shim, reply } = await initError(fixtures.nestedSyntaxError, 'index.mjs');
+    const file = path.join(fixtures.nestedSyntaxError, 'lib', 'util.mjs');
+    assert.ok(reply.message.includes(`${file}:4`), reply.message);
+    await shim.stop();
+  });
+
+  test('a syntax error in CommonJS names the file and line', async () => {
+    const { shim, reply } = await initError(fixtures.cjsSyntaxError, 'index.cjs');
+    assert.ok(reply.message.includes(`${path.join(fixtures.cjsSyntaxError, 'index.cjs')}:2`), reply.message);
+    await shim.stop();
+  });
+
+  test('an exception at module top level', async () => {
+    const { shim, reply } = await initError(fixtures.throwsAtTop, 'index.mjs');
+    assert.match(reply.message, /top level failure/);
+    assert.match(reply.stack, /index\.mjs:1/);
+    await shim.stop();
+  });
+
+  test('a missing entry file', async () => {
+    const { shim, reply } = await initError(fixtures.noHandler, 'missing.mjs');
+    assert.match(reply.message, /missing\.mjs/);
+    await shim.stop();
+  });
+
+  test('no recognised handler lists the exports and what was expected', async () => {
+    const { shim, reply } = await initError(fixtures.noHandler, 'index.mjs');
+    assert.match(reply.message, /answer \(number\)/);
+    assert.match(reply.message, /helper \(function\)/);
+    assert.match(reply.message, /default \(object with name \(string\)\)/);
+    assert.match(reply.message, /"handler" function/);
+    assert.match(reply.message, /"fetch" method/);
+    assert.match(reply.message, /"main" function/);
+    assert.match(reply.message, /classes/);
+    await shim.stop();
+  });
+});
+
+test('an uncaught exception is logged and ends the process with status 1', async () => {
+  const shim = new Shim();
+  await shim.initOk(fixtures.uncaught, 'index.mjs');
+  await shim.event({});
+  const exit = await shim.exited;
+  assert.equal(exit.code, 1);
+  const lines = shim.frames.filter((f) => f.type === 'log' && f.stream === 'stderr').map((f) => f.line);
+  assert.ok(lines.includes('Error: escaped the handler'), JSON.stringify(lines));
+  assert.match(shim.stderr, /escaped the handler/);
+});
+
+test('handles frames split across reads and several frames in one read', async () => {
+  const shim = new Shim();
+  await shim.ready();
+  const frames = Buffer.concat([
+    encodeFrame({ type: 'init', function: 'demo', code_dir: fixtures.lambdaCjs, entry: 'index.cjs', env: {} }),
+    encodeFrame({ type: 'invoke', id: 1, deadline_ms: Date.now() + 5000, event: { big: 'x'.repeat(200_000) } }),
+    encodeFrame({ type: 'invoke', id: 2, deadline_ms: Date.now() + 5000, event: 'small' }),
+  ]);
+  // One byte, then a piece ending mid-header, then the rest at once.
+  shim.stream.write(frames.subarray(0, 1));
+  await new Promise((r) => setTimeout(r, 10));
+  shim.stream.write(frames.subarray(1, 3));
+  await new Promise((r) => setTimeout(r, 10));
+  shim.stream.write(frames.subarray(3));
+  const first = await shim.frame((f) => f.type === 'result' && f.id === 1);
+  const second = await shim.frame((f) => f.type === 'result' && f.id === 2);
+  assert.equal(JSON.parse(Buffer.from(first.body, 'base64')).event.big.length, 200_000);
+  assert.equal(JSON.parse(Buffer.from(second.body, 'base64')).event, 'small');
+  await shim.stop();
+});
+
+test('exits with an error on a frame longer than 64 MiB', async () => {
+  const shim = new Shim();
+  await shim.ready();
+  const header = Buffer.alloc(4);
+  header.writeUInt32BE(64 * 1024 * 1024 + 1, 0);
+  shim.stream.write(header);
+  const exit = await shim.exited;
+  assert.equal(exit.code, 1);
+  assert.match(shim.stderr, /64 MiB/);
+});

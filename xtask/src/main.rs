@@ -1,0 +1,174 @@
+//! Build chores for thaw, as `cargo xtask <command>`.
+//!
+//! - `setup`: install what thaw needs on this machine (idempotent).
+//! - `up`: setup, build, run the platform in the foreground with the
+//!   hello-world example deployed.
+//! - `test`: setup, then every check CI runs: formatting, clippy, the Rust
+//!   tests and the runtime shim's Node tests.
+
+use anyhow::{bail, Context as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Debian packages thaw needs beyond a stock machine with Rust and Node.
+const APT_PACKAGES: &[&str] = &[];
+const LISTEN: &str = "127.0.0.1:8787";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup(),
+        Some("up") => up(),
+        Some("test") => test(),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n  setup   install what thaw needs (apt and npm packages), idempotently\n  \
+                 up      setup, build, and run thaw with examples/hello-world deployed\n  \
+                 test    setup, then fmt, clippy, Rust tests and the shim's Node tests"
+            );
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn node_major() -> Option<u32> {
+    let out = Command::new("node").arg("--version").output().ok()?;
+    let v = String::from_utf8_lossy(&out.stdout);
+    v.trim().trim_start_matches('v').split('.').next()?.parse().ok()
+}
+
+fn setup() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg")
+                .args(["-s", p])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        })
+        .collect();
+    if !missing.is_empty() {
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    match node_major() {
+        Some(v) if v >= 20 => {}
+        Some(v) => bail!("thaw needs Node.js 20 or newer; `node` here is version {v}"),
+        None => bail!("thaw needs Node.js 20 or newer on PATH; none was found"),
+    }
+    let runtime = root().join("runtime");
+    let stamp = runtime.join("node_modules/.package-lock.json");
+    let fresh = std::fs::metadata(&stamp)
+        .and_then(|m| m.modified())
+        .ok()
+        .zip(
+            std::fs::metadata(runtime.join("package-lock.json"))
+                .and_then(|m| m.modified())
+                .ok(),
+        )
+        .map(|(installed, wanted)| installed >= wanted)
+        .unwrap_or(false);
+    if !fresh {
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&runtime))?;
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn test() -> anyhow::Result<()> {
+    setup()?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args(["test", "--workspace"]))?;
+    run(Command::new("node")
+        .args(["--test", "runtime/shim/"])
+        .current_dir(root()))?;
+    Ok(())
+}
+
+fn up() -> anyhow::Result<()> {
+    setup()?;
+    run(cargo().args(["build", "--release", "-p", "thaw-cli"]))?;
+    let thaw = root().join("target/release/thaw");
+    let server = format!("http://{LISTEN}");
+    let mut platform = Command::new(&thaw)
+        .args(["up", "--listen", LISTEN])
+        .spawn()
+        .context("could not start thaw up")?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = platform.try_wait()? {
+            bail!("thaw up exited ({status}) before it answered on {server}");
+        }
+        let probe = Command::new(&thaw)
+            .args(["ls", "--server", &server])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if probe.success() {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = platform.kill();
+            bail!("thaw up did not answer on {server} within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let example = root().join("examples/hello-world");
+    let deployed = Command::new(&thaw)
+        .args(["deploy", "--server", &server])
+        .arg(&example)
+        .status()?;
+    if !deployed.success() {
+        let _ = platform.kill();
+        bail!("deploying {} failed", example.display());
+    }
+    eprintln!(
+        "\nhello-world is deployed. Try:\n  curl -s -X POST {server}/fn/hello-world -H 'content-type: application/json' \\\n    \
+         -d '{{\"jsonrpc\":\"2.0\",\"method\":\"HelloWorldService.helloWorld\",\"params\":[],\"id\":1}}'\n  \
+         {} logs hello-world\n\nthaw runs in the foreground: Ctrl-C stops it.",
+        thaw.display()
+    );
+    let status = platform.wait()?;
+    if !status.success() {
+        bail!("thaw up exited ({status})");
+    }
+    Ok(())
+}
