@@ -131,16 +131,39 @@ function sendLogLine(id, stream, line) {
 // Text written without a trailing newline is held per stream and invocation
 // until the rest of its line arrives or the invocation ends, so that
 // `process.stdout.write('a'); process.stdout.write('b\n')` is one line.
+// Output with no running invocation behind it (module top level, a timer
+// left behind by a finished invocation) has no end to wait for, so it is
+// flushed on the next turn of the event loop instead.
 const unfinishedLines = { stdout: new Map(), stderr: new Map() };
+const runningInvocations = new Set();
+const flushScheduled = new Set();
+
+function holdUnfinished(stream, id, text) {
+  const unfinished = unfinishedLines[stream];
+  const held = (unfinished.get(id) ?? '') + text;
+  if (held.length >= MAX_LOG_LINE_CHARS) {
+    unfinished.delete(id);
+    sendLogLine(id, stream, held);
+    return;
+  }
+  unfinished.set(id, held);
+  if (!runningInvocations.has(id) && !flushScheduled.has(id)) {
+    flushScheduled.add(id);
+    setImmediate(() => {
+      flushScheduled.delete(id);
+      if (!runningInvocations.has(id)) flushUnfinishedLines(id);
+    });
+  }
+}
 
 function captureText(stream, text) {
   const id = currentInvocationId();
-  const unfinished = unfinishedLines[stream];
   let newline = text.indexOf('\n');
   if (newline === -1) {
-    if (text.length > 0) unfinished.set(id, (unfinished.get(id) ?? '') + text);
+    if (text.length > 0) holdUnfinished(stream, id, text);
     return;
   }
+  const unfinished = unfinishedLines[stream];
   let start = 0;
   const head = unfinished.get(id);
   if (head !== undefined) {
@@ -154,7 +177,7 @@ function captureText(stream, text) {
     start = newline + 1;
     newline = text.indexOf('\n', start);
   }
-  if (start < text.length) unfinished.set(id, text.slice(start));
+  if (start < text.length) holdUnfinished(stream, id, text.slice(start));
 }
 
 function flushUnfinishedLines(id) {
@@ -548,6 +571,7 @@ function onInvoke(message) {
 
 async function runInvocation(adapter, message) {
   const { id } = message;
+  runningInvocations.add(id);
   const invocation = {
     id,
     deadline: Number.isFinite(message.deadline_ms) ? message.deadline_ms : Date.now() + functionTimeoutMs,
@@ -567,6 +591,7 @@ async function runInvocation(adapter, message) {
     const { name, message: text, stack } = describeThrown(err);
     reply = JSON.stringify({ type: 'error', id, name, message: text, stack });
   }
+  runningInvocations.delete(id);
   flushUnfinishedLines(id);
   try {
     sendJson(reply);

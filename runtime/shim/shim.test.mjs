@@ -403,6 +403,20 @@ describe('lambda style', () => {
     assert.deepEqual(header(result.reply, 'x-custom'), ['yes']);
     assert.deepEqual(header(result.reply, 'x-multi'), ['a', 'b']);
     assert.deepEqual(header(result.reply, 'set-cookie'), ['a=1; Path=/', 'b=2']);
+
+    // Large enough to arrive in many reads and leave in many writes.
+    const large = Buffer.alloc(3 * 1024 * 1024);
+    for (let i = 0; i < large.length; i++) large[i] = (i * 7919) % 256;
+    const big = await shim.request({ method: 'POST', path: '/binary', headers: [['content-type', 'image/png']], body: large });
+    assert.ok(big.body.equals(Buffer.from(large).reverse()));
+  });
+
+  test('keeps request-chosen names such as __proto__ as plain keys', async () => {
+    const { event } = json(await shim.request({ path: '/echo', query: '__proto__=q&constructor=c', headers: [['__proto__', 'h']] }));
+    assert.equal(Object.getPrototypeOf(event.queryStringParameters), Object.prototype);
+    assert.ok(Object.hasOwn(event.queryStringParameters, '__proto__'));
+    assert.equal(event.queryStringParameters.constructor, 'c');
+    assert.ok(Object.hasOwn(event.headers, '__proto__'));
   });
 
   test('base64-encodes a textual content type whose body is not UTF-8', async () => {
@@ -513,7 +527,7 @@ describe('fetch style', () => {
       method: 'POST',
       path: '/echo/path',
       query: 'x=1&y=2',
-      headers: [['content-type', 'text/plain'], ['x-test', 'a']],
+      headers: [['host', 'demo.thaw.test'], ['content-type', 'text/plain'], ['content-length', '10'], ['x-test', 'a']],
       body: 'hello body',
     });
     assert.equal(result.reply.status, 200);

@@ -57,7 +57,12 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 fn node_major() -> Option<u32> {
     let out = Command::new("node").arg("--version").output().ok()?;
     let v = String::from_utf8_lossy(&out.stdout);
-    v.trim().trim_start_matches('v').split('.').next()?.parse().ok()
+    v.trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn setup() -> anyhow::Result<()> {
@@ -115,7 +120,14 @@ fn cargo() -> Command {
 fn test() -> anyhow::Result<()> {
     setup()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo().args(["test", "--workspace"]))?;
     run(Command::new("node")
         .args(["--test", "runtime/shim/"])

@@ -103,7 +103,7 @@ pub fn build(dir: &Path, entry: &str, esbuild: Option<&Path>) -> Result<String, 
     };
     let output = reader.join().unwrap_or_default();
     if !status.success() {
-        return Err(failed(trim_output(&output)));
+        return Err(failed(error_output(&output)));
     }
     check_inputs(&dir).map_err(failed)?;
     Ok(OUT_FILE.to_string())
@@ -150,10 +150,11 @@ fn check_inputs(dir: &Path) -> Result<(), String> {
         .ok()
         .and_then(|m| serde_json::from_slice(&m).ok())
         .ok_or("esbuild wrote no readable metafile")?;
-    let inputs = meta["inputs"].as_object().ok_or("esbuild's metafile lists no inputs")?;
+    let inputs = meta["inputs"]
+        .as_object()
+        .ok_or("esbuild's metafile lists no inputs")?;
     for input in inputs.keys() {
-        let outside = input.starts_with('/') || input.split('/').any(|part| part == "..");
-        if outside {
+        if is_outside(input) {
             let _ = fs::remove_dir_all(dir.join(BUILD_DIR));
             return Err(format!(
                 "it imports `{input}`, which is outside the bundle: \
@@ -164,10 +165,29 @@ fn check_inputs(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// esbuild's messages, cut to a few KiB at a character boundary.
-fn trim_output(raw: &[u8]) -> String {
+/// A path esbuild printed, relative to the bundle root, that is not inside it.
+fn is_outside(path: &str) -> bool {
+    path.starts_with('/') || path.split('/').any(|part| part == "..")
+}
+
+/// esbuild's messages (`file:line:col:` plus a code excerpt), cut to a few
+/// KiB at a character boundary. If any message points into a file outside
+/// the bundle (say a tsconfig.json `extends` of a host file) the excerpt
+/// would show that file's content to the user, so it is all withheld.
+fn error_output(raw: &[u8]) -> String {
     let text = String::from_utf8_lossy(raw);
     let text = text.trim();
+    let leaks = text.lines().any(|line| {
+        let mut parts = line.trim().trim_end_matches(':').rsplitn(3, ':');
+        let (col, row, path) = (parts.next(), parts.next(), parts.next());
+        let is_number = |p: Option<&str>| p.is_some_and(|p| p.parse::<u32>().is_ok());
+        is_number(col) && is_number(row) && path.is_some_and(is_outside)
+    });
+    if leaks {
+        return "esbuild failed on a file outside the bundle; only files inside the deployed \
+                folder may be used (check your imports and `extends` in tsconfig.json)"
+            .to_string();
+    }
     if text.len() <= MAX_OUTPUT {
         return text.to_string();
     }
@@ -207,7 +227,10 @@ pub fn find_esbuild(hint: Option<&Path>) -> Option<PathBuf> {
             .find(|dir| dir.join("runtime/package.json").is_file())
             .map(Path::to_path_buf)
     });
-    let roots = [Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")), exe_root];
+    let roots = [
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")),
+        exe_root,
+    ];
     for root in roots.into_iter().flatten() {
         for rel in [native.as_str(), "runtime/node_modules/.bin/esbuild"] {
             let path = root.join(rel);
@@ -218,5 +241,7 @@ pub fn find_esbuild(hint: Option<&Path>) -> Option<PathBuf> {
     }
     env::split_paths(&env::var_os("PATH")?)
         .map(|dir| dir.join("esbuild"))
-        .find(|path| fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+        .find(|path| {
+            fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }

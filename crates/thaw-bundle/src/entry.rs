@@ -8,7 +8,13 @@ use crate::paths::normalize_rel;
 use crate::{BundleError, Settings};
 
 const SOURCE_EXTS: [&str; 6] = ["js", "mjs", "cjs", "ts", "mts", "cts"];
-const INDEX_NAMES: [&str; 5] = ["index.ts", "index.mts", "index.js", "index.mjs", "index.cjs"];
+const INDEX_NAMES: [&str; 5] = [
+    "index.ts",
+    "index.mts",
+    "index.js",
+    "index.mjs",
+    "index.cjs",
+];
 /// What Node (and esbuild) try after a `main` without extension.
 const MAIN_SUFFIXES: [&str; 5] = ["", ".js", ".mjs", ".cjs", ".ts"];
 
@@ -39,15 +45,18 @@ pub fn find_entry(dir: &Path, settings: &Settings) -> Result<String, BundleError
     }
 
     if let Some(main) = package_main(dir)? {
-        let found = normalize_rel(main.as_bytes()).ok().flatten().and_then(|main| {
-            let index = SOURCE_EXTS.map(|ext| format!("/index.{ext}"));
-            MAIN_SUFFIXES
-                .iter()
-                .copied()
-                .chain(index.iter().map(String::as_str))
-                .map(|suffix| format!("{main}{suffix}"))
-                .find(|rel| is_file(dir, rel))
-        });
+        let found = normalize_rel(main.as_bytes())
+            .ok()
+            .flatten()
+            .and_then(|main| {
+                let index = SOURCE_EXTS.map(|ext| format!("/index.{ext}"));
+                MAIN_SUFFIXES
+                    .iter()
+                    .copied()
+                    .chain(index.iter().map(String::as_str))
+                    .map(|suffix| format!("{main}{suffix}"))
+                    .find(|rel| is_file(dir, rel))
+            });
         // A `main` naming nothing is common (`npm init` writes index.js even
         // for TypeScript projects), so fall through to the other rules.
         if let Some(rel) = found {
@@ -87,7 +96,12 @@ fn package_main(dir: &Path) -> Result<Option<String>, BundleError> {
     let text = match fs::read(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(BundleError::io(format!("cannot read `{}`", path.display()), e)),
+        Err(e) => {
+            return Err(BundleError::io(
+                format!("cannot read `{}`", path.display()),
+                e,
+            ))
+        }
     };
     let json: serde_json::Value =
         serde_json::from_slice(&text).map_err(|e| BundleError::BadPackageJson {

@@ -48,7 +48,9 @@ pub enum BundleError {
         limit: String,
     },
 
-    #[error("the upload is not a valid .tar.gz bundle ({reason}): upload what `thaw deploy` packs")]
+    #[error(
+        "the upload is not a valid .tar.gz bundle ({reason}): upload what `thaw deploy` packs"
+    )]
     BadArchive { reason: String },
 
     #[error("thaw.toml: {message}")]

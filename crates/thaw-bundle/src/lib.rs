@@ -85,7 +85,17 @@ mod tests {
         for good in ["a", "hello-world", "f1", &"a".repeat(63)] {
             assert!(validate_name(good).is_ok(), "{good}");
         }
-        for bad in ["", "1a", "-a", "a-", "Hello", "a_b", "a.b", "é", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "1a",
+            "-a",
+            "a-",
+            "Hello",
+            "a_b",
+            "a.b",
+            "é",
+            &"a".repeat(64),
+        ] {
             let err = validate_name(bad).unwrap_err();
             assert_eq!(err.code(), "invalid_name");
             assert!(err.to_string().contains("lowercase letters"), "{err}");

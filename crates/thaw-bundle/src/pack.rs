@@ -53,12 +53,20 @@ pub fn pack_dir(dir: &Path, limits: &Limits) -> Result<Packed, BundleError> {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => return Err(bad_dir("it is not a folder")),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(bad_dir("it does not exist")),
-        Err(e) => return Err(BundleError::io(format!("cannot read `{}`", dir.display()), e)),
+        Err(e) => {
+            return Err(BundleError::io(
+                format!("cannot read `{}`", dir.display()),
+                e,
+            ))
+        }
     }
 
     let items = collect(dir)?;
     let entries = items.len() as u64;
-    let files = items.iter().filter(|i| matches!(i.kind, Kind::File { .. })).count() as u64;
+    let files = items
+        .iter()
+        .filter(|i| matches!(i.kind, Kind::File { .. }))
+        .count() as u64;
     let unpacked_bytes: u64 = items
         .iter()
         .map(|i| match i.kind {
@@ -182,11 +190,13 @@ fn collect(dir: &Path) -> Result<Vec<Item>, BundleError> {
 fn rel_name(dir: &Path, path: &Path) -> Result<String, BundleError> {
     let rel = path.strip_prefix(dir).unwrap_or(path);
     let parts: Option<Vec<&str>> = rel.iter().map(|p| p.to_str()).collect();
-    parts.map(|p| p.join("/")).ok_or_else(|| BundleError::UnsafePath {
-        what: "file",
-        path: show(rel.as_os_str().as_encoded_bytes()),
-        problem: "has a name that is not valid UTF-8: rename it".into(),
-    })
+    parts
+        .map(|p| p.join("/"))
+        .ok_or_else(|| BundleError::UnsafePath {
+            what: "file",
+            path: show(rel.as_os_str().as_encoded_bytes()),
+            problem: "has a name that is not valid UTF-8: rename it".into(),
+        })
 }
 
 fn append<W: Write>(tar: &mut tar::Builder<W>, item: &Item) -> io::Result<()> {

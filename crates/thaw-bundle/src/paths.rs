@@ -104,7 +104,10 @@ mod tests {
 
     #[test]
     fn normalises_and_refuses() {
-        assert_eq!(normalize_rel(b"./a//b/./c").unwrap().as_deref(), Some("a/b/c"));
+        assert_eq!(
+            normalize_rel(b"./a//b/./c").unwrap().as_deref(),
+            Some("a/b/c")
+        );
         assert_eq!(normalize_rel(b"./").unwrap(), None);
         for bad in [&b""[..], b"/etc/x", b"a/../../x", b"..", b"a\0b", b"\xff"] {
             assert!(normalize_rel(bad).is_err(), "{bad:?}");
@@ -123,7 +126,10 @@ mod tests {
             ("x/l", b"y/../../z"),
             ("l", b""),
         ] {
-            assert!(check_link_target(link, target).is_err(), "{link} -> {target:?}");
+            assert!(
+                check_link_target(link, target).is_err(),
+                "{link} -> {target:?}"
+            );
         }
     }
 

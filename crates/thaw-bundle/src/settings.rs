@@ -13,6 +13,9 @@ use crate::{validate_name, BundleError};
 /// The settings file's name, at the top of the bundle.
 pub const SETTINGS_FILE: &str = "thaw.toml";
 
+const TOML_HINT: &str = "hint: memory, timeout, concurrency and keep_alive are whole numbers \
+    (memory = 512); name, entry and every [env] value are quoted text (PORT = \"8080\")";
+
 /// A function's settings. Every key is optional in `thaw.toml`; missing ones
 /// take the defaults of [`Settings::default`]. Serde uses the TOML key names
 /// (`memory`, `timeout`, `concurrency`, `keep_alive`, `env`), also in JSON.
@@ -73,7 +76,7 @@ impl Settings {
     /// Parses and validates the text of a `thaw.toml`.
     pub fn from_toml(text: &str) -> Result<Settings, BundleError> {
         let settings: Settings = toml::from_str(text).map_err(|e| BundleError::BadSettings {
-            message: e.to_string().trim_end().to_string(),
+            message: format!("{}\n{TOML_HINT}", e.to_string().trim_end()),
         })?;
         settings.validate()?;
         Ok(settings)
@@ -134,7 +137,12 @@ pub fn read_settings(dir: &Path) -> Result<Settings, BundleError> {
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Settings::default()),
-        Err(e) => return Err(BundleError::io(format!("cannot read `{}`", path.display()), e)),
+        Err(e) => {
+            return Err(BundleError::io(
+                format!("cannot read `{}`", path.display()),
+                e,
+            ))
+        }
     };
     let text = String::from_utf8(bytes).map_err(|_| BundleError::BadSettings {
         message: "the file is not valid UTF-8: save it as UTF-8 text".into(),

@@ -50,12 +50,12 @@ pub fn unpack(archive: &[u8], dest: &Path, limits: &Limits) -> Result<Unpacked, 
         });
     }
     if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent).map_err(|e| {
-            BundleError::io(format!("cannot create `{}`", parent.display()), e)
-        })?;
+        fs::create_dir_all(parent)
+            .map_err(|e| BundleError::io(format!("cannot create `{}`", parent.display()), e))?;
     }
     // create_dir fails if dest exists, so we never mix into an old tree.
-    make_dir(dest).map_err(|e| BundleError::io(format!("cannot create `{}`", dest.display()), e))?;
+    make_dir(dest)
+        .map_err(|e| BundleError::io(format!("cannot create `{}`", dest.display()), e))?;
     let result = unpack_into(archive, dest, limits);
     if result.is_err() {
         let _ = fs::remove_dir_all(dest);
@@ -305,4 +305,3 @@ impl<R: Read> Read for Capped<R> {
         Ok(n)
     }
 }
-

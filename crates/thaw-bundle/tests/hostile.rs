@@ -20,7 +20,7 @@ struct Raw<'a> {
     mode: u32,
 }
 
-fn file(name: &str, data: &str) -> Raw<'_> {
+fn file<'a>(name: &'a str, data: &str) -> Raw<'a> {
     Raw {
         name: name.as_bytes(),
         kind: EntryType::Regular,
@@ -107,7 +107,11 @@ fn assert_refused(entries: &[Raw], code: &str, needle: &str) {
 #[test]
 fn paths_leaving_the_bundle() {
     let leaves = "leaves the bundle: paths must be relative and stay inside the folder";
-    assert_refused(&[file("../x", "x")], "unsafe_path", "`../x` leaves the bundle");
+    assert_refused(
+        &[file("../x", "x")],
+        "unsafe_path",
+        "`../x` leaves the bundle",
+    );
     assert_refused(&[file("/etc/x", "x")], "unsafe_path", leaves);
     assert_refused(&[file("a/../../x", "x")], "unsafe_path", leaves);
     assert_refused(&[file("ok", "1"), dir("..")], "unsafe_path", leaves);
@@ -129,7 +133,13 @@ fn nul_in_a_long_name() {
     // A GNU long-name record can carry bytes a plain header cannot.
     let mut gz = GzEncoder::new(Vec::new(), Compression::default());
     let name = b"a\0/../../x\0";
-    let h = header(b"././@LongLink", EntryType::GNULongName, b"", name.len() as u64, 0o644);
+    let h = header(
+        b"././@LongLink",
+        EntryType::GNULongName,
+        b"",
+        name.len() as u64,
+        0o644,
+    );
     gz.write_all(h.as_bytes()).unwrap();
     write_block(&mut gz, name);
     gz.write_all(header(b"short", EntryType::Regular, b"", 0, 0o644).as_bytes())
@@ -142,19 +152,43 @@ fn nul_in_a_long_name() {
 
 #[test]
 fn symlinks_leaving_the_bundle() {
-    assert_refused(&[link("pw", "/etc/passwd")], "unsafe_path", "pw -> /etc/passwd");
-    assert_refused(&[link("a", "../..")], "unsafe_path", "points outside the bundle");
+    assert_refused(
+        &[link("pw", "/etc/passwd")],
+        "unsafe_path",
+        "pw -> /etc/passwd",
+    );
+    assert_refused(
+        &[link("a", "../..")],
+        "unsafe_path",
+        "points outside the bundle",
+    );
     assert_refused(&[link("a/b", "../../x")], "unsafe_path", "points outside");
     // Fine lexically, but `x` may itself be a link: refused.
-    assert_refused(&[link("x", "."), link("y", "x/../z")], "unsafe_path", "y -> x/../z");
+    assert_refused(
+        &[link("x", "."), link("y", "x/../z")],
+        "unsafe_path",
+        "y -> x/../z",
+    );
 }
 
 #[test]
 fn writing_through_a_symlink() {
     let through = "is inside the symlink `link`";
-    assert_refused(&[link("link", "sub"), dir("sub"), file("link/evil", "x")], "unsafe_path", through);
-    assert_refused(&[link("link", "."), dir("link/deeper")], "unsafe_path", through);
-    assert_refused(&[link("link", "."), link("link/l2", "x")], "unsafe_path", through);
+    assert_refused(
+        &[link("link", "sub"), dir("sub"), file("link/evil", "x")],
+        "unsafe_path",
+        through,
+    );
+    assert_refused(
+        &[link("link", "."), dir("link/deeper")],
+        "unsafe_path",
+        through,
+    );
+    assert_refused(
+        &[link("link", "."), link("link/l2", "x")],
+        "unsafe_path",
+        through,
+    );
 }
 
 #[test]
@@ -165,20 +199,42 @@ fn unsupported_entry_types() {
         (EntryType::Block, "device file"),
         (EntryType::Fifo, "named pipe"),
     ] {
-        let err = refuse(&archive(&[special("thing", kind, "index.js")]), &Limits::default());
+        let err = refuse(
+            &archive(&[special("thing", kind, "index.js")]),
+            &Limits::default(),
+        );
         assert_eq!(err.code(), "unsupported_entry", "{err}");
-        assert!(err.to_string().contains(&format!("`thing` is a {what}")), "{err}");
+        assert!(
+            err.to_string().contains(&format!("`thing` is a {what}")),
+            "{err}"
+        );
     }
 }
 
 #[test]
 fn duplicates_and_clashes() {
-    assert_refused(&[file("a", "1"), file("a", "2")], "duplicate_entry", "`a` appears more");
-    assert_refused(&[file("a", "1"), file("./a", "2")], "duplicate_entry", "`a`");
+    assert_refused(
+        &[file("a", "1"), file("a", "2")],
+        "duplicate_entry",
+        "`a` appears more",
+    );
+    assert_refused(
+        &[file("a", "1"), file("./a", "2")],
+        "duplicate_entry",
+        "`a`",
+    );
     assert_refused(&[file("a", "1"), dir("a")], "duplicate_entry", "`a`");
     assert_refused(&[link("a", "b"), file("a", "2")], "duplicate_entry", "`a`");
-    assert_refused(&[file("a/b", "1"), file("a", "2")], "duplicate_entry", "`a`");
-    assert_refused(&[file("a", "1"), file("a/b", "2")], "duplicate_entry", "`a`");
+    assert_refused(
+        &[file("a/b", "1"), file("a", "2")],
+        "duplicate_entry",
+        "`a`",
+    );
+    assert_refused(
+        &[file("a", "1"), file("a/b", "2")],
+        "duplicate_entry",
+        "`a`",
+    );
 }
 
 #[test]
@@ -269,7 +325,12 @@ fn modes_are_normalised() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("b");
-    let done = unpack(&archive(&[setuid, sticky_dir, private]), &dest, &Limits::default()).unwrap();
+    let done = unpack(
+        &archive(&[setuid, sticky_dir, private]),
+        &dest,
+        &Limits::default(),
+    )
+    .unwrap();
     assert_eq!((done.files, done.bytes), (2, 10));
     assert_eq!(common::mode(&dest.join("tool")), 0o755);
     assert_eq!(common::mode(&dest.join("tmp")), 0o755);
@@ -280,7 +341,12 @@ fn modes_are_normalised() {
 fn implicit_folders_and_root_entry_are_fine() {
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("b");
-    let entries = [dir("./"), file("a/b/c.txt", "c"), dir("a"), link("a/l", "b/c.txt")];
+    let entries = [
+        dir("./"),
+        file("a/b/c.txt", "c"),
+        dir("a"),
+        link("a/l", "b/c.txt"),
+    ];
     unpack(&archive(&entries), &dest, &Limits::default()).unwrap();
     assert_eq!(fs::read_to_string(dest.join("a/l")).unwrap(), "c");
 }

@@ -97,17 +97,34 @@ fn thawignore_is_honoured_but_gitignore_is_not() {
     let out = tempfile::tempdir().unwrap();
     let dest = out.path().join("b");
     unpack(&packed.archive, &dest, &Limits::default()).unwrap();
-    for kept in ["index.js", "node_modules/dep/index.js", ".env", ".gitignore", "sub"] {
+    for kept in [
+        "index.js",
+        "node_modules/dep/index.js",
+        ".env",
+        ".gitignore",
+        "sub",
+    ] {
         assert!(dest.join(kept).exists(), "{kept} should be packed");
     }
-    for left in ["secret.txt", "logs", "sub/debug.log", ".git", "sub/.git", ".thaw"] {
+    for left in [
+        "secret.txt",
+        "logs",
+        "sub/debug.log",
+        ".git",
+        "sub/.git",
+        ".thaw",
+    ] {
         assert!(!dest.join(left).exists(), "{left} should be left out");
     }
 }
 
 #[test]
 fn symlinks_leaving_the_folder_are_refused() {
-    for (target, name) in [("../outside", "evil"), ("/etc/passwd", "abs"), ("a/../..", "sneaky")] {
+    for (target, name) in [
+        ("../outside", "evil"),
+        ("/etc/passwd", "abs"),
+        ("a/../..", "sneaky"),
+    ] {
         let src = tempfile::tempdir().unwrap();
         write(src.path(), "index.js", "1");
         fs::create_dir(src.path().join("a")).unwrap();
@@ -158,7 +175,10 @@ fn pack_limits_say_size_and_limit() {
     let err = pack_dir(src.path(), &few).unwrap_err();
     assert_eq!(err.code(), "too_large");
     let msg = err.to_string();
-    assert!(msg.contains('5') && msg.contains('3') && msg.contains(".thawignore"), "{msg}");
+    assert!(
+        msg.contains('5') && msg.contains('3') && msg.contains(".thawignore"),
+        "{msg}"
+    );
 
     let small = Limits {
         max_unpacked_bytes: 2048,
@@ -166,7 +186,10 @@ fn pack_limits_say_size_and_limit() {
     };
     let err = pack_dir(src.path(), &small).unwrap_err();
     assert_eq!(err.code(), "too_large");
-    assert!(err.to_string().contains("4.9 KiB") && err.to_string().contains("2 KiB"), "{err}");
+    assert!(
+        err.to_string().contains("4.9 KiB") && err.to_string().contains("2 KiB"),
+        "{err}"
+    );
 
     let tiny_archive = Limits {
         max_archive_bytes: 50,
@@ -192,7 +215,11 @@ fn seal_makes_tree_read_only_without_following_links() {
     assert_eq!(mode(&dir.join("sub")), 0o555);
     assert_eq!(mode(&dir.join("a.js")), 0o444);
     assert_eq!(mode(&dir.join("sub/tool")), 0o555);
-    assert_eq!(mode(&tmp.path().join("outside.txt")), 0o666, "link was followed");
+    assert_eq!(
+        mode(&tmp.path().join("outside.txt")),
+        0o666,
+        "link was followed"
+    );
 
     // Let the temp dir be removed when not running as root.
     chmod(&dir, 0o755);

@@ -158,18 +158,30 @@ fn entry_from_package_json_main() {
     write(tmp.path(), "a.js", "1");
     write(tmp.path(), "b.js", "1");
     write(tmp.path(), "package.json", r#"{"main": "./lib/server.js"}"#);
-    assert_eq!(find_entry(tmp.path(), &Settings::default()).unwrap(), "lib/server.js");
+    assert_eq!(
+        find_entry(tmp.path(), &Settings::default()).unwrap(),
+        "lib/server.js"
+    );
     // Without extension, like Node.
     write(tmp.path(), "package.json", r#"{"main": "lib/server"}"#);
-    assert_eq!(find_entry(tmp.path(), &Settings::default()).unwrap(), "lib/server.js");
+    assert_eq!(
+        find_entry(tmp.path(), &Settings::default()).unwrap(),
+        "lib/server.js"
+    );
     // A folder with an index.
     write(tmp.path(), "pkg/index.mjs", "1");
     write(tmp.path(), "package.json", r#"{"main": "pkg"}"#);
-    assert_eq!(find_entry(tmp.path(), &Settings::default()).unwrap(), "pkg/index.mjs");
+    assert_eq!(
+        find_entry(tmp.path(), &Settings::default()).unwrap(),
+        "pkg/index.mjs"
+    );
     // A main that names nothing falls through to the other rules.
     write(tmp.path(), "package.json", r#"{"main": "index.js"}"#);
     write(tmp.path(), "index.ts", "1");
-    assert_eq!(find_entry(tmp.path(), &Settings::default()).unwrap(), "index.ts");
+    assert_eq!(
+        find_entry(tmp.path(), &Settings::default()).unwrap(),
+        "index.ts"
+    );
     // Invalid JSON is an error.
     write(tmp.path(), "package.json", "{ main: nope");
     let err = find_entry(tmp.path(), &Settings::default()).unwrap_err();
@@ -179,14 +191,23 @@ fn entry_from_package_json_main() {
 
 #[test]
 fn entry_single_top_level_file() {
-    let found = entry_of(&["handler.ts", "types.d.ts", "README.md", "lib/x.js", "node_modules/y/index.js"]);
+    let found = entry_of(&[
+        "handler.ts",
+        "types.d.ts",
+        "README.md",
+        "lib/x.js",
+        "node_modules/y/index.js",
+    ]);
     assert_eq!(found.unwrap(), "handler.ts");
     assert_eq!(entry_of(&["app.cjs", ".eslintrc.js"]).unwrap(), "app.cjs");
 }
 
 #[test]
 fn entry_single_index() {
-    assert_eq!(entry_of(&["index.ts", "helpers.ts", "config.js"]).unwrap(), "index.ts");
+    assert_eq!(
+        entry_of(&["index.ts", "helpers.ts", "config.js"]).unwrap(),
+        "index.ts"
+    );
 }
 
 #[test]
@@ -194,7 +215,14 @@ fn entry_ambiguity_lists_candidates() {
     let err = entry_of(&["a.js", "b.ts", "index.js", "index.ts"]).unwrap_err();
     assert_eq!(err.code(), "no_entry");
     let msg = err.to_string();
-    for needle in ["a.js", "b.ts", "index.js", "index.ts", "entry = ", "package.json"] {
+    for needle in [
+        "a.js",
+        "b.ts",
+        "index.js",
+        "index.ts",
+        "entry = ",
+        "package.json",
+    ] {
         assert!(msg.contains(needle), "{needle} not in: {msg}");
     }
     let err = entry_of(&["README.md", "src/index.ts"]).unwrap_err();
@@ -207,5 +235,8 @@ fn entry_through_in_tree_symlink() {
     let tmp = tempfile::tempdir().unwrap();
     write(tmp.path(), "dist/main.js", "1");
     symlink("dist/main.js", tmp.path().join("main.js")).unwrap();
-    assert_eq!(find_entry(tmp.path(), &Settings::default()).unwrap(), "main.js");
+    assert_eq!(
+        find_entry(tmp.path(), &Settings::default()).unwrap(),
+        "main.js"
+    );
 }

@@ -44,9 +44,7 @@ impl Client {
                     .to_string()
             }
         };
-        let http = Http::builder()
-            .timeout(Duration::from_secs(600))
-            .build()?;
+        let http = Http::builder().timeout(Duration::from_secs(600)).build()?;
         Ok(Client {
             http,
             server: cfg.server.clone(),
@@ -64,8 +62,9 @@ impl Client {
         let ok = resp.status().is_success();
         let status = resp.status();
         let text = resp.text()?;
-        let v: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|_| serde_json::json!({"error": {"message": format!("HTTP {status}: {text}")}}));
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(
+            |_| serde_json::json!({"error": {"message": format!("HTTP {status}: {text}")}}),
+        );
         Ok((ok, v))
     }
 

@@ -36,7 +36,12 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 struct Remote {
     /// URL of the platform.
-    #[arg(long, env = "THAW_SERVER", default_value = "http://127.0.0.1:8787", global = true)]
+    #[arg(
+        long,
+        env = "THAW_SERVER",
+        default_value = "http://127.0.0.1:8787",
+        global = true
+    )]
     server: String,
     /// API token. Without it, the `token` file in the data directory is used.
     #[arg(long, env = "THAW_TOKEN", hide_env_values = true, global = true)]
@@ -49,8 +54,10 @@ struct Remote {
 #[derive(Subcommand)]
 enum Command {
     /// Run the platform in the foreground (API, gateway, registry, runtimes).
-    #[command(after_help = "Examples:\n  thaw up\n  thaw up --data-dir /var/lib/thaw --listen 0.0.0.0:8787\n\n\
-The API token is THAW_TOKEN when set; otherwise one is created on first start and kept in DATA_DIR/token.")]
+    #[command(
+        after_help = "Examples:\n  thaw up\n  thaw up --data-dir /var/lib/thaw --listen 0.0.0.0:8787\n\n\
+The API token is THAW_TOKEN when set; otherwise one is created on first start and kept in DATA_DIR/token."
+    )]
     Up {
         /// Where functions, code and logs are kept [default: $XDG_DATA_HOME/thaw or ~/.local/share/thaw]
         #[arg(long, env = "THAW_DATA_DIR")]
@@ -86,9 +93,11 @@ TypeScript is compiled on the platform: nothing to install.")]
     },
     /// Call a function with a JSON event and print its answer; its console
     /// output goes to stderr.
-    #[command(after_help = "Examples:\n  thaw invoke hello\n  thaw invoke hello --data '{\"name\":\"Ada\"}'\n  \
+    #[command(
+        after_help = "Examples:\n  thaw invoke hello\n  thaw invoke hello --data '{\"name\":\"Ada\"}'\n  \
 thaw invoke hello --data @event.json\n  echo '{}' | thaw invoke hello --data @-\n  \
-thaw invoke hello-service --data '{\"jsonrpc\":\"2.0\",\"method\":\"HelloWorldService.helloWorld\",\"params\":[],\"id\":1}'")]
+thaw invoke hello-service --data '{\"jsonrpc\":\"2.0\",\"method\":\"HelloWorldService.helloWorld\",\"params\":[],\"id\":1}'"
+    )]
     Invoke {
         name: String,
         /// The event: JSON text, @FILE, or @- for standard input.
@@ -140,7 +149,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             node,
         } => up(data_dir.unwrap_or_else(default_data_dir), listen, node),
-        Command::Deploy { dir, name, remote } => deploy(&Client::new(&remote_config(&remote))?, &dir, name),
+        Command::Deploy { dir, name, remote } => {
+            deploy(&Client::new(&remote_config(&remote))?, &dir, name)
+        }
         Command::Invoke { name, data, remote } => {
             invoke(&Client::new(&remote_config(&remote))?, &name, data)
         }
@@ -224,7 +235,10 @@ fn function_name(dir: &Path, flag: Option<String>) -> anyhow::Result<String> {
 
 fn deploy(c: &Client, dir: &Path, name: Option<String>) -> anyhow::Result<()> {
     if !dir.is_dir() {
-        bail!("{} is not a folder: pass the folder holding your function", dir.display());
+        bail!(
+            "{} is not a folder: pass the folder holding your function",
+            dir.display()
+        );
     }
     let name = function_name(dir, name)?;
     thaw_bundle::validate_name(&name)?;
@@ -239,7 +253,8 @@ fn deploy(c: &Client, dir: &Path, name: Option<String>) -> anyhow::Result<()> {
     let v = c.put_archive(&format!("/v1/functions/{name}"), packed.archive)?;
     eprintln!(
         "deployed {name} version {} (entry {})",
-        v["version"], v["entry"].as_str().unwrap_or("?")
+        v["version"],
+        v["entry"].as_str().unwrap_or("?")
     );
     println!("{}", v["url"].as_str().unwrap_or(""));
     Ok(())
@@ -306,14 +321,17 @@ fn ls(c: &Client, json: bool) -> anyhow::Result<()> {
         println!("no functions deployed: try `thaw deploy DIR`");
         return Ok(());
     }
-    println!("{:<24} {:>7} {:>5} {:>5}  URL", "NAME", "VERSION", "BUSY", "IDLE");
+    println!(
+        "{:<24} {:>7} {:>5} {:>5}  URL",
+        "NAME", "VERSION", "BUSY", "IDLE"
+    );
     for f in fns {
         println!(
             "{:<24} {:>7} {:>5} {:>5}  {}",
             f["name"].as_str().unwrap_or(""),
-            f["version"],
-            f["instances"]["busy"],
-            f["instances"]["idle"],
+            f["version"].to_string(),
+            f["instances"]["busy"].to_string(),
+            f["instances"]["idle"].to_string(),
             f["url"].as_str().unwrap_or("")
         );
     }
@@ -342,11 +360,15 @@ fn print_logs(v: &Value) -> i64 {
 fn logs(c: &Client, name: &str, follow: bool, lines: u32) -> anyhow::Result<()> {
     let first = c.get(&format!("/v1/functions/{name}/logs?limit={lines}"))?;
     let mut next = print_logs(&first);
-    while follow {
+    if !follow {
+        return Ok(());
+    }
+    loop {
         std::io::stdout().flush()?;
         std::thread::sleep(Duration::from_millis(500));
-        let v = c.get(&format!("/v1/functions/{name}/logs?after={next}&limit=1000"))?;
+        let v = c.get(&format!(
+            "/v1/functions/{name}/logs?after={next}&limit=1000"
+        ))?;
         next = print_logs(&v);
     }
-    Ok(())
 }

@@ -29,7 +29,10 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/functions/{name}/invoke", post(invoke_function))
         .route("/v1/functions/{name}/logs", get(function_logs))
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .route_layer(middleware::from_fn_with_state(platform.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(
+            platform.clone(),
+            require_token,
+        ));
     let functions = Router::new()
         .route("/fn/{name}", any(crate::function_route::call))
         .route("/fn/{name}/", any(crate::function_route::call))
@@ -194,8 +197,9 @@ async fn invoke_function(
                     match String::from_utf8(reply.body) {
                         Ok(text) => out["body"] = json!(text),
                         Err(e) => {
-                            out["body_base64"] = json!(base64::engine::general_purpose::STANDARD
-                                .encode(e.into_bytes()))
+                            out["body_base64"] =
+                                json!(base64::engine::general_purpose::STANDARD
+                                    .encode(e.into_bytes()))
                         }
                     }
                 }

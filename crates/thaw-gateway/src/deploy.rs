@@ -41,11 +41,7 @@ pub async fn deploy(
     }
 
     let _deploying = p.deploy_lock.lock().await;
-    let (registry, limits, esbuild) = (
-        p.registry.clone(),
-        p.config.limits.clone(),
-        p.esbuild.clone(),
-    );
+    let (registry, limits, esbuild) = (p.registry.clone(), p.config.limits, p.esbuild.clone());
     let fname = name.clone();
     let version = tokio::task::spawn_blocking(move || {
         let tree = registry.store_code(&archive, &limits, esbuild.as_deref())?;
@@ -65,7 +61,9 @@ pub async fn deploy(
             InvokeError::InitFailed { message, stack } => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "init_failed",
-                format!("the code failed to load, so the previous version keeps serving: {message}"),
+                format!(
+                    "the code failed to load, so the previous version keeps serving: {message}"
+                ),
             )
             .with(json!({ "stack": stack })),
             other => crate::errors::invoke_error(&other),

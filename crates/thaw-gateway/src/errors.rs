@@ -38,9 +38,15 @@ impl ApiError {
         )
     }
 
+    /// A failure of the host, logged in full; the caller learns only that
+    /// it happened, since the details may name paths on the host.
     pub fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!("internal error: {e}");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "thaw failed on its side; the server's log has the details",
+        )
     }
 
     pub fn body(&self) -> serde_json::Value {
@@ -66,6 +72,9 @@ impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         match e {
             RegistryError::NotFound(name) => ApiError::not_found(&name),
+            // The bundle's own I/O failures are the host's problem, and their
+            // messages name host paths: not for the caller.
+            RegistryError::Bundle(b) if b.code() == "io_error" => ApiError::internal(b),
             RegistryError::Bundle(b) => {
                 let status = if b.code() == "too_large" {
                     StatusCode::PAYLOAD_TOO_LARGE

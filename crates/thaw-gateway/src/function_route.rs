@@ -66,7 +66,10 @@ async fn serve(
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
-            format!("request bodies are limited to {} MiB", limit / (1024 * 1024)),
+            format!(
+                "request bodies are limited to {} MiB",
+                limit / (1024 * 1024)
+            ),
         )
     })?;
     let headers: Vec<(String, String)> = parts
@@ -111,13 +114,9 @@ async fn serve(
             name: error_name,
             message,
             ..
-        } => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "handler_error",
-            message,
-        )
-        .with(json!({ "name": error_name }))
-        .into_response(),
+        } => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "handler_error", message)
+            .with(json!({ "name": error_name }))
+            .into_response(),
     };
     Ok(with_meta(response, id, cold))
 }
@@ -174,10 +173,7 @@ mod tests {
     fn the_rest_of_the_path_is_kept_as_sent() {
         assert_eq!(split_path("/fn/hello"), Some(("hello", "/")));
         assert_eq!(split_path("/fn/hello/"), Some(("hello", "/")));
-        assert_eq!(
-            split_path("/fn/hello/a%2Fb/c"),
-            Some(("hello", "/a%2Fb/c"))
-        );
+        assert_eq!(split_path("/fn/hello/a%2Fb/c"), Some(("hello", "/a%2Fb/c")));
         assert_eq!(split_path("/v1/x"), None);
     }
 

@@ -42,7 +42,11 @@ impl RegistryLogSink {
 impl LogSink for RegistryLogSink {
     fn log(&self, binding: Option<&Binding>, line: LogLine) {
         let Some(binding) = binding else {
-            tracing::debug!(stream = line.stream.as_str(), "unbound runtime: {}", line.line);
+            tracing::debug!(
+                stream = line.stream.as_str(),
+                "unbound runtime: {}",
+                line.line
+            );
             return;
         };
         let _ = self.tx.send(LogRecord {

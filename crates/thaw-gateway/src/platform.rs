@@ -87,7 +87,10 @@ impl Platform {
     /// Opens the data directory and gets everything ready to serve.
     pub fn open(config: Config) -> anyhow::Result<Arc<Platform>> {
         let registry = Arc::new(Registry::open(&config.data_dir).with_context(|| {
-            format!("could not open the data directory {}", config.data_dir.display())
+            format!(
+                "could not open the data directory {}",
+                config.data_dir.display()
+            )
         })?);
         let removed = registry.collect_garbage()?;
         if removed > 0 {
@@ -98,7 +101,9 @@ impl Platform {
         let driver: Arc<dyn Driver> = Arc::new(ProcessDriver::new(ProcessDriverConfig {
             node: config.node.clone(),
             shim,
-            node_args: Vec::new(),
+            // TypeScript is bundled with inline source maps: stack traces
+            // then point at the user's .ts lines.
+            node_args: vec!["--enable-source-maps".into()],
         }));
         let sink = Arc::new(RegistryLogSink::start(registry.clone()));
         let scheduler = Arc::new(Scheduler::new(driver, sink, config.scheduler.clone()));

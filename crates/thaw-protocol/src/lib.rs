@@ -238,13 +238,19 @@ mod tests {
     #[tokio::test]
     async fn oversized_and_truncated_frames_are_errors() {
         let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
-        let err = read_frame::<_, FromRuntime>(&mut &huge[..]).await.unwrap_err();
+        let err = read_frame::<_, FromRuntime>(&mut &huge[..])
+            .await
+            .unwrap_err();
         assert!(matches!(err, ProtocolError::FrameTooLarge(_)));
         let truncated = [0u8, 0, 0, 10, b'{'];
-        let err = read_frame::<_, FromRuntime>(&mut &truncated[..]).await.unwrap_err();
+        let err = read_frame::<_, FromRuntime>(&mut &truncated[..])
+            .await
+            .unwrap_err();
         assert!(matches!(err, ProtocolError::Closed));
         let empty: [u8; 0] = [];
-        let err = read_frame::<_, FromRuntime>(&mut &empty[..]).await.unwrap_err();
+        let err = read_frame::<_, FromRuntime>(&mut &empty[..])
+            .await
+            .unwrap_err();
         assert!(matches!(err, ProtocolError::Closed));
     }
 }

@@ -303,7 +303,10 @@ impl Registry {
         if n == 0 {
             return Err(RegistryError::NotFound(function.to_string()));
         }
-        tx.execute("DELETE FROM versions WHERE function = ?1", params![function])?;
+        tx.execute(
+            "DELETE FROM versions WHERE function = ?1",
+            params![function],
+        )?;
         tx.execute("DELETE FROM logs WHERE function = ?1", params![function])?;
         tx.commit()?;
         Ok(())
@@ -345,7 +348,10 @@ impl Registry {
         Ok(removed)
     }
 
-    fn with_db<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, RegistryError> {
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, RegistryError> {
         let db = self.db.lock().unwrap();
         Ok(f(&db)?)
     }

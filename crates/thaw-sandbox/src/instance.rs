@@ -398,7 +398,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut reader: R, shared: Weak<Shared>) {
                     });
                 }
                 shared.finish(
-                id,
+                    id,
                     Ok(InvokeOutcome::HandlerError {
                         name,
                         message,

@@ -183,7 +183,9 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
             libc::SIGTERM => "SIGTERM",
             _ => "",
         };
-        format!("killed by signal {sig} {name}").trim_end().to_string()
+        format!("killed by signal {sig} {name}")
+            .trim_end()
+            .to_string()
     } else {
         "ended".to_string()
     }

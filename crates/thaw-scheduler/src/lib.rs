@@ -200,7 +200,12 @@ impl Scheduler {
     /// instance then serves the first call warm.
     pub async fn start_idle(&self, spec: &FunctionSpec) -> Result<(), InvokeError> {
         let key: PoolKey = (spec.name.clone(), spec.version);
-        self.pools.lock().unwrap().entry(key.clone()).or_default().starting += 1;
+        self.pools
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_default()
+            .starting += 1;
         self.start_bound(&key, spec, 0).await.map(|_| ())
     }
 
@@ -279,7 +284,8 @@ impl Scheduler {
             let freed = {
                 let mut pools = self.pools.lock().unwrap();
                 let pool = pools.entry(key.clone()).or_default();
-                pool.slots.retain(|s| s.instance.is_alive() || s.inflight > 0);
+                pool.slots
+                    .retain(|s| s.instance.is_alive() || s.inflight > 0);
                 // Most recently used first, so the rest can age out.
                 let free = pool
                     .slots

@@ -1,0 +1,197 @@
+//! A real `thaw up` on a free loopback port with its own data directory,
+//! and the real `thaw` CLI pointed at it.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const THAW: &str = env!("CARGO_BIN_EXE_thaw");
+
+pub struct Platform {
+    child: Child,
+    pub server: String,
+    pub data_dir: PathBuf,
+    _owned_dir: Option<tempfile::TempDir>,
+    env: Vec<(String, String)>,
+}
+
+impl Platform {
+    pub fn start() -> Platform {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Platform::start_in(dir.path(), &[]);
+        p._owned_dir = Some(dir);
+        p
+    }
+
+    /// Starts `thaw up` on `data_dir` with extra environment variables.
+    pub fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> Platform {
+        let mut cmd = Command::new(THAW);
+        cmd.args(["up", "--listen", "127.0.0.1:0"])
+            .env("THAW_DATA_DIR", data_dir)
+            .env_remove("THAW_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("thaw up starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if !sent {
+                    if let Some(rest) = line.strip_prefix("thaw is up on ") {
+                        let url = rest.split_whitespace().next().unwrap().to_string();
+                        let _ = tx.send(url);
+                        sent = true;
+                        continue;
+                    }
+                }
+                eprintln!("[thaw up] {line}");
+            }
+        });
+        let server = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("thaw up announces its address");
+        Platform {
+            child,
+            server,
+            data_dir: data_dir.to_path_buf(),
+            _owned_dir: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    /// Stops the platform as a crash or `kill -9` would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new(THAW);
+        cmd.env("THAW_SERVER", &self.server)
+            .env("THAW_DATA_DIR", &self.data_dir)
+            .env_remove("THAW_TOKEN");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs the CLI and returns its output, whatever the exit status.
+    pub fn thaw(&self, args: &[&str]) -> Output {
+        self.cli().args(args).output().unwrap()
+    }
+
+    /// Runs the CLI and insists that it succeeds; returns stdout.
+    pub fn thaw_ok(&self, args: &[&str]) -> String {
+        let out = self.thaw(args);
+        assert!(
+            out.status.success(),
+            "thaw {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn deploy(&self, dir: &Path, name: &str) -> String {
+        self.thaw_ok(&["deploy", dir.to_str().unwrap(), "--name", name])
+            .trim()
+            .to_string()
+    }
+
+    pub fn url(&self, name: &str, path: &str) -> String {
+        format!("{}/fn/{name}{path}", self.server)
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn api(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+        http()
+            .request(method, format!("{}{path}", self.server))
+            .bearer_auth(self.token())
+    }
+
+    /// Console lines the registry holds for `name`.
+    pub fn log_lines(&self, name: &str) -> Vec<Value> {
+        let v: Value = self
+            .api(
+                reqwest::Method::GET,
+                &format!("/v1/functions/{name}/logs?limit=1000"),
+            )
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["logs"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until a log line containing `needle` is stored (writes are
+    /// batched off the request path).
+    pub fn wait_for_log(&self, name: &str, needle: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = self
+                .log_lines(name)
+                .into_iter()
+                .find(|l| l["line"].as_str().unwrap_or("").contains(needle))
+            {
+                return l;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no log line containing {needle:?} for {name}: {:?}",
+                self.log_lines(name)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// A folder holding the given files.
+pub fn function_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, content) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    dir
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
