@@ -13,7 +13,8 @@ use crate::{validate_name, BundleError};
 /// The settings file's name, at the top of the bundle.
 pub const SETTINGS_FILE: &str = "thaw.toml";
 
-const TOML_HINT: &str = "hint: memory, timeout, concurrency and keep_alive are whole numbers \
+const TOML_HINT: &str =
+    "hint: memory, timeout, concurrency, keep_alive and max_instances are whole numbers \
     (memory = 512); name, entry and every [env] value are quoted text (PORT = \"8080\")";
 
 /// A function's settings. Every key is optional in `thaw.toml`; missing ones
@@ -37,6 +38,10 @@ pub struct Settings {
     /// Requests one instance handles at once, 1..=1000.
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
+    /// Instances of the function running at once, 1..=1000; calls beyond
+    /// them and their concurrency wait in a bounded queue.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: u32,
     /// How long an idle instance stays warm, in seconds, 0..=86400.
     #[serde(rename = "keep_alive", default = "default_keep_alive")]
     pub keep_alive_s: u32,
@@ -57,6 +62,9 @@ fn default_concurrency() -> u32 {
 fn default_keep_alive() -> u32 {
     300
 }
+fn default_max_instances() -> u32 {
+    16
+}
 
 impl Default for Settings {
     fn default() -> Self {
@@ -67,6 +75,7 @@ impl Default for Settings {
             timeout_s: default_timeout(),
             concurrency: default_concurrency(),
             keep_alive_s: default_keep_alive(),
+            max_instances: default_max_instances(),
             env: BTreeMap::new(),
         }
     }
@@ -106,6 +115,7 @@ impl Settings {
             ("timeout", "seconds", self.timeout_s, 1, 900),
             ("concurrency", "requests", self.concurrency, 1, 1000),
             ("keep_alive", "seconds", self.keep_alive_s, 0, 86400),
+            ("max_instances", "instances", self.max_instances, 1, 1000),
         ];
         for (key, unit, value, min, max) in ranges {
             if !(min..=max).contains(&value) {

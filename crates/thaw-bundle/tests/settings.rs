@@ -44,6 +44,7 @@ memory = 512
 timeout = 60
 concurrency = 8
 keep_alive = 0
+max_instances = 3
 
 [env]
 GREETING = "hi"
@@ -64,6 +65,7 @@ _PRIVATE_1 = ""
             timeout_s: 60,
             concurrency: 8,
             keep_alive_s: 0,
+            max_instances: 3,
             env,
         }
     );

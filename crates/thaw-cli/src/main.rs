@@ -51,6 +51,26 @@ struct Remote {
     data_dir: Option<PathBuf>,
 }
 
+/// Pool and queue settings of `thaw up`; the defaults suit most hosts.
+#[derive(clap::Args)]
+struct Tuning {
+    /// Pre-started runtimes kept waiting even when no cold start happened lately.
+    #[arg(long, default_value_t = 2)]
+    pool_min: usize,
+    /// Most pre-started runtimes kept waiting.
+    #[arg(long, default_value_t = 16)]
+    pool_max: usize,
+    /// Memory the waiting runtimes may use together, in MiB (measured PSS).
+    #[arg(long, default_value_t = 512)]
+    pool_memory_mb: u64,
+    /// Calls that may wait for an instance of one function; more get 429.
+    #[arg(long, default_value_t = 100)]
+    queue_limit: usize,
+    /// How long a call waits for an instance before it gets 503, in ms.
+    #[arg(long, default_value_t = 10_000)]
+    queue_timeout_ms: u64,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the platform in the foreground (API, gateway, registry, runtimes).
@@ -68,6 +88,8 @@ The API token is THAW_TOKEN when set; otherwise one is created on first start an
         /// The node binary runtimes use.
         #[arg(long, env = "THAW_NODE", default_value = "node")]
         node: PathBuf,
+        #[command(flatten)]
+        tuning: Tuning,
     },
     /// Deploy a folder as a function and print its URL.
     #[command(after_help = "The folder may hold a thaw.toml:\n  \
@@ -148,7 +170,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             listen,
             node,
-        } => up(data_dir.unwrap_or_else(default_data_dir), listen, node),
+            tuning,
+        } => up(
+            data_dir.unwrap_or_else(default_data_dir),
+            listen,
+            node,
+            tuning,
+        ),
         Command::Deploy { dir, name, remote } => {
             deploy(&Client::new(&remote_config(&remote))?, &dir, name)
         }
@@ -187,7 +215,7 @@ fn remote_config(r: &Remote) -> client::RemoteConfig {
     }
 }
 
-fn up(data_dir: PathBuf, listen: SocketAddr, node: PathBuf) -> anyhow::Result<()> {
+fn up(data_dir: PathBuf, listen: SocketAddr, node: PathBuf, t: Tuning) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("THAW_LOG")
@@ -199,6 +227,11 @@ fn up(data_dir: PathBuf, listen: SocketAddr, node: PathBuf) -> anyhow::Result<()
     config.token = std::env::var("THAW_TOKEN").ok();
     config.node = node;
     config.esbuild = std::env::var_os("THAW_ESBUILD").map(PathBuf::from);
+    config.pool.min_idle = t.pool_min;
+    config.pool.max_idle = t.pool_max.max(t.pool_min);
+    config.pool.memory_budget = t.pool_memory_mb * 1024 * 1024;
+    config.scheduler.queue_limit = t.queue_limit;
+    config.scheduler.queue_timeout = Duration::from_millis(t.queue_timeout_ms);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(thaw_gateway::serve(config))
 }

@@ -28,6 +28,15 @@ pub fn router(platform: Arc<Platform>) -> Router {
         )
         .route("/v1/functions/{name}/invoke", post(invoke_function))
         .route("/v1/functions/{name}/logs", get(function_logs))
+        .route(
+            "/metrics",
+            get(|State(p): State<Arc<Platform>>| async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    crate::metrics::render(&p),
+                )
+            }),
+        )
         .layer(axum::extract::DefaultBodyLimit::disable())
         .route_layer(middleware::from_fn_with_state(
             platform.clone(),
@@ -176,10 +185,22 @@ async fn invoke_function(
             )
         })?
     };
+    let started = std::time::Instant::now();
     let result = p
         .scheduler
         .invoke(&route.spec, thaw_protocol::Payload::Event(event))
         .await;
+    let (outcome, cold) = match &result {
+        Ok(inv) => (
+            match inv.outcome {
+                InvokeOutcome::Reply(_) => "ok",
+                InvokeOutcome::HandlerError { .. } => "handler_error",
+            },
+            Some(inv.cold),
+        ),
+        Err(e) => (invoke_error(e).code, None),
+    };
+    p.metrics.record(&name, outcome, cold, started.elapsed());
     let out = match result {
         Ok(inv) => {
             let logs: Vec<Value> = inv.logs.iter().map(log_json).collect();

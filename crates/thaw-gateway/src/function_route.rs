@@ -58,6 +58,7 @@ async fn serve(
     peer: SocketAddr,
     request: Request<Body>,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
     let (parts, body) = request.into_parts();
     let (name, rest) = split_path(parts.uri.path()).ok_or_else(|| ApiError::not_found(""))?;
     let route = p.route(name).ok_or_else(|| ApiError::not_found(name))?;
@@ -103,21 +104,29 @@ async fn serve(
         Ok(inv) => inv,
         Err(e) => {
             let err = invoke_error(&e);
+            p.metrics.record(name, err.code, None, started.elapsed());
             return Ok(with_meta(err.into_response(), None, None));
         }
     };
     let cold = Some(inv.cold);
     let id = Some(inv.id);
-    let response = match inv.outcome {
-        InvokeOutcome::Reply(reply) => build_response(reply)?,
+    let (outcome, response) = match inv.outcome {
+        InvokeOutcome::Reply(reply) => match build_response(reply) {
+            Ok(r) => ("ok", r),
+            Err(e) => (e.code, e.into_response()),
+        },
         InvokeOutcome::HandlerError {
             name: error_name,
             message,
             ..
-        } => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "handler_error", message)
-            .with(json!({ "name": error_name }))
-            .into_response(),
+        } => (
+            "handler_error",
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "handler_error", message)
+                .with(json!({ "name": error_name }))
+                .into_response(),
+        ),
     };
+    p.metrics.record(name, outcome, cold, started.elapsed());
     Ok(with_meta(response, id, cold))
 }
 

@@ -14,6 +14,7 @@ mod deploy;
 mod errors;
 mod function_route;
 mod logsink;
+mod metrics;
 mod platform;
 
 pub use platform::{serve, Config, Platform};

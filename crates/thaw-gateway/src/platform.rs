@@ -10,14 +10,11 @@ use std::time::Duration;
 use thaw_bundle::Limits;
 use thaw_registry::{Registry, Version};
 use thaw_sandbox::{Driver, ProcessDriver, ProcessDriverConfig};
-use thaw_scheduler::{FunctionSpec, Scheduler, SchedulerConfig};
+use thaw_scheduler::{FunctionSpec, PoolConfig, RuntimePool, Scheduler, SchedulerConfig};
 
 /// The runtime shim, embedded so that a `thaw` binary is all a host needs
 /// besides Node. Written to the data directory at start-up.
 const SHIM_SOURCE: &str = include_str!("../../../runtime/shim/shim.mjs");
-
-/// Instances one function version may run at once, unless it says less.
-const DEFAULT_MAX_INSTANCES: u32 = 16;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -32,6 +29,7 @@ pub struct Config {
     /// Largest request body a function route accepts.
     pub max_request_bytes: usize,
     pub scheduler: SchedulerConfig,
+    pub pool: PoolConfig,
 }
 
 impl Config {
@@ -45,6 +43,7 @@ impl Config {
             limits: Limits::default(),
             max_request_bytes: 6 * 1024 * 1024,
             scheduler: SchedulerConfig::default(),
+            pool: PoolConfig::default(),
         }
     }
 }
@@ -65,6 +64,7 @@ pub struct Platform {
     /// Deploys run one at a time: they are rare, and this keeps a version's
     /// probe, activation and retirement of the old one in order.
     pub deploy_lock: tokio::sync::Mutex<()>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 pub fn spec_of(version: &Version) -> FunctionSpec {
@@ -79,7 +79,7 @@ pub fn spec_of(version: &Version) -> FunctionSpec {
         memory_mb: s.memory_mb,
         concurrency: s.concurrency,
         keep_alive: Duration::from_secs(s.keep_alive_s as u64),
-        max_instances: DEFAULT_MAX_INSTANCES,
+        max_instances: s.max_instances,
     }
 }
 
@@ -106,7 +106,9 @@ impl Platform {
             node_args: vec!["--enable-source-maps".into()],
         }));
         let sink = Arc::new(RegistryLogSink::start(registry.clone()));
-        let scheduler = Arc::new(Scheduler::new(driver, sink, config.scheduler.clone()));
+        let runtimes = RuntimePool::new(driver, sink, config.pool.clone());
+        runtimes.spawn_refill();
+        let scheduler = Arc::new(Scheduler::new(runtimes, config.scheduler.clone()));
         let esbuild = thaw_bundle::find_esbuild(config.esbuild.as_deref());
         let mut routes = HashMap::new();
         for version in registry.current_versions()? {
@@ -121,6 +123,7 @@ impl Platform {
             esbuild,
             routes: RwLock::new(routes),
             deploy_lock: tokio::sync::Mutex::new(()),
+            metrics: Default::default(),
         }))
     }
 
@@ -149,6 +152,7 @@ impl Platform {
 
     pub fn remove_route(&self, name: &str) {
         self.routes.write().unwrap().remove(name);
+        self.metrics.forget(name);
         self.scheduler.retire(name, None);
     }
 

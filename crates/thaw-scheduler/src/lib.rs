@@ -17,8 +17,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thaw_protocol::{Init, Payload};
-use thaw_sandbox::{Driver, Instance, InvokeOutcome, LogLine, LogSink, SandboxError};
+use thaw_sandbox::{Driver, Instance, InvokeOutcome, LogLine, SandboxError};
 use tokio::sync::Notify;
+
+mod pool;
+
+pub use pool::{pss_bytes, PoolConfig, PoolSnapshot, RuntimePool};
 
 /// Everything the scheduler needs to know about one function version.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,7 +111,7 @@ type PoolKey = (String, i64);
 
 pub struct Scheduler {
     driver: Arc<dyn Driver>,
-    sink: Arc<dyn LogSink>,
+    runtimes: Arc<RuntimePool>,
     config: SchedulerConfig,
     pools: Mutex<HashMap<PoolKey, Pool>>,
     next_id: AtomicU64,
@@ -128,7 +132,8 @@ enum Acquired {
 }
 
 impl Scheduler {
-    pub fn new(driver: Arc<dyn Driver>, sink: Arc<dyn LogSink>, config: SchedulerConfig) -> Self {
+    /// A scheduler whose cold starts take runtimes from `runtimes`.
+    pub fn new(runtimes: Arc<RuntimePool>, config: SchedulerConfig) -> Self {
         // Invocation ids name log lines in the registry, so they must not
         // repeat across restarts: start from the clock.
         let seed = SystemTime::now()
@@ -136,8 +141,8 @@ impl Scheduler {
             .map(|d| d.as_micros() as u64)
             .unwrap_or(1);
         Scheduler {
-            driver,
-            sink,
+            driver: runtimes.driver().clone(),
+            runtimes,
             config,
             pools: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(seed),
@@ -146,6 +151,11 @@ impl Scheduler {
 
     pub fn driver_name(&self) -> &'static str {
         self.driver.name()
+    }
+
+    /// The pool of pre-started runtimes behind cold starts.
+    pub fn runtimes(&self) -> &Arc<RuntimePool> {
+        &self.runtimes
     }
 
     /// Runs one call of `spec` with `payload`.
@@ -362,9 +372,9 @@ impl Scheduler {
     }
 
     async fn start_and_init(&self, spec: &FunctionSpec) -> Result<Instance, InvokeError> {
-        let instance = self
-            .driver
-            .start(self.sink.clone())
+        let (instance, _from_pool) = self
+            .runtimes
+            .take_or_start()
             .await
             .map_err(|e| InvokeError::Unavailable(e.to_string()))?;
         let init = Init {

@@ -27,10 +27,23 @@ impl Platform {
         p
     }
 
+    /// Starts `thaw up` with extra flags.
+    pub fn start_with(args: &[&str]) -> Platform {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Platform::launch(dir.path(), &[], args);
+        p._owned_dir = Some(dir);
+        p
+    }
+
     /// Starts `thaw up` on `data_dir` with extra environment variables.
     pub fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> Platform {
+        Platform::launch(data_dir, env, &[])
+    }
+
+    fn launch(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Platform {
         let mut cmd = Command::new(THAW);
         cmd.args(["up", "--listen", "127.0.0.1:0"])
+            .args(args)
             .env("THAW_DATA_DIR", data_dir)
             .env_remove("THAW_TOKEN")
             .stdout(Stdio::null())
@@ -126,6 +139,36 @@ impl Platform {
         http()
             .request(method, format!("{}{path}", self.server))
             .bearer_auth(self.token())
+    }
+
+    /// The value of one sample in `/metrics`, e.g.
+    /// `thaw_pool_takes_total{result="hit"}`; 0 when absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let text = self
+            .api(reqwest::Method::GET, "/metrics")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+
+    /// Polls `check` until it holds, for at most `secs` seconds.
+    pub fn eventually(&self, secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !check() {
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "never happened: {what}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Console lines the registry holds for `name`.
