@@ -69,6 +69,10 @@ struct Tuning {
     /// How long a call waits for an instance before it gets 503, in ms.
     #[arg(long, default_value_t = 10_000)]
     queue_timeout_ms: u64,
+    /// Pause an idle instance (off the CPU, timers stopped) after this many
+    /// ms without calls; it resumes on its next call. 0 never pauses.
+    #[arg(long, default_value_t = 2_000)]
+    pause_idle_after_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -232,6 +236,8 @@ fn up(data_dir: PathBuf, listen: SocketAddr, node: PathBuf, t: Tuning) -> anyhow
     config.pool.memory_budget = t.pool_memory_mb * 1024 * 1024;
     config.scheduler.queue_limit = t.queue_limit;
     config.scheduler.queue_timeout = Duration::from_millis(t.queue_timeout_ms);
+    config.pause_idle_after =
+        Some(Duration::from_millis(t.pause_idle_after_ms)).filter(|d| !d.is_zero());
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(thaw_gateway::serve(config))
 }

@@ -236,3 +236,24 @@ fn metrics_count_calls_by_outcome_and_start() {
         1.0
     );
 }
+
+fn process_state(pid: &str) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The state follows the command name, which is in parentheses.
+    stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap()
+}
+
+#[test]
+fn idle_instances_are_paused_and_resume_on_their_next_call() {
+    let p = Platform::start_with(&["--pause-idle-after-ms", "200"]);
+    let _d = deploy_pid(&p, "sleepy", "");
+    let (_, pid, _) = call(&p, "sleepy", "");
+    p.eventually(10, "the idle instance is paused", || {
+        instances(&p, "sleepy")["paused"] == 1
+    });
+    assert_eq!(process_state(&pid), 'T', "stopped while idle");
+    let (status, pid_again, start) = call(&p, "sleepy", "");
+    assert_eq!((status, start.as_str()), (200, "warm"));
+    assert_eq!(pid_again, pid);
+    assert_ne!(process_state(&pid), 'T');
+}

@@ -137,21 +137,18 @@ pub fn render(p: &Platform) -> String {
     for route in p.routes() {
         let name = label(&route.version.function);
         let s = p.scheduler.stats(&route.version.function);
-        let _ = writeln!(
-            out,
-            "thaw_instances{{function=\"{name}\",state=\"busy\"}} {}",
-            s.busy
-        );
-        let _ = writeln!(
-            out,
-            "thaw_instances{{function=\"{name}\",state=\"idle\"}} {}",
-            s.idle
-        );
-        let _ = writeln!(
-            out,
-            "thaw_instances{{function=\"{name}\",state=\"starting\"}} {}",
-            s.starting
-        );
+        let states = [
+            ("busy", s.busy),
+            ("idle", s.idle - s.paused),
+            ("paused", s.paused),
+            ("starting", s.starting),
+        ];
+        for (state, n) in states {
+            let _ = writeln!(
+                out,
+                "thaw_instances{{function=\"{name}\",state=\"{state}\"}} {n}"
+            );
+        }
         let _ = writeln!(
             out,
             "thaw_queued_calls{{function=\"{name}\"}} {}",

@@ -30,6 +30,9 @@ pub struct Config {
     pub max_request_bytes: usize,
     pub scheduler: SchedulerConfig,
     pub pool: PoolConfig,
+    /// Idle instances are paused (SIGSTOP) after this long; `None` keeps
+    /// them running between calls.
+    pub pause_idle_after: Option<Duration>,
 }
 
 impl Config {
@@ -44,6 +47,7 @@ impl Config {
             max_request_bytes: 6 * 1024 * 1024,
             scheduler: SchedulerConfig::default(),
             pool: PoolConfig::default(),
+            pause_idle_after: Some(Duration::from_secs(2)),
         }
     }
 }
@@ -164,11 +168,14 @@ impl Platform {
             loop {
                 tick.tick().await;
                 let Some(p) = platform.upgrade() else { return };
-                p.scheduler.reap_idle(|name, version| {
-                    p.route(name)
-                        .filter(|r| r.version.id == version)
-                        .map(|r| r.spec.keep_alive)
-                });
+                p.scheduler.reap_idle(
+                    |name, version| {
+                        p.route(name)
+                            .filter(|r| r.version.id == version)
+                            .map(|r| r.spec.keep_alive)
+                    },
+                    p.config.pause_idle_after,
+                );
             }
         });
     }

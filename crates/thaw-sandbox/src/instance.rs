@@ -43,6 +43,10 @@ pub trait RuntimeProcess: Send + Sync {
     fn kill(&self);
     /// Waits for the runtime to end and says how it ended.
     fn wait_exit(&self) -> BoxFuture<'_, String>;
+    /// Takes the runtime off the CPU entirely (timers and all) until
+    /// [`RuntimeProcess::resume`].
+    fn pause(&self);
+    fn resume(&self);
 }
 
 /// An HTTP-shaped answer from the runtime.
@@ -204,6 +208,15 @@ impl Instance {
             .unwrap()
             .get_or_insert_with(|| "killed by thaw".into());
         self.shared.process.kill();
+    }
+
+    /// Stops the runtime between calls; see [`RuntimeProcess::pause`].
+    pub fn pause(&self) {
+        self.shared.process.pause();
+    }
+
+    pub fn resume(&self) {
+        self.shared.process.resume();
     }
 
     /// Whether two handles are the same runtime.

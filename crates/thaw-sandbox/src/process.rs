@@ -143,19 +143,33 @@ struct NodeProcess {
     reaped: AtomicBool,
 }
 
+impl NodeProcess {
+    fn signal_group(&self, signal: i32) {
+        // Once reaped, the group id may belong to someone else.
+        if self.pid != 0 && !self.reaped.load(Ordering::Acquire) {
+            // SAFETY: plain syscall; a negative pid names the process group.
+            unsafe {
+                libc::kill(-(self.pid as i32), signal);
+            }
+        }
+    }
+}
+
 impl RuntimeProcess for NodeProcess {
     fn pid(&self) -> Option<u32> {
         Some(self.pid)
     }
 
     fn kill(&self) {
-        // Once reaped, the group id may belong to someone else.
-        if self.pid != 0 && !self.reaped.load(Ordering::Acquire) {
-            // SAFETY: plain syscall; a negative pid names the process group.
-            unsafe {
-                libc::kill(-(self.pid as i32), libc::SIGKILL);
-            }
-        }
+        self.signal_group(libc::SIGKILL);
+    }
+
+    fn pause(&self) {
+        self.signal_group(libc::SIGSTOP);
+    }
+
+    fn resume(&self) {
+        self.signal_group(libc::SIGCONT);
     }
 
     fn wait_exit(&self) -> BoxFuture<'_, String> {

@@ -97,6 +97,7 @@ struct Slot {
     instance: Instance,
     inflight: u32,
     last_used: Instant,
+    paused: bool,
 }
 
 #[derive(Default)]
@@ -122,6 +123,8 @@ pub struct Scheduler {
 pub struct PoolStats {
     pub busy: u32,
     pub idle: u32,
+    /// Of the idle ones, those paused (off the CPU).
+    pub paused: u32,
     pub starting: u32,
     pub waiting: usize,
 }
@@ -250,16 +253,28 @@ impl Scheduler {
 
     /// Kills instances idle for longer than their function's keep-alive.
     /// Returns how many were reclaimed.
-    pub fn reap_idle(&self, keep_alive_of: impl Fn(&str, i64) -> Option<Duration>) -> usize {
+    /// Also pauses instances idle for longer than `pause_after`, when set.
+    pub fn reap_idle(
+        &self,
+        keep_alive_of: impl Fn(&str, i64) -> Option<Duration>,
+        pause_after: Option<Duration>,
+    ) -> usize {
         let mut pools = self.pools.lock().unwrap();
         let mut reaped = 0;
         pools.retain(|(name, version), pool| {
             let keep_alive = keep_alive_of(name, *version).unwrap_or(Duration::ZERO);
-            pool.slots.retain(|slot| {
-                let expired = slot.inflight == 0 && slot.last_used.elapsed() >= keep_alive;
+            pool.slots.retain_mut(|slot| {
+                let idle_for = slot.last_used.elapsed();
+                let expired = slot.inflight == 0 && idle_for >= keep_alive;
                 if expired {
                     slot.instance.kill();
                     reaped += 1;
+                } else if slot.inflight == 0
+                    && !slot.paused
+                    && pause_after.is_some_and(|after| idle_for >= after)
+                {
+                    slot.instance.pause();
+                    slot.paused = true;
                 }
                 !expired
             });
@@ -280,6 +295,7 @@ impl Scheduler {
                     stats.busy += 1;
                 } else {
                     stats.idle += 1;
+                    stats.paused += slot.paused as u32;
                 }
             }
             stats.starting += pool.starting;
@@ -303,6 +319,10 @@ impl Scheduler {
                     .filter(|s| s.inflight < spec.concurrency.max(1) && s.instance.is_alive())
                     .max_by_key(|s| s.last_used);
                 if let Some(slot) = free {
+                    if slot.paused {
+                        slot.instance.resume();
+                        slot.paused = false;
+                    }
                     slot.inflight += 1;
                     slot.last_used = Instant::now();
                     return Ok(Acquired::Warm(slot.instance.clone()));
@@ -358,6 +378,7 @@ impl Scheduler {
                     instance: instance.clone(),
                     inflight,
                     last_used: Instant::now(),
+                    paused: false,
                 });
                 if inflight == 0 {
                     pool.freed.notify_waiters();
