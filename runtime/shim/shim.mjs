@@ -1074,4 +1074,35 @@ function classAdapter(classes) {
 
 // ---------------------------------------------------------------------------
 
+// A pre-started runtime waits in thaw's pool before any function is bound
+// to it. Running the paths every cold start takes once now (the module
+// loader, the handler adapters, the result encoding) moves their first-run
+// cost (lazy loading, compilation) off the first request's path. Nothing
+// here touches the disk or the console, and it runs before `ready`.
+async function warmUp() {
+  const fn = { name: '', version: '', memoryMb: '' };
+  const invocation = { id: 0, deadline: Date.now() + 1000 };
+  const request = normaliseRequest({
+    method: 'POST',
+    path: '/',
+    query: 'a=1',
+    headers: [['host', 'localhost'], ['content-type', 'application/json'], ['cookie', 'a=b']],
+    body: Buffer.from('{}').toString('base64'),
+    source_ip: '127.0.0.1',
+    host: 'localhost',
+  });
+  try {
+    const mod = await import('data:text/javascript,export const handler = async () => ({ statusCode: 200, body: "" }); export class Warm { up() { return 1; } }');
+    resultJson(0, await lambdaAdapter(mod.handler, fn).http(request, invocation));
+    resultJson(0, await lambdaAdapter(mod.handler, fn).event({}, invocation));
+    const rpc = '{"jsonrpc":"2.0","method":"Warm.up","params":[],"id":1}';
+    detectStyle(mod, 'warm', fn);
+    resultJson(0, await classAdapter(new Map([['Warm', mod.Warm]])).http({ ...request, body: Buffer.from(rpc) }, invocation));
+  } catch {
+    // Warming is an optimisation only; a failure here shows up for real,
+    // with a proper error, when the function's own code runs.
+  }
+}
+
+await warmUp();
 send({ type: 'ready', protocol: PROTOCOL_VERSION, runtime: RUNTIME_NAME, node: process.version, pid: process.pid });

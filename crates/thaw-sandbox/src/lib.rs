@@ -49,7 +49,13 @@ pub trait Driver: Send + Sync + 'static {
     /// Output that belongs to no invocation goes to `sink`.
     fn start(&self, sink: Arc<dyn LogSink>) -> BoxFuture<'_, Result<Instance, SandboxError>>;
 
-    /// The path under which a runtime of this driver sees a code tree that
-    /// the host keeps at `host_dir`.
-    fn code_path(&self, host_dir: &Path) -> String;
+    /// Attaches a code tree that the host keeps at `host_dir` to a started
+    /// runtime, read-only, just before it is bound to a function; returns
+    /// the path under which the runtime sees the tree. Also gives the
+    /// runtime its full share of the CPU: runtimes start in the background.
+    fn attach<'a>(
+        &'a self,
+        instance: &'a Instance,
+        host_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<String, SandboxError>>;
 }

@@ -21,6 +21,8 @@ use tokio::sync::mpsc;
 
 /// File descriptor number on which the shim finds its stream.
 const RUNTIME_FD: i32 = 3;
+/// Niceness of a runtime until it is bound.
+const STARTING_NICENESS: i32 = 10;
 
 #[derive(Debug, Clone)]
 pub struct ProcessDriverConfig {
@@ -62,6 +64,10 @@ impl ProcessDriver {
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                // Runtimes start in the background, at low priority, so
+                // that refilling the pool does not take the CPU from calls
+                // being served; `attach` restores normal priority.
+                libc::setpriority(libc::PRIO_PROCESS, 0, STARTING_NICENESS);
                 if libc::setpgid(0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -119,8 +125,35 @@ impl Driver for ProcessDriver {
         Box::pin(self.start_process(sink))
     }
 
-    fn code_path(&self, host_dir: &Path) -> String {
-        host_dir.to_string_lossy().into_owned()
+    fn attach<'a>(
+        &'a self,
+        instance: &'a Instance,
+        host_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<String, SandboxError>> {
+        Box::pin(async move {
+            if let Some(pid) = instance.pid() {
+                set_niceness(pid, 0);
+            }
+            // Without a jail the runtime sees the host's file system: the
+            // tree is read-only on disk and shared, nothing to mount.
+            Ok(host_dir.to_string_lossy().into_owned())
+        })
+    }
+}
+
+/// Sets the niceness of every thread of `pid`. Linux keeps niceness per
+/// thread, and Node starts its worker threads before it is bound.
+fn set_niceness(pid: u32, nice: i32) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for task in tasks.flatten() {
+        if let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() {
+            // SAFETY: plain syscall on a thread id of our own child.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+            }
+        }
     }
 }
 

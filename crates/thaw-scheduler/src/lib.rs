@@ -393,21 +393,38 @@ impl Scheduler {
     }
 
     async fn start_and_init(&self, spec: &FunctionSpec) -> Result<Instance, InvokeError> {
-        let (instance, _from_pool) = self
+        let began = Instant::now();
+        let (instance, from_pool) = self
             .runtimes
             .take_or_start()
             .await
             .map_err(|e| InvokeError::Unavailable(e.to_string()))?;
+        let took = began.elapsed();
+        let code_dir = match self.driver.attach(&instance, &spec.code_dir).await {
+            Ok(path) => path,
+            Err(e) => {
+                instance.kill();
+                return Err(InvokeError::Unavailable(e.to_string()));
+            }
+        };
         let init = Init {
             function: spec.name.clone(),
             version: spec.version,
-            code_dir: self.driver.code_path(&spec.code_dir),
+            code_dir,
             entry: spec.entry.clone(),
             env: spec.env.clone(),
             timeout_ms: spec.timeout.as_millis() as u64,
             memory_mb: spec.memory_mb,
         };
-        match instance.init(init, spec.timeout).await {
+        let result = instance.init(init, spec.timeout).await;
+        tracing::debug!(
+            function = %spec.name,
+            from_pool,
+            runtime_us = took.as_micros() as u64,
+            init_us = (began.elapsed() - took).as_micros() as u64,
+            "cold start"
+        );
+        match result {
             Ok(_style) => Ok(instance),
             Err(SandboxError::Init { message, stack }) => {
                 instance.kill();
