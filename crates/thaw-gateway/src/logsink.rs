@@ -8,14 +8,18 @@ use tokio::sync::mpsc;
 
 /// Lines written in one transaction at most.
 const BATCH: usize = 512;
+/// Lines waiting to be written, at most. A function that logs faster than
+/// the disk takes loses lines (counted) rather than growing thaw's memory.
+const BACKLOG: usize = 100_000;
 
 pub struct RegistryLogSink {
-    tx: mpsc::UnboundedSender<LogRecord>,
+    tx: mpsc::Sender<LogRecord>,
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 impl RegistryLogSink {
     pub fn start(registry: Arc<Registry>) -> RegistryLogSink {
-        let (tx, mut rx) = mpsc::unbounded_channel::<LogRecord>();
+        let (tx, mut rx) = mpsc::channel::<LogRecord>(BACKLOG);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
@@ -35,7 +39,10 @@ impl RegistryLogSink {
                 }
             }
         });
-        RegistryLogSink { tx }
+        RegistryLogSink {
+            tx,
+            dropped: Default::default(),
+        }
     }
 }
 
@@ -49,7 +56,7 @@ impl LogSink for RegistryLogSink {
             );
             return;
         };
-        let _ = self.tx.send(LogRecord {
+        let sent = self.tx.try_send(LogRecord {
             seq: 0,
             function: binding.function.clone(),
             version: Some(binding.version),
@@ -58,5 +65,13 @@ impl LogSink for RegistryLogSink {
             line: line.line,
             ts_ms: line.ts_ms as i64,
         });
+        if sent.is_err() {
+            let n = self
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n.is_multiple_of(10_000) {
+                tracing::warn!("log backlog full: {} lines dropped so far", n + 1);
+            }
+        }
     }
 }

@@ -13,6 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Lines of raw process output kept to explain a crash.
 const OUTPUT_TAIL: usize = 20;
+/// Console lines returned with one call (`thaw invoke` shows them).
+const LINES_RETURNED: usize = 1000;
 
 /// One line of console output.
 #[derive(Debug, Clone, PartialEq)]
@@ -353,7 +355,11 @@ impl Shared {
     fn log(&self, line: LogLine) {
         if let Some(id) = line.invocation {
             if let Some(p) = self.pending.lock().unwrap().get_mut(&id) {
-                p.logs.push(line.clone());
+                // The copy returned with the call is bounded; the sink
+                // still gets every line.
+                if p.logs.len() < LINES_RETURNED {
+                    p.logs.push(line.clone());
+                }
             }
         }
         self.sink.log(self.binding.get(), line);
