@@ -73,6 +73,19 @@ struct Tuning {
     /// ms without calls; it resumes on its next call. 0 never pauses.
     #[arg(long, default_value_t = 2_000)]
     pause_idle_after_ms: u64,
+    /// Run every runtime in its own jail (namespaces, read-only root,
+    /// cgroup limits, seccomp, unprivileged uid). `auto` jails where the
+    /// host allows it (root, Linux 5.12+) and warns where it does not;
+    /// `off` is for development only.
+    #[arg(long, value_enum, default_value = "auto")]
+    jail: JailArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum JailArg {
+    On,
+    Off,
+    Auto,
 }
 
 #[derive(Subcommand)]
@@ -103,6 +116,7 @@ memory = 256          # MiB\n  \
 timeout = 30          # seconds\n  \
 concurrency = 1       # requests one instance serves at once\n  \
 keep_alive = 300      # seconds an idle instance stays warm\n  \
+max_instances = 16    # instances at once; more calls queue\n  \
 [env]\n  \
 GREETING = \"hi\"\n\n\
 node_modules is uploaded when present; list paths to leave out in .thawignore (gitignore syntax).\n\
@@ -158,9 +172,71 @@ thaw invoke hello-service --data '{\"jsonrpc\":\"2.0\",\"method\":\"HelloWorldSe
         #[command(flatten)]
         remote: Remote,
     },
+    /// Measure thaw's cold starts and warm calls beside a bare Node server,
+    /// a fresh node per request, workerd and Deno; write docs/benchmarks.md.
+    #[command(
+        long_about = "Measure, in one run on this machine and over loopback only, how fast a hello-world \
+function answers on thaw and on its peers doing the same work, and write a markdown report and an SVG chart.\n\n\
+thaw bench starts its own `thaw up` (this binary) on a scratch data directory and a free port; \
+it needs no running platform and leaves nothing behind.\n\n\
+What it measures, per system:\n  \
+cold start   the first call of a function with nothing running for it, p50/p90/p99 over \
+--functions distinct functions. thaw: through the gateway, after the deploy-time instance was \
+reclaimed (keep_alive = 0), counted only when the answer says x-thaw-start: cold. \
+The others: spawn of a new server process to the end of its first answer.\n  \
+warm call    p50/p99 of one client calling back to back on a keep-alive connection, then \
+requests per second of --connections clients, each phase --duration seconds.\n\n\
+Systems: thaw (Lambda and fetch handlers); a bare Node http server (the floor every ratio is \
+taken against); a fresh `node handler.js` per request (every call cold); Cloudflare workerd and \
+Deno, from the npm packages in bench/ (installed by `cargo xtask setup`; skipped with a note \
+when missing). The report also breaks thaw's cold path into its steps (runtime start, attaching \
+the code, first call), reports idle memory (PSS) of thaw's runtimes and of each server, and \
+checks the targets: cold p50 <= 3 ms and p99 <= 10 ms, warm p50 <= 100 us over bare Node, \
+throughput >= 80 % of it.",
+        after_help = "Examples:\n  thaw bench                                  # about 2 minutes; writes docs/benchmarks.md and .svg\n  \
+thaw bench --functions 100 --duration 10\n  \
+thaw bench --skip workerd,deno --out /tmp/b.md\n  \
+thaw bench --quick --out /tmp/b.md          # seconds; checks that everything runs\n\n\
+Never trust one run on a busy machine: the figures are only as quiet as the host."
+    )]
+    Bench {
+        /// Distinct functions per system for the cold-start figures [default: 50; with --quick: 3]
+        #[arg(long, value_name = "N")]
+        functions: Option<usize>,
+        /// Seconds of each warm phase, sequential then concurrent [default: 5; with --quick: 0.5]
+        #[arg(long, value_name = "SECS")]
+        duration: Option<f64>,
+        /// Concurrent keep-alive clients of the throughput phase [default: 4; with --quick: 2]
+        #[arg(long, value_name = "N")]
+        connections: Option<usize>,
+        /// Milliseconds between thaw's cold calls, one at a time [default: 200; with --quick: 50]
+        #[arg(long, value_name = "MS")]
+        cold_gap: Option<u64>,
+        /// The markdown report; the chart is written beside it with the .svg extension.
+        #[arg(long, default_value = "docs/benchmarks.md")]
+        out: PathBuf,
+        /// Leave out some of: thaw-fetch, naive, workerd, deno, breakdown (comma-separated).
+        #[arg(long, value_delimiter = ',', value_name = "LIST")]
+        skip: Vec<String>,
+        /// Small numbers everywhere, to check that every system runs (the tests use it).
+        #[arg(long)]
+        quick: bool,
+        /// Folder whose node_modules holds the workerd and deno npm packages [default: bench/ of the checkout, found from here or from this binary]
+        #[arg(long, value_name = "DIR")]
+        peers: Option<PathBuf>,
+        /// The node binary for thaw's runtimes and for the Node systems.
+        #[arg(long, env = "THAW_NODE", default_value = "node")]
+        node: PathBuf,
+    },
 }
 
 fn main() {
+    // `thaw __jail ...` is the jail a runtime starts in: it must run before
+    // anything else (no threads, no async runtime), and never returns.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == thaw_jail::SUBCOMMAND) {
+        thaw_jail::run_from_args(std::env::args_os().skip(1).collect());
+    }
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
@@ -200,6 +276,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("removed {name}");
             Ok(())
         }
+        Command::Bench {
+            functions,
+            duration,
+            connections,
+            cold_gap,
+            out,
+            skip,
+            quick,
+            peers,
+            node,
+        } => {
+            let mut o = thaw_bench::Options::new(std::env::current_exe()?);
+            if quick {
+                o = o.quick();
+            }
+            o.functions = functions.unwrap_or(o.functions);
+            if let Some(secs) = duration {
+                o.duration = Duration::try_from_secs_f64(secs)
+                    .context("--duration takes seconds, such as 5 or 0.5")?;
+            }
+            o.connections = connections.unwrap_or(o.connections);
+            o.cold_gap = cold_gap.map(Duration::from_millis).unwrap_or(o.cold_gap);
+            (o.out, o.skip, o.peers_dir, o.node) = (out, skip, peers, node);
+            o.command_line = thaw_bench::command_line(std::env::args());
+            let written = thaw_bench::run(&o)?;
+            println!(
+                "{}\n{}",
+                written.markdown.display(),
+                written.chart.display()
+            );
+            Ok(())
+        }
     }
 }
 
@@ -236,6 +344,11 @@ fn up(data_dir: PathBuf, listen: SocketAddr, node: PathBuf, t: Tuning) -> anyhow
     config.pool.memory_budget = t.pool_memory_mb * 1024 * 1024;
     config.scheduler.queue_limit = t.queue_limit;
     config.scheduler.queue_timeout = Duration::from_millis(t.queue_timeout_ms);
+    config.jail = match t.jail {
+        JailArg::On => thaw_gateway::JailMode::On,
+        JailArg::Off => thaw_gateway::JailMode::Off,
+        JailArg::Auto => thaw_gateway::JailMode::Auto,
+    };
     config.pause_idle_after =
         Some(Duration::from_millis(t.pause_idle_after_ms)).filter(|d| !d.is_zero());
     let rt = tokio::runtime::Runtime::new()?;

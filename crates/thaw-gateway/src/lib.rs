@@ -17,4 +17,4 @@ mod logsink;
 mod metrics;
 mod platform;
 
-pub use platform::{serve, Config, Platform};
+pub use platform::{serve, Config, JailMode, Platform};

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use thaw_bundle::Limits;
 use thaw_registry::{Registry, Version};
-use thaw_sandbox::{Driver, ProcessDriver, ProcessDriverConfig};
+use thaw_sandbox::{Driver, JailSettings, ProcessDriver, ProcessDriverConfig};
 use thaw_scheduler::{FunctionSpec, PoolConfig, RuntimePool, Scheduler, SchedulerConfig};
 
 /// The runtime shim, embedded so that a `thaw` binary is all a host needs
@@ -33,6 +33,64 @@ pub struct Config {
     /// Idle instances are paused (SIGSTOP) after this long; `None` keeps
     /// them running between calls.
     pub pause_idle_after: Option<Duration>,
+    pub jail: JailMode,
+}
+
+/// Whether runtimes run in a jail (docs/security.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JailMode {
+    /// Always; `thaw up` fails where the host cannot.
+    On,
+    /// Never: runtimes are plain processes (development only).
+    Off,
+    /// Where the host can (root, namespaces, cgroups, Linux 5.12+), with a
+    /// warning where it cannot.
+    Auto,
+}
+
+/// First uid given to jailed instances: far above any real user.
+const FIRST_JAIL_UID: u32 = 1_000_000;
+const JAIL_UIDS: u32 = 65_536;
+
+fn jail_settings(config: &Config) -> anyhow::Result<Option<JailSettings>> {
+    if config.jail == JailMode::Off {
+        return Ok(None);
+    }
+    match thaw_jail::prepare_host() {
+        Ok(version) => {
+            tracing::info!("runtimes run jailed (cgroup {version:?})");
+            let state_dir = config.data_dir.join("jails");
+            // Instances of a thaw that was killed outright are still here
+            // (frozen ones even still run): end them before starting anew.
+            let stale = thaw_jail::cleanup_stale(&state_dir)
+                .context("could not clean up the jails of an earlier run")?;
+            if stale > 0 {
+                tracing::info!("cleaned up {stale} jails left by an earlier run");
+            }
+            let exe = std::env::current_exe().context("cannot find the thaw executable")?;
+            let limits = thaw_jail::Limits {
+                // Until bound, a runtime may use the most any function may;
+                // binding sets the function's own limit.
+                memory_bytes: 4096 * 1024 * 1024,
+                pids: 256,
+                ..thaw_jail::Limits::default()
+            };
+            Ok(Some(JailSettings {
+                exe,
+                state_dir,
+                first_uid: FIRST_JAIL_UID,
+                uids: JAIL_UIDS,
+                limits,
+            }))
+        }
+        Err(e) if config.jail == JailMode::Auto => {
+            eprintln!("warning: runtimes are NOT jailed on this host: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "the jail cannot run on this host: {e} (use --jail off to run unjailed, for development only)"
+        )),
+    }
 }
 
 impl Config {
@@ -48,6 +106,7 @@ impl Config {
             scheduler: SchedulerConfig::default(),
             pool: PoolConfig::default(),
             pause_idle_after: Some(Duration::from_secs(2)),
+            jail: JailMode::Auto,
         }
     }
 }
@@ -69,6 +128,7 @@ pub struct Platform {
     /// probe, activation and retirement of the old one in order.
     pub deploy_lock: tokio::sync::Mutex<()>,
     pub metrics: crate::metrics::Metrics,
+    pub jailed: bool,
 }
 
 pub fn spec_of(version: &Version) -> FunctionSpec {
@@ -102,13 +162,16 @@ impl Platform {
         }
         let token = registry.token(config.token.clone())?;
         let shim = write_shim(&config.data_dir)?;
+        let jail = jail_settings(&config)?;
+        let jailed = jail.is_some();
         let driver: Arc<dyn Driver> = Arc::new(ProcessDriver::new(ProcessDriverConfig {
             node: config.node.clone(),
             shim,
             // TypeScript is bundled with inline source maps: stack traces
             // then point at the user's .ts lines.
             node_args: vec!["--enable-source-maps".into()],
-        }));
+            jail,
+        })?);
         let sink = Arc::new(RegistryLogSink::start(registry.clone()));
         let runtimes = RuntimePool::new(driver, sink, config.pool.clone());
         runtimes.spawn_refill();
@@ -128,6 +191,7 @@ impl Platform {
             routes: RwLock::new(routes),
             deploy_lock: tokio::sync::Mutex::new(()),
             metrics: Default::default(),
+            jailed,
         }))
     }
 
@@ -158,6 +222,18 @@ impl Platform {
         self.routes.write().unwrap().remove(name);
         self.metrics.forget(name);
         self.scheduler.retire(name, None);
+    }
+
+    /// Ends every runtime and removes what their jails left on the host.
+    pub async fn shut_down(&self) {
+        self.scheduler.runtimes().close().await;
+        self.scheduler.retire_all();
+        if self.jailed {
+            match thaw_jail::cleanup_stale(&self.config.data_dir.join("jails")) {
+                Ok(_) => {}
+                Err(e) => tracing::warn!("could not clean up every jail: {e}"),
+            }
+        }
     }
 
     /// Reclaims idle instances past their keep-alive, every second.
@@ -205,9 +281,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     platform.spawn_reaper();
     eprintln!(
-        "thaw is up on http://{addr}  (data: {}, driver: {}, functions: {})",
+        "thaw is up on http://{addr}  (data: {}, driver: {}{}, functions: {})",
         platform.config.data_dir.display(),
         platform.scheduler.driver_name(),
+        if platform.jailed { ", jailed" } else { "" },
         platform.routes().len()
     );
     if platform.esbuild.is_none() {
@@ -228,5 +305,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         eprintln!("thaw is stopping");
     })
     .await?;
+    platform.shut_down().await;
     Ok(())
 }

@@ -49,6 +49,8 @@ pub trait RuntimeProcess: Send + Sync {
     /// [`RuntimeProcess::resume`].
     fn pause(&self);
     fn resume(&self);
+    /// For the driver that made it, to reach its own state.
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// An HTTP-shaped answer from the runtime.
@@ -181,6 +183,11 @@ impl Instance {
 
     pub fn pid(&self) -> Option<u32> {
         self.shared.process.pid()
+    }
+
+    /// The process (or VM) behind this instance.
+    pub fn process(&self) -> &dyn RuntimeProcess {
+        &*self.shared.process
     }
 
     /// The runtime's name and version, as it announced itself.

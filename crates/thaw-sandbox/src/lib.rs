@@ -14,7 +14,7 @@ mod instance;
 mod process;
 
 pub use instance::{Binding, Instance, InvokeOutcome, LogLine, LogSink, Reply, RuntimeProcess};
-pub use process::{ProcessDriver, ProcessDriverConfig};
+pub use process::{JailSettings, ProcessDriver, ProcessDriverConfig};
 
 use std::future::Future;
 use std::path::Path;
@@ -53,9 +53,11 @@ pub trait Driver: Send + Sync + 'static {
     /// runtime, read-only, just before it is bound to a function; returns
     /// the path under which the runtime sees the tree. Also gives the
     /// runtime its full share of the CPU: runtimes start in the background.
+    /// `memory_mb` is the function's memory limit.
     fn attach<'a>(
         &'a self,
         instance: &'a Instance,
         host_dir: &'a Path,
+        memory_mb: u32,
     ) -> BoxFuture<'a, Result<String, SandboxError>>;
 }

@@ -1,10 +1,14 @@
-//! The `process` driver: every instance is its own Node process.
+//! The `process` driver: every instance is its own Node process, in its own
+//! jail (`thaw-jail`) when the host allows it.
 //!
 //! The runtime gets one end of a `socketpair(2)` as file descriptor 3 and
 //! nothing of the host's environment: thaw's own variables (the API token
 //! among them) never reach user code. Each runtime leads its own process
 //! group, so killing an instance kills whatever its code started, and it
-//! receives SIGKILL if thaw itself dies.
+//! receives SIGKILL if thaw itself dies. Jailed, it also has its own
+//! namespaces, a read-only root holding only Node and the shim, its own
+//! uid and cgroup; the function's code is attached at `/code` when the
+//! runtime is bound, and its memory limit is set then.
 
 use crate::instance::RuntimeProcess;
 use crate::{BoxFuture, Driver, Instance, LogSink, SandboxError};
@@ -12,7 +16,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use thaw_protocol::LogStream;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -32,15 +36,97 @@ pub struct ProcessDriverConfig {
     pub shim: PathBuf,
     /// Extra flags for `node`, before the shim's path.
     pub node_args: Vec<String>,
+    /// Run each runtime in a jail; `None` runs it as a plain process.
+    pub jail: Option<JailSettings>,
 }
+
+#[derive(Debug, Clone)]
+pub struct JailSettings {
+    /// The `thaw` executable, which runs a jail as `thaw __jail`.
+    pub exe: PathBuf,
+    /// Where per-instance jail directories go.
+    pub state_dir: PathBuf,
+    /// Instances get uids (and gids) `first_uid .. first_uid + uids`, each
+    /// its own while it lives.
+    pub first_uid: u32,
+    pub uids: u32,
+    /// Limits of a runtime; the memory limit is replaced by the function's
+    /// when it is bound.
+    pub limits: thaw_jail::Limits,
+}
+
+/// Where the shim and the code appear inside a jail.
+const JAIL_RUNTIME_DIR: &str = "/runtime";
+const JAIL_CODE_DIR: &str = "/code";
 
 pub struct ProcessDriver {
     config: ProcessDriverConfig,
+    /// Host paths Node needs inside a jail (itself, its loader, libraries).
+    node_binds: Vec<PathBuf>,
+    next_instance: AtomicU64,
 }
 
 impl ProcessDriver {
-    pub fn new(config: ProcessDriverConfig) -> Self {
-        ProcessDriver { config }
+    pub fn new(config: ProcessDriverConfig) -> Result<Self, SandboxError> {
+        let node_binds = match &config.jail {
+            Some(_) => {
+                let node = which(&config.node).ok_or_else(|| {
+                    SandboxError::Start(format!(
+                        "{} not found on PATH (set THAW_NODE to Node.js 20's path)",
+                        config.node.display()
+                    ))
+                })?;
+                thaw_jail::node_binds(&node).map_err(|e| SandboxError::Start(e.to_string()))?
+            }
+            None => Vec::new(),
+        };
+        let node = match &config.jail {
+            Some(_) => which(&config.node).unwrap_or_else(|| config.node.clone()),
+            None => config.node.clone(),
+        };
+        Ok(ProcessDriver {
+            config: ProcessDriverConfig { node, ..config },
+            node_binds,
+            next_instance: AtomicU64::new(0),
+        })
+    }
+
+    pub fn is_jailed(&self) -> bool {
+        self.config.jail.is_some()
+    }
+
+    /// The command that starts one runtime, and its jail if it has one.
+    fn runtime_command(&self) -> Result<(Command, Option<thaw_jail::JailConfig>), SandboxError> {
+        let Some(jail) = &self.config.jail else {
+            let mut cmd = Command::new(&self.config.node);
+            cmd.args(&self.config.node_args).arg(&self.config.shim);
+            return Ok((cmd, None));
+        };
+        let n = self.next_instance.fetch_add(1, Ordering::Relaxed);
+        let shim_dir = self.config.shim.parent().unwrap_or(Path::new("/"));
+        let shim_name = self.config.shim.file_name().unwrap_or_default();
+        let config = thaw_jail::JailConfig {
+            id: format!("i{}-{n}", std::process::id()),
+            state_dir: jail.state_dir.clone(),
+            ro_binds: self.node_binds.clone(),
+            binds: vec![(shim_dir.to_path_buf(), PathBuf::from(JAIL_RUNTIME_DIR))],
+            attach_point: PathBuf::from(JAIL_CODE_DIR),
+            uid: jail.first_uid + (n % jail.uids.max(1) as u64) as u32,
+            gid: jail.first_uid + (n % jail.uids.max(1) as u64) as u32,
+            limits: jail.limits.clone(),
+        };
+        let mut args = self.config.node_args.clone();
+        args.push(
+            Path::new(JAIL_RUNTIME_DIR)
+                .join(shim_name)
+                .to_string_lossy()
+                .into_owned(),
+        );
+        let argv = thaw_jail::command_args(&config, &self.config.node, &args)
+            .map_err(|e| SandboxError::Start(e.to_string()))?;
+        let mut cmd = Command::new(&jail.exe);
+        cmd.args(argv);
+        Ok((cmd, Some(config)))
     }
 
     async fn start_process(&self, sink: Arc<dyn LogSink>) -> Result<Instance, SandboxError> {
@@ -49,10 +135,8 @@ impl ProcessDriver {
         let runtime_fd: OwnedFd = runtime_end.into();
         let raw = runtime_fd.as_raw_fd();
 
-        let mut cmd = Command::new(&self.config.node);
-        cmd.args(&self.config.node_args)
-            .arg(&self.config.shim)
-            .env_clear()
+        let (mut cmd, jail) = self.runtime_command()?;
+        cmd.env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", "/tmp")
             .env("THAW_FD", RUNTIME_FD.to_string())
@@ -111,6 +195,9 @@ impl ProcessDriver {
             pid,
             child: tokio::sync::Mutex::new(child),
             reaped: AtomicBool::new(false),
+            jail,
+            memory_mb: AtomicU32::new(0),
+            cleaned: AtomicBool::new(false),
         });
         Instance::connect(reader, writer, process, Some(out_rx), sink).await
     }
@@ -129,16 +216,50 @@ impl Driver for ProcessDriver {
         &'a self,
         instance: &'a Instance,
         host_dir: &'a Path,
+        memory_mb: u32,
     ) -> BoxFuture<'a, Result<String, SandboxError>> {
         Box::pin(async move {
-            if let Some(pid) = instance.pid() {
-                set_niceness(pid, 0);
+            let jailed = instance
+                .process()
+                .as_any()
+                .downcast_ref::<NodeProcess>()
+                .and_then(|p| p.jail.as_ref().map(|j| (p, j)));
+            let Some((process, jail)) = jailed else {
+                if let Some(pid) = instance.pid() {
+                    set_niceness(pid, 0);
+                }
+                // Without a jail the runtime sees the host's file system:
+                // the tree is read-only on disk and shared; nothing to mount.
+                return Ok(host_dir.to_string_lossy().into_owned());
+            };
+            let failed = |what: &str, e: thaw_jail::JailError| {
+                SandboxError::Start(format!("could not {what}: {e}"))
+            };
+            thaw_jail::attach(jail, host_dir).map_err(|e| failed("attach the code", e))?;
+            let cgroup = thaw_jail::Cgroup::for_instance(&jail.id)
+                .map_err(|e| failed("find the cgroup", e))?;
+            cgroup
+                .set_memory_limit(u64::from(memory_mb) * 1024 * 1024)
+                .map_err(|e| failed("set the memory limit", e))?;
+            process.memory_mb.store(memory_mb, Ordering::Relaxed);
+            for pid in cgroup.procs().unwrap_or_default() {
+                set_niceness(pid as u32, 0);
             }
-            // Without a jail the runtime sees the host's file system: the
-            // tree is read-only on disk and shared, nothing to mount.
-            Ok(host_dir.to_string_lossy().into_owned())
+            Ok(JAIL_CODE_DIR.to_string())
         })
     }
+}
+
+/// Finds a program the way a shell would, for binding it into a jail.
+fn which(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.canonicalize().ok();
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .and_then(|p| p.canonicalize().ok())
 }
 
 /// Sets the niceness of every thread of `pid`. Linux keeps niceness per
@@ -174,6 +295,47 @@ struct NodeProcess {
     pid: u32,
     child: tokio::sync::Mutex<Child>,
     reaped: AtomicBool,
+    jail: Option<thaw_jail::JailConfig>,
+    /// The memory limit set when bound, for explaining an OOM kill.
+    memory_mb: AtomicU32,
+    cleaned: AtomicBool,
+}
+
+impl NodeProcess {
+    /// Removes the jail's cgroup, mounts and directories, once. Says
+    /// whether the kernel's OOM killer had struck, which must be read
+    /// before the cgroup goes.
+    fn clean_up_jail(&self) -> bool {
+        let Some(jail) = &self.jail else {
+            return false;
+        };
+        if self.cleaned.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let oom = thaw_jail::Cgroup::for_instance(&jail.id)
+            .map(|c| c.oom_killed())
+            .unwrap_or(false);
+        if let Err(e) = thaw_jail::cleanup_instance(jail) {
+            tracing::warn!("could not clean up jail {}: {e}", jail.id);
+        }
+        oom
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if self.jail.is_some() && !self.cleaned.load(Ordering::Acquire) {
+            self.signal_group(libc::SIGKILL);
+            let jail = self.jail.take();
+            // Cleaning up kills what is left and waits for it: not on the
+            // async runtime's threads.
+            std::thread::spawn(move || {
+                if let Some(jail) = jail {
+                    let _ = thaw_jail::cleanup_instance(&jail);
+                }
+            });
+        }
+    }
 }
 
 impl NodeProcess {
@@ -195,14 +357,55 @@ impl RuntimeProcess for NodeProcess {
 
     fn kill(&self) {
         self.signal_group(libc::SIGKILL);
+        // A frozen jail takes no signal until thawed: a paused instance
+        // that is killed must be let go to die.
+        if let Some(Ok(cgroup)) = self
+            .jail
+            .as_ref()
+            .map(|j| thaw_jail::Cgroup::for_instance(&j.id))
+        {
+            if let Ok(procs) = cgroup.procs() {
+                for pid in procs {
+                    // SAFETY: plain syscall on processes of our own jail.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+            }
+            let _ = cgroup.thaw();
+        }
     }
 
     fn pause(&self) {
-        self.signal_group(libc::SIGSTOP);
+        // A jail's processes are in another PID namespace and session:
+        // its cgroup's freezer reaches all of them.
+        match self
+            .jail
+            .as_ref()
+            .map(|j| thaw_jail::Cgroup::for_instance(&j.id))
+        {
+            Some(Ok(cgroup)) => {
+                let _ = cgroup.freeze();
+            }
+            _ => self.signal_group(libc::SIGSTOP),
+        }
     }
 
     fn resume(&self) {
-        self.signal_group(libc::SIGCONT);
+        match self
+            .jail
+            .as_ref()
+            .map(|j| thaw_jail::Cgroup::for_instance(&j.id))
+        {
+            Some(Ok(cgroup)) => {
+                let _ = cgroup.thaw();
+            }
+            _ => self.signal_group(libc::SIGCONT),
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn wait_exit(&self) -> BoxFuture<'_, String> {
@@ -210,7 +413,12 @@ impl RuntimeProcess for NodeProcess {
             let mut child = self.child.lock().await;
             let status = child.wait().await;
             self.reaped.store(true, Ordering::Release);
+            let oom = self.clean_up_jail();
             match status {
+                Ok(_) if oom => format!(
+                    "the instance went past its memory limit of {} MiB and was killed",
+                    self.memory_mb.load(Ordering::Relaxed)
+                ),
                 Ok(s) => describe_exit(s),
                 Err(e) => format!("could not wait for the runtime: {e}"),
             }

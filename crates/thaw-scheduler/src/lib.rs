@@ -228,6 +228,11 @@ impl Scheduler {
         self.retire_where(|name, version| name == function && Some(version) != keep);
     }
 
+    /// Kills every instance of every function (at shutdown).
+    pub fn retire_all(&self) {
+        self.retire_where(|_, _| true);
+    }
+
     /// Kills the instances of one version (one that never went live).
     pub fn retire_version(&self, function: &str, version: i64) {
         self.retire_where(|name, v| name == function && v == version);
@@ -400,7 +405,11 @@ impl Scheduler {
             .await
             .map_err(|e| InvokeError::Unavailable(e.to_string()))?;
         let took = began.elapsed();
-        let code_dir = match self.driver.attach(&instance, &spec.code_dir).await {
+        let code_dir = match self
+            .driver
+            .attach(&instance, &spec.code_dir, spec.memory_mb)
+            .await
+        {
             Ok(path) => path,
             Err(e) => {
                 instance.kill();

@@ -77,6 +77,7 @@ pub struct RuntimePool {
     started: AtomicU64,
     failed: AtomicU64,
     runtime_bytes: AtomicU64,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl RuntimePool {
@@ -96,6 +97,7 @@ impl RuntimePool {
             started: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             runtime_bytes: AtomicU64::new(0),
+            closed: Default::default(),
         })
     }
 
@@ -172,12 +174,24 @@ impl RuntimePool {
         tokio::spawn(refill_loop(weak));
     }
 
-    /// Kills every waiting runtime (at shutdown, or when the runtime
-    /// version changes).
-    pub fn drain(&self) {
-        let idle: Vec<Instance> = self.state.lock().unwrap().idle.drain(..).collect();
-        for i in idle {
-            i.kill();
+    /// Stops refilling and kills every waiting runtime, including those
+    /// still starting, which it waits for (a few seconds at most).
+    pub async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake.notify_one();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (idle, starting): (Vec<Instance>, usize) = {
+                let mut st = self.state.lock().unwrap();
+                (st.idle.drain(..).collect(), st.starting)
+            };
+            for i in idle {
+                i.kill();
+            }
+            if starting == 0 || Instant::now() > deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -220,6 +234,9 @@ impl RuntimePool {
 async fn refill_loop(pool: Weak<RuntimePool>) {
     loop {
         let Some(p) = pool.upgrade() else { return };
+        if p.closed.load(Ordering::Acquire) {
+            return;
+        }
         let to_start = {
             let mut st = p.state.lock().unwrap();
             st.idle.retain(Instance::is_alive);

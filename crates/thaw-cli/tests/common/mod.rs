@@ -209,6 +209,18 @@ impl Platform {
 
 impl Drop for Platform {
     fn drop(&mut self) {
+        // Stop as an operator would, so that thaw removes its jails.
+        // SAFETY: plain syscall on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         self.kill();
     }
 }

@@ -1,0 +1,397 @@
+//! `thaw bench`: measures, in one run on this machine, how fast thaw
+//! answers a hello-world function (cold start through the gateway, warm
+//! latency and throughput) beside the same work done by a bare Node `http`
+//! server (the floor), a fresh `node` process per request (the naive way),
+//! Cloudflare's workerd and Deno, and writes `docs/benchmarks.md` and its
+//! chart `docs/benchmarks.svg`.
+//!
+//! This crate owns the harness: starting and stopping the systems it
+//! measures (its own `thaw up` included), its HTTP client, the statistics
+//! and the report. It must not reach into the platform's internals: thaw is
+//! driven only through its binary, its HTTP API and what `/proc` shows of
+//! its processes, so the figures are what a user of thaw would see. It
+//! asserts nothing about speed; it reports.
+
+mod breakdown;
+mod chart;
+mod error;
+mod http;
+mod load;
+mod machine;
+mod peers;
+mod procs;
+mod report;
+mod results;
+mod stats;
+mod thaw;
+
+pub use error::{BenchError, Result};
+
+use load::WarmPlan;
+use results::{Figure, Report, Role, SystemResult};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Systems `--skip` accepts. thaw's Lambda row and the bare Node server
+/// are always measured: without them the report says nothing.
+pub const SKIPPABLE: &[&str] = &["thaw-fetch", "naive", "workerd", "deno", "breakdown"];
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The `thaw` binary whose `thaw up` is measured.
+    pub thaw_exe: PathBuf,
+    /// The `node` binary, for thaw's runtimes and for the Node systems.
+    pub node: PathBuf,
+    /// Distinct functions per system for the cold-start figures.
+    pub functions: usize,
+    /// Length of each warm phase (sequential, then concurrent).
+    pub duration: Duration,
+    /// Concurrent clients of the throughput phase.
+    pub connections: usize,
+    /// Pause after each of thaw's cold calls.
+    pub cold_gap: Duration,
+    /// The markdown report; the chart goes beside it with `.svg`.
+    pub out: PathBuf,
+    pub skip: Vec<String>,
+    /// The folder with the peers' npm packages (`bench/`); found by itself
+    /// when not given.
+    pub peers_dir: Option<PathBuf>,
+    /// The command as typed, for the report.
+    pub command_line: String,
+}
+
+impl Options {
+    pub fn new(thaw_exe: PathBuf) -> Options {
+        Options {
+            thaw_exe,
+            node: PathBuf::from("node"),
+            functions: 50,
+            duration: Duration::from_secs(5),
+            connections: 4,
+            cold_gap: Duration::from_millis(200),
+            out: PathBuf::from("docs/benchmarks.md"),
+            skip: Vec::new(),
+            peers_dir: None,
+            command_line: "thaw bench".into(),
+        }
+    }
+
+    /// Small numbers, for tests: every system and every phase runs, briefly.
+    pub fn quick(mut self) -> Options {
+        self.functions = 3;
+        self.duration = Duration::from_millis(500);
+        self.connections = 2;
+        self.cold_gap = Duration::from_millis(50);
+        self
+    }
+
+    fn skips(&self, what: &str) -> bool {
+        self.skip.iter().any(|s| s == what)
+    }
+
+    fn check(&self) -> Result<()> {
+        for s in &self.skip {
+            if !SKIPPABLE.contains(&s.as_str()) {
+                return Err(BenchError::UnknownSkip(s.clone(), SKIPPABLE.join(", ")));
+            }
+        }
+        let bad = |what: &str| Err(error::failed(what.to_string()));
+        if self.functions == 0 || self.functions > 1000 {
+            return bad("--functions must be between 1 and 1000");
+        }
+        if self.connections == 0 || self.connections > 256 {
+            return bad("--connections must be between 1 and 256");
+        }
+        if self.duration < Duration::from_millis(100) || self.duration > Duration::from_secs(600) {
+            return bad("--duration must be between 0.1 and 600 seconds");
+        }
+        if self.out.extension().is_some_and(|e| e == "svg") {
+            return bad("--out names the markdown report (the chart goes beside it as .svg): pick a .md path");
+        }
+        if self.cold_gap > Duration::from_secs(10) {
+            return bad("--cold-gap must be at most 10000 ms");
+        }
+        Ok(())
+    }
+}
+
+/// The command as a shell would take it back, the program named `thaw`.
+pub fn command_line(args: impl IntoIterator<Item = String>) -> String {
+    let quote = |a: &str| {
+        let plain = !a.is_empty()
+            && a.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./=,:@%+".contains(&b));
+        if plain {
+            a.to_string()
+        } else {
+            format!("'{}'", a.replace('\'', "'\\''"))
+        }
+    };
+    let mut words: Vec<String> = args.into_iter().skip(1).map(|a| quote(&a)).collect();
+    words.insert(0, "thaw".into());
+    words.join(" ")
+}
+
+/// Unmeasured calls before each warm phase.
+pub(crate) fn warmup_for(duration: Duration) -> Duration {
+    (duration / 5).clamp(Duration::from_millis(200), Duration::from_secs(1))
+}
+
+pub(crate) fn progress(message: &str) {
+    eprintln!("[bench] {message}");
+}
+
+/// Progress through `n` steps: the first, every tenth and the last.
+pub(crate) fn progress_n(what: &str, step: &str, i: usize, n: usize) {
+    if i == 1 || i == n || i.is_multiple_of(10) {
+        progress(&format!("{what}: {step} {i}/{n}"));
+    }
+}
+
+/// What a run wrote.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub markdown: PathBuf,
+    pub chart: PathBuf,
+}
+
+/// Measures every system and writes the report and the chart. Installs a
+/// Ctrl-C/SIGTERM handler that stops every process the bench started.
+pub fn run(options: &Options) -> Result<Written> {
+    options.check()?;
+    procs::install_interrupt_handler();
+    let started = Instant::now();
+    let plan = WarmPlan {
+        duration: options.duration,
+        warmup: warmup_for(options.duration),
+        connections: options.connections,
+    };
+    let n = options.functions;
+    let peer_dirs = peers::peer_dirs(options.peers_dir.as_deref(), &options.thaw_exe);
+    let workerd = peers::find_binary("workerd", peers::WORKERD_PATHS, &peer_dirs);
+    let deno = peers::find_binary("deno", peers::DENO_PATHS, &peer_dirs);
+    let machine = machine::Machine::probe(
+        &options.node,
+        &options.thaw_exe,
+        workerd.as_deref(),
+        deno.as_deref(),
+    );
+    progress(&format!(
+        "measuring on {} ({} logical CPUs), node {}: {n} cold functions per system, {:.1} s warm phases, {} clients",
+        machine.cpu,
+        machine.cores,
+        machine.node,
+        options.duration.as_secs_f64(),
+        options.connections
+    ));
+
+    let mut systems = Vec::new();
+    let mut memory = Vec::new();
+    let mut breakdown = Figure::Skipped("--skip breakdown".into());
+    let mut pool_metrics = Vec::new();
+    let mut thaw_driver = "not started".to_string();
+
+    progress("thaw: starting `thaw up`");
+    match thaw::Platform::start(&options.thaw_exe, &options.node) {
+        Ok(platform) => {
+            progress(&format!(
+                "thaw: up on http://{} (driver: {})",
+                platform.addr, platform.driver
+            ));
+            thaw_driver = platform.driver.clone();
+            systems.push(thaw::measure(
+                &platform,
+                thaw::Style::Lambda,
+                n,
+                options.cold_gap,
+                &plan,
+            ));
+            memory.extend(platform.memory());
+            if !options.skips("breakdown") {
+                breakdown = Figure::from_result(breakdown::measure(
+                    &platform,
+                    n.min(20),
+                    !options.skips("thaw-fetch"),
+                ));
+            }
+            if !options.skips("thaw-fetch") {
+                systems.push(thaw::measure(
+                    &platform,
+                    thaw::Style::Fetch,
+                    n,
+                    options.cold_gap,
+                    &plan,
+                ));
+            }
+            if let Some(m) = platform.metrics() {
+                pool_metrics = m
+                    .lines()
+                    .filter(|l| l.starts_with("thaw_pool_") || l.starts_with("thaw_runtime_"))
+                    .map(str::to_string)
+                    .collect();
+            }
+            let failed = systems.iter().any(|s| {
+                matches!(s.cold, Figure::Failed(_)) || matches!(s.warm, Figure::Failed(_))
+            });
+            if failed {
+                let tail = platform.log_tail();
+                if !tail.is_empty() {
+                    if let Some(s) = systems.last_mut() {
+                        s.notes.push(format!("thaw up's last log lines: {tail}"));
+                    }
+                }
+            }
+            progress("thaw: stopping `thaw up`");
+        }
+        Err(e) => {
+            let why = results::error_chain(&e);
+            systems.push(SystemResult {
+                name: "thaw".into(),
+                short: "thaw".into(),
+                role: Role::Thaw,
+                cold_means: String::new(),
+                cold: Figure::Failed(why.clone()),
+                warm: Figure::Failed(why),
+                warm_is_cold: false,
+                notes: Vec::new(),
+            });
+        }
+    }
+
+    let (floor, floor_memory) = peers::measure_server(&peers::node_server(&options.node), n, &plan);
+    systems.push(floor);
+    memory.extend(floor_memory);
+
+    if options.skips("naive") {
+        systems.push(peers::skipped(
+            "fresh node per request",
+            "node per request",
+            Role::Peer,
+            "--skip naive".into(),
+        ));
+    } else {
+        systems.push(peers::measure_naive(&options.node, n, &plan));
+    }
+
+    let missing = |name: &str| {
+        format!(
+            "no {name} binary found: run `cargo xtask setup` (it installs bench/'s npm packages), \
+             or pass --peers DIR with DIR/node_modules holding the `{name}` package"
+        )
+    };
+    let peer_systems = [
+        (
+            "workerd",
+            "Cloudflare workerd",
+            "workerd",
+            workerd.map(peers::workerd_server),
+        ),
+        (
+            "deno",
+            "Deno (Deno.serve)",
+            "Deno",
+            deno.map(peers::deno_server),
+        ),
+    ];
+    for (key, name, short, server) in peer_systems {
+        if options.skips(key) {
+            systems.push(peers::skipped(
+                name,
+                short,
+                Role::Peer,
+                format!("--skip {key}"),
+            ));
+            continue;
+        }
+        match server {
+            Some(server) => {
+                let (result, m) = peers::measure_server(&server, n, &plan);
+                systems.push(result);
+                memory.extend(m);
+            }
+            None => {
+                progress(&format!("{name}: skipped, {}", missing(key)));
+                systems.push(peers::skipped(name, short, Role::Peer, missing(key)));
+            }
+        }
+    }
+
+    let report = Report {
+        command_line: options.command_line.clone(),
+        thaw_driver,
+        machine,
+        functions: n,
+        duration: options.duration,
+        connections: options.connections,
+        cold_gap: options.cold_gap,
+        systems,
+        breakdown,
+        memory,
+        pool_metrics,
+        elapsed: started.elapsed(),
+    };
+    let written = write(&report, &options.out)?;
+    let mut failed = Vec::new();
+    for s in report.systems.iter().filter(|s| s.role != Role::Peer) {
+        for (phase, why) in [
+            ("cold start", s.cold.failure()),
+            ("warm calls", s.warm.failure()),
+        ] {
+            if let Some(why) = why {
+                failed.push(format!("{} {phase}: {why}", s.name));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        return Err(BenchError::Incomplete {
+            written: written.markdown,
+            failed,
+        });
+    }
+    Ok(written)
+}
+
+fn write(report: &Report, out: &Path) -> Result<Written> {
+    use error::Context as _;
+    let chart = out.with_extension("svg");
+    let chart_name = chart
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "benchmarks.svg".into());
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .context(|| format!("could not create {}", parent.display()))?;
+    }
+    std::fs::write(out, report::markdown(report, &chart_name))
+        .context(|| format!("could not write {}", out.display()))?;
+    let report_name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    std::fs::write(&chart, chart::svg(report, &report_name))
+        .context(|| format!("could not write {}", chart.display()))?;
+    progress(&format!("wrote {} and {}", out.display(), chart.display()));
+    Ok(Written {
+        markdown: out.to_path_buf(),
+        chart,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_lines_are_quoted_for_a_shell() {
+        let args = [
+            "/x/target/release/thaw",
+            "bench",
+            "--out",
+            "my docs/b.md",
+            "--skip",
+            "deno",
+        ];
+        assert_eq!(
+            super::command_line(args.map(String::from)),
+            "thaw bench --out 'my docs/b.md' --skip deno"
+        );
+    }
+}

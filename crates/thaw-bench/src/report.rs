@@ -1,0 +1,596 @@
+//! The markdown report: the tables, the targets, the breakdown, memory,
+//! the exact command and the machine.
+
+use crate::load::Warm;
+use crate::results::{Breakdown, Cold, Figure, PoolTakes, Report, Role, SystemResult};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// The budgets of DESIGN.md and issue 3.
+pub const COLD_P50_TARGET: Duration = Duration::from_millis(3);
+pub const COLD_P99_TARGET: Duration = Duration::from_millis(10);
+pub const WARM_OVERHEAD_TARGET: Duration = Duration::from_micros(100);
+pub const THROUGHPUT_TARGET: f64 = 0.80;
+
+/// A duration for people: µs below a millisecond, ms below a second.
+pub fn human(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us < 1000.0 {
+        format!("{us:.0} µs")
+    } else if us < 10_000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else if us < 1_000_000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else {
+        format!("{:.2} s", us / 1e6)
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn why_not<T>(f: &Figure<T>) -> String {
+    match f {
+        Figure::Measured(_) => String::new(),
+        Figure::Skipped(why) => format!("skipped: {why}"),
+        Figure::Failed(why) => format!("failed: {}", why.replace('|', "\\|")),
+    }
+}
+
+/// The bare Node server's warm figures, which the ratios are taken against.
+fn floor(r: &Report) -> Option<&Warm> {
+    r.systems
+        .iter()
+        .find(|s| s.role == Role::Floor)
+        .and_then(|s| s.warm.measured())
+}
+
+/// Warm p50 over the floor's, in signed µs.
+fn over_floor(w: &Warm, floor: &Warm) -> f64 {
+    (w.latency.p50.as_secs_f64() - floor.latency.p50.as_secs_f64()) * 1e6
+}
+
+/// A share of the floor's throughput, in %.
+fn percent(share: f64) -> String {
+    if share < 0.1 {
+        format!("{:.2} %", share * 100.0)
+    } else {
+        format!("{:.0} %", share * 100.0)
+    }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+pub fn markdown(r: &Report, chart_file: &str) -> String {
+    let mut md = String::new();
+    let w = &mut md;
+    let _ = writeln!(w, "# Benchmarks\n");
+    let _ = writeln!(
+        w,
+        "Measured by `thaw bench` on {}, every system in one run on the machine below, \
+         over loopback only. This file and [{chart_file}]({chart_file}) are written by that command: \
+         run it again rather than editing them.\n",
+        r.machine.date
+    );
+    let _ = writeln!(w, "```sh\n{}\n```\n", r.command_line);
+    let _ = writeln!(
+        w,
+        "![cold start and warm call latency, and throughput]({chart_file})\n"
+    );
+
+    targets(w, r);
+    cold_table(w, r);
+    warm_table(w, r);
+    breakdown(w, r);
+    memory(w, r);
+    machine(w, r);
+    method(w, r);
+    notes(w, r);
+    md
+}
+
+fn targets(w: &mut String, r: &Report) {
+    let thaws: Vec<&SystemResult> = r.systems.iter().filter(|s| s.role == Role::Thaw).collect();
+    if thaws.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "## Targets\n");
+    let _ = writeln!(
+        w,
+        "The budgets of DESIGN.md (issue 3), for the `process` driver on a 2-core machine.\n"
+    );
+    let _ = write!(w, "| target |");
+    for s in &thaws {
+        let _ = write!(w, " {} |", s.name);
+    }
+    let _ = write!(w, "\n| --- |");
+    for _ in &thaws {
+        let _ = write!(w, " --- |");
+    }
+    let _ = writeln!(w);
+    let floor = floor(r);
+    type Cell<'a> = &'a dyn Fn(&SystemResult) -> Option<String>;
+    let rows: [(&str, Cell); 4] = [
+        ("cold start p50 ≤ 3 ms", &|s| {
+            let c = s.cold.measured()?;
+            Some(format!(
+                "{} {}",
+                human(c.summary.p50),
+                verdict(c.summary.p50 <= COLD_P50_TARGET)
+            ))
+        }),
+        ("cold start p99 ≤ 10 ms", &|s| {
+            let c = s.cold.measured()?;
+            Some(format!(
+                "{} {}",
+                human(c.summary.p99),
+                verdict(c.summary.p99 <= COLD_P99_TARGET)
+            ))
+        }),
+        ("warm call p50 ≤ 100 µs over bare Node", &|s| {
+            let (t, f) = (s.warm.measured()?, floor?);
+            let over = over_floor(t, f);
+            Some(format!(
+                "{} {}",
+                signed(t.latency.p50, f.latency.p50),
+                verdict(over <= WARM_OVERHEAD_TARGET.as_secs_f64() * 1e6)
+            ))
+        }),
+        ("throughput ≥ 80 % of bare Node", &|s| {
+            let (t, f) = (s.warm.measured()?, floor?);
+            let share = t.rps / f.rps;
+            Some(format!(
+                "{} {}",
+                percent(share),
+                verdict(share >= THROUGHPUT_TARGET)
+            ))
+        }),
+    ];
+    for (target, figure) in rows {
+        let _ = write!(w, "| {target} |");
+        for s in &thaws {
+            let _ = write!(
+                w,
+                " {} |",
+                figure(s).unwrap_or_else(|| "not measured".into())
+            );
+        }
+        let _ = writeln!(w);
+    }
+    let _ = writeln!(
+        w,
+        "| idle instance memory (PSS) | see [Idle memory](#idle-memory-pss) |{}\n",
+        " |".repeat(thaws.len() - 1)
+    );
+}
+
+fn cold_table(w: &mut String, r: &Report) {
+    let _ = writeln!(w, "## Cold start\n");
+    let _ = writeln!(
+        w,
+        "The first call of a function that has nothing running for it, over {} distinct functions \
+         per system, one at a time.\n",
+        r.functions
+    );
+    let _ = writeln!(w, "| system | p50 | p90 | p99 | samples | what is timed |");
+    let _ = writeln!(w, "| --- | ---: | ---: | ---: | ---: | --- |");
+    for s in &r.systems {
+        match &s.cold {
+            Figure::Measured(Cold {
+                summary,
+                attempted,
+                confirmed,
+                ..
+            }) => {
+                let samples = match confirmed {
+                    Some(c) => format!("{} ({c} of {attempted} confirmed cold)", summary.n),
+                    None => format!("{}", summary.n),
+                };
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {} | {} | {samples} | {} |",
+                    s.name,
+                    human(summary.p50),
+                    human(summary.p90),
+                    human(summary.p99),
+                    s.cold_means
+                );
+            }
+            other => {
+                let _ = writeln!(w, "| {} | – | – | – | – | {} |", s.name, why_not(other));
+            }
+        }
+    }
+    let _ = writeln!(w);
+}
+
+fn warm_table(w: &mut String, r: &Report) {
+    let _ = writeln!(w, "## Warm calls\n");
+    let _ = writeln!(
+        w,
+        "Latency: one client calling back to back on one keep-alive connection for {:.1} s. \
+         Throughput: {} clients, one keep-alive connection each, calling back to back for {:.1} s. \
+         Ratios are against the bare Node server.\n",
+        r.duration.as_secs_f64(),
+        r.connections,
+        r.duration.as_secs_f64()
+    );
+    let _ = writeln!(
+        w,
+        "| system | p50 | p99 | p50 over bare Node | requests/s | of bare Node's | calls timed | failed calls |"
+    );
+    let _ = writeln!(
+        w,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    let floor = floor(r);
+    for s in &r.systems {
+        match &s.warm {
+            Figure::Measured(warm) => {
+                let (over, share) = match floor {
+                    Some(f) if s.role != Role::Floor => (
+                        signed(warm.latency.p50, f.latency.p50),
+                        percent(warm.rps / f.rps),
+                    ),
+                    Some(_) => ("0 (the floor)".into(), "100 %".into()),
+                    None => ("–".into(), "–".into()),
+                };
+                let name = if s.warm_is_cold {
+                    format!("{} (every call cold)", s.name)
+                } else {
+                    s.name.clone()
+                };
+                let _ = writeln!(
+                    w,
+                    "| {name} | {} | {} | {over} | {:.0} | {share} | {} | {} |",
+                    human(warm.latency.p50),
+                    human(warm.latency.p99),
+                    warm.rps,
+                    warm.latency.n,
+                    warm.errors
+                );
+            }
+            other => {
+                let _ = writeln!(
+                    w,
+                    "| {} | – | – | – | – | – | – | {} |",
+                    s.name,
+                    why_not(other)
+                );
+            }
+        }
+    }
+    let _ = writeln!(w);
+}
+
+fn breakdown(w: &mut String, r: &Report) {
+    let _ = writeln!(w, "## Where the cold path spends its time\n");
+    let b = match &r.breakdown {
+        Figure::Measured(b) => b,
+        other => {
+            let _ = writeln!(w, "Not measured ({}).\n", why_not(other));
+            return;
+        }
+    };
+    let _ = writeln!(
+        w,
+        "The bench starts a runtime by hand {} times, with the command line and environment of a \
+         runtime the running `thaw up` started (`{}`), speaks the wire protocol to it and times \
+         each step; it waits 250 ms between `ready` and `init`, as a runtime taken from a pool \
+         has waited. Then it sets the steps beside the cold and warm calls measured above through \
+         the gateway (Lambda handler).\n",
+        b.ready.n,
+        b.command.replace('`', "'")
+    );
+    if b.jailed {
+        let _ = writeln!(
+            w,
+            "thaw runs its runtimes in a jail here; the bench starts Node with the shim outside it, so \
+             steps 1 to 3 leave out what the jail costs (its setup, and its view of the files), and the \
+             rest below counts it with the gateway and the scheduler.\n"
+        );
+    }
+    let _ = writeln!(w, "| step | p50 | p99 |");
+    let _ = writeln!(w, "| --- | ---: | ---: |");
+    let row = |w: &mut String, what: &str, p50: Duration, p99: Duration| {
+        let _ = writeln!(w, "| {what} | {} | {} |", human(p50), human(p99));
+    };
+    row(w, "1. start Node with the shim until it sends `ready` (a pre-started runtime takes this off the call)", b.ready.p50, b.ready.p99);
+    row(
+        w,
+        "2. `init` → `init_ok`: attach the function, import its module (Lambda handler)",
+        b.init.p50,
+        b.init.p99,
+    );
+    row(
+        w,
+        "3. `invoke` → `result`: the first call in a fresh runtime (Lambda handler)",
+        b.first_invoke.p50,
+        b.first_invoke.p99,
+    );
+    if let Some((init, invoke)) = &b.fetch {
+        row(w, "2. the same with the fetch handler", init.p50, init.p99);
+        row(
+            w,
+            "3. the same with the fetch handler",
+            invoke.p50,
+            invoke.p99,
+        );
+    }
+    let sum = b.ready.p50 + b.init.p50 + b.first_invoke.p50;
+    let _ = writeln!(w, "| 1 + 2 + 3 at p50: a cold start that starts Node on the call's path, before any gateway | {} | |", human(sum));
+    let thaw = r
+        .systems
+        .iter()
+        .find(|s| s.role == Role::Thaw && s.cold.measured().is_some());
+    let Some(thaw) = thaw else {
+        let _ = writeln!(w);
+        return;
+    };
+    let cold = thaw.cold.measured().expect("found above").summary;
+    row(
+        w,
+        &format!("cold call through the gateway, {}", thaw.name),
+        cold.p50,
+        cold.p99,
+    );
+    let warm = thaw.warm.measured().map(|x| x.latency);
+    if let Some(warm) = warm {
+        row(
+            w,
+            &format!("warm call through the gateway, {}", thaw.name),
+            warm.p50,
+            warm.p99,
+        );
+    }
+    let _ = writeln!(w);
+    let attach = b.init.p50 + b.first_invoke.p50;
+    if cold.p50 < b.ready.p50 {
+        let _ = write!(
+            w,
+            "At p50 the cold call ({}) takes less than starting Node with the shim does ({}): the runtime \
+             was started before the call came. What is left on the path is attaching the code and the \
+             first call ({} for steps 2 and 3)",
+            human(cold.p50),
+            human(b.ready.p50),
+            human(attach),
+        );
+        if cold.p50 >= attach {
+            let _ = writeln!(
+                w,
+                " plus the gateway, the scheduler and the hand-over ({}).",
+                minus(cold.p50, attach)
+            );
+        } else {
+            let _ = writeln!(
+                w,
+                ", though done by hand they take longer than the whole cold call: the platform's \
+                 runtimes are readier than the ones started here, so the rest cannot be split out."
+            );
+        }
+    } else {
+        let _ = writeln!(
+            w,
+            "At p50 the cold call ({}) takes at least as long as starting Node with the shim ({}): Node is \
+             started on the call's path. Taking a pre-started runtime instead would leave steps 2 and 3 \
+             ({}) plus what the gateway and the scheduler add ({} here, beyond steps 1 to 3).",
+            human(cold.p50),
+            human(b.ready.p50),
+            human(attach),
+            minus(cold.p50, sum)
+        );
+    }
+    if let Some(warm) = warm {
+        let _ = writeln!(
+            w,
+            "A warm call's whole round trip through the gateway is {} at p50, so the cold start itself \
+             costs about {} over a warm call.",
+            human(warm.p50),
+            minus(cold.p50, warm.p50)
+        );
+    }
+    if cold.p50 > COLD_P50_TARGET {
+        let rest = cold.p50.saturating_sub(attach);
+        let steps = [
+            ("attaching the code (step 2)", b.init.p50),
+            ("the first call in the runtime (step 3)", b.first_invoke.p50),
+            (
+                "the gateway, the scheduler and the hand-over (the rest)",
+                rest,
+            ),
+        ];
+        let (what, largest) = steps.iter().max_by_key(|(_, d)| *d).expect("three steps");
+        let _ = writeln!(
+            w,
+            "To meet the 3 ms p50 budget the cold path must lose {}; its largest part is {what}, {} at p50.",
+            human(cold.p50 - COLD_P50_TARGET),
+            human(*largest)
+        );
+    }
+    let fetch_cold = r
+        .systems
+        .iter()
+        .filter(|s| s.role == Role::Thaw)
+        .filter_map(|s| s.cold.measured())
+        .nth(1);
+    if let (Some((init, invoke)), Some(fetch_cold)) = (&b.fetch, fetch_cold) {
+        let _ = writeln!(
+            w,
+            "\nWith the fetch handler, steps 2 and 3 take {} at p50 (the Lambda handler: {}), and its cold \
+             call through the gateway {}.",
+            human(init.p50 + invoke.p50),
+            human(attach),
+            human(fetch_cold.summary.p50)
+        );
+    }
+    for s in r.systems.iter().filter(|s| s.role == Role::Thaw) {
+        if let Some(PoolTakes { hits, misses }) = s.cold.measured().and_then(|c| c.pool_takes) {
+            let _ = writeln!(
+                w,
+                "\n{}: of the {} cold starts during its first calls, {hits} took a pre-started runtime from \
+                 the pool and {misses} started Node on the call's path (`thaw_pool_takes_total` in `/metrics`).",
+                s.name,
+                hits + misses
+            );
+        }
+    }
+    if !r.pool_metrics.is_empty() {
+        let _ = writeln!(
+            w,
+            "\nThe platform's pool at the end of the run (`/metrics`):\n\n```\n{}\n```",
+            r.pool_metrics.join("\n")
+        );
+    }
+    let _ = writeln!(w);
+}
+
+/// `a - b` for people, signed only when negative.
+fn minus(a: Duration, b: Duration) -> String {
+    signed(a, b).trim_start_matches('+').to_string()
+}
+
+/// `a - b` for people, with its sign.
+fn signed(a: Duration, b: Duration) -> String {
+    if a >= b {
+        format!("+{}", human(a - b))
+    } else {
+        format!("−{}", human(b - a))
+    }
+}
+
+fn memory(w: &mut String, r: &Report) {
+    let _ = writeln!(w, "## Idle memory (PSS)\n");
+    let _ = writeln!(
+        w,
+        "Proportional set size from `/proc/PID/smaps_rollup`: private pages plus a fair share of pages \
+         shared with other processes (Node's code pages are shared by every runtime), measured while idle \
+         after the warm phase.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| processes | count | PSS each (median) | min – max | total |"
+    );
+    let _ = writeln!(w, "| --- | ---: | ---: | ---: | ---: |");
+    for m in &r.memory {
+        if m.pss.is_empty() {
+            let _ = writeln!(w, "| {} | 0 | – | – | – |", m.what);
+            continue;
+        }
+        let mut sorted = m.pss.clone();
+        sorted.sort_unstable();
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} – {} | {} |",
+            m.what,
+            sorted.len(),
+            mib(sorted[(sorted.len() - 1) / 2]),
+            mib(sorted[0]),
+            mib(sorted[sorted.len() - 1]),
+            mib(sorted.iter().sum())
+        );
+    }
+    let _ = writeln!(w);
+}
+
+fn machine(w: &mut String, r: &Report) {
+    let m = &r.machine;
+    let _ = writeln!(w, "## Machine\n");
+    let _ = writeln!(w, "| | |\n| --- | --- |");
+    let _ = writeln!(w, "| CPU | {} |", m.cpu);
+    let _ = writeln!(w, "| logical CPUs | {} |", m.cores);
+    let _ = writeln!(w, "| memory | {} |", m.memory);
+    let _ = writeln!(w, "| kernel | Linux {} |", m.kernel);
+    let _ = writeln!(w, "| Node.js | {} |", m.node);
+    let _ = writeln!(w, "| thaw | {} |", m.thaw);
+    let _ = writeln!(
+        w,
+        "| thaw's driver, as `thaw up` announced it | {} |",
+        r.thaw_driver
+    );
+    let _ = writeln!(
+        w,
+        "| workerd | {} |",
+        m.workerd.as_deref().unwrap_or("not found")
+    );
+    let _ = writeln!(w, "| Deno | {} |", m.deno.as_deref().unwrap_or("not found"));
+    let _ = writeln!(
+        w,
+        "| load average at the start (1, 5, 15 min) | {} |",
+        m.load
+    );
+    let _ = writeln!(w, "| run took | {:.0} s |\n", r.elapsed.as_secs_f64());
+}
+
+fn method(w: &mut String, r: &Report) {
+    let _ = writeln!(w, "## How it is measured\n");
+    let _ = writeln!(
+        w,
+        "- Every system answers `GET /` (thaw: `GET /fn/NAME/`) with the 11-byte text `hello world`; \
+         every answer's status and body are checked.\n\
+         - The client is the bench's own HTTP/1.1 client in Rust over loopback TCP (`TCP_NODELAY`): \
+         a sample is the wall time from writing the request to reading the last byte of the body.\n\
+         - thaw: the bench starts its own `thaw up` (the `thaw` binary that runs the bench) on a scratch \
+         data directory and a free loopback port and deploys through the HTTP API, like `thaw deploy`. \
+         Cold: {n} functions are deployed with `keep_alive = 0`; the bench waits until `GET /v1/functions` \
+         shows none of them running, waits 1 s more, then calls each once on a new connection (opened \
+         before the timer starts), {gap} ms apart; a call counts as cold only if the platform says so \
+         (`x-thaw-start: cold`). Warm: a function deployed with default settings.\n\
+         - bare Node, Deno and workerd: cold is the time from spawning a new server process (its own \
+         script or worker) to the end of its first answer, found by connecting every 0.1 ms until \
+         the port accepts: these systems start a new function no faster than that here. workerd and \
+         Deno are the native binaries of their npm packages (`bench/package.json`).\n\
+         - fresh node per request: `node handler.js` runs a Lambda-style handler and prints its body; \
+         the time is spawn to exit. Every call is cold, so its warm figures repeat the measurement.\n\
+         - Before each warm phase, {warmup:.1} s of unmeasured calls; the thaw warm phase starts new \
+         instances there (one per concurrent client) so that none starts while measured.\n\
+         - Percentiles are nearest-rank over all samples of the phase; no sample is dropped.",
+        n = r.functions,
+        gap = r.cold_gap.as_millis(),
+        warmup = crate::warmup_for(r.duration).as_secs_f64(),
+    );
+    let _ = writeln!(w);
+}
+
+fn notes(w: &mut String, r: &Report) {
+    let with_notes: Vec<&SystemResult> = r.systems.iter().filter(|s| !s.notes.is_empty()).collect();
+    if with_notes.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "## Notes\n");
+    for s in with_notes {
+        for n in &s.notes {
+            let _ = writeln!(w, "- {}: {n}", s.name);
+        }
+    }
+    let _ = writeln!(w);
+}
+
+/// Breakdown steps, for the chart's caption.
+pub fn breakdown_line(b: &Breakdown) -> String {
+    format!(
+        "runtime start {} · attach code {} · first call {} (p50)",
+        human(b.ready.p50),
+        human(b.init.p50),
+        human(b.first_invoke.p50)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_for_people() {
+        assert_eq!(human(Duration::from_micros(57)), "57 µs");
+        assert_eq!(human(Duration::from_micros(2_345)), "2.35 ms");
+        assert_eq!(human(Duration::from_micros(45_670)), "45.7 ms");
+        assert_eq!(human(Duration::from_millis(1_500)), "1.50 s");
+    }
+}

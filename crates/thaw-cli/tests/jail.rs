@@ -1,0 +1,264 @@
+//! Functions that attack their walls, through the whole platform: each
+//! attempt fails, the caller gets a clear answer where the instance dies,
+//! and the host and every other function keep serving. docs/security.md
+//! lists these probes and their results.
+//!
+//! These need a host that can run the jail (root, Linux 5.12+, cgroups);
+//! `thaw up --jail on` refuses to start elsewhere, so they fail loudly
+//! rather than pass without a jail.
+
+mod common;
+
+use common::{function_dir, http, Platform};
+use serde_json::Value;
+
+/// Runs each named probe and answers with what happened to it: `ok` and
+/// what it saw, or the error code it got.
+const PROBES: &str = r#"
+import fs from "node:fs";
+import os from "node:os";
+import net from "node:net";
+
+function attempt(f) {
+  try { return { ok: true, value: f() }; }
+  catch (e) { return { ok: false, code: e.code ?? e.name, message: String(e.message).slice(0, 200) }; }
+}
+
+function connect(port) {
+  return new Promise((resolve) => {
+    const s = net.connect({ host: "127.0.0.1", port }, () => { s.destroy(); resolve({ ok: true }); });
+    s.on("error", (e) => resolve({ ok: false, code: e.code }));
+    setTimeout(() => { s.destroy(); resolve({ ok: false, code: "TIMEOUT" }); }, 2000);
+  });
+}
+
+export const handler = async () => {
+  const env = process.env;
+  const out = {
+    shadow: attempt(() => fs.readFileSync("/etc/shadow", "utf8").length),
+    passwd_real: attempt(() => fs.readFileSync("/etc/passwd", "utf8").includes("root:x:0:0:root:/root")),
+    data_dir: attempt(() => fs.readdirSync(env.DATA_DIR)),
+    token: attempt(() => fs.readFileSync(env.DATA_DIR + "/token", "utf8")),
+    other_code: attempt(() => fs.readdirSync(env.DATA_DIR + "/code")),
+    root_home: attempt(() => fs.readdirSync("/root")),
+    write_own_code: attempt(() => fs.writeFileSync("/code/index.mjs", "hacked")),
+    write_root: attempt(() => fs.writeFileSync("/evil", "x")),
+    interfaces: Object.keys(os.networkInterfaces()),
+    proc_pids: fs.readdirSync("/proc").filter((n) => /^\d+$/.test(n)).length,
+    kill_host: attempt(() => process.kill(Number(env.THAW_PID), "SIGKILL")),
+    uid: process.getuid(),
+    sudo: fs.existsSync("/usr/bin/sudo") || fs.existsSync("/bin/su"),
+    api_port: await connect(Number(env.API_PORT)),
+  };
+  return { statusCode: 200, body: JSON.stringify(out) };
+};
+"#;
+
+fn port_of(server: &str) -> String {
+    server.rsplit(':').next().unwrap().to_string()
+}
+
+fn thaw_pid(p: &Platform) -> String {
+    // The `thaw up` process serving this platform: the one listening on
+    // its port (found through /proc, so nothing is installed for it).
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q 'thaw up' && \
+             grep -qs '{}' $p/environ && basename $p; done | head -1",
+            p.data_dir.display()
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_function_sees_none_of_the_host_and_cannot_change_its_code() {
+    let p = Platform::start_with(&["--jail", "on"]);
+    // Another function's code, which the probe must not reach.
+    let other = function_dir(&[("index.mjs", "export const main = () => ({ secret: 42 });")]);
+    p.deploy(other.path(), "neighbour");
+    let host_pid = thaw_pid(&p);
+    assert!(
+        host_pid.parse::<u32>().is_ok(),
+        "found thaw up's pid: {host_pid:?}"
+    );
+    let toml = format!(
+        "[env]\nDATA_DIR = \"{}\"\nAPI_PORT = \"{}\"\nTHAW_PID = \"{}\"\n",
+        p.data_dir.display(),
+        port_of(&p.server),
+        host_pid
+    );
+    let probe = function_dir(&[("index.mjs", PROBES), ("thaw.toml", &toml)]);
+    p.deploy(probe.path(), "prober");
+    let r = http().get(p.url("prober", "/")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&v).unwrap());
+
+    for denied in ["shadow", "data_dir", "token", "other_code", "root_home"] {
+        assert_eq!(v[denied]["ok"], false, "{denied}: {}", v[denied]);
+    }
+    assert!(
+        v["passwd_real"]["value"] != true,
+        "the host's /etc/passwd is not visible"
+    );
+    assert_eq!(v["write_own_code"]["ok"], false);
+    assert!(
+        ["EROFS", "EACCES", "EPERM"].contains(&v["write_own_code"]["code"].as_str().unwrap()),
+        "{}",
+        v["write_own_code"]
+    );
+    assert_eq!(v["write_root"]["ok"], false);
+    assert_eq!(v["interfaces"], serde_json::json!(["lo"]));
+    assert!(
+        v["proc_pids"].as_u64().unwrap() <= 3,
+        "sees only its own processes: {}",
+        v["proc_pids"]
+    );
+    assert_eq!(v["kill_host"]["ok"], false);
+    assert!(
+        v["uid"].as_u64().unwrap() >= 1_000_000,
+        "runs as an unprivileged uid"
+    );
+    assert_eq!(v["sudo"], false);
+    assert_eq!(
+        v["api_port"]["ok"], false,
+        "the platform's API is out of reach"
+    );
+
+    // The neighbour still serves, and its code is intact.
+    let n: Value = http()
+        .get(p.url("neighbour", "/"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(n["secret"], 42);
+}
+
+#[test]
+fn an_instance_past_its_memory_limit_is_killed_with_an_error_naming_the_limit() {
+    let p = Platform::start_with(&["--jail", "on"]);
+    let hog = function_dir(&[
+        (
+            "index.mjs",
+            r#"const kept = [];
+               export const handler = async () => {
+                 for (;;) { const b = Buffer.alloc(8 * 1024 * 1024); b.fill(1); kept.push(b); }
+               };"#,
+        ),
+        ("thaw.toml", "memory = 96\ntimeout = 60\n"),
+    ]);
+    p.deploy(hog.path(), "hog");
+    let bystander = function_dir(&[("index.mjs", "export const main = () => ({ fine: true });")]);
+    p.deploy(bystander.path(), "bystander");
+    let r = http().get(p.url("hog", "/")).send().unwrap();
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["error"]["code"], "crashed");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("memory limit of 96 MiB"),
+        "{v}"
+    );
+    let ok: Value = http()
+        .get(p.url("bystander", "/"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ok["fine"], true);
+}
+
+#[test]
+fn fork_bombs_spinning_and_filling_tmp_hit_their_limits_and_others_keep_serving() {
+    let p = Platform::start_with(&["--jail", "on"]);
+    let bomb = function_dir(&[(
+        "index.mjs",
+        r#"import { spawn } from "node:child_process";
+           export const handler = async () => {
+             let started = 0, error = null;
+             for (let i = 0; i < 2000 && !error; i++) {
+               try {
+                 const c = spawn(process.execPath, ["-e", "setTimeout(() => {}, 20000)"]);
+                 c.on("error", (e) => { error ??= e.code; });
+                 started++;
+                 await new Promise((r) => setImmediate(r));
+               } catch (e) { error = e.code ?? String(e); }
+             }
+             return { statusCode: 200, body: JSON.stringify({ started, error }) };
+           };"#,
+    )]);
+    let spinner = function_dir(&[
+        (
+            "index.mjs",
+            "export const handler = async () => { for (;;) {} };",
+        ),
+        ("thaw.toml", "timeout = 1\n"),
+    ]);
+    let filler = function_dir(&[(
+        "index.mjs",
+        r#"import fs from "node:fs";
+           export const handler = async () => {
+             const chunk = Buffer.alloc(1024 * 1024, 1);
+             let written = 0, code = null;
+             // Files of 8 MiB each: the per-file size limit is not what is
+             // being probed here, the size of /tmp is.
+             try { for (;;) { fs.appendFileSync(`/tmp/fill-${written >> 3}`, chunk); written++; if (written > 4096) break; } }
+             catch (e) { code = e.code; }
+             return { statusCode: 200, body: JSON.stringify({ written, code }) };
+           };"#,
+    )]);
+    let calm = function_dir(&[("index.mjs", "export const main = () => ({ calm: true });")]);
+    p.deploy(bomb.path(), "bomb");
+    p.deploy(spinner.path(), "spinner");
+    p.deploy(filler.path(), "filler");
+    p.deploy(calm.path(), "calm");
+
+    let r = http().get(p.url("bomb", "/")).send().unwrap();
+    let status = r.status().as_u16();
+    let body = r.text().unwrap();
+    eprintln!("fork bomb: {status} {body}");
+    // Either the function saw its spawns refused, or the instance died of
+    // it: never an unbounded number of processes.
+    if status == 200 {
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert!(v["started"].as_u64().unwrap() < 2000, "{v}");
+        assert!(!v["error"].is_null(), "{v}");
+    } else {
+        assert_eq!(status, 502, "{body}");
+    }
+
+    let r = http().get(p.url("spinner", "/")).send().unwrap();
+    assert_eq!(r.status(), 504);
+
+    let v: Value = http()
+        .get(p.url("filler", "/"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    eprintln!("fill /tmp: {v}");
+    assert_eq!(v["code"], "ENOSPC", "{v}");
+    assert!(v["written"].as_u64().unwrap() <= 64, "/tmp is limited: {v}");
+
+    let ok: Value = http()
+        .get(p.url("calm", "/"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ok["calm"], true);
+    assert_eq!(
+        http()
+            .get(format!("{}/healthz", p.server))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+}
