@@ -87,18 +87,13 @@ pub fn render(p: &Platform) -> String {
     out.push_str("# HELP thaw_starts_total Calls that started their instance (cold) or found one running (warm).\n# TYPE thaw_starts_total counter\n");
     for name in &names {
         let f = &m[*name];
-        let _ = writeln!(
-            out,
-            "thaw_starts_total{{function=\"{}\",start=\"cold\"}} {}",
-            label(name),
-            f.cold
-        );
-        let _ = writeln!(
-            out,
-            "thaw_starts_total{{function=\"{}\",start=\"warm\"}} {}",
-            label(name),
-            f.warm
-        );
+        for (start, n) in [("cold", f.cold), ("warm", f.warm)] {
+            let _ = writeln!(
+                out,
+                "thaw_starts_total{{function=\"{}\",start=\"{start}\"}} {n}",
+                label(name)
+            );
+        }
     }
     out.push_str("# HELP thaw_invocation_duration_seconds Time from a call's arrival to its answer.\n# TYPE thaw_invocation_duration_seconds histogram\n");
     for name in &names {

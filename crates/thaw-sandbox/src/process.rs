@@ -339,6 +339,22 @@ impl Drop for NodeProcess {
 }
 
 impl NodeProcess {
+    /// Stops (or continues) the whole runtime. A jail's processes are in
+    /// another PID namespace and session, out of reach of a group signal:
+    /// its cgroup's freezer reaches all of them.
+    fn freeze_or_signal(&self, stop: bool) {
+        let cgroup = self
+            .jail
+            .as_ref()
+            .and_then(|j| thaw_jail::Cgroup::for_instance(&j.id).ok());
+        match (cgroup, stop) {
+            (Some(c), true) => drop(c.freeze()),
+            (Some(c), false) => drop(c.thaw()),
+            (None, true) => self.signal_group(libc::SIGSTOP),
+            (None, false) => self.signal_group(libc::SIGCONT),
+        }
+    }
+
     fn signal_group(&self, signal: i32) {
         // Once reaped, the group id may belong to someone else.
         if self.pid != 0 && !self.reaped.load(Ordering::Acquire) {
@@ -377,31 +393,11 @@ impl RuntimeProcess for NodeProcess {
     }
 
     fn pause(&self) {
-        // A jail's processes are in another PID namespace and session:
-        // its cgroup's freezer reaches all of them.
-        match self
-            .jail
-            .as_ref()
-            .map(|j| thaw_jail::Cgroup::for_instance(&j.id))
-        {
-            Some(Ok(cgroup)) => {
-                let _ = cgroup.freeze();
-            }
-            _ => self.signal_group(libc::SIGSTOP),
-        }
+        self.freeze_or_signal(true);
     }
 
     fn resume(&self) {
-        match self
-            .jail
-            .as_ref()
-            .map(|j| thaw_jail::Cgroup::for_instance(&j.id))
-        {
-            Some(Ok(cgroup)) => {
-                let _ = cgroup.thaw();
-            }
-            _ => self.signal_group(libc::SIGCONT),
-        }
+        self.freeze_or_signal(false);
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
