@@ -186,10 +186,37 @@ fn openwhisk_main_gets_merged_params_and_may_answer_as_a_web_action() {
     assert_eq!(resp.status(), 418);
     assert_eq!(resp.headers()["x-ow"], "1");
     assert_eq!(resp.text().unwrap(), "teapot me");
-    // `thaw invoke` passes the event as the params.
+    // `thaw invoke` passes the event as the params, from text, a file or
+    // standard input.
     let out = p.thaw_ok(&["invoke", "ow", "--data", r#"{"name":"Bo"}"#]);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["greeting"], "hello Bo");
+    let event = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(event.path(), r#"{"name":"Cy"}"#).unwrap();
+    let at_file = format!("@{}", event.path().display());
+    let out = p.thaw_ok(&["invoke", "ow", "--data", &at_file]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["greeting"],
+        "hello Cy"
+    );
+    let mut child = p
+        .cli()
+        .args(["invoke", "ow", "--data", "@-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), br#"{"name":"Di"}"#).unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["greeting"],
+        "hello Di"
+    );
+    let bad = p.thaw(&["invoke", "ow", "--data", "{nope"]);
+    assert!(!bad.status.success());
+    assert!(common::stderr_of(&bad).contains("not valid JSON"));
 }
 
 #[test]
