@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Debian packages thaw needs beyond a stock machine with Rust and Node.
-const APT_PACKAGES: &[&str] = &[];
+/// Debian packages thaw needs beyond a stock machine with Rust and Node:
+/// QEMU for the `microvm` driver, and erofs-utils to make the read-only
+/// code images it attaches to VMs.
+const APT_PACKAGES: &[&str] = &["qemu-system-x86", "erofs-utils"];
 const LISTEN: &str = "127.0.0.1:8787";
 
 fn main() {
@@ -85,6 +87,19 @@ fn setup() -> anyhow::Result<()> {
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    // The microvm image is built from Debian's cloud kernel, fetched with
+    // `apt-get download`: the package lists must know it.
+    let known = Command::new("apt-cache")
+        .args(["policy", "linux-image-cloud-amd64"])
+        .output()
+        .map(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.contains("Candidate:") && !text.contains("Candidate: (none)")
+        })
+        .unwrap_or(false);
+    if !known {
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
     }
     match node_major() {
         Some(v) if v >= 20 => {}

@@ -1,0 +1,636 @@
+//! The guest image: a Debian kernel and an initramfs holding `thaw-agent`
+//! as `/init`, Node with its shared libraries, the shim, and the kernel
+//! modules the agent loads.
+//!
+//! Built reproducibly (entries sorted, uid/gid/mtime 0) and stored under
+//! `<data>/images/<id>/`, where the id is a hash of every input: the same
+//! inputs are never built twice. The kernel package is downloaded once with
+//! `apt-get download` into `<data>/images/cache/debs/` and extracted into
+//! `<data>/images/cache/kernels/`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io::{self, BufWriter, Read};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::cpio::CpioWriter;
+use crate::kmod;
+use crate::MicrovmError;
+
+/// Bumped whenever the layout of the image changes in a way its inputs do
+/// not show (so old caches are not reused).
+const IMAGE_FORMAT: &str = "thaw-image/1";
+/// Where the guest finds things. The agent's config names them.
+pub const GUEST_NODE: &str = "/usr/bin/node";
+pub const GUEST_SHIM: &str = "/runtime/shim.mjs";
+pub const GUEST_AGENT_CONFIG: &str = "/etc/thaw-agent.conf";
+const GUEST_MODULES: &str = "/lib/modules/thaw";
+
+/// Modules every image needs: the virtio-mmio transport of QEMU's `microvm`
+/// machine, the serial ports, and block devices for the code.
+pub const REQUIRED_MODULES: &[&str] = &["virtio_mmio", "virtio_console", "virtio_blk"];
+/// Filesystems a code drive may use, loaded when the kernel has them.
+pub const OPTIONAL_MODULES: &[&str] = &["erofs", "squashfs", "9pnet_virtio", "9p"];
+
+/// What to build an image from.
+#[derive(Debug, Clone)]
+pub struct ImageOptions {
+    /// thaw's data directory; images live in `<data_dir>/images`.
+    pub data_dir: PathBuf,
+    /// The `thaw-agent` binary (built for the host's x86_64 glibc).
+    pub agent: PathBuf,
+    /// The runtime shim (`runtime/shim/shim.mjs`).
+    pub shim: PathBuf,
+    /// The Node binary to copy into the guest, with the libraries `ldd` lists.
+    pub node: PathBuf,
+    /// The Debian kernel package to fetch with `apt-get download`; a
+    /// metapackage is followed to the versioned package it depends on.
+    pub kernel_package: String,
+    /// Use this kernel .deb instead of downloading one.
+    pub kernel_deb: Option<PathBuf>,
+    /// Extra files for the guest: `(host path, absolute guest path)`.
+    pub extra_files: Vec<(PathBuf, String)>,
+}
+
+impl ImageOptions {
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        agent: impl Into<PathBuf>,
+        shim: impl Into<PathBuf>,
+    ) -> Self {
+        ImageOptions {
+            data_dir: data_dir.into(),
+            agent: agent.into(),
+            shim: shim.into(),
+            node: PathBuf::from("/usr/bin/node"),
+            kernel_package: "linux-image-cloud-amd64".into(),
+            kernel_deb: None,
+            extra_files: Vec::new(),
+        }
+    }
+}
+
+/// A built image, as recorded in `<dir>/image.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// Hash of every input; also the directory name.
+    pub id: String,
+    pub dir: PathBuf,
+    /// The bzImage, booted with `-kernel`.
+    pub kernel: PathBuf,
+    /// The uncompressed newc initramfs, given with `-initrd`.
+    pub initramfs: PathBuf,
+    pub kernel_release: String,
+    /// The kernel .deb the kernel and modules came from.
+    pub kernel_deb: String,
+    /// Modules the agent loads at boot, in load order.
+    pub modules: Vec<String>,
+    pub initramfs_bytes: u64,
+}
+
+impl ImageInfo {
+    /// Reads the record of an image built before.
+    pub fn load(dir: &Path) -> Result<ImageInfo, MicrovmError> {
+        let path = dir.join("image.json");
+        let text = fs::read(&path)
+            .map_err(|e| MicrovmError::io(format!("reading {}", path.display()), e))?;
+        serde_json::from_slice(&text).map_err(|e| {
+            MicrovmError::Image(format!("{} is not an image record: {e}", path.display()))
+        })
+    }
+}
+
+/// What [`build_image`] is doing, for a progress display.
+#[derive(Debug, Clone)]
+pub enum BuildProgress {
+    Downloading {
+        package: String,
+    },
+    Extracting {
+        deb: PathBuf,
+    },
+    Collecting,
+    /// Hashing the inputs; `bytes` is their total size.
+    Hashing {
+        bytes: u64,
+    },
+    Cached {
+        id: String,
+    },
+    Writing {
+        id: String,
+        bytes: u64,
+    },
+    Built {
+        id: String,
+    },
+}
+
+impl fmt::Display for BuildProgress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildProgress::Downloading { package } => {
+                write!(f, "downloading {package} with apt-get")
+            }
+            BuildProgress::Extracting { deb } => write!(f, "extracting {}", deb.display()),
+            BuildProgress::Collecting => write!(
+                f,
+                "collecting the agent, Node, its libraries and kernel modules"
+            ),
+            BuildProgress::Hashing { bytes } => write!(f, "hashing {} MiB of inputs", bytes >> 20),
+            BuildProgress::Cached { id } => write!(f, "image {id} is already built"),
+            BuildProgress::Writing { id, bytes } => {
+                write!(f, "writing image {id} ({} MiB initramfs)", bytes >> 20)
+            }
+            BuildProgress::Built { id } => write!(f, "built image {id}"),
+        }
+    }
+}
+
+enum Entry {
+    Dir,
+    File { mode: u32, source: Source },
+    CharDev { mode: u32, major: u32, minor: u32 },
+}
+
+enum Source {
+    Host(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+impl Source {
+    fn len(&self) -> Result<u64, MicrovmError> {
+        match self {
+            Source::Bytes(b) => Ok(b.len() as u64),
+            Source::Host(p) => Ok(fs::metadata(p)
+                .map_err(|e| MicrovmError::io(format!("reading {}", p.display()), e))?
+                .len()),
+        }
+    }
+
+    fn open(&self) -> Result<Box<dyn Read + '_>, MicrovmError> {
+        match self {
+            Source::Bytes(b) => Ok(Box::new(&b[..])),
+            Source::Host(p) => {
+                Ok(Box::new(fs::File::open(p).map_err(|e| {
+                    MicrovmError::io(format!("opening {}", p.display()), e)
+                })?))
+            }
+        }
+    }
+}
+
+/// The guest's file tree, kept sorted so the archive is reproducible.
+#[derive(Default)]
+struct Tree(BTreeMap<String, Entry>);
+
+impl Tree {
+    fn add(&mut self, path: &str, entry: Entry) {
+        let mut parent = Path::new(path).parent();
+        while let Some(p) = parent {
+            let s = p.to_string_lossy();
+            if s != "/" && !s.is_empty() {
+                self.0.entry(s.into_owned()).or_insert(Entry::Dir);
+            }
+            parent = p.parent();
+        }
+        self.0.insert(path.to_string(), entry);
+    }
+
+    fn file(&mut self, path: &str, mode: u32, source: Source) {
+        self.add(path, Entry::File { mode, source });
+    }
+}
+
+/// Builds (or finds already built) the image for `opts`.
+pub fn build_image(
+    opts: &ImageOptions,
+    progress: &mut dyn FnMut(&BuildProgress),
+) -> Result<ImageInfo, MicrovmError> {
+    let images = opts.data_dir.join("images");
+    let cache = images.join("cache");
+    let deb = match &opts.kernel_deb {
+        Some(deb) => deb.clone(),
+        None => kernel_deb(&cache.join("debs"), &opts.kernel_package, progress)?,
+    };
+    let deb_hash = hash_file(&deb)?;
+    let kernel = extract_kernel(&cache.join("kernels"), &deb, &deb_hash, progress)?;
+
+    progress(&BuildProgress::Collecting);
+    let required: Vec<String> = REQUIRED_MODULES.iter().map(|s| s.to_string()).collect();
+    let optional: Vec<String> = OPTIONAL_MODULES.iter().map(|s| s.to_string()).collect();
+    let modules = kmod::resolve(&kernel.modules_dir, &required, &optional)?;
+
+    let mut tree = Tree::default();
+    for dir in ["/dev", "/proc", "/sys", "/tmp", "/run", "/code"] {
+        tree.add(dir, Entry::Dir);
+    }
+    // The kernel opens /dev/console for PID 1 before anything is mounted.
+    tree.add(
+        "/dev/console",
+        Entry::CharDev {
+            mode: 0o600,
+            major: 5,
+            minor: 1,
+        },
+    );
+    tree.file("/init", 0o755, Source::Host(opts.agent.clone()));
+    tree.file(GUEST_NODE, 0o755, Source::Host(opts.node.clone()));
+    tree.file(GUEST_SHIM, 0o644, Source::Host(opts.shim.clone()));
+    for binary in [&opts.agent, &opts.node] {
+        for lib in shared_libraries(binary)? {
+            let guest = lib.to_string_lossy().into_owned();
+            tree.file(&guest, 0o755, Source::Host(lib));
+        }
+    }
+    let mut config = String::from("# Written by thaw-microvm's image build; read by thaw-agent.\n");
+    for module in &modules {
+        let guest = format!("{GUEST_MODULES}/{}.ko", module.name);
+        config.push_str(&format!("module {guest}\n"));
+        tree.file(&guest, 0o644, Source::Bytes(module.bytes.clone()));
+    }
+    config.push_str(&format!(
+        "port {}\ncontrol_port {}\nexec {GUEST_NODE}\narg {GUEST_SHIM}\n\
+         env PATH=/usr/local/bin:/usr/bin:/bin\nenv HOME=/tmp\nenv THAW_FD=3\n",
+        crate::vm::PROTOCOL_PORT,
+        crate::vm::CONTROL_PORT
+    ));
+    tree.file(
+        GUEST_AGENT_CONFIG,
+        0o644,
+        Source::Bytes(config.into_bytes()),
+    );
+    tree.file(
+        "/etc/passwd",
+        0o644,
+        Source::Bytes(b"root:x:0:0:root:/tmp:/bin/false\n".to_vec()),
+    );
+    tree.file("/etc/group", 0o644, Source::Bytes(b"root:x:0:\n".to_vec()));
+    tree.file(
+        "/etc/hosts",
+        0o644,
+        Source::Bytes(b"127.0.0.1 localhost\n".to_vec()),
+    );
+    for (host, guest) in &opts.extra_files {
+        if !guest.starts_with('/') {
+            return Err(MicrovmError::Image(format!(
+                "extra file {guest:?}: guest paths must be absolute"
+            )));
+        }
+        tree.file(guest, 0o644, Source::Host(host.clone()));
+    }
+
+    let total: u64 = tree
+        .0
+        .values()
+        .map(|e| match e {
+            Entry::File { source, .. } => source.len(),
+            _ => Ok(0),
+        })
+        .sum::<Result<u64, _>>()?;
+    progress(&BuildProgress::Hashing { bytes: total });
+    let mut hasher = Sha256::new();
+    hasher.update(IMAGE_FORMAT.as_bytes());
+    hasher.update(deb_hash.as_bytes());
+    for (path, entry) in &tree.0 {
+        hasher.update(path.as_bytes());
+        match entry {
+            Entry::Dir => hasher.update(b"\0dir\0"),
+            Entry::CharDev { mode, major, minor } => {
+                hasher.update(format!("\0chr {mode} {major} {minor}\0"))
+            }
+            Entry::File { mode, source } => {
+                hasher.update(format!("\0file {mode}\0"));
+                io::copy(&mut source.open()?, &mut HashWriter(&mut hasher))
+                    .map_err(|e| MicrovmError::io(format!("hashing {path}"), e))?;
+            }
+        }
+    }
+    let id = hex::encode(hasher.finalize())[..20].to_string();
+
+    let dir = images.join(&id);
+    if dir.join("image.json").exists() {
+        progress(&BuildProgress::Cached { id: id.clone() });
+        return ImageInfo::load(&dir);
+    }
+    progress(&BuildProgress::Writing {
+        id: id.clone(),
+        bytes: total,
+    });
+    let tmp = images.join(format!(".{id}.tmp-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp)
+        .map_err(|e| MicrovmError::io(format!("creating {}", tmp.display()), e))?;
+    let result = write_image(&tmp, &tree, &kernel);
+    if let Err(e) = result {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let initramfs_bytes = fs::metadata(tmp.join("initramfs.cpio"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let info = ImageInfo {
+        id: id.clone(),
+        dir: dir.clone(),
+        kernel: dir.join("vmlinuz"),
+        initramfs: dir.join("initramfs.cpio"),
+        kernel_release: kernel.release.clone(),
+        kernel_deb: deb
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        modules: modules.iter().map(|m| m.name.clone()).collect(),
+        initramfs_bytes,
+    };
+    let json = serde_json::to_vec_pretty(&info).expect("an image record serialises");
+    fs::write(tmp.join("image.json"), json)
+        .map_err(|e| MicrovmError::io("writing image.json", e))?;
+    match fs::rename(&tmp, &dir) {
+        Ok(()) => {}
+        // Another build of the same inputs finished first: same bytes.
+        Err(_) if dir.join("image.json").exists() => {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        Err(e) => {
+            return Err(MicrovmError::io(
+                format!("moving the image into {}", dir.display()),
+                e,
+            ))
+        }
+    }
+    progress(&BuildProgress::Built { id });
+    Ok(info)
+}
+
+fn write_image(dir: &Path, tree: &Tree, kernel: &KernelTree) -> Result<(), MicrovmError> {
+    fs::copy(&kernel.bzimage, dir.join("vmlinuz"))
+        .map_err(|e| MicrovmError::io(format!("copying {}", kernel.bzimage.display()), e))?;
+    let path = dir.join("initramfs.cpio");
+    let file = fs::File::create(&path)
+        .map_err(|e| MicrovmError::io(format!("creating {}", path.display()), e))?;
+    let mut cpio = CpioWriter::new(BufWriter::with_capacity(1 << 20, file));
+    let werr =
+        |p: &str, e: io::Error| MicrovmError::io(format!("writing {p} into the initramfs"), e);
+    for (p, entry) in &tree.0 {
+        match entry {
+            Entry::Dir => cpio.dir(p).map_err(|e| werr(p, e))?,
+            Entry::CharDev { mode, major, minor } => cpio
+                .char_dev(p, *mode, *major, *minor)
+                .map_err(|e| werr(p, e))?,
+            Entry::File { mode, source } => {
+                let len = source.len()?;
+                cpio.file(p, *mode, len, &mut source.open()?)
+                    .map_err(|e| werr(p, e))?;
+            }
+        }
+    }
+    cpio.finish().map_err(|e| werr("the trailer", e))?;
+    Ok(())
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn hash_file(path: &Path) -> Result<String, MicrovmError> {
+    let mut file = fs::File::open(path)
+        .map_err(|e| MicrovmError::io(format!("opening {}", path.display()), e))?;
+    let mut hasher = Sha256::new();
+    io::copy(&mut file, &mut HashWriter(&mut hasher))
+        .map_err(|e| MicrovmError::io(format!("hashing {}", path.display()), e))?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn run(cmd: &mut Command, what: &str, hint: &str) -> Result<Vec<u8>, MicrovmError> {
+    let out = cmd
+        .output()
+        .map_err(|e| MicrovmError::io(format!("{what} ({hint})"), e))?;
+    if !out.status.success() {
+        return Err(MicrovmError::Image(format!(
+            "{what} failed: {} ({hint})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(out.stdout)
+}
+
+/// The kernel .deb for `package`, downloaded into `debs` unless a .deb of
+/// that package is already there. A metapackage (`linux-image-cloud-amd64`)
+/// is followed to the `linux-image-*` package it depends on.
+fn kernel_deb(
+    debs: &Path,
+    package: &str,
+    progress: &mut dyn FnMut(&BuildProgress),
+) -> Result<PathBuf, MicrovmError> {
+    fs::create_dir_all(debs)
+        .map_err(|e| MicrovmError::io(format!("creating {}", debs.display()), e))?;
+    let mut package = package.to_string();
+    for _ in 0..4 {
+        let deb =
+            match find_deb(debs, &package) {
+                Some(deb) => deb,
+                None => {
+                    progress(&BuildProgress::Downloading {
+                        package: package.clone(),
+                    });
+                    run(
+                    Command::new("apt-get").args(["download", &package]).current_dir(debs),
+                    &format!("apt-get download {package}"),
+                    "run `apt-get update` first; the package must exist in the host's apt sources",
+                )?;
+                    find_deb(debs, &package).ok_or_else(|| {
+                        MicrovmError::Image(format!(
+                            "apt-get download {package} left no .deb in {}",
+                            debs.display()
+                        ))
+                    })?
+                }
+            };
+        let depends = run(
+            Command::new("dpkg-deb")
+                .args(["-f"])
+                .arg(&deb)
+                .arg("Depends"),
+            &format!("dpkg-deb -f {}", deb.display()),
+            "dpkg-deb comes with dpkg",
+        )?;
+        let depends = String::from_utf8_lossy(&depends).into_owned();
+        let next = depends
+            .split([',', '|'])
+            .filter_map(|d| d.split_whitespace().next())
+            .find(|d| d.starts_with("linux-image-"));
+        match next {
+            Some(next) => package = next.to_string(),
+            None => return Ok(deb),
+        }
+    }
+    Err(MicrovmError::Image(format!(
+        "{package}: too many levels of linux-image metapackages"
+    )))
+}
+
+fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {
+    let prefix = format!("{package}_");
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            name.starts_with(&prefix) && name.ends_with(".deb")
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+struct KernelTree {
+    bzimage: PathBuf,
+    modules_dir: PathBuf,
+    release: String,
+}
+
+fn extract_kernel(
+    kernels: &Path,
+    deb: &Path,
+    deb_hash: &str,
+    progress: &mut dyn FnMut(&BuildProgress),
+) -> Result<KernelTree, MicrovmError> {
+    let root = kernels.join(&deb_hash[..20]);
+    if !root.join(".complete").exists() {
+        progress(&BuildProgress::Extracting {
+            deb: deb.to_path_buf(),
+        });
+        let tmp = kernels.join(format!(".{}.tmp-{}", &deb_hash[..20], std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp)
+            .map_err(|e| MicrovmError::io(format!("creating {}", tmp.display()), e))?;
+        run(
+            Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp),
+            &format!("dpkg-deb -x {}", deb.display()),
+            "is it a kernel .deb?",
+        )?;
+        fs::write(tmp.join(".complete"), b"")
+            .map_err(|e| MicrovmError::io("marking the kernel extracted", e))?;
+        let _ = fs::remove_dir_all(&root);
+        fs::rename(&tmp, &root)
+            .map_err(|e| MicrovmError::io(format!("moving into {}", root.display()), e))?;
+    }
+    let bzimage = fs::read_dir(root.join("boot"))
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+                .unwrap_or(false)
+        })
+        .ok_or_else(|| {
+            MicrovmError::Image(format!(
+                "{} holds no boot/vmlinuz-*: not a kernel package",
+                deb.display()
+            ))
+        })?;
+    let release = bzimage
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_start_matches("vmlinuz-")
+        .to_string();
+    let modules_dir = ["lib/modules", "usr/lib/modules"]
+        .iter()
+        .map(|d| root.join(d).join(&release))
+        .find(|d| d.is_dir())
+        .ok_or_else(|| {
+            MicrovmError::Image(format!("{} holds no modules for {release}", deb.display()))
+        })?;
+    Ok(KernelTree {
+        bzimage,
+        modules_dir,
+        release,
+    })
+}
+
+/// The shared libraries `binary` loads, as `ldd` resolves them on this host
+/// (the guest gets them at the same paths, with the same loader).
+fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, MicrovmError> {
+    let out = run(
+        Command::new("ldd").arg(binary),
+        &format!("ldd {}", binary.display()),
+        "the guest needs the binary's libraries; ldd comes with libc-bin",
+    )?;
+    parse_ldd(&String::from_utf8_lossy(&out)).map_err(|lib| {
+        MicrovmError::Image(format!(
+            "{} needs {lib}, which ldd cannot find",
+            binary.display()
+        ))
+    })
+}
+
+fn parse_ldd(out: &str) -> Result<Vec<PathBuf>, String> {
+    let mut libs = Vec::new();
+    for line in out.lines() {
+        let line = line.trim();
+        let path = match line.split_once(" => ") {
+            Some((name, rest)) => {
+                if rest.starts_with("not found") {
+                    return Err(name.to_string());
+                }
+                rest.split_whitespace().next()
+            }
+            None => line.split_whitespace().next(),
+        };
+        if let Some(path) = path.filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(path));
+        }
+    }
+    Ok(libs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output_gives_paths_and_missing_libraries() {
+        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x7f)\n\t/lib64/ld-linux-x86-64.so.2 (0x7f)\n";
+        assert_eq!(
+            parse_ldd(out).unwrap(),
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
+        );
+        assert_eq!(
+            parse_ldd("\tlibfoo.so.1 => not found\n").unwrap_err(),
+            "libfoo.so.1"
+        );
+    }
+
+    #[test]
+    fn tree_adds_parents_in_sorted_order() {
+        let mut t = Tree::default();
+        t.file("/usr/bin/node", 0o755, Source::Bytes(vec![]));
+        t.add("/dev", Entry::Dir);
+        let paths: Vec<&str> = t.0.keys().map(|s| s.as_str()).collect();
+        assert_eq!(paths, ["/dev", "/usr", "/usr/bin", "/usr/bin/node"]);
+    }
+}

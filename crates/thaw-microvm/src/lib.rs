@@ -1,0 +1,61 @@
+//! The host side of thaw's microVMs: it builds the guest image (a Debian
+//! kernel and an initramfs with `thaw-agent` as PID 1, Node and the shim),
+//! launches QEMU's `microvm` machine under KVM or TCG, talks QMP, makes a
+//! runtime snapshot ("template") and restores VMs from it with their RAM
+//! mapped copy-on-write from the template's memory file, and attaches a
+//! function's code read-only after restore as an EROFS image behind the
+//! guest's one virtio-blk drive.
+//!
+//! It hands out a VM's protocol stream (docs/protocol.md over a
+//! virtio-serial port) and knows nothing of the protocol's messages,
+//! functions, scheduling or the registry: the `microvm` driver in
+//! thaw-sandbox builds on it. See docs/microvm.md.
+
+mod accel;
+mod code;
+mod cpio;
+mod image;
+mod kmod;
+mod qmp;
+mod template;
+mod vm;
+
+pub use accel::{probe_accel, AccelProbe};
+pub use code::{build_code_image, CODE_FSTYPE};
+pub use image::{
+    build_image, BuildProgress, ImageInfo, ImageOptions, OPTIONAL_MODULES, REQUIRED_MODULES,
+};
+pub use template::{restore, Template};
+pub use vm::{Accel, Vm, VmOptions, CODE_DRIVE_BYTES, CONTROL_PORT, GUEST_CODE_DIR, PROTOCOL_PORT};
+
+/// Everything that can go wrong; each message says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum MicrovmError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("guest image: {0}")]
+    Image(String),
+    #[error("QEMU: {0}")]
+    Qemu(String),
+    #[error("QMP: {0}")]
+    Qmp(String),
+    #[error("guest agent: {0}")]
+    Guest(String),
+    #[error("template: {0}")]
+    Template(String),
+    #[error("timed out {0}")]
+    Timeout(String),
+}
+
+impl MicrovmError {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        MicrovmError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}

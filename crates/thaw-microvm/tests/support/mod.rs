@@ -1,0 +1,183 @@
+//! Shared by the integration tests and the `measure` example: builds the
+//! agent and the image once (cached under the target directory), and
+//! speaks just enough of the protocol to init and invoke.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use base64::Engine;
+use thaw_microvm::{build_image, ImageInfo, ImageOptions};
+use thaw_protocol::{read_frame, write_frame, FromRuntime, Init, Invoke, Payload, ToRuntime};
+use tokio::net::UnixStream;
+
+/// Where the built-in test function lives in the image (tests of booting
+/// need code without the code drive; real functions never sit in the image).
+pub const BUILTIN_CODE_DIR: &str = "/opt/thaw-test";
+
+pub const TEST_HANDLER: &str = "export const handler = async (event) => {\n  if (event.exit) setTimeout(() => process.exit(0), 10);\n  return { echo: event, now: Date.now() };\n};\n";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// `target/tmp` (only integration tests get CARGO_TARGET_TMPDIR).
+fn target_tmp() -> PathBuf {
+    match option_env!("CARGO_TARGET_TMPDIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => workspace_root().join("target/tmp"),
+    }
+}
+
+/// Persistent across runs, so the kernel download and image build happen once.
+pub fn data_dir() -> PathBuf {
+    let dir = target_tmp().join("thaw-microvm-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Builds thaw-agent in a target directory of its own (the outer cargo
+/// holds the lock on ours while tests run) and returns the binary.
+pub fn agent_binary() -> PathBuf {
+    let target = target_tmp().join("agent-target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "-p", "thaw-agent", "--target-dir"])
+        .arg(&target)
+        .current_dir(workspace_root())
+        .status()
+        .expect("running cargo build -p thaw-agent");
+    assert!(status.success(), "building thaw-agent failed");
+    target.join("release/thaw-agent")
+}
+
+/// The test image, built (or found cached) once per test process.
+pub fn image() -> ImageInfo {
+    static IMAGE: OnceLock<ImageInfo> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let code = data_dir().join("builtin-index.mjs");
+            std::fs::write(&code, TEST_HANDLER).unwrap();
+            let mut opts = ImageOptions::new(
+                data_dir(),
+                agent_binary(),
+                workspace_root().join("runtime/shim/shim.mjs"),
+            );
+            opts.extra_files
+                .push((code, format!("{BUILTIN_CODE_DIR}/index.mjs")));
+            build_image(&opts, &mut |p| eprintln!("image: {p}")).expect("building the guest image")
+        })
+        .clone()
+}
+
+/// A short run directory (Unix socket paths are limited).
+pub fn run_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("thaw-vm")
+        .tempdir_in("/tmp")
+        .unwrap()
+}
+
+pub const TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Reads frames until `ready`; returns the runtime string.
+pub async fn expect_ready(ch: &mut UnixStream) -> String {
+    loop {
+        match tokio::time::timeout(TIMEOUT, read_frame::<_, FromRuntime>(ch))
+            .await
+            .expect("ready in time")
+            .unwrap()
+        {
+            FromRuntime::Ready { runtime, node, .. } => return format!("{runtime} node {node}"),
+            FromRuntime::Log { line, .. } => eprintln!("guest log: {line}"),
+            other => panic!("expected ready, got {other:?}"),
+        }
+    }
+}
+
+/// init + one invoke with `event`; returns the handler's JSON answer.
+pub async fn init_and_invoke(
+    ch: &mut UnixStream,
+    code_dir: &str,
+    event: serde_json::Value,
+) -> serde_json::Value {
+    let init = ToRuntime::Init(Init {
+        function: "t".into(),
+        version: 1,
+        code_dir: code_dir.into(),
+        entry: "index.mjs".into(),
+        env: BTreeMap::new(),
+        timeout_ms: 30_000,
+        memory_mb: 128,
+    });
+    write_frame(ch, &init).await.unwrap();
+    loop {
+        match tokio::time::timeout(TIMEOUT, read_frame::<_, FromRuntime>(ch))
+            .await
+            .expect("init in time")
+            .unwrap()
+        {
+            FromRuntime::InitOk { style, .. } => {
+                assert_eq!(style, "lambda");
+                break;
+            }
+            FromRuntime::Log { line, .. } => eprintln!("guest log: {line}"),
+            other => panic!("expected init_ok, got {other:?}"),
+        }
+    }
+    invoke(ch, 1, event).await
+}
+
+pub async fn invoke(ch: &mut UnixStream, id: u64, event: serde_json::Value) -> serde_json::Value {
+    let deadline_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 60_000;
+    write_frame(
+        ch,
+        &ToRuntime::Invoke(Invoke {
+            id,
+            deadline_ms,
+            payload: Payload::Event(event),
+        }),
+    )
+    .await
+    .unwrap();
+    loop {
+        match tokio::time::timeout(TIMEOUT, read_frame::<_, FromRuntime>(ch))
+            .await
+            .expect("result in time")
+            .unwrap()
+        {
+            FromRuntime::Result {
+                id: got,
+                status,
+                body,
+                ..
+            } => {
+                assert_eq!(got, id);
+                assert_eq!(status, 200);
+                let body = base64::engine::general_purpose::STANDARD
+                    .decode(body)
+                    .unwrap();
+                return serde_json::from_slice(&body).unwrap();
+            }
+            FromRuntime::Log { line, .. } => eprintln!("guest log: {line}"),
+            other => panic!("expected a result, got {other:?}"),
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
