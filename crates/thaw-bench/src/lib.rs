@@ -34,7 +34,14 @@ use std::time::{Duration, Instant};
 
 /// Systems `--skip` accepts. thaw's Lambda row and the bare Node server
 /// are always measured: without them the report says nothing.
-pub const SKIPPABLE: &[&str] = &["thaw-fetch", "naive", "workerd", "deno", "breakdown"];
+pub const SKIPPABLE: &[&str] = &[
+    "thaw-fetch",
+    "thaw-unjailed",
+    "naive",
+    "workerd",
+    "deno",
+    "breakdown",
+];
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -192,7 +199,7 @@ pub fn run(options: &Options) -> Result<Written> {
     let mut thaw_driver = "not started".to_string();
 
     progress("thaw: starting `thaw up`");
-    match thaw::Platform::start(&options.thaw_exe, &options.node) {
+    match thaw::Platform::start(&options.thaw_exe, &options.node, &[]) {
         Ok(platform) => {
             progress(&format!(
                 "thaw: up on http://{} (driver: {})",
@@ -255,6 +262,26 @@ pub fn run(options: &Options) -> Result<Written> {
                 warm_is_cold: false,
                 notes: Vec::new(),
             });
+        }
+    }
+
+    // What the jail costs: the same Lambda function on a platform whose
+    // runtimes are plain processes. Only worth a row where thaw jails.
+    if !options.skips("thaw-unjailed") && thaw_driver.contains("jailed") {
+        progress("thaw without the jail: starting `thaw up --jail off`");
+        match thaw::Platform::start(&options.thaw_exe, &options.node, &["--jail", "off"]) {
+            Ok(platform) => {
+                let mut result =
+                    thaw::measure(&platform, thaw::Style::Lambda, n, options.cold_gap, &plan);
+                result.name = "thaw (Lambda handler, no jail)".into();
+                result.short = "thaw, no jail".into();
+                systems.push(result);
+                progress("thaw without the jail: stopping `thaw up`");
+            }
+            Err(e) => progress(&format!(
+                "thaw without the jail: could not start: {}",
+                results::error_chain(&e)
+            )),
         }
     }
 

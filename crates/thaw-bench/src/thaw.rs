@@ -81,13 +81,15 @@ pub struct Platform {
 }
 
 impl Platform {
-    pub fn start(thaw_exe: &Path, node: &Path) -> Result<Platform> {
+    /// Starts `thaw up`, with `extra` flags after the bench's own.
+    pub fn start(thaw_exe: &Path, node: &Path, extra: &[&str]) -> Result<Platform> {
         let data = Scratch::new("thaw-bench-data")?;
         let mut cmd = Command::new(thaw_exe);
         cmd.args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data.path())
             .arg("--node")
             .arg(node)
+            .args(extra)
             .env_remove("THAW_TOKEN")
             .env_remove("THAW_DATA_DIR")
             .env_remove("THAW_LISTEN")
