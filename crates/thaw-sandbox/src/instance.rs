@@ -259,7 +259,7 @@ impl Instance {
                 self.kill();
                 return Err(SandboxError::Init {
                     message: format!(
-                        "loading the code took longer than the function's timeout ({}s)",
+                        "loading the code took longer than {}s",
                         timeout.as_secs()
                     ),
                     stack: None,

@@ -24,6 +24,9 @@ mod pool;
 
 pub use pool::{pss_bytes, PoolConfig, PoolSnapshot, RuntimePool};
 
+/// Least time a runtime gets to import a function's code.
+const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Everything the scheduler needs to know about one function version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FunctionSpec {
@@ -425,7 +428,10 @@ impl Scheduler {
             timeout_ms: spec.timeout.as_millis() as u64,
             memory_mb: spec.memory_mb,
         };
-        let result = instance.init(init, spec.timeout).await;
+        // Loading code is not the handler's work: like Lambda's init phase
+        // it gets its own allowance, so a short `timeout` does not fail a
+        // cold start on a busy host.
+        let result = instance.init(init, spec.timeout.max(INIT_TIMEOUT)).await;
         tracing::debug!(
             function = %spec.name,
             from_pool,
