@@ -1113,5 +1113,7 @@ async function warmUp() {
   }
 }
 
-await warmUp();
+// Inside an invocation scope, as calls run: the first use of the scope
+// turns on Node's async context tracking, which is worth doing now too.
+await invocationScope.run(0, warmUp);
 send({ type: 'ready', protocol: PROTOCOL_VERSION, runtime: RUNTIME_NAME, node: process.version, pid: process.pid });
