@@ -258,10 +258,7 @@ impl Instance {
             Err(_) => {
                 self.kill();
                 return Err(SandboxError::Init {
-                    message: format!(
-                        "loading the code took longer than {}s",
-                        timeout.as_secs()
-                    ),
+                    message: format!("loading the code took longer than {}s", timeout.as_secs()),
                     stack: None,
                 });
             }
