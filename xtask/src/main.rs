@@ -156,7 +156,8 @@ fn test() -> anyhow::Result<()> {
 
 fn up() -> anyhow::Result<()> {
     setup()?;
-    run(cargo().args(["build", "--release", "-p", "thaw-cli"]))?;
+    // thaw-agent goes beside thaw, where `thaw up --driver microvm` finds it.
+    run(cargo().args(["build", "--release", "-p", "thaw-cli", "-p", "thaw-agent"]))?;
     let thaw = root().join("target/release/thaw");
     let server = format!("http://{LISTEN}");
     let mut up = Command::new(&thaw);

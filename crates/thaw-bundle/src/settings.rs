@@ -15,7 +15,7 @@ pub const SETTINGS_FILE: &str = "thaw.toml";
 
 const TOML_HINT: &str =
     "hint: memory, timeout, concurrency, keep_alive and max_instances are whole numbers \
-    (memory = 512); name, entry and every [env] value are quoted text (PORT = \"8080\")";
+    (memory = 512); name, entry, driver and every [env] value are quoted text (PORT = \"8080\")";
 
 /// A function's settings. Every key is optional in `thaw.toml`; missing ones
 /// take the defaults of [`Settings::default`]. Serde uses the TOML key names
@@ -48,7 +48,14 @@ pub struct Settings {
     /// Environment variables for the function.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Where the function's instances run, one of [`DRIVERS`]; missing:
+    /// the platform's (`thaw up --driver`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
 }
+
+/// The values `driver` may take in `thaw.toml`.
+pub const DRIVERS: &[&str] = &["process", "microvm"];
 
 fn default_memory() -> u32 {
     256
@@ -77,6 +84,7 @@ impl Default for Settings {
             keep_alive_s: default_keep_alive(),
             max_instances: default_max_instances(),
             env: BTreeMap::new(),
+            driver: None,
         }
     }
 }
@@ -108,6 +116,14 @@ impl Settings {
                     problem
                 };
                 return bad(format!("`entry = {entry:?}` {problem}"));
+            }
+        }
+        if let Some(driver) = &self.driver {
+            if !DRIVERS.contains(&driver.as_str()) {
+                return bad(format!(
+                    "`driver = {driver:?}` is not a driver: use one of {}",
+                    DRIVERS.join(", ")
+                ));
             }
         }
         let ranges = [

@@ -45,6 +45,7 @@ timeout = 60
 concurrency = 8
 keep_alive = 0
 max_instances = 3
+driver = "microvm"
 
 [env]
 GREETING = "hi"
@@ -67,12 +68,20 @@ _PRIVATE_1 = ""
             keep_alive_s: 0,
             max_instances: 3,
             env,
+            driver: Some("microvm".into()),
         }
     );
     // Serde uses the TOML names, so settings survive a JSON round trip.
     let json = serde_json::to_string(&s).unwrap();
     assert!(json.contains("\"memory\":512"), "{json}");
     assert_eq!(serde_json::from_str::<Settings>(&json).unwrap(), s);
+}
+
+#[test]
+fn an_unknown_driver_is_named_with_the_known_ones() {
+    let msg = settings_err("driver = \"firecracker\"\n");
+    assert!(msg.contains("firecracker"), "{msg}");
+    assert!(msg.contains("process, microvm"), "{msg}");
 }
 
 #[test]

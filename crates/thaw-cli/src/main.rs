@@ -54,9 +54,10 @@ struct Remote {
 /// Pool and queue settings of `thaw up`; the defaults suit most hosts.
 #[derive(clap::Args)]
 struct Tuning {
-    /// Pre-started runtimes kept waiting even when no cold start happened lately.
-    #[arg(long, default_value_t = 2)]
-    pool_min: usize,
+    /// Pre-started runtimes kept waiting even when no cold start happened
+    /// lately [default: 2; 1 with --driver microvm]
+    #[arg(long)]
+    pool_min: Option<usize>,
     /// Most pre-started runtimes kept waiting.
     #[arg(long, default_value_t = 16)]
     pool_max: usize,
@@ -79,6 +80,24 @@ struct Tuning {
     /// `off` is for development only.
     #[arg(long, value_enum, default_value = "auto")]
     jail: JailArg,
+    /// Where runtimes run: `process` (a jailed Node process each) or
+    /// `microvm` (a QEMU microVM each, restored from a snapshot; builds the
+    /// guest image and the snapshot at start-up: see docs/microvm.md).
+    #[arg(long, value_enum, default_value = "process")]
+    driver: DriverArg,
+    /// Where microVM images are built and cached [default: DATA_DIR/images].
+    #[arg(long)]
+    image_cache: Option<PathBuf>,
+    /// Run this shim instead of the one built into thaw (to try a runtime
+    /// upgrade without rebuilding thaw).
+    #[arg(long, hide = true)]
+    shim: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DriverArg {
+    Process,
+    Microvm,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -92,7 +111,7 @@ enum JailArg {
 enum Command {
     /// Run the platform in the foreground (API, gateway, registry, runtimes).
     #[command(
-        after_help = "Examples:\n  thaw up\n  thaw up --data-dir /var/lib/thaw --listen 0.0.0.0:8787\n\n\
+        after_help = "Examples:\n  thaw up\n  thaw up --data-dir /var/lib/thaw --listen 0.0.0.0:8787\n  thaw up --driver microvm\n\n\
 The API token is THAW_TOKEN when set; otherwise one is created on first start and kept in DATA_DIR/token."
     )]
     Up {
@@ -117,6 +136,7 @@ timeout = 30          # seconds\n  \
 concurrency = 1       # requests one instance serves at once\n  \
 keep_alive = 300      # seconds an idle instance stays warm\n  \
 max_instances = 16    # instances at once; more calls queue\n  \
+driver = \"microvm\"    # or \"process\"; default: thaw up --driver\n  \
 [env]\n  \
 GREETING = \"hi\"\n\n\
 node_modules is uploaded when present; list paths to leave out in .thawignore (gitignore syntax).\n\
@@ -339,11 +359,21 @@ fn up(data_dir: PathBuf, listen: SocketAddr, node: PathBuf, t: Tuning) -> anyhow
     config.token = std::env::var("THAW_TOKEN").ok();
     config.node = node;
     config.esbuild = std::env::var_os("THAW_ESBUILD").map(PathBuf::from);
-    config.pool.min_idle = t.pool_min;
-    config.pool.max_idle = t.pool_max.max(t.pool_min);
+    // A waiting VM holds ~90 MiB and took a core for a while to restore.
+    let pool_min = t
+        .pool_min
+        .unwrap_or(if t.driver == DriverArg::Microvm { 1 } else { 2 });
+    config.pool.min_idle = pool_min;
+    config.pool.max_idle = t.pool_max.max(pool_min);
     config.pool.memory_budget = t.pool_memory_mb * 1024 * 1024;
     config.scheduler.queue_limit = t.queue_limit;
     config.scheduler.queue_timeout = Duration::from_millis(t.queue_timeout_ms);
+    config.driver = match t.driver {
+        DriverArg::Process => thaw_gateway::DriverKind::Process,
+        DriverArg::Microvm => thaw_gateway::DriverKind::Microvm,
+    };
+    config.image_cache = t.image_cache;
+    config.shim = t.shim;
     config.jail = match t.jail {
         JailArg::On => thaw_gateway::JailMode::On,
         JailArg::Off => thaw_gateway::JailMode::Off,

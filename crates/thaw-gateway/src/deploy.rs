@@ -52,7 +52,11 @@ pub async fn deploy(
 
     // Load the code once in a real runtime before it serves anyone.
     let spec = spec_of(&version);
-    if let Err(e) = p.scheduler.start_idle(&spec).await {
+    let loaded = match p.ensure_driver(&spec).await {
+        Ok(()) => p.scheduler.start_idle(&spec).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = loaded {
         p.scheduler.retire_version(&spec.name, spec.version);
         let registry = p.registry.clone();
         let discarded = version.clone();

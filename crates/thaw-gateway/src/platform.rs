@@ -9,8 +9,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use thaw_bundle::Limits;
 use thaw_registry::{Registry, Version};
-use thaw_sandbox::{Driver, JailSettings, ProcessDriver, ProcessDriverConfig};
-use thaw_scheduler::{FunctionSpec, PoolConfig, RuntimePool, Scheduler, SchedulerConfig};
+use thaw_sandbox::{Driver, JailSettings, LogSink, ProcessDriver, ProcessDriverConfig};
+use thaw_scheduler::{
+    FunctionSpec, InvokeError, PoolConfig, RuntimePool, Scheduler, SchedulerConfig,
+};
 
 /// The runtime shim, embedded so that a `thaw` binary is all a host needs
 /// besides Node. Written to the data directory at start-up.
@@ -34,6 +36,22 @@ pub struct Config {
     /// them running between calls.
     pub pause_idle_after: Option<Duration>,
     pub jail: JailMode,
+    /// Where runtimes run.
+    pub driver: DriverKind,
+    /// microVM images are built and cached here; `None`: `<data>/images`.
+    pub image_cache: Option<PathBuf>,
+    /// Runtimes run this shim instead of the one built into thaw (tests
+    /// use it to stand for a runtime upgrade).
+    pub shim: Option<PathBuf>,
+}
+
+/// The sandbox every runtime of this platform runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverKind {
+    /// A jailed Node process per instance.
+    Process,
+    /// A QEMU microVM per instance, restored from a snapshot (docs/microvm.md).
+    Microvm,
 }
 
 /// Whether runtimes run in a jail (docs/security.md).
@@ -107,6 +125,9 @@ impl Config {
             pool: PoolConfig::default(),
             pause_idle_after: Some(Duration::from_secs(2)),
             jail: JailMode::Auto,
+            driver: DriverKind::Process,
+            image_cache: None,
+            shim: None,
         }
     }
 }
@@ -129,6 +150,14 @@ pub struct Platform {
     pub deploy_lock: tokio::sync::Mutex<()>,
     pub metrics: crate::metrics::Metrics,
     pub jailed: bool,
+    /// The driver and how it runs, for `thaw up`'s first line
+    /// (`process`, `microvm, tcg`).
+    pub driver_summary: String,
+    /// The runtime shim every driver runs.
+    shim: PathBuf,
+    sink: Arc<dyn LogSink>,
+    /// Held while a function's own driver is being opened.
+    opening_driver: tokio::sync::Mutex<()>,
 }
 
 pub fn spec_of(version: &Version) -> FunctionSpec {
@@ -144,12 +173,14 @@ pub fn spec_of(version: &Version) -> FunctionSpec {
         concurrency: s.concurrency,
         keep_alive: Duration::from_secs(s.keep_alive_s as u64),
         max_instances: s.max_instances,
+        driver: s.driver.clone(),
     }
 }
 
 impl Platform {
-    /// Opens the data directory and gets everything ready to serve.
-    pub fn open(config: Config) -> anyhow::Result<Arc<Platform>> {
+    /// Opens the data directory and gets everything ready to serve; with
+    /// the microvm driver that includes the guest image and the template.
+    pub async fn open(config: Config) -> anyhow::Result<Arc<Platform>> {
         let registry = Arc::new(Registry::open(&config.data_dir).with_context(|| {
             format!(
                 "could not open the data directory {}",
@@ -161,19 +192,19 @@ impl Platform {
             tracing::info!("removed {removed} unused bundles and code trees");
         }
         let token = registry.token(config.token.clone())?;
-        let shim = write_shim(&config.data_dir)?;
-        let jail = jail_settings(&config)?;
-        let jailed = jail.is_some();
-        let driver: Arc<dyn Driver> = Arc::new(ProcessDriver::new(ProcessDriverConfig {
-            node: config.node.clone(),
-            shim,
-            // TypeScript is bundled with inline source maps: stack traces
-            // then point at the user's .ts lines.
-            node_args: vec!["--enable-source-maps".into()],
-            jail,
-        })?);
-        let sink = Arc::new(RegistryLogSink::start(registry.clone()));
-        let runtimes = RuntimePool::new(driver, sink, config.pool.clone());
+        let shim = match &config.shim {
+            Some(path) => path
+                .canonicalize()
+                .with_context(|| format!("cannot read the shim {}", path.display()))?,
+            None => write_shim(&config.data_dir)?,
+        };
+        let opened = open_driver(config.driver, &config, &shim).await?;
+        let sink: Arc<dyn LogSink> = Arc::new(RegistryLogSink::start(registry.clone()));
+        let runtimes = RuntimePool::new(
+            opened.driver,
+            sink.clone(),
+            pool_config(config.driver, &config.pool, false),
+        );
         runtimes.spawn_refill();
         let scheduler = Arc::new(Scheduler::new(runtimes, config.scheduler.clone()));
         let esbuild = thaw_bundle::find_esbuild(config.esbuild.as_deref());
@@ -182,7 +213,7 @@ impl Platform {
             let spec = spec_of(&version);
             routes.insert(version.function.clone(), Arc::new(Route { version, spec }));
         }
-        Ok(Arc::new(Platform {
+        let platform = Arc::new(Platform {
             config,
             registry,
             scheduler,
@@ -191,8 +222,57 @@ impl Platform {
             routes: RwLock::new(routes),
             deploy_lock: tokio::sync::Mutex::new(()),
             metrics: Default::default(),
-            jailed,
-        }))
+            jailed: opened.jailed,
+            driver_summary: opened.summary,
+            shim,
+            sink,
+            opening_driver: tokio::sync::Mutex::new(()),
+        });
+        // Functions deployed with another `driver` need its runtimes too.
+        for route in platform.routes() {
+            if let Err(e) = platform.ensure_driver(&route.spec).await {
+                eprintln!(
+                    "warning: {} cannot be served until this is fixed: {e}",
+                    route.spec.name
+                );
+            }
+        }
+        Ok(platform)
+    }
+
+    /// Opens the driver `spec` names if this platform does not run it yet
+    /// (a function's `driver` in thaw.toml), with a pool of its own.
+    pub async fn ensure_driver(&self, spec: &FunctionSpec) -> Result<(), InvokeError> {
+        let Some(name) = spec.driver.as_deref() else {
+            return Ok(());
+        };
+        if self.scheduler.has_driver(Some(name)) {
+            return Ok(());
+        }
+        let _opening = self.opening_driver.lock().await;
+        if self.scheduler.has_driver(Some(name)) {
+            return Ok(());
+        }
+        let kind = DriverKind::from_name(name).ok_or_else(|| {
+            InvokeError::Unavailable(format!("this platform has no driver {name:?}"))
+        })?;
+        let opened = open_driver(kind, &self.config, &self.shim)
+            .await
+            .map_err(|e| {
+                InvokeError::Unavailable(format!("could not start the {name} driver: {e:#}"))
+            })?;
+        eprintln!(
+            "functions with driver = {name:?} run under {}",
+            opened.summary
+        );
+        let runtimes = RuntimePool::new(
+            opened.driver,
+            self.sink.clone(),
+            pool_config(kind, &self.config.pool, true),
+        );
+        runtimes.spawn_refill();
+        self.scheduler.add_runtimes(runtimes);
+        Ok(())
     }
 
     pub fn route(&self, name: &str) -> Option<Arc<Route>> {
@@ -226,9 +306,13 @@ impl Platform {
 
     /// Ends every runtime and removes what their jails left on the host.
     pub async fn shut_down(&self) {
-        self.scheduler.runtimes().close().await;
+        for runtimes in self.scheduler.all_runtimes() {
+            runtimes.close().await;
+        }
         self.scheduler.retire_all();
-        if self.jailed {
+        // A function's own `driver = "process"` may have jailed runtimes
+        // under another platform driver.
+        if self.jailed || self.config.data_dir.join("jails").exists() {
             match thaw_jail::cleanup_stale(&self.config.data_dir.join("jails")) {
                 Ok(_) => {}
                 Err(e) => tracing::warn!("could not clean up every jail: {e}"),
@@ -257,6 +341,153 @@ impl Platform {
     }
 }
 
+impl DriverKind {
+    /// The driver of this name (`Driver::name`, thaw.toml's `driver`).
+    pub fn from_name(name: &str) -> Option<DriverKind> {
+        match name {
+            "process" => Some(DriverKind::Process),
+            "microvm" => Some(DriverKind::Microvm),
+            _ => None,
+        }
+    }
+}
+
+/// A driver ready to start runtimes.
+struct OpenedDriver {
+    driver: Arc<dyn Driver>,
+    jailed: bool,
+    /// `process` or `microvm, tcg`.
+    summary: String,
+}
+
+async fn open_driver(
+    kind: DriverKind,
+    config: &Config,
+    shim: &Path,
+) -> anyhow::Result<OpenedDriver> {
+    Ok(match kind {
+        DriverKind::Process => {
+            let jail = jail_settings(config)?;
+            let jailed = jail.is_some();
+            let driver = ProcessDriver::new(ProcessDriverConfig {
+                node: config.node.clone(),
+                shim: shim.to_path_buf(),
+                // TypeScript is bundled with inline source maps: stack
+                // traces then point at the user's .ts lines.
+                node_args: vec!["--enable-source-maps".into()],
+                jail,
+            })?;
+            OpenedDriver {
+                driver: Arc::new(driver),
+                jailed,
+                summary: "process".into(),
+            }
+        }
+        DriverKind::Microvm => {
+            let driver = open_microvm(config, shim.to_path_buf()).await?;
+            let summary = format!(
+                "microvm, {}",
+                match driver.accel().accel {
+                    thaw_microvm::Accel::Kvm => "kvm",
+                    thaw_microvm::Accel::Tcg => "tcg",
+                }
+            );
+            OpenedDriver {
+                driver: Arc::new(driver),
+                jailed: false,
+                summary,
+            }
+        }
+    })
+}
+
+/// The pool settings for a driver's runtimes; `extra` for a driver only
+/// some functions use (thaw.toml's `driver`).
+fn pool_config(kind: DriverKind, base: &PoolConfig, extra: bool) -> PoolConfig {
+    let mut pool = base.clone();
+    if kind == DriverKind::Microvm {
+        // A restore takes a core for a while under TCG: one at a time, so
+        // that refilling never crowds out calls being served.
+        pool.parallel_starts = 1;
+        if extra {
+            pool.min_idle = pool.min_idle.min(1);
+        }
+    }
+    pool
+}
+
+/// The microvm driver, with its set-up shown on stderr step by step.
+async fn open_microvm(
+    config: &Config,
+    shim: PathBuf,
+) -> anyhow::Result<thaw_microvm::MicrovmDriver> {
+    let run_dir = {
+        // Socket paths are limited to 107 bytes: a deep data directory
+        // gets a run directory under /tmp instead.
+        let beside = config.data_dir.join("vms");
+        if beside.as_os_str().len() <= 60 {
+            beside
+        } else {
+            std::env::temp_dir().join(format!("thaw-vms-{}", std::process::id()))
+        }
+    };
+    // What VMs of an earlier run left (a thaw killed outright).
+    let _ = std::fs::remove_dir_all(&run_dir);
+    let microvm = thaw_microvm::MicrovmConfig {
+        data_dir: config.data_dir.clone(),
+        images_dir: config
+            .image_cache
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("images")),
+        agent: find_agent()?,
+        shim,
+        node: thaw_sandbox::which(&config.node).with_context(|| {
+            format!(
+                "{} not found (set THAW_NODE to Node.js 20's path)",
+                config.node.display()
+            )
+        })?,
+        run_dir,
+    };
+    let driver = thaw_microvm::MicrovmDriver::open(
+        &microvm,
+        Arc::new(|step: &thaw_microvm::SetupProgress| eprintln!("{step}")),
+    )
+    .await
+    .context("could not get the microVM runtime ready")?;
+    let probe = driver.accel();
+    if probe.accel == thaw_microvm::Accel::Tcg {
+        eprintln!(
+            "warning: KVM cannot run a standard guest here: using TCG, much slower ({})",
+            probe.reason
+        );
+    }
+    Ok(driver)
+}
+
+/// The guest's PID 1: `THAW_AGENT` when set, else `thaw-agent` beside the
+/// running thaw (where `cargo build` and `cargo xtask up` put it).
+fn find_agent() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("THAW_AGENT").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        anyhow::ensure!(
+            path.is_file(),
+            "THAW_AGENT is {}, which is not a file",
+            path.display()
+        );
+        return Ok(path);
+    }
+    let exe = std::env::current_exe().context("cannot find the thaw executable")?;
+    let beside = exe.with_file_name("thaw-agent");
+    anyhow::ensure!(
+        beside.is_file(),
+        "the microvm driver needs thaw-agent, the guest's init, beside {} or in THAW_AGENT: \
+         build it with `cargo build --release -p thaw-agent`",
+        exe.display()
+    );
+    Ok(beside)
+}
+
 fn write_shim(data_dir: &Path) -> anyhow::Result<PathBuf> {
     use sha2::Digest as _;
     let hash = hex::encode(&sha2::Sha256::digest(SHIM_SOURCE.as_bytes())[..8]);
@@ -274,7 +505,7 @@ fn write_shim(data_dir: &Path) -> anyhow::Result<PathBuf> {
 /// Runs the platform until the process is stopped.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
-    let platform = Platform::open(config)?;
+    let platform = Platform::open(config).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("could not listen on {listen} (is another thaw running? pick another with --listen)"))?;
@@ -283,7 +514,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     eprintln!(
         "thaw is up on http://{addr}  (data: {}, driver: {}{}, functions: {})",
         platform.config.data_dir.display(),
-        platform.scheduler.driver_name(),
+        platform.driver_summary,
         if platform.jailed { ", jailed" } else { "" },
         platform.routes().len()
     );

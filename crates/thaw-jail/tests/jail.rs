@@ -17,7 +17,10 @@ use thaw_jail::{
 
 const NODE: &str = "/usr/bin/node";
 const JAIL: &str = env!("CARGO_BIN_EXE_thaw-jail");
-const PROBE: &str = env!("CARGO_BIN_EXE_thaw-jail-probe");
+/// The probe binary on the host, wherever the build put it (perhaps under
+/// /tmp, which a jail does not take from the host), and where jails see it.
+const PROBE_ON_HOST: &str = env!("CARGO_BIN_EXE_thaw-jail-probe");
+const PROBE: &str = "/probe/thaw-jail-probe";
 
 /// A jail config for one test: its own id, uid and state dir; node, its
 /// libraries and the probe bound in; code attached at /code.
@@ -31,13 +34,12 @@ fn setup(name: &str, n: u32, limits: Limits) -> Setup {
         .prefix("thaw-jail-test-")
         .tempdir()
         .unwrap();
-    let mut ro_binds = node_binds(Path::new(NODE)).unwrap();
-    ro_binds.push(PROBE.into());
+    let ro_binds = node_binds(Path::new(NODE)).unwrap();
     let config = JailConfig {
         id: format!("t-{name}-{}", std::process::id()),
         state_dir: state.path().join("jails"),
         ro_binds,
-        binds: vec![],
+        binds: vec![(PROBE_ON_HOST.into(), PROBE.into())],
         attach_point: "/code".into(),
         uid: 150_000 + n,
         gid: 150_000 + n,
@@ -345,7 +347,7 @@ fn host_files_are_invisible_and_the_root_is_read_only() {
     let root: Vec<String> = serde_json::from_value(v["root"].clone()).unwrap();
     for entry in &root {
         assert!(
-            ["code", "dev", "etc", "lib", "lib64", "proc", "tmp", "usr", "work"]
+            ["code", "dev", "etc", "lib", "lib64", "probe", "proc", "tmp", "usr"]
                 .contains(&entry.as_str()),
             "unexpected /{entry} in {root:?}"
         );

@@ -34,7 +34,8 @@ pub struct AccelProbe {
 
 /// Picks the accelerator for `image` on this host; `cache_file` keeps the
 /// answer (e.g. `<data>/images/accel.json`). `opts` gives QEMU's path and
-/// the run directory; its `accel` is ignored.
+/// the run directory; its `accel` is ignored. The caller tells the user
+/// when the answer is TCG (the reason is in [`AccelProbe::reason`]).
 pub async fn probe_accel(image: &ImageInfo, opts: &VmOptions, cache_file: &Path) -> AccelProbe {
     let key = host_key(opts, image);
     if let Ok(bytes) = fs::read(cache_file) {
@@ -58,11 +59,6 @@ pub async fn probe_accel(image: &ImageInfo, opts: &VmOptions, cache_file: &Path)
             ),
         },
     };
-    if accel == Accel::Tcg {
-        tracing::warn!(
-            "microVMs run under QEMU's software emulation (TCG), several times slower: {reason}"
-        );
-    }
     let probe = AccelProbe {
         accel,
         reason,

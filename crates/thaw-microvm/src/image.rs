@@ -6,7 +6,8 @@
 //! `<data>/images/<id>/`, where the id is a hash of every input: the same
 //! inputs are never built twice. The kernel package is downloaded once with
 //! `apt-get download` into `<data>/images/cache/debs/` and extracted into
-//! `<data>/images/cache/kernels/`.
+//! `<data>/images/cache/kernels/`. (`<data>/images` is
+//! [`ImageOptions::images_dir`].)
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -40,8 +41,10 @@ pub const OPTIONAL_MODULES: &[&str] = &["erofs", "squashfs", "9pnet_virtio", "9p
 /// What to build an image from.
 #[derive(Debug, Clone)]
 pub struct ImageOptions {
-    /// thaw's data directory; images live in `<data_dir>/images`.
-    pub data_dir: PathBuf,
+    /// Where images are built and cached (thaw's `<data>/images` unless
+    /// `thaw up --image-cache` says otherwise); one directory per image id,
+    /// and downloads under `cache/`.
+    pub images_dir: PathBuf,
     /// The `thaw-agent` binary (built for the host's x86_64 glibc).
     pub agent: PathBuf,
     /// The runtime shim (`runtime/shim/shim.mjs`).
@@ -59,12 +62,12 @@ pub struct ImageOptions {
 
 impl ImageOptions {
     pub fn new(
-        data_dir: impl Into<PathBuf>,
+        images_dir: impl Into<PathBuf>,
         agent: impl Into<PathBuf>,
         shim: impl Into<PathBuf>,
     ) -> Self {
         ImageOptions {
-            data_dir: data_dir.into(),
+            images_dir: images_dir.into(),
             agent: agent.into(),
             shim: shim.into(),
             node: PathBuf::from("/usr/bin/node"),
@@ -212,7 +215,7 @@ pub fn build_image(
     opts: &ImageOptions,
     progress: &mut dyn FnMut(&BuildProgress),
 ) -> Result<ImageInfo, MicrovmError> {
-    let images = opts.data_dir.join("images");
+    let images = opts.images_dir.clone();
     let cache = images.join("cache");
     let deb = match &opts.kernel_deb {
         Some(deb) => deb.clone(),

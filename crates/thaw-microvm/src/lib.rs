@@ -6,14 +6,18 @@
 //! function's code read-only after restore as an EROFS image behind the
 //! guest's one virtio-blk drive.
 //!
-//! It hands out a VM's protocol stream (docs/protocol.md over a
-//! virtio-serial port) and knows nothing of the protocol's messages,
-//! functions, scheduling or the registry: the `microvm` driver in
-//! thaw-sandbox builds on it. See docs/microvm.md.
+//! The `microvm` driver ([`MicrovmDriver`], a `thaw_sandbox::Driver`) puts
+//! these together: it restores VMs for the pool, hands their protocol
+//! stream (docs/protocol.md over a virtio-serial port) to a
+//! `thaw_sandbox::Instance`, and attaches code when one is bound. The
+//! driver lives here rather than in thaw-sandbox so that thaw-sandbox keeps
+//! knowing nothing of QEMU; this crate knows nothing of the protocol's
+//! messages, functions, scheduling or the registry. See docs/microvm.md.
 
 mod accel;
 mod code;
 mod cpio;
+mod driver;
 mod image;
 mod kmod;
 mod qmp;
@@ -22,6 +26,7 @@ mod vm;
 
 pub use accel::{probe_accel, AccelProbe};
 pub use code::{build_code_image, CODE_FSTYPE};
+pub use driver::{MicrovmConfig, MicrovmDriver, SetupProgress};
 pub use image::{
     build_image, BuildProgress, ImageInfo, ImageOptions, OPTIONAL_MODULES, REQUIRED_MODULES,
 };

@@ -328,9 +328,12 @@ impl Registry {
             for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
                 let entry = entry.map_err(io_err(&dir))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
+                // `<hash>.erofs` is the microvm driver's image of a code
+                // tree: it lives and goes with the tree.
                 let hash = name
                     .trim_end_matches(".tar.gz")
                     .trim_end_matches(".json")
+                    .trim_end_matches(".erofs")
                     .to_string();
                 if used.contains(&hash) {
                     continue;

@@ -5,7 +5,9 @@
 //! of the wire protocol, which binds the runtime to one function version
 //! with `init`, runs invocations by id, collects their console output and
 //! notices when the runtime dies. The `process` driver runs each instance as
-//! its own Node process talking over a socketpair.
+//! its own Node process talking over a socketpair; the `microvm` driver
+//! (in thaw-microvm, which builds on this crate) runs each in a QEMU
+//! microVM restored from a snapshot.
 //!
 //! This crate must not know about HTTP, the registry or scheduling policy:
 //! it starts, talks to and kills runtimes, nothing more.
@@ -14,7 +16,7 @@ mod instance;
 mod process;
 
 pub use instance::{Binding, Instance, InvokeOutcome, LogLine, LogSink, Reply, RuntimeProcess};
-pub use process::{JailSettings, ProcessDriver, ProcessDriverConfig};
+pub use process::{set_niceness, which, JailSettings, ProcessDriver, ProcessDriverConfig};
 
 use std::future::Future;
 use std::path::Path;

@@ -250,8 +250,9 @@ impl Driver for ProcessDriver {
     }
 }
 
-/// Finds a program the way a shell would, for binding it into a jail.
-fn which(program: &Path) -> Option<PathBuf> {
+/// Finds a program the way a shell would (for binding it into a jail, or
+/// copying it into a VM image), with its symlinks resolved.
+pub fn which(program: &Path) -> Option<PathBuf> {
     if program.components().count() > 1 {
         return program.canonicalize().ok();
     }
@@ -263,8 +264,8 @@ fn which(program: &Path) -> Option<PathBuf> {
 }
 
 /// Sets the niceness of every thread of `pid`. Linux keeps niceness per
-/// thread, and Node starts its worker threads before it is bound.
-fn set_niceness(pid: u32, nice: i32) {
+/// thread, and Node (or QEMU) starts its threads before it is bound.
+pub fn set_niceness(pid: u32, nice: i32) {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return;
     };

@@ -14,10 +14,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thaw_protocol::{Init, Payload};
-use thaw_sandbox::{Driver, Instance, InvokeOutcome, LogLine, SandboxError};
+use thaw_sandbox::{Instance, InvokeOutcome, LogLine, SandboxError};
 use tokio::sync::Notify;
 
 mod pool;
@@ -43,6 +43,9 @@ pub struct FunctionSpec {
     pub concurrency: u32,
     pub keep_alive: Duration,
     pub max_instances: u32,
+    /// The driver its instances run under (`Driver::name`); `None`: the
+    /// scheduler's first.
+    pub driver: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -114,8 +117,9 @@ struct Pool {
 type PoolKey = (String, i64);
 
 pub struct Scheduler {
-    driver: Arc<dyn Driver>,
-    runtimes: Arc<RuntimePool>,
+    /// One pool of pre-started runtimes per driver; the first is the
+    /// platform's, used by functions that name none.
+    runtimes: RwLock<Vec<Arc<RuntimePool>>>,
     config: SchedulerConfig,
     pools: Mutex<HashMap<PoolKey, Pool>>,
     next_id: AtomicU64,
@@ -147,21 +151,45 @@ impl Scheduler {
             .map(|d| d.as_micros() as u64)
             .unwrap_or(1);
         Scheduler {
-            driver: runtimes.driver().clone(),
-            runtimes,
+            runtimes: RwLock::new(vec![runtimes]),
             config,
             pools: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(seed),
         }
     }
 
+    /// The name of the platform's driver (the first).
     pub fn driver_name(&self) -> &'static str {
-        self.driver.name()
+        self.runtimes().driver().name()
     }
 
-    /// The pool of pre-started runtimes behind cold starts.
-    pub fn runtimes(&self) -> &Arc<RuntimePool> {
-        &self.runtimes
+    /// The pool of pre-started runtimes behind cold starts of functions
+    /// that name no driver.
+    pub fn runtimes(&self) -> Arc<RuntimePool> {
+        self.runtimes.read().unwrap()[0].clone()
+    }
+
+    /// Every pool of pre-started runtimes, the platform's first.
+    pub fn all_runtimes(&self) -> Vec<Arc<RuntimePool>> {
+        self.runtimes.read().unwrap().clone()
+    }
+
+    /// Lets functions whose `driver` is `runtimes`' driver run.
+    pub fn add_runtimes(&self, runtimes: Arc<RuntimePool>) {
+        self.runtimes.write().unwrap().push(runtimes);
+    }
+
+    /// Whether functions with this `driver` can run here.
+    pub fn has_driver(&self, driver: Option<&str>) -> bool {
+        self.runtimes_for(driver).is_some()
+    }
+
+    fn runtimes_for(&self, driver: Option<&str>) -> Option<Arc<RuntimePool>> {
+        let all = self.runtimes.read().unwrap();
+        match driver {
+            None => Some(all[0].clone()),
+            Some(name) => all.iter().find(|r| r.driver().name() == name).cloned(),
+        }
     }
 
     /// Runs one call of `spec` with `payload`.
@@ -402,14 +430,19 @@ impl Scheduler {
 
     async fn start_and_init(&self, spec: &FunctionSpec) -> Result<Instance, InvokeError> {
         let began = Instant::now();
-        let (instance, from_pool) = self
-            .runtimes
+        let runtimes = self.runtimes_for(spec.driver.as_deref()).ok_or_else(|| {
+            InvokeError::Unavailable(format!(
+                "this platform runs no {:?} runtimes",
+                spec.driver.as_deref().unwrap_or_default()
+            ))
+        })?;
+        let (instance, from_pool) = runtimes
             .take_or_start()
             .await
             .map_err(|e| InvokeError::Unavailable(e.to_string()))?;
         let took = began.elapsed();
-        let code_dir = match self
-            .driver
+        let code_dir = match runtimes
+            .driver()
             .attach(&instance, &spec.code_dir, spec.memory_mb)
             .await
         {

@@ -14,6 +14,8 @@ pub const THAW: &str = env!("CARGO_BIN_EXE_thaw");
 pub struct Platform {
     child: Child,
     pub server: String,
+    /// `thaw up`'s "thaw is up on ..." line.
+    pub up_line: String,
     pub data_dir: PathBuf,
     _owned_dir: Option<tempfile::TempDir>,
     env: Vec<(String, String)>,
@@ -40,7 +42,8 @@ impl Platform {
         Platform::launch(data_dir, env, &[])
     }
 
-    fn launch(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Platform {
+    /// Starts `thaw up` on `data_dir` with extra environment variables and flags.
+    pub fn launch(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Platform {
         let mut cmd = Command::new(THAW);
         cmd.args(["up", "--listen", "127.0.0.1:0"])
             .args(args)
@@ -58,23 +61,28 @@ impl Platform {
             let mut sent = false;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if !sent {
-                    if let Some(rest) = line.strip_prefix("thaw is up on ") {
-                        let url = rest.split_whitespace().next().unwrap().to_string();
-                        let _ = tx.send(url);
-                        sent = true;
-                        continue;
-                    }
+                if !sent && line.starts_with("thaw is up on ") {
+                    let _ = tx.send(line);
+                    sent = true;
+                    continue;
                 }
                 eprintln!("[thaw up] {line}");
             }
         });
-        let server = rx
-            .recv_timeout(Duration::from_secs(30))
+        // Long enough for the microvm driver's first start (image build and
+        // template); a thaw that exits ends the wait at once.
+        let up_line = rx
+            .recv_timeout(Duration::from_secs(300))
             .expect("thaw up announces its address");
+        let server = up_line["thaw is up on ".len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
         Platform {
             child,
             server,
+            up_line,
             data_dir: data_dir.to_path_buf(),
             _owned_dir: None,
             env: env

@@ -4,10 +4,11 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
+
+mod agent;
+pub use agent::*;
 
 use base64::Engine;
 use thaw_microvm::{build_image, ImageInfo, ImageOptions};
@@ -20,43 +21,6 @@ pub const BUILTIN_CODE_DIR: &str = "/opt/thaw-test";
 
 pub const TEST_HANDLER: &str = "export const handler = async (event) => {\n  if (event.exit) setTimeout(() => process.exit(0), 10);\n  return { echo: event, now: Date.now() };\n};\n";
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-/// `target/tmp` (only integration tests get CARGO_TARGET_TMPDIR).
-fn target_tmp() -> PathBuf {
-    match option_env!("CARGO_TARGET_TMPDIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => workspace_root().join("target/tmp"),
-    }
-}
-
-/// Persistent across runs, so the kernel download and image build happen once.
-pub fn data_dir() -> PathBuf {
-    let dir = target_tmp().join("thaw-microvm-data");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Builds thaw-agent in a target directory of its own (the outer cargo
-/// holds the lock on ours while tests run) and returns the binary.
-pub fn agent_binary() -> PathBuf {
-    let target = target_tmp().join("agent-target");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "thaw-agent", "--target-dir"])
-        .arg(&target)
-        .current_dir(workspace_root())
-        .status()
-        .expect("running cargo build -p thaw-agent");
-    assert!(status.success(), "building thaw-agent failed");
-    target.join("release/thaw-agent")
-}
-
 /// The test image, built (or found cached) once per test process.
 pub fn image() -> ImageInfo {
     static IMAGE: OnceLock<ImageInfo> = OnceLock::new();
@@ -65,7 +29,7 @@ pub fn image() -> ImageInfo {
             let code = data_dir().join("builtin-index.mjs");
             std::fs::write(&code, TEST_HANDLER).unwrap();
             let mut opts = ImageOptions::new(
-                data_dir(),
+                data_dir().join("images"),
                 agent_binary(),
                 workspace_root().join("runtime/shim/shim.mjs"),
             );

@@ -1,0 +1,227 @@
+//! `thaw up --driver microvm` end to end, under real QEMU (TCG here): every
+//! handler style served from VMs restored from the runtime template, a
+//! function's own `driver` in thaw.toml either way, and a runtime upgrade
+//! (another shim, so another image and template) that serves a function
+//! deployed before it without a redeploy.
+//!
+//! The guest image is cached beside thaw-microvm's own tests
+//! (`target/tmp/thaw-microvm-data/images`, `--image-cache`), so the kernel
+//! is downloaded and each image built once across runs; each platform
+//! makes its template (one boot) at start-up.
+
+mod common;
+#[path = "../../thaw-microvm/tests/support/agent.rs"]
+mod microvm_support;
+
+use common::{function_dir, http, repo_root, Platform};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// `thaw up --driver microvm` on `data_dir`, with the shared image cache.
+fn start_microvm(data_dir: &Path, extra: &[&str]) -> Platform {
+    let mut args = vec!["--driver", "microvm"];
+    args.extend_from_slice(extra);
+    let p = start_with_vm_support(data_dir, &args);
+    assert!(
+        p.up_line.contains("driver: microvm, tcg") || p.up_line.contains("driver: microvm, kvm"),
+        "{}",
+        p.up_line
+    );
+    p
+}
+
+/// `thaw up` able to run microVMs: `thaw-agent` and the shared image cache.
+fn start_with_vm_support(data_dir: &Path, args: &[&str]) -> Platform {
+    let agent = microvm_support::agent_binary();
+    let images = microvm_support::data_dir().join("images");
+    let mut all = vec!["--image-cache", images.to_str().unwrap()];
+    all.extend_from_slice(args);
+    Platform::launch(data_dir, &[("THAW_AGENT", agent.to_str().unwrap())], &all)
+}
+
+/// A function answering with the kernel it runs on: the host's under the
+/// process driver, the guest's in a VM.
+const KERNEL_RELEASE: &str = r#"import os from "node:os";
+export const handler = async () => ({ release: os.release() });"#;
+
+fn host_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn release_of(p: &Platform, name: &str) -> String {
+    let v: Value = http().get(p.url(name, "/")).send().unwrap().json().unwrap();
+    v["release"].as_str().unwrap().to_string()
+}
+
+/// The one template under `<data>/templates` (older ones are removed at
+/// start-up): `<image id>-<accel>`.
+fn template_name(data_dir: &Path) -> String {
+    let names: Vec<String> = std::fs::read_dir(data_dir.join("templates"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    names[0].clone()
+}
+
+#[test]
+fn every_handler_style_answers_from_a_restored_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start_microvm(dir.path(), &[]);
+    assert!(dir
+        .path()
+        .join("templates")
+        .join(template_name(dir.path()))
+        .join("template.json")
+        .is_file());
+
+    // Lambda, with its console line reaching the registry.
+    let lambda = function_dir(&[(
+        "index.mjs",
+        r#"export const handler = async (event) => {
+             console.log("lambda in a vm");
+             return { statusCode: 200, headers: { "x-style": "lambda" },
+                      body: JSON.stringify({ path: event.rawPath, q: event.queryStringParameters, now: Date.now() }) };
+           };"#,
+    )]);
+    p.deploy(lambda.path(), "vm-lambda");
+    let resp = http().get(p.url("vm-lambda", "/a/b?x=1")).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-style"], "lambda");
+    let v: Value = resp.json().unwrap();
+    assert_eq!(v["path"], "/a/b");
+    assert_eq!(v["q"], json!({"x": "1"}));
+    // The guest's clock was resynced after the restore.
+    let host_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let skew = (v["now"].as_i64().unwrap() - host_now).abs();
+    assert!(skew < 60_000, "guest clock is {skew} ms off");
+    p.wait_for_log("vm-lambda", "lambda in a vm");
+
+    // Class services over JSON-RPC: the README's example (TypeScript).
+    let example = repo_root().join("examples/hello-world");
+    p.deploy(&example, "vm-class");
+    let resp = http()
+        .post(p.url("vm-class", ""))
+        .body(r#"{"jsonrpc":"2.0","method":"HelloWorldService.helloWorld","params":[],"id":1}"#)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().unwrap();
+    assert_eq!(v, json!({"jsonrpc":"2.0","result":"Hello world!","id":1}));
+
+    // Fetch.
+    let fetch = function_dir(&[(
+        "index.mjs",
+        r#"export default { async fetch(request) {
+             const url = new URL(request.url);
+             return new Response(`${request.method} ${url.pathname} ${await request.text()}`,
+               { status: 202, headers: { "x-style": "fetch" } });
+           } };"#,
+    )]);
+    p.deploy(fetch.path(), "vm-fetch");
+    let resp = http()
+        .post(p.url("vm-fetch", "/items"))
+        .body("payload")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    assert_eq!(resp.headers()["x-style"], "fetch");
+    assert_eq!(resp.text().unwrap(), "POST /items payload");
+
+    // OpenWhisk.
+    let openwhisk = function_dir(&[(
+        "index.js",
+        r#"function main(params) { return { greeting: `hello ${params.name}`, method: params.__ow_method }; }
+           module.exports.main = main;"#,
+    )]);
+    p.deploy(openwhisk.path(), "vm-openwhisk");
+    let v: Value = http()
+        .get(p.url("vm-openwhisk", "/?name=vm"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v, json!({"greeting": "hello vm", "method": "get"}));
+
+    // `thaw invoke` goes the same way.
+    let out = p.thaw_ok(&["invoke", "vm-openwhisk", "--data", r#"{"name":"event"}"#]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["greeting"], "hello event");
+
+    // A function may ask for the other driver in its thaw.toml.
+    let in_vm = function_dir(&[("index.mjs", KERNEL_RELEASE)]);
+    p.deploy(in_vm.path(), "vm-kernel");
+    let as_process = function_dir(&[
+        ("index.mjs", KERNEL_RELEASE),
+        ("thaw.toml", "driver = \"process\"\n"),
+    ]);
+    p.deploy(as_process.path(), "process-kernel");
+    assert_ne!(release_of(&p, "vm-kernel"), host_release());
+    assert_eq!(release_of(&p, "process-kernel"), host_release());
+}
+
+#[test]
+fn a_function_asks_for_microvms_on_a_process_platform() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start_with_vm_support(dir.path(), &[]);
+    assert!(p.up_line.contains("driver: process"), "{}", p.up_line);
+    let plain = function_dir(&[("index.mjs", KERNEL_RELEASE)]);
+    p.deploy(plain.path(), "plain");
+    // The first deploy asking for microVMs makes the template (once).
+    let in_vm = function_dir(&[
+        ("index.mjs", KERNEL_RELEASE),
+        ("thaw.toml", "driver = \"microvm\"\n"),
+    ]);
+    p.deploy(in_vm.path(), "in-vm");
+    assert_eq!(release_of(&p, "plain"), host_release());
+    assert_ne!(release_of(&p, "in-vm"), host_release());
+    template_name(dir.path());
+}
+
+#[test]
+fn a_new_runtime_gets_a_new_template_and_serves_functions_deployed_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let function = function_dir(&[(
+        "index.mjs",
+        "export const handler = async (event) => ({ answer: 42, event });",
+    )]);
+    let before = {
+        let p = start_microvm(dir.path(), &[]);
+        p.deploy(function.path(), "upgraded");
+        let v: Value = p
+            .api(reqwest::Method::POST, "/v1/functions/upgraded/invoke")
+            .body(r#"{"run":1}"#)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(v["status"], 200, "{v}");
+        template_name(dir.path())
+    };
+
+    // A new runtime: the built-in shim plus a line, so another image id.
+    let shim = upgraded_shim(dir.path());
+    let p = start_microvm(dir.path(), &["--shim", shim.to_str().unwrap()]);
+    let after = template_name(dir.path());
+    assert_ne!(before, after, "the new runtime must make a new template");
+    let image_of = |t: &str| t.rsplit_once('-').unwrap().0.to_string();
+    assert_ne!(image_of(&before), image_of(&after));
+
+    let resp = http().get(p.url("upgraded", "/")).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().unwrap();
+    assert_eq!(v["answer"], 42);
+}
+
+fn upgraded_shim(dir: &Path) -> PathBuf {
+    let source = std::fs::read_to_string(repo_root().join("runtime/shim/shim.mjs")).unwrap();
+    let path = dir.join("shim-upgraded.mjs");
+    std::fs::write(&path, format!("{source}\n// runtime upgrade test\n")).unwrap();
+    path
+}
