@@ -417,14 +417,8 @@ fn diagnostics(dir: &Path) -> String {
 }
 
 pub(crate) fn pss_bytes(pid: u32) -> Result<u64, MicrovmError> {
-    let path = format!("/proc/{pid}/smaps_rollup");
-    let text =
-        fs::read_to_string(&path).map_err(|e| MicrovmError::io(format!("reading {path}"), e))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .ok_or_else(|| MicrovmError::Qemu(format!("{path} has no Pss line")))
+    thaw_sandbox::pss_bytes(pid)
+        .ok_or_else(|| MicrovmError::Qemu(format!("no memory figures for process {pid}")))
 }
 
 /// Connects to a Unix socket QEMU is about to create, retrying until it is

@@ -51,6 +51,10 @@ pub trait RuntimeProcess: Send + Sync {
     fn resume(&self);
     /// For the driver that made it, to reach its own state.
     fn as_any(&self) -> &dyn std::any::Any;
+    /// Memory the runtime uses (PSS), all its processes together.
+    fn memory_pss(&self) -> Option<u64> {
+        self.pid().and_then(crate::pss_bytes)
+    }
 }
 
 /// An HTTP-shaped answer from the runtime.

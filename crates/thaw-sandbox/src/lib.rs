@@ -63,3 +63,13 @@ pub trait Driver: Send + Sync + 'static {
         memory_mb: u32,
     ) -> BoxFuture<'a, Result<String, SandboxError>>;
 }
+
+/// Proportional set size of a process: its fair share of the memory it
+/// maps, pages shared with other processes divided among them.
+pub fn pss_bytes(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}

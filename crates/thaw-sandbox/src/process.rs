@@ -405,6 +405,22 @@ impl RuntimeProcess for NodeProcess {
         self
     }
 
+    /// A jailed runtime is several processes (the jail's outer process, its
+    /// init, Node and what Node started): all of them count.
+    fn memory_pss(&self) -> Option<u64> {
+        let outer = crate::pss_bytes(self.pid)?;
+        let Some(jail) = &self.jail else {
+            return Some(outer);
+        };
+        let inside: u64 = thaw_jail::Cgroup::for_instance(&jail.id)
+            .and_then(|c| c.procs())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|pid| crate::pss_bytes(pid as u32))
+            .sum();
+        Some(outer + inside)
+    }
+
     fn wait_exit(&self) -> BoxFuture<'_, String> {
         Box::pin(async move {
             let mut child = self.child.lock().await;

@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 
 mod pool;
 
-pub use pool::{pss_bytes, PoolConfig, PoolSnapshot, RuntimePool};
+pub use pool::{PoolConfig, PoolSnapshot, RuntimePool};
 
 /// Least time a runtime gets to import a function's code.
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);

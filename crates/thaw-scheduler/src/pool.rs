@@ -203,7 +203,7 @@ impl RuntimePool {
             match started {
                 Ok(instance) => {
                     self.started.fetch_add(1, Ordering::Relaxed);
-                    if let Some(bytes) = instance.pid().and_then(pss_bytes) {
+                    if let Some(bytes) = instance.process().memory_pss() {
                         // A running average: runtimes differ little, and
                         // the first is measured before Node settles.
                         let old = self.runtime_bytes.load(Ordering::Relaxed);
@@ -260,13 +260,4 @@ async fn refill_loop(pool: Weak<RuntimePool>) {
         // nothing happens, and a runtime may die while it waits.
         let _ = tokio::time::timeout(Duration::from_secs(1), p.wake.notified()).await;
     }
-}
-
-/// Proportional set size of a process: its share of the memory it maps.
-pub fn pss_bytes(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
 }
