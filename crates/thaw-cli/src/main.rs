@@ -108,6 +108,30 @@ enum JailArg {
 }
 
 #[derive(Subcommand)]
+enum ImageCommand {
+    /// Build (or find cached) the microVM guest image, probe whether KVM runs
+    /// it, and create the runtime's template (a snapshot after Node and the
+    /// shim started), as `thaw up --driver microvm` would, then exit.
+    #[command(
+        after_help = "The image is Debian's cloud kernel (fetched with apt-get download), an \
+initramfs holding thaw-agent as init, node with its libraries and the shim. It is reproducible \
+and cached by the hash of its inputs: building again with the same inputs does nothing. A new \
+thaw (a new shim) gives a new image and template; deployed functions need no redeploy."
+    )]
+    Build {
+        /// The platform's data directory [default: $XDG_DATA_HOME/thaw or ~/.local/share/thaw]
+        #[arg(long, env = "THAW_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Where images are built and cached [default: DATA_DIR/images].
+        #[arg(long)]
+        image_cache: Option<PathBuf>,
+        /// The node binary to put in the image.
+        #[arg(long, env = "THAW_NODE", default_value = "node")]
+        node: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the platform in the foreground (API, gateway, registry, runtimes).
     #[command(
@@ -192,6 +216,9 @@ thaw invoke hello-service --data '{\"jsonrpc\":\"2.0\",\"method\":\"HelloWorldSe
         #[command(flatten)]
         remote: Remote,
     },
+    /// The microVM runtime: build its guest image and snapshot.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Measure thaw's cold starts and warm calls beside a bare Node server,
     /// a fresh node per request, workerd and Deno; write docs/benchmarks.md.
     #[command(
@@ -290,6 +317,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             lines,
             remote,
         } => logs(&Client::new(&remote_config(&remote))?, &name, follow, lines),
+        Command::Image(ImageCommand::Build {
+            data_dir,
+            image_cache,
+            node,
+        }) => {
+            let listen: SocketAddr = DEFAULT_LISTEN.parse().expect("a valid address");
+            let mut config =
+                thaw_gateway::Config::new(data_dir.unwrap_or_else(default_data_dir), listen);
+            config.node = node;
+            config.image_cache = image_cache;
+            config.driver = thaw_gateway::DriverKind::Microvm;
+            let summary = tokio::runtime::Runtime::new()?
+                .block_on(thaw_gateway::build_microvm_runtime(config))?;
+            println!("{summary}");
+            Ok(())
+        }
         Command::Rm { name, remote } => {
             let c = Client::new(&remote_config(&remote))?;
             c.delete(&format!("/v1/functions/{name}"))?;

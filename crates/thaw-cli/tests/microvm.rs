@@ -225,3 +225,35 @@ fn upgraded_shim(dir: &Path) -> PathBuf {
     std::fs::write(&path, format!("{source}\n// runtime upgrade test\n")).unwrap();
     path
 }
+
+#[test]
+fn thaw_image_build_makes_the_image_and_template_and_then_finds_them_cached() {
+    let data = tempfile::tempdir().unwrap();
+    let agent = microvm_support::agent_binary();
+    let images = microvm_support::data_dir().join("images");
+    let build = || {
+        std::process::Command::new(common::THAW)
+            .args(["image", "build", "--data-dir"])
+            .arg(data.path())
+            .arg("--image-cache")
+            .arg(&images)
+            .env("THAW_AGENT", &agent)
+            .output()
+            .unwrap()
+    };
+    let first = build();
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{err}");
+    let summary = String::from_utf8_lossy(&first.stdout).to_string();
+    assert!(summary.starts_with("image "), "{summary}");
+    assert!(err.contains("[7/7] made the runtime template"), "{err}");
+    let templates: Vec<_> = std::fs::read_dir(data.path().join("templates"))
+        .unwrap()
+        .collect();
+    assert_eq!(templates.len(), 1);
+    // The same inputs again: nothing is built or booted, the same image.
+    let second = build();
+    assert!(second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("[7/7] using the runtime template"));
+    assert_eq!(String::from_utf8_lossy(&second.stdout), summary);
+}

@@ -17,4 +17,4 @@ mod logsink;
 mod metrics;
 mod platform;
 
-pub use platform::{serve, Config, DriverKind, JailMode, Platform};
+pub use platform::{build_microvm_runtime, serve, Config, DriverKind, JailMode, Platform};

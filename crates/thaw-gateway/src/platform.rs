@@ -465,6 +465,37 @@ async fn open_microvm(
     Ok(driver)
 }
 
+/// `thaw image build`: gets the microVM runtime of `config` ready without
+/// serving: the guest image (built or found in the cache), the KVM/TCG
+/// probe and the runtime's template (snapshot). Returns a summary line.
+pub async fn build_microvm_runtime(config: Config) -> anyhow::Result<String> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "could not create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let shim = match &config.shim {
+        Some(path) => path
+            .canonicalize()
+            .with_context(|| format!("cannot read the shim {}", path.display()))?,
+        None => write_shim(&config.data_dir)?,
+    };
+    let driver = open_microvm(&config, shim).await?;
+    let template = driver.template();
+    Ok(format!(
+        "image {} (kernel {}, initramfs {} MiB), {} template in {}",
+        template.image.id,
+        template.image.kernel_release,
+        template.image.initramfs_bytes >> 20,
+        match template.accel {
+            thaw_microvm::Accel::Kvm => "KVM",
+            thaw_microvm::Accel::Tcg => "TCG",
+        },
+        template.dir.display()
+    ))
+}
+
 /// The guest's PID 1: `THAW_AGENT` when set, else `thaw-agent` beside the
 /// running thaw (where `cargo build` and `cargo xtask up` put it).
 fn find_agent() -> anyhow::Result<PathBuf> {
