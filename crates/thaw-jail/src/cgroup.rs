@@ -38,16 +38,34 @@ const CPU_PERIOD_US: u64 = 100_000;
 /// How long freeze, kill and remove wait for the kernel to settle.
 const SETTLE: Duration = Duration::from_secs(3);
 
-/// The host's cgroup layout: where `<base>/thaw` is in each hierarchy.
+/// One directory per cgroup v1 hierarchy thaw uses.
+#[derive(Debug, Clone)]
+struct V1Dirs {
+    memory: PathBuf,
+    cpu: PathBuf,
+    pids: PathBuf,
+    freezer: PathBuf,
+    blkio: Option<PathBuf>,
+}
+
+impl V1Dirs {
+    /// The same place below each hierarchy's directory.
+    fn join(&self, below: &Path) -> V1Dirs {
+        V1Dirs {
+            memory: self.memory.join(below),
+            cpu: self.cpu.join(below),
+            pids: self.pids.join(below),
+            freezer: self.freezer.join(below),
+            blkio: self.blkio.as_ref().map(|b| b.join(below)),
+        }
+    }
+}
+
+/// The host's cgroup layout: the base directory in each hierarchy, under
+/// which instances are in `thaw/<id>`.
 #[derive(Debug, Clone)]
 enum Layout {
-    V1 {
-        memory: PathBuf,
-        cpu: PathBuf,
-        pids: PathBuf,
-        freezer: PathBuf,
-        blkio: Option<PathBuf>,
-    },
+    V1(V1Dirs),
     V2 {
         /// `<base>`; instances are in `<base>/thaw/<id>`.
         base: PathBuf,
@@ -64,16 +82,8 @@ pub struct Cgroup {
 
 #[derive(Debug, Clone)]
 enum Dirs {
-    V1 {
-        memory: PathBuf,
-        cpu: PathBuf,
-        pids: PathBuf,
-        freezer: PathBuf,
-        blkio: Option<PathBuf>,
-    },
-    V2 {
-        dir: PathBuf,
-    },
+    V1(V1Dirs),
+    V2 { dir: PathBuf },
 }
 
 impl Cgroup {
@@ -81,19 +91,7 @@ impl Cgroup {
     pub fn for_instance(id: &str) -> Result<Cgroup, JailError> {
         config::validate_id(id)?;
         let dirs = match layout()? {
-            Layout::V1 {
-                memory,
-                cpu,
-                pids,
-                freezer,
-                blkio,
-            } => Dirs::V1 {
-                memory: memory.join(GROUP).join(id),
-                cpu: cpu.join(GROUP).join(id),
-                pids: pids.join(GROUP).join(id),
-                freezer: freezer.join(GROUP).join(id),
-                blkio: blkio.as_ref().map(|b| b.join(GROUP).join(id)),
-            },
+            Layout::V1(base) => Dirs::V1(base.join(&Path::new(GROUP).join(id))),
             Layout::V2 { base } => Dirs::V2 {
                 dir: base.join(GROUP).join(id),
             },
@@ -106,7 +104,7 @@ impl Cgroup {
 
     pub fn version(&self) -> CgroupVersion {
         match self.dirs {
-            Dirs::V1 { .. } => CgroupVersion::V1,
+            Dirs::V1(_) => CgroupVersion::V1,
             Dirs::V2 { .. } => CgroupVersion::V2,
         }
     }
@@ -121,13 +119,13 @@ impl Cgroup {
             }
         };
         match &self.dirs {
-            Dirs::V1 {
+            Dirs::V1(V1Dirs {
                 memory,
                 cpu,
                 pids,
                 freezer,
                 blkio,
-            } => {
+            }) => {
                 for d in [memory, cpu, pids, freezer] {
                     add(d);
                 }
@@ -143,7 +141,7 @@ impl Cgroup {
     /// The directory whose `cgroup.procs` lists the instance's processes.
     fn procs_dir(&self) -> &Path {
         match &self.dirs {
-            Dirs::V1 { memory, .. } => memory,
+            Dirs::V1(V1Dirs { memory, .. }) => memory,
             Dirs::V2 { dir } => dir,
         }
     }
@@ -166,14 +164,14 @@ impl Cgroup {
     /// died of SIGKILL.
     pub fn oom_killed(&self) -> bool {
         let (file, key) = match &self.dirs {
-            Dirs::V1 { memory, .. } => (memory.join("memory.oom_control"), "oom_kill"),
+            Dirs::V1(V1Dirs { memory, .. }) => (memory.join("memory.oom_control"), "oom_kill"),
             Dirs::V2 { dir } => (dir.join("memory.events"), "oom_kill"),
         };
         let text = fs::read_to_string(file).unwrap_or_default();
         match keyed_value(&text, key) {
             Some(n) => n > 0,
             None => match &self.dirs {
-                Dirs::V1 { memory, .. } => {
+                Dirs::V1(V1Dirs { memory, .. }) => {
                     read_u64(&memory.join("memory.failcnt")).unwrap_or(0) > 0
                 }
                 Dirs::V2 { .. } => false,
@@ -184,7 +182,7 @@ impl Cgroup {
     /// Memory charged to the instance now, in bytes (its /tmp included).
     pub fn memory_current(&self) -> Result<u64, JailError> {
         let file = match &self.dirs {
-            Dirs::V1 { memory, .. } => memory.join("memory.usage_in_bytes"),
+            Dirs::V1(V1Dirs { memory, .. }) => memory.join("memory.usage_in_bytes"),
             Dirs::V2 { dir } => dir.join("memory.current"),
         };
         read_u64(&file).context(|| format!("read {}", file.display()))
@@ -204,7 +202,7 @@ impl Cgroup {
     fn set_frozen(&self, frozen: bool) -> Result<(), JailError> {
         let (file, value, state_file, done): (PathBuf, &str, PathBuf, fn(&str) -> bool) =
             match &self.dirs {
-                Dirs::V1 { freezer, .. } => (
+                Dirs::V1(V1Dirs { freezer, .. }) => (
                     freezer.join("freezer.state"),
                     if frozen { "FROZEN" } else { "THAWED" },
                     freezer.join("freezer.state"),
@@ -352,13 +350,13 @@ impl Cgroup {
             mkdir(&dir)?;
         }
         match &self.dirs {
-            Dirs::V1 {
+            Dirs::V1(V1Dirs {
                 memory,
                 cpu,
                 pids,
                 blkio,
                 ..
-            } => {
+            }) => {
                 write(memory, "memory.limit_in_bytes", limits.memory_bytes)?;
                 // memsw (memory+swap) exists only with swap accounting on;
                 // without it, swappiness 0 keeps the instance out of swap.
@@ -401,7 +399,7 @@ impl Cgroup {
     /// before it knew its function gets the function's limit when bound.
     pub fn set_memory_limit(&self, bytes: u64) -> Result<(), JailError> {
         match &self.dirs {
-            Dirs::V1 { memory, .. } => {
+            Dirs::V1(V1Dirs { memory, .. }) => {
                 // v1 wants memory <= memory+swap at every step: raise memsw
                 // first when growing, lower it last when shrinking.
                 let current: u64 = fs::read_to_string(memory.join("memory.limit_in_bytes"))
@@ -514,13 +512,13 @@ pub(crate) fn prepare() -> Result<CgroupVersion, JailError> {
     // Creating `<base>/thaw` now finds permission problems at startup
     // rather than at the first instance.
     match layout()? {
-        Layout::V1 {
+        Layout::V1(V1Dirs {
             memory,
             cpu,
             pids,
             freezer,
             blkio,
-        } => {
+        }) => {
             for base in [memory, cpu, pids, freezer].into_iter().chain(blkio) {
                 mkdir(&base.join(GROUP))?;
             }
@@ -680,13 +678,13 @@ fn detect(
             })?;
         Ok(under_mount(mount, path))
     };
-    Ok(Layout::V1 {
+    Ok(Layout::V1(V1Dirs {
         memory: v1("memory")?,
         cpu: v1("cpu")?,
         pids: v1("pids")?,
         freezer: v1("freezer")?,
         blkio: v1("blkio").ok(),
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -713,13 +711,13 @@ mod tests {
 1:cpu,cpuacct:/a/b
 0::/
 ";
-        let Layout::V1 {
+        let Layout::V1(V1Dirs {
             memory,
             cpu,
             pids,
             freezer,
             blkio,
-        } = detect(HYBRID, own, |_| false).unwrap()
+        }) = detect(HYBRID, own, |_| false).unwrap()
         else {
             panic!("expected v1")
         };
@@ -764,7 +762,7 @@ mod tests {
                 "2:memory:/\n1:cpu,cpuacct:/\n3:pids:/\n4:freezer:/\n0::/\n",
                 |_| false
             ),
-            Ok(Layout::V1 { .. })
+            Ok(Layout::V1(_))
         ));
     }
 
