@@ -192,12 +192,7 @@ impl Platform {
             tracing::info!("removed {removed} unused bundles and code trees");
         }
         let token = registry.token(config.token.clone())?;
-        let shim = match &config.shim {
-            Some(path) => path
-                .canonicalize()
-                .with_context(|| format!("cannot read the shim {}", path.display()))?,
-            None => write_shim(&config.data_dir)?,
-        };
+        let shim = runtime_shim(&config)?;
         let opened = open_driver(config.driver, &config, &shim).await?;
         let sink: Arc<dyn LogSink> = Arc::new(RegistryLogSink::start(registry.clone()));
         let runtimes = RuntimePool::new(
@@ -475,12 +470,7 @@ pub async fn build_microvm_runtime(config: Config) -> anyhow::Result<String> {
             config.data_dir.display()
         )
     })?;
-    let shim = match &config.shim {
-        Some(path) => path
-            .canonicalize()
-            .with_context(|| format!("cannot read the shim {}", path.display()))?,
-        None => write_shim(&config.data_dir)?,
-    };
+    let shim = runtime_shim(&config)?;
     let driver = open_microvm(&config, shim).await?;
     let template = driver.template();
     Ok(format!(
@@ -517,6 +507,17 @@ fn find_agent() -> anyhow::Result<PathBuf> {
         exe.display()
     );
     Ok(beside)
+}
+
+/// The shim runtimes run: the one given with `--shim`, else the one built
+/// into thaw, written to the data directory.
+fn runtime_shim(config: &Config) -> anyhow::Result<PathBuf> {
+    match &config.shim {
+        Some(path) => path
+            .canonicalize()
+            .with_context(|| format!("cannot read the shim {}", path.display())),
+        None => write_shim(&config.data_dir),
+    }
 }
 
 fn write_shim(data_dir: &Path) -> anyhow::Result<PathBuf> {
