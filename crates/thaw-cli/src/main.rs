@@ -74,7 +74,8 @@ struct Tuning {
     /// ms without calls; it resumes on its next call. 0 never pauses.
     #[arg(long, default_value_t = 2_000)]
     pause_idle_after_ms: u64,
-    /// Run every runtime in its own jail (namespaces, read-only root,
+    /// Run every runtime (a Node process, or under `--driver microvm` the
+    /// QEMU of each VM) in its own jail (namespaces, read-only root,
     /// cgroup limits, seccomp, unprivileged uid). `auto` jails where the
     /// host allows it (root, Linux 5.12+) and warns where it does not;
     /// `off` is for development only.

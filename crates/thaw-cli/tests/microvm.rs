@@ -257,3 +257,88 @@ fn thaw_image_build_makes_the_image_and_template_and_then_finds_them_cached() {
     assert!(String::from_utf8_lossy(&second.stderr).contains("[7/7] using the runtime template"));
     assert_eq!(String::from_utf8_lossy(&second.stdout), summary);
 }
+
+/// uids the platform gives VMs' jails (after the process runtimes' range).
+const VM_UIDS: std::ops::Range<u32> = 1_065_536..1_131_072;
+
+/// Host pids of the QEMU processes running as a VM jail's uid.
+fn jailed_qemus() -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if !comm.starts_with("qemu-system") {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let uid: Option<u32> = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok());
+        if uid.is_some_and(|u| VM_UIDS.contains(&u)) {
+            assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+            assert!(status.contains("Seccomp:\t2"), "{status}");
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn vms_run_jailed_and_one_past_its_memory_is_killed_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start_microvm(dir.path(), &[]);
+    assert!(p.up_line.contains("jailed"), "{}", p.up_line);
+    let hog = function_dir(&[
+        (
+            "index.mjs",
+            r#"import fs from "node:fs";
+               const kept = [];
+               // Straight to fd 2, past the shim's capture: the guest console.
+               fs.writeSync(2, "hog loaded, raw on fd 2\n");
+               export const handler = async (event) => {
+                 const mb = Number(event.queryStringParameters?.mb ?? 0);
+                 for (let i = 0; i < mb; i += 8) { const b = Buffer.alloc(8 << 20); b.fill(1); kept.push(b); }
+                 return { statusCode: 200, body: JSON.stringify({ held: kept.length * 8 }) };
+               };"#,
+        ),
+        ("thaw.toml", "memory = 64\ntimeout = 120\n"),
+    ]);
+    p.deploy(hog.path(), "vm-hog");
+    let bystander = function_dir(&[("index.mjs", "export const main = () => ({ fine: true });")]);
+    p.deploy(bystander.path(), "vm-bystander");
+
+    // Within its memory: served, from a QEMU that runs jailed.
+    let r = http().get(p.url("vm-hog", "/?mb=16")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        !jailed_qemus().is_empty(),
+        "no QEMU runs as a VM jail's uid"
+    );
+    // What Node writes outside frames reaches the function's log.
+    let line = p.wait_for_log("vm-hog", "hog loaded, raw on fd 2");
+    assert_eq!(line["stream"], "stderr", "{line}");
+
+    // Far past it: the VM is killed and the error names the limit.
+    let r = http().get(p.url("vm-hog", "/?mb=480")).send().unwrap();
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["error"]["code"], "crashed", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("memory limit of 64 MiB"),
+        "{v}"
+    );
+    let ok: Value = http()
+        .get(p.url("vm-bystander", "/"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ok["fine"], true);
+}

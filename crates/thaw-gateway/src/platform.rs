@@ -66,18 +66,30 @@ pub enum JailMode {
     Auto,
 }
 
-/// First uid given to jailed instances: far above any real user.
+/// First uid given to jailed instances: far above any real user. Process
+/// runtimes take the first range, VMs the next, so that no two live
+/// instances of either driver share a uid.
 const FIRST_JAIL_UID: u32 = 1_000_000;
 const JAIL_UIDS: u32 = 65_536;
 
-fn jail_settings(config: &Config) -> anyhow::Result<Option<JailSettings>> {
+/// Where each driver keeps its jails, under the data directory. Apart, so
+/// that opening one driver (which cleans up its jails of an earlier run)
+/// never touches the live instances of the other.
+const PROCESS_JAILS: &str = "jails";
+const VM_JAILS: &str = "vm-jails";
+
+fn jail_settings(config: &Config, kind: DriverKind) -> anyhow::Result<Option<JailSettings>> {
     if config.jail == JailMode::Off {
         return Ok(None);
     }
+    let (dir, first_uid, what) = match kind {
+        DriverKind::Process => (PROCESS_JAILS, FIRST_JAIL_UID, "runtimes"),
+        DriverKind::Microvm => (VM_JAILS, FIRST_JAIL_UID + JAIL_UIDS, "VMMs (QEMU)"),
+    };
     match thaw_jail::prepare_host() {
         Ok(version) => {
-            tracing::info!("runtimes run jailed (cgroup {version:?})");
-            let state_dir = config.data_dir.join("jails");
+            tracing::info!("{what} run jailed (cgroup {version:?})");
+            let state_dir = config.data_dir.join(dir);
             // Instances of a thaw that was killed outright are still here
             // (frozen ones even still run): end them before starting anew.
             let stale = thaw_jail::cleanup_stale(&state_dir)
@@ -88,7 +100,8 @@ fn jail_settings(config: &Config) -> anyhow::Result<Option<JailSettings>> {
             let exe = std::env::current_exe().context("cannot find the thaw executable")?;
             let limits = thaw_jail::Limits {
                 // Until bound, a runtime may use the most any function may;
-                // binding sets the function's own limit.
+                // binding sets the function's own limit. (A VM's jail
+                // replaces it with guest RAM plus QEMU's own needs.)
                 memory_bytes: 4096 * 1024 * 1024,
                 pids: 256,
                 ..thaw_jail::Limits::default()
@@ -96,13 +109,13 @@ fn jail_settings(config: &Config) -> anyhow::Result<Option<JailSettings>> {
             Ok(Some(JailSettings {
                 exe,
                 state_dir,
-                first_uid: FIRST_JAIL_UID,
+                first_uid,
                 uids: JAIL_UIDS,
                 limits,
             }))
         }
         Err(e) if config.jail == JailMode::Auto => {
-            eprintln!("warning: runtimes are NOT jailed on this host: {e}");
+            eprintln!("warning: {what} are NOT jailed on this host: {e}");
             Ok(None)
         }
         Err(e) => Err(anyhow::anyhow!(
@@ -305,12 +318,14 @@ impl Platform {
             runtimes.close().await;
         }
         self.scheduler.retire_all();
-        // A function's own `driver = "process"` may have jailed runtimes
-        // under another platform driver.
-        if self.jailed || self.config.data_dir.join("jails").exists() {
-            match thaw_jail::cleanup_stale(&self.config.data_dir.join("jails")) {
-                Ok(_) => {}
-                Err(e) => tracing::warn!("could not clean up every jail: {e}"),
+        // Either driver may have jailed instances, whichever the platform's
+        // is (a function's thaw.toml may ask for the other).
+        for dir in [PROCESS_JAILS, VM_JAILS] {
+            let dir = self.config.data_dir.join(dir);
+            if dir.exists() {
+                if let Err(e) = thaw_jail::cleanup_stale(&dir) {
+                    tracing::warn!("could not clean up every jail: {e}");
+                }
             }
         }
     }
@@ -362,7 +377,7 @@ async fn open_driver(
 ) -> anyhow::Result<OpenedDriver> {
     Ok(match kind {
         DriverKind::Process => {
-            let jail = jail_settings(config)?;
+            let jail = jail_settings(config, DriverKind::Process)?;
             let jailed = jail.is_some();
             let driver = ProcessDriver::new(ProcessDriverConfig {
                 node: config.node.clone(),
@@ -380,6 +395,7 @@ async fn open_driver(
         }
         DriverKind::Microvm => {
             let driver = open_microvm(config, shim.to_path_buf()).await?;
+            let jailed = driver.is_jailed();
             let summary = format!(
                 "microvm, {}",
                 match driver.accel().accel {
@@ -389,7 +405,7 @@ async fn open_driver(
             );
             OpenedDriver {
                 driver: Arc::new(driver),
-                jailed: false,
+                jailed,
                 summary,
             }
         }
@@ -443,6 +459,7 @@ async fn open_microvm(
             )
         })?,
         run_dir,
+        jail: jail_settings(config, DriverKind::Microvm)?,
     };
     let driver = thaw_microvm::MicrovmDriver::open(
         &microvm,

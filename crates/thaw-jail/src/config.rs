@@ -25,6 +25,22 @@ pub struct JailConfig {
     /// `(host, inside)`.
     #[serde(default)]
     pub binds: Vec<(PathBuf, PathBuf)>,
+    /// Host directories bound read-write at another path inside:
+    /// `(host, inside)`; nosuid, nodev and noexec. For a program that must
+    /// leave files where the host reads them (QEMU's sockets). The host
+    /// makes them writable by `uid`.
+    #[serde(default)]
+    pub writable_binds: Vec<(PathBuf, PathBuf)>,
+    /// Extra device nodes from the host's `/dev`, by name (`kvm`), bound
+    /// at `/dev/<name>` beside the jail's own (null, zero, full, random,
+    /// urandom).
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// The program installs a seccomp filter of its own (QEMU's
+    /// `-sandbox`), so the jail's allowlist, written for Node, is not
+    /// installed in it. The jail's init is filtered either way.
+    #[serde(default)]
+    pub own_seccomp: bool,
     /// Where attached code appears inside (an empty read-only directory
     /// until [`crate::attach`] is called).
     pub attach_point: PathBuf,
@@ -103,6 +119,27 @@ impl JailConfig {
                 )));
             }
             inside_path("bind target", inside)?;
+        }
+        for (host, inside) in &self.writable_binds {
+            if !host.is_absolute() {
+                return Err(bad(format!(
+                    "writable bind source {} must be an absolute path",
+                    host.display()
+                )));
+            }
+            inside_path("writable bind target", inside)?;
+        }
+        for name in &self.devices {
+            let ok = !name.is_empty()
+                && name.len() <= 32
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !ok {
+                return Err(bad(format!(
+                    "device {name:?} must be a name in /dev of 1 to 32 of [a-z0-9_]"
+                )));
+            }
         }
         inside_path("attach_point", &self.attach_point)?;
         if self.uid == 0 || self.gid == 0 {
@@ -191,6 +228,9 @@ mod tests {
             state_dir: "/var/lib/thaw/jails".into(),
             ro_binds: vec!["/usr/bin/node".into()],
             binds: vec![("/opt/shim".into(), "/runtime".into())],
+            writable_binds: vec![("/var/lib/thaw/vms/vm-1".into(), "/run/vm".into())],
+            devices: vec!["kvm".into()],
+            own_seccomp: false,
             attach_point: "/code".into(),
             uid: 100_000,
             gid: 100_000,
@@ -208,7 +248,7 @@ mod tests {
 
     #[test]
     fn rejects_what_would_escape_or_collide() {
-        let cases: [fn(&mut JailConfig); 14] = [
+        let cases: [fn(&mut JailConfig); 18] = [
             |c| c.id = "../x".into(),
             |c| c.id = "A".into(),
             |c| c.id = "-x".into(),
@@ -219,6 +259,10 @@ mod tests {
             |c| c.attach_point = "/".into(),
             |c| c.ro_binds.push("/tmp".into()),
             |c| c.binds.push(("rel".into(), "/x".into())),
+            |c| c.writable_binds.push(("/x".into(), "/proc/x".into())),
+            |c| c.writable_binds.push(("rel".into(), "/x".into())),
+            |c| c.devices.push("../sda".into()),
+            |c| c.devices.push(String::new()),
             |c| c.uid = 0,
             |c| c.limits.memory_bytes = 0,
             |c| c.limits.cpu_millis = 5,

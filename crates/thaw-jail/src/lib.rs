@@ -107,11 +107,12 @@ fn parse_args(args: Vec<OsString>) -> Result<(JailConfig, PathBuf, Vec<OsString>
     Ok((config, program, it.collect()))
 }
 
-/// What must be bound for `node` (or any dynamically linked program) to run
-/// in a jail: the program itself, its ELF interpreter and every shared
-/// library, each at the path the dynamic loader looks for it (as `ldd`
-/// reports them). Pass them as [`JailConfig::ro_binds`].
-pub fn node_binds(node: &Path) -> Result<Vec<PathBuf>, JailError> {
+/// What must be bound for a dynamically linked program (Node, QEMU, a
+/// library QEMU loads as a module) to run in a jail: the file itself, its
+/// ELF interpreter and every shared library, each at the path the dynamic
+/// loader looks for it (as `ldd` reports them). Pass them as
+/// [`JailConfig::ro_binds`].
+pub fn program_binds(node: &Path) -> Result<Vec<PathBuf>, JailError> {
     let out = Command::new("ldd")
         .arg(node)
         .env_clear()
@@ -198,6 +199,9 @@ pub fn cleanup_stale(state_dir: &Path) -> Result<usize, JailError> {
             state_dir: state_dir.to_path_buf(),
             ro_binds: Vec::new(),
             binds: Vec::new(),
+            writable_binds: Vec::new(),
+            devices: Vec::new(),
+            own_seccomp: false,
             attach_point: PathBuf::from("/code"),
             uid: 0,
             gid: 0,
@@ -270,6 +274,9 @@ mod tests {
             state_dir: "/var/lib/thaw/jails".into(),
             ro_binds: vec!["/usr/bin/node".into()],
             binds: vec![],
+            writable_binds: vec![],
+            devices: vec![],
+            own_seccomp: true,
             attach_point: "/code".into(),
             uid: 100_001,
             gid: 100_001,
@@ -310,8 +317,8 @@ mod tests {
     }
 
     #[test]
-    fn node_binds_finds_interpreter_and_libraries() {
-        let binds = node_binds(Path::new("/usr/bin/node")).unwrap();
+    fn program_binds_finds_interpreter_and_libraries() {
+        let binds = program_binds(Path::new("/usr/bin/node")).unwrap();
         assert_eq!(binds[0], Path::new("/usr/bin/node"));
         assert!(
             binds

@@ -144,6 +144,9 @@ pub(crate) fn build_root(config: &JailConfig) -> Result<(), JailError> {
     for (host, at) in &binds {
         bind_read_only(host, &inside(at), BindKind::Code)?;
     }
+    for (host, at) in &config.writable_binds {
+        bind_writable(host, &inside(at))?;
+    }
 
     let dev = inside(Path::new("/dev"));
     mkdir_p(&dev)?;
@@ -155,7 +158,8 @@ pub(crate) fn build_root(config: &JailConfig) -> Result<(), JailError> {
         Some(DEV_TMPFS),
     )
     .context(|| "mount /dev tmpfs".into())?;
-    for name in DEVICES {
+    let extra = config.devices.iter().map(String::as_str);
+    for name in DEVICES.iter().copied().chain(extra) {
         bind_read_only(
             &Path::new("/dev").join(name),
             &dev.join(name),
@@ -257,6 +261,33 @@ fn bind_read_only(host: &Path, at: &Path, kind: BindKind) -> Result<(), JailErro
     remount_read_only(at, flags)?;
     // Cut it from the host's propagation: later host mounts under a bound
     // directory must not appear in the jail. Only the attach point receives.
+    mount(None, at, None, libc::MS_PRIVATE, None)
+        .context(|| format!("make {} private", at.display()))
+}
+
+/// A host directory the program may write in (never run programs from,
+/// nor find devices or setuid files in).
+fn bind_writable(host: &Path, at: &Path) -> Result<(), JailError> {
+    let meta = fs::metadata(host)
+        .context(|| format!("bind {}: the host path must exist", host.display()))?;
+    if !meta.is_dir() {
+        return Err(JailError::Config(format!(
+            "writable bind {} must be a directory",
+            host.display()
+        )));
+    }
+    mkdir_p(at)?;
+    mount(Some(host), at, None, libc::MS_BIND, None)
+        .context(|| format!("bind {}", host.display()))?;
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount(
+        None,
+        at,
+        None,
+        libc::MS_BIND | libc::MS_REMOUNT | flags,
+        None,
+    )
+    .context(|| format!("remount {} nosuid, nodev, noexec", at.display()))?;
     mount(None, at, None, libc::MS_PRIVATE, None)
         .context(|| format!("make {} private", at.display()))
 }

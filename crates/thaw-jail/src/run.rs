@@ -335,7 +335,9 @@ fn exec_program(config: &JailConfig, path: &CString, argv: &[CString]) -> JailEr
         }
         sys::close_from(PASSED_FD + 1);
         privs::drop_to(config.uid, config.gid)?;
-        seccomp::install().context(|| "install the seccomp filter".into())?;
+        if !config.own_seccomp {
+            seccomp::install().context(|| "install the seccomp filter".into())?;
+        }
         Ok(())
     })();
     if let Err(e) = result {

@@ -11,7 +11,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use thaw_jail::{
-    attach, cleanup_instance, command_args, detach, node_binds, Cgroup, JailConfig, JailError,
+    attach, cleanup_instance, command_args, detach, program_binds, Cgroup, JailConfig, JailError,
     Limits,
 };
 
@@ -34,12 +34,15 @@ fn setup(name: &str, n: u32, limits: Limits) -> Setup {
         .prefix("thaw-jail-test-")
         .tempdir()
         .unwrap();
-    let ro_binds = node_binds(Path::new(NODE)).unwrap();
+    let ro_binds = program_binds(Path::new(NODE)).unwrap();
     let config = JailConfig {
         id: format!("t-{name}-{}", std::process::id()),
         state_dir: state.path().join("jails"),
         ro_binds,
         binds: vec![(PROBE_ON_HOST.into(), PROBE.into())],
+        writable_binds: vec![],
+        devices: vec![],
+        own_seccomp: false,
         attach_point: "/code".into(),
         uid: 150_000 + n,
         gid: 150_000 + n,

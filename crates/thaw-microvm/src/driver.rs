@@ -16,21 +16,26 @@
 //! instance stops the guest's CPU (QMP `stop`); resuming continues it and
 //! resyncs the guest's clock.
 //!
-//! A function's `memory` is not enforced per VM yet: every VM has the
-//! template's RAM (512 MiB), which caps what any function can use.
+//! Where the host can jail (root), QEMU runs in thaw's jail
+//! ([`crate::VmJail`]): a cgroup per VM whose memory limit is, once bound,
+//! the function's `memory` plus what QEMU itself needs; a VM that goes past
+//! it is killed and the instance's end says so. The template's RAM (512
+//! MiB) caps what any function can use in any case.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use thaw_sandbox::{BoxFuture, Driver, Instance, LogSink, RuntimeProcess, SandboxError};
+use thaw_sandbox::{
+    BoxFuture, Driver, Instance, JailSettings, LogSink, LogStream, RuntimeProcess, SandboxError,
+};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::{
     build_code_image, build_image, probe_accel, Accel, AccelProbe, BuildProgress, ImageOptions,
-    MicrovmError, Template, Vm, VmOptions, CODE_FSTYPE,
+    MicrovmError, Template, Vm, VmJail, VmOptions, CODE_FSTYPE,
 };
 
 /// Niceness of a VM being restored for the pool; `attach` sets 0, so that
@@ -53,6 +58,9 @@ pub struct MicrovmConfig {
     /// Each VM's sockets and logs go in a directory under this one (keep
     /// it short: Unix socket paths are limited to 107 bytes).
     pub run_dir: PathBuf,
+    /// Run every QEMU in a jail (its state directory, uids and limits);
+    /// `None` runs QEMU as a plain process under its own `-sandbox` only.
+    pub jail: Option<JailSettings>,
 }
 
 /// What [`MicrovmDriver::open`] is doing, for `thaw up` to show.
@@ -131,6 +139,9 @@ impl MicrovmDriver {
 
         progress(&SetupProgress::ProbingAccel);
         let mut opts = VmOptions::new(Accel::Tcg, &config.run_dir);
+        if let Some(settings) = &config.jail {
+            opts.jail = Some(VmJail::new(settings.clone(), &opts.qemu)?);
+        }
         let probe = probe_accel(&image, &opts, &config.images_dir.join("accel.json")).await;
         opts.accel = probe.accel;
 
@@ -180,6 +191,11 @@ impl MicrovmDriver {
         &self.template
     }
 
+    /// Whether QEMU runs in thaw's jail.
+    pub fn is_jailed(&self) -> bool {
+        self.opts.jail.is_some()
+    }
+
     async fn start_vm(&self, sink: Arc<dyn LogSink>) -> Result<Instance, SandboxError> {
         let mut opts = self.opts.clone();
         opts.nice = STARTING_NICENESS;
@@ -192,11 +208,24 @@ impl MicrovmDriver {
             .take_channel()
             .ok_or_else(|| SandboxError::Start("the VM has no protocol port".into()))?;
         let (reader, writer) = channel.into_split();
-        let process = VmProcess::new(vm);
+        // The console reaches the function's log as its stderr, as a Node
+        // process's own stderr does under the process driver.
+        let output = vm.take_console().map(|mut console| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                while let Some(line) = console.recv().await {
+                    if tx.send((LogStream::Stderr, line)).is_err() {
+                        return;
+                    }
+                }
+            });
+            rx
+        });
+        let process = VmProcess::new(vm, self.opts.accel);
         // Left running while it waits in the pool: an idle restored guest
         // used ~0.7 % of a core under TCG, and pausing it made the cold
         // start (attach + init) ~810 ms instead of ~310 ms (docs/microvm.md).
-        Instance::connect(reader, writer, Box::new(process), None, sink).await
+        Instance::connect(reader, writer, Box::new(process), output, sink).await
     }
 
     /// The EROFS image of `tree`, built once and kept beside it as
@@ -233,12 +262,13 @@ impl Driver for MicrovmDriver {
         Box::pin(self.start_vm(sink))
     }
 
-    /// `memory_mb` is not enforced: the guest's RAM (the template's) caps it.
+    /// With a jail, `memory_mb` plus QEMU's own needs becomes the VM's
+    /// cgroup limit; the guest's RAM (the template's) caps it in any case.
     fn attach<'a>(
         &'a self,
         instance: &'a Instance,
         host_dir: &'a Path,
-        _memory_mb: u32,
+        memory_mb: u32,
     ) -> BoxFuture<'a, Result<String, SandboxError>> {
         Box::pin(async move {
             let process = instance
@@ -247,6 +277,15 @@ impl Driver for MicrovmDriver {
                 .downcast_ref::<VmProcess>()
                 .ok_or_else(|| SandboxError::Start("not an instance of this driver".into()))?;
             let image = self.code_image(host_dir).await?;
+            if let Some(jail) = &process.jail {
+                let limit = u64::from(memory_mb + process.overhead_mib) << 20;
+                thaw_jail::Cgroup::for_instance(&jail.id)
+                    .and_then(|c| c.set_memory_limit(limit))
+                    .map_err(|e| {
+                        SandboxError::Start(format!("could not set the VM's memory limit: {e}"))
+                    })?;
+                process.memory_mb.store(memory_mb, Ordering::Relaxed);
+            }
             thaw_sandbox::set_niceness(process.pid, 0);
             let (reply, answer) = oneshot::channel();
             process.send(VmCommand::Attach { image, reply });
@@ -278,11 +317,21 @@ struct VmProcess {
     vm: Arc<Mutex<Vm>>,
     commands: mpsc::UnboundedSender<VmCommand>,
     ended: AtomicBool,
+    /// The VM's jail, if QEMU runs in one.
+    jail: Option<thaw_jail::JailConfig>,
+    /// The function's memory once bound, and what QEMU gets on top.
+    memory_mb: AtomicU32,
+    overhead_mib: u32,
+    /// Every host process of the VM: QEMU, and its jail's outer process
+    /// and init.
+    pids: Vec<u32>,
 }
 
 impl VmProcess {
-    fn new(vm: Vm) -> VmProcess {
+    fn new(vm: Vm, accel: Accel) -> VmProcess {
         let pid = vm.pid();
+        let jail = vm.jail().cloned();
+        let pids = vm.process_ids();
         let vm = Arc::new(Mutex::new(vm));
         let (commands, queue) = mpsc::unbounded_channel();
         tokio::spawn(run_commands(vm.clone(), queue));
@@ -291,6 +340,10 @@ impl VmProcess {
             vm,
             commands,
             ended: AtomicBool::new(false),
+            jail,
+            memory_mb: AtomicU32::new(0),
+            overhead_mib: accel.vmm_overhead_mib(),
+            pids,
         }
     }
 
@@ -350,6 +403,16 @@ impl RuntimeProcess for VmProcess {
             loop {
                 if let Some(how) = self.vm.lock().await.ended() {
                     self.ended.store(true, Ordering::Release);
+                    let oom = self.jail.as_ref().is_some_and(|j| {
+                        thaw_jail::Cgroup::for_instance(&j.id).is_ok_and(|c| c.oom_killed())
+                    });
+                    if oom {
+                        return format!(
+                            "the instance went past its memory limit of {} MiB (plus {} MiB for QEMU) and was killed",
+                            self.memory_mb.load(Ordering::Relaxed),
+                            self.overhead_mib
+                        );
+                    }
                     return how;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -367,5 +430,15 @@ impl RuntimeProcess for VmProcess {
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+
+    /// QEMU, and the jail's two small processes when it has one.
+    fn memory_pss(&self) -> Option<u64> {
+        let sum: u64 = self
+            .pids
+            .iter()
+            .filter_map(|p| thaw_sandbox::pss_bytes(*p))
+            .sum();
+        (sum > 0).then_some(sum)
     }
 }

@@ -20,6 +20,7 @@ mod cpio;
 mod driver;
 mod image;
 mod kmod;
+mod memory;
 mod qmp;
 mod template;
 mod vm;
@@ -31,7 +32,9 @@ pub use image::{
     build_image, BuildProgress, ImageInfo, ImageOptions, OPTIONAL_MODULES, REQUIRED_MODULES,
 };
 pub use template::{restore, Template};
-pub use vm::{Accel, Vm, VmOptions, CODE_DRIVE_BYTES, CONTROL_PORT, GUEST_CODE_DIR, PROTOCOL_PORT};
+pub use vm::{
+    Accel, Vm, VmJail, VmOptions, CODE_DRIVE_BYTES, CONTROL_PORT, GUEST_CODE_DIR, PROTOCOL_PORT,
+};
 
 /// Everything that can go wrong; each message says what to do next.
 #[derive(Debug, thiserror::Error)]

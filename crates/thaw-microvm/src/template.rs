@@ -1,29 +1,37 @@
 //! Runtime snapshots ("templates"): a VM booted once, left when the shim
 //! is ready, paused and saved; and VMs restored from it.
 //!
-//! Guest RAM lives in `<template>/memory`, a file QEMU maps `share=on`
-//! while the template runs, so the guest writes straight into it. The
-//! migration stream (`<template>/state`) then only holds device state, as
-//! the `x-ignore-shared` capability leaves shared file-backed RAM out. A
-//! restore maps the same file `share=off`: pages are read from the host's
-//! page cache, shared by every restored VM, and copied only when a guest
-//! writes them.
+//! Guest RAM lives in a memfd QEMU maps `share=on` while the template
+//! runs, so the guest writes straight into it. The migration stream
+//! (`<template>/state`) then only holds device state, as the
+//! `x-ignore-shared` capability leaves shared file-backed RAM out. The
+//! memfd is saved to `<template>/memory` (sparse) and sealed against
+//! writes; a restore maps it `share=off`: pages are shared by every
+//! restored VM and copied only when a guest writes them (`memory.rs`).
+//!
+//! QEMU never opens a file of the template: the memory is its fd 3, and
+//! the state travels as a descriptor over QMP (`getfd`, then `fd:` as the
+//! migration URI), so a VMM in a jail needs no view of the template.
 
 use std::fs;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::image::ImageInfo;
-use crate::vm::{Accel, Launch, MemoryFile, Vm, VmOptions, CODE_DRIVE_BYTES};
+use crate::memory::GuestMemory;
+use crate::vm::{Accel, Launch, MemoryFile, Vm, VmOptions};
 use crate::MicrovmError;
 
-const TEMPLATE_FORMAT: u32 = 1;
+/// 2: RAM saved from a memfd, the code drive a `null-co` placeholder.
+const TEMPLATE_FORMAT: u32 = 2;
 
 /// A runtime snapshot on disk, as recorded in `<dir>/template.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Template {
     pub format: u32,
     pub dir: PathBuf,
@@ -32,6 +40,10 @@ pub struct Template {
     pub memory_mib: u32,
     /// Size of the saved device state (guest RAM is in `memory`).
     pub state_bytes: u64,
+    /// The memory as restores map it: a sealed memfd, loaded from
+    /// `memory` at the first restore (or kept from `create`).
+    #[serde(skip)]
+    loaded: Arc<Mutex<Option<Arc<GuestMemory>>>>,
 }
 
 impl Template {
@@ -41,8 +53,24 @@ impl Template {
     fn state(&self) -> PathBuf {
         self.dir.join("state")
     }
-    fn placeholder(&self) -> PathBuf {
-        self.dir.join("code-placeholder")
+
+    /// The sealed memfd restores map, loaded once.
+    fn guest_memory(&self) -> Result<Arc<GuestMemory>, MicrovmError> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(memory) = &*loaded {
+            return Ok(memory.clone());
+        }
+        let memory = Arc::new(GuestMemory::load(&self.memory())?);
+        if memory.bytes() != u64::from(self.memory_mib) << 20 {
+            return Err(MicrovmError::Template(format!(
+                "{} holds {} bytes, not the {} MiB the template was made with; make it again",
+                self.memory().display(),
+                memory.bytes(),
+                self.memory_mib
+            )));
+        }
+        *loaded = Some(memory.clone());
+        Ok(memory)
     }
 
     /// Reads a template made before.
@@ -85,21 +113,17 @@ impl Template {
             accel: opts.accel,
             memory_mib: opts.memory_mib,
             state_bytes: 0,
+            loaded: Arc::default(),
         };
-        let placeholder = fs::File::create(template.placeholder())
-            .map_err(|e| MicrovmError::io("creating the code drive placeholder", e))?;
-        placeholder
-            .set_len(CODE_DRIVE_BYTES)
-            .map_err(|e| MicrovmError::io("sizing the code drive placeholder", e))?;
-        let memory = template.memory();
+        let memory = GuestMemory::new(u64::from(opts.memory_mib) << 20)?;
         let launch = Launch {
             image,
             opts,
             memory: Some(MemoryFile {
-                path: &memory,
+                memory: &memory,
                 shared: true,
             }),
-            code_drive: Some(&template.placeholder()),
+            code_drive: true,
             incoming: false,
         };
         let mut vm = Vm::launch(&launch, false).await?;
@@ -109,14 +133,31 @@ impl Template {
         vm.pause().await?;
         set_ignore_shared(&mut vm).await?;
         let tmp = dir.join("state.tmp");
+        let state = fs::File::create(&tmp)
+            .map_err(|e| MicrovmError::io(format!("creating {}", tmp.display()), e))?;
         vm.qmp()
-            .execute(
-                "migrate",
-                json!({ "uri": format!("exec:cat > {}", shell_quote(&tmp)) }),
-            )
+            .execute_with_fd("getfd", json!({ "fdname": "state" }), state.as_fd())
+            .await?;
+        drop(state);
+        vm.qmp()
+            .execute("migrate", json!({ "uri": "fd:state" }))
             .await?;
         vm.qmp().wait_migration(opts.timeout).await?;
-        drop(vm);
+        // Nothing may map the memory shared and writable when it is sealed.
+        vm.shut_down().await;
+        let save = tokio::task::spawn_blocking({
+            let path = template.memory();
+            move || {
+                memory
+                    .save(&path)
+                    .and_then(|()| memory.seal())
+                    .map(|()| memory)
+            }
+        });
+        let memory = save
+            .await
+            .map_err(|e| MicrovmError::Template(format!("saving the memory panicked: {e}")))??;
+        *template.loaded.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(memory));
         fs::rename(&tmp, template.state())
             .map_err(|e| MicrovmError::io("moving the snapshot state in place", e))?;
         template.state_bytes = fs::metadata(template.state()).map(|m| m.len()).unwrap_or(0);
@@ -140,25 +181,33 @@ impl Template {
         let mut opts = opts.clone();
         opts.accel = self.accel;
         opts.memory_mib = self.memory_mib;
-        let memory = self.memory();
-        let placeholder = self.placeholder();
+        let memory = {
+            let template = self.clone();
+            tokio::task::spawn_blocking(move || template.guest_memory())
+                .await
+                .map_err(|e| {
+                    MicrovmError::Template(format!("loading the memory panicked: {e}"))
+                })??
+        };
+        let state = fs::File::open(self.state())
+            .map_err(|e| MicrovmError::io(format!("opening {}", self.state().display()), e))?;
         let launch = Launch {
             image: &self.image,
             opts: &opts,
             memory: Some(MemoryFile {
-                path: &memory,
+                memory: &memory,
                 shared: false,
             }),
-            code_drive: Some(&placeholder),
+            code_drive: true,
             incoming: true,
         };
         let mut vm = Vm::launch(&launch, true).await?;
         set_ignore_shared(&mut vm).await?;
         vm.qmp()
-            .execute(
-                "migrate-incoming",
-                json!({ "uri": format!("exec:cat {}", shell_quote(&self.state())) }),
-            )
+            .execute_with_fd("getfd", json!({ "fdname": "state" }), state.as_fd())
+            .await?;
+        vm.qmp()
+            .execute("migrate-incoming", json!({ "uri": "fd:state" }))
             .await?;
         let deadline = tokio::time::Instant::now() + opts.timeout;
         loop {
@@ -215,8 +264,4 @@ async fn wait_runtime_ready(vm: &mut Vm, timeout: Duration) -> Result<(), Microv
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn shell_quote(path: &Path) -> String {
-    format!("'{}'", path.to_string_lossy().replace('\'', r"'\''"))
 }

@@ -1,8 +1,8 @@
 //! One QEMU `microvm` process: launch (boot or restore), its QMP socket, the
 //! agent's control port and the protocol port, and cleanup.
 
-use std::ffi::OsString;
 use std::fs;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,10 +13,13 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 
 use crate::image::ImageInfo;
+use crate::memory::GuestMemory;
 use crate::qmp::Qmp;
 use crate::MicrovmError;
+use thaw_sandbox::JailSettings;
 
 /// Name of the virtio-serial port that carries docs/protocol.md.
 pub const PROTOCOL_PORT: &str = "thaw";
@@ -43,6 +46,16 @@ pub enum Accel {
 }
 
 impl Accel {
+    /// Memory QEMU itself needs beyond the guest RAM it touched: its
+    /// binary, heap and device state, and under TCG the translation cache
+    /// (`tb-size`). A VM's cgroup allows guest RAM plus this.
+    pub fn vmm_overhead_mib(self) -> u32 {
+        match self {
+            Accel::Kvm => 128,
+            Accel::Tcg => 192,
+        }
+    }
+
     fn qemu_args(self) -> [&'static str; 4] {
         match self {
             Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
@@ -71,6 +84,9 @@ pub struct VmOptions {
     /// Niceness QEMU starts with: a pool restores VMs in the background at
     /// a low priority, and raises it when one is bound to a function.
     pub nice: i32,
+    /// Run QEMU inside thaw's jail; `None` runs it as a plain process
+    /// (still under its own `-sandbox`).
+    pub jail: Option<VmJail>,
 }
 
 impl VmOptions {
@@ -82,14 +98,114 @@ impl VmOptions {
             run_dir: run_dir.into(),
             timeout: Duration::from_secs(120),
             nice: 0,
+            jail: None,
         }
     }
 }
 
-/// Guest RAM kept in a file, for templates (`share=on`, written by the
-/// guest) and restores (`share=off`: mapped copy-on-write).
+/// Where QEMU finds the guest image, and keeps its sockets, inside a jail.
+const JAIL_IMAGE_DIR: &str = "/image";
+const JAIL_RUN_DIR: &str = "/run/vm";
+/// The descriptor on which QEMU finds guest RAM (`mem-path=/proc/self/fd/3`).
+const MEMORY_FD: i32 = 3;
+/// Name the jail's init gives itself; the other process of a VM's jail is
+/// QEMU.
+const JAIL_INIT_NAME: &str = "thaw-init";
+
+/// QEMU inside thaw's jail, as Firecracker runs under its jailer: its own
+/// PID, mount, network, IPC, UTS and cgroup namespaces, a read-only root
+/// holding only QEMU, its libraries and firmware and the guest image, the
+/// VM's run directory as the one writable place (its sockets), a cgroup
+/// with memory, CPU and pids limits, an unprivileged uid of its own, and
+/// QEMU's own seccomp filter (`-sandbox`). Guest RAM, the saved state and
+/// code images are handed over as file descriptors, so no template and no
+/// other function's code is ever in its view. See docs/microvm.md.
+#[derive(Debug, Clone)]
+pub struct VmJail {
+    pub settings: JailSettings,
+    /// QEMU's binary, symlinks resolved (bound at this path inside).
+    qemu: PathBuf,
+    /// Host files bound read-only at their own paths: QEMU, its libraries,
+    /// its firmware and its TCG module with that module's libraries.
+    binds: Vec<PathBuf>,
+}
+
+impl VmJail {
+    /// Finds everything `qemu` needs inside a jail.
+    pub fn new(settings: JailSettings, qemu: &Path) -> Result<VmJail, MicrovmError> {
+        let qemu = thaw_sandbox::which(qemu).ok_or_else(|| {
+            MicrovmError::Qemu(format!(
+                "{} not found (install the qemu-system-x86 package)",
+                qemu.display()
+            ))
+        })?;
+        let jail_err = |e: thaw_jail::JailError| MicrovmError::Qemu(e.to_string());
+        let mut binds = thaw_jail::program_binds(&qemu).map_err(jail_err)?;
+        // QEMU looks for these beside its own binary (/proc/self/exe):
+        // <bin>/../share/qemu and <bin>/../lib/<triplet>/qemu.
+        let prefix = qemu
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("/usr"));
+        for firmware in ["bios-microvm.bin", "linuxboot_dma.bin"] {
+            let path = prefix.join("share/qemu").join(firmware);
+            if path.exists() {
+                binds.push(path);
+            }
+        }
+        let module = prefix
+            .join("lib")
+            .join(format!("{}-linux-gnu", std::env::consts::ARCH))
+            .join("qemu/accel-tcg-x86_64.so");
+        if module.exists() {
+            for path in thaw_jail::program_binds(&module).map_err(jail_err)? {
+                if !binds.contains(&path) {
+                    binds.push(path);
+                }
+            }
+        }
+        Ok(VmJail {
+            settings,
+            qemu,
+            binds,
+        })
+    }
+
+    /// The jail of one VM: `dir` is its run directory on the host.
+    fn config(
+        &self,
+        n: u64,
+        image: &ImageInfo,
+        dir: &Path,
+        accel: Accel,
+        memory_mib: u32,
+    ) -> thaw_jail::JailConfig {
+        let uid = self.settings.first_uid + (n % u64::from(self.settings.uids.max(1))) as u32;
+        let mut limits = self.settings.limits.clone();
+        limits.memory_bytes = u64::from(memory_mib + accel.vmm_overhead_mib()) << 20;
+        thaw_jail::JailConfig {
+            id: format!("vm{}-{n}", std::process::id()),
+            state_dir: self.settings.state_dir.clone(),
+            ro_binds: self.binds.clone(),
+            binds: vec![(image.dir.clone(), PathBuf::from(JAIL_IMAGE_DIR))],
+            writable_binds: vec![(dir.to_path_buf(), PathBuf::from(JAIL_RUN_DIR))],
+            devices: match accel {
+                Accel::Kvm => vec!["kvm".into()],
+                Accel::Tcg => Vec::new(),
+            },
+            own_seccomp: true,
+            attach_point: PathBuf::from("/code"),
+            uid,
+            gid: uid,
+            limits,
+        }
+    }
+}
+
+/// Guest RAM in a memfd (see `memory.rs`): a template boots with it
+/// `shared` (the guest writes into it); restores map it privately.
 pub(crate) struct MemoryFile<'a> {
-    pub(crate) path: &'a Path,
+    pub(crate) memory: &'a GuestMemory,
     pub(crate) shared: bool,
 }
 
@@ -99,10 +215,18 @@ pub(crate) struct Launch<'a> {
     pub(crate) image: &'a ImageInfo,
     pub(crate) opts: &'a VmOptions,
     pub(crate) memory: Option<MemoryFile<'a>>,
-    /// The file behind the code drive, if the VM has one.
-    pub(crate) code_drive: Option<&'a Path>,
+    /// Give the VM the code drive: an empty placeholder of
+    /// [`CODE_DRIVE_BYTES`] until [`Vm::attach_code`].
+    pub(crate) code_drive: bool,
     /// Wait for an incoming migration (`-incoming defer`).
     pub(crate) incoming: bool,
+}
+
+/// Paths on QEMU's command line: the host's, or the jail's view of them.
+struct QemuPaths {
+    kernel: PathBuf,
+    initramfs: PathBuf,
+    run: PathBuf,
 }
 
 static NEXT_VM: AtomicU64 = AtomicU64::new(0);
@@ -118,7 +242,18 @@ pub struct Vm {
     channel: Option<UnixStream>,
     has_code_drive: bool,
     next_code_node: u32,
+    /// The VM's jail, when QEMU runs in one; `child` is then the jail's
+    /// outer process and `pid` QEMU inside it.
+    jail: Option<thaw_jail::JailConfig>,
+    /// Lines of the guest's console, until taken.
+    console: Option<mpsc::Receiver<String>>,
 }
+
+/// Console lines kept for whoever takes them; more are dropped (they are
+/// still in `console.log`).
+const CONSOLE_LINES: usize = 1024;
+/// `console.log` stops growing here.
+const CONSOLE_LOG_BYTES: u64 = 4 << 20;
 
 impl Vm {
     /// Boots `image` from scratch and returns once the agent answers on its
@@ -129,7 +264,7 @@ impl Vm {
             image,
             opts,
             memory: None,
-            code_drive: None,
+            code_drive: false,
             incoming: false,
         };
         let mut vm = Vm::launch(&launch, true).await?;
@@ -156,16 +291,50 @@ impl Vm {
                 dir.display()
             )));
         }
-        let args = qemu_args(launch, &dir);
-        let stderr = fs::File::create(dir.join("qemu.log"))
-            .map_err(|e| MicrovmError::io("creating qemu.log", e))?;
-        let mut cmd = Command::new(&opts.qemu);
-        cmd.args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
+        let jail = opts
+            .jail
+            .as_ref()
+            .map(|j| j.config(n, launch.image, &dir, opts.accel, opts.memory_mib));
+        let paths = match &jail {
+            Some(_) => QemuPaths {
+                kernel: Path::new(JAIL_IMAGE_DIR).join(file_name(&launch.image.kernel)),
+                initramfs: Path::new(JAIL_IMAGE_DIR).join(file_name(&launch.image.initramfs)),
+                run: PathBuf::from(JAIL_RUN_DIR),
+            },
+            None => QemuPaths {
+                kernel: launch.image.kernel.clone(),
+                initramfs: launch.image.initramfs.clone(),
+                run: dir.clone(),
+            },
+        };
+        let args = qemu_args(launch, &paths);
+        let log = |name: &str| {
+            fs::File::create(dir.join(name))
+                .map_err(|e| MicrovmError::io(format!("creating {name}"), e))
+        };
+        let mut cmd = match (&jail, &opts.jail) {
+            (Some(config), Some(vm_jail)) => {
+                // QEMU, as the jail's uid, creates its sockets in here.
+                std::os::unix::fs::chown(&dir, Some(config.uid), Some(config.gid))
+                    .map_err(|e| MicrovmError::io(format!("chown {}", dir.display()), e))?;
+                let argv = thaw_jail::command_args(config, &vm_jail.qemu, &args)
+                    .map_err(|e| MicrovmError::Qemu(e.to_string()))?;
+                let mut cmd = Command::new(&vm_jail.settings.exe);
+                cmd.args(argv).env_clear();
+                cmd
+            }
+            _ => {
+                let mut cmd = Command::new(&opts.qemu);
+                cmd.args(&args);
+                cmd
+            }
+        };
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log("qemu.log")?)
             .kill_on_drop(true);
         let nice = opts.nice;
+        let memory_fd = launch.memory.as_ref().map(|m| m.memory.fd().as_raw_fd());
         // SAFETY: only async-signal-safe calls between fork and exec. QEMU
         // must not outlive thaw (nor a test that panicked).
         unsafe {
@@ -174,6 +343,15 @@ impl Vm {
                     libc::setpriority(libc::PRIO_PROCESS, 0, nice);
                 }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let moved = match memory_fd {
+                    // dup2 onto itself keeps close-on-exec: clear it instead.
+                    Some(MEMORY_FD) => libc::fcntl(MEMORY_FD, libc::F_SETFD, 0),
+                    Some(fd) => libc::dup2(fd, MEMORY_FD),
+                    None => 0,
+                };
+                if moved < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -188,12 +366,39 @@ impl Vm {
                 e,
             )
         })?;
-        let pid = child.id().unwrap_or(0);
+        let mut pid = child.id().unwrap_or(0);
+        let mut child = child;
+        let (console_tx, console) = mpsc::channel(CONSOLE_LINES);
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(read_console(stdout, log("console.log")?, console_tx));
+        }
         let mut guard = KillOnError {
             child: Some(child),
             dir: dir.clone(),
+            jail: jail.clone(),
         };
 
+        // QEMU creates its sockets early; a QEMU (or jail) that fails to
+        // start exits instead, and says why in qemu.log.
+        let deadline = tokio::time::Instant::now() + opts.timeout;
+        while !sock("qmp.sock").exists() {
+            let exited = guard
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                return Err(guard.explain(MicrovmError::Qemu(format!(
+                    "QEMU ended before it was ready ({status})"
+                ))));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(guard.explain(MicrovmError::Timeout(format!(
+                    "waiting {:?} for QEMU's QMP socket",
+                    opts.timeout
+                ))));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         let qmp = match Qmp::connect(&sock("qmp.sock"), opts.timeout).await {
             Ok(q) => q,
             Err(e) => return Err(guard.explain(e)),
@@ -210,6 +415,18 @@ impl Vm {
         } else {
             None
         };
+        if let Some(config) = &jail {
+            // QMP answered: QEMU runs, inside the jail's cgroup.
+            match jailed_program(config) {
+                Some(p) => pid = p,
+                None => {
+                    return Err(guard.explain(MicrovmError::Qemu(
+                        "QEMU is not in its jail's cgroup".into(),
+                    )))
+                }
+            }
+        }
+        guard.jail = None;
         Ok(Vm {
             child: guard.child.take().expect("the child is still there"),
             pid,
@@ -217,14 +434,64 @@ impl Vm {
             qmp,
             control: BufReader::new(control),
             channel,
-            has_code_drive: launch.code_drive.is_some(),
+            has_code_drive: launch.code_drive,
             next_code_node: 0,
+            jail,
+            console: Some(console),
         })
     }
 
-    /// QEMU's process id (for PSS, cgroups, ...).
+    /// QEMU's process id (for PSS, niceness, ...), on the host, also when
+    /// it runs in a jail.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Every host process the VM is made of: QEMU, and when jailed the
+    /// jail's outer process and init.
+    pub fn process_ids(&self) -> Vec<u32> {
+        let mut pids = vec![self.pid];
+        if let Some(config) = &self.jail {
+            pids.extend(self.child.id());
+            let inside = thaw_jail::Cgroup::for_instance(&config.id).and_then(|c| c.procs());
+            for p in inside.unwrap_or_default() {
+                if !pids.contains(&(p as u32)) {
+                    pids.push(p as u32);
+                }
+            }
+        }
+        pids
+    }
+
+    /// The jail QEMU runs in, if it does (its id names the VM's cgroup).
+    pub fn jail(&self) -> Option<&thaw_jail::JailConfig> {
+        self.jail.as_ref()
+    }
+
+    /// Kills QEMU and waits until it is gone (its jail torn down too),
+    /// so that nothing maps the VM's memory any more.
+    pub async fn shut_down(mut self) {
+        // QEMU first: inside a jail, its init reaps it and only then exits,
+        // and the jail's outer process (our child) after it.
+        // SAFETY: plain syscall; QEMU is alive or a zombie of our jail until
+        // the wait below returns.
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGKILL);
+        }
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        if let Some(config) = self.jail.take() {
+            let _ = tokio::task::spawn_blocking(move || thaw_jail::cleanup_instance(&config)).await;
+        }
+    }
+
+    /// The guest's console from now on, line by line, once: Node's own
+    /// output outside frames, and what the guest kernel and agent say
+    /// (little after a restore: the kernel runs `quiet`). Lines nobody
+    /// takes in time are dropped; `console.log` in the run directory keeps
+    /// the first 4 MiB of them all.
+    pub fn take_console(&mut self) -> Option<mpsc::Receiver<String>> {
+        self.console.take()
     }
 
     /// The host end of the protocol port, once. The agent keeps the
@@ -296,10 +563,26 @@ impl Vm {
         }
         self.next_code_node += 1;
         let node = format!("code-file{}", self.next_code_node);
+        // QEMU sees none of the host's files: the image travels as a
+        // descriptor, opened read-only here, into a QMP fd set.
+        let file = fs::File::open(image)
+            .map_err(|e| MicrovmError::io(format!("opening {}", image.display()), e))?;
+        let added = self
+            .qmp
+            .execute_with_fd(
+                "add-fd",
+                json!({ "fdset-id": self.next_code_node }),
+                file.as_fd(),
+            )
+            .await?;
+        let set = added
+            .get("fdset-id")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(u64::from(self.next_code_node));
         self.qmp
             .execute(
                 "blockdev-add",
-                json!({ "driver": "file", "node-name": node, "filename": image, "read-only": true }),
+                json!({ "driver": "file", "node-name": node, "filename": format!("/dev/fdset/{set}"), "read-only": true }),
             )
             .await?;
         self.qmp
@@ -376,13 +659,71 @@ impl Drop for Vm {
         let _ = self.child.start_kill();
         let _ = self.child.try_wait();
         let _ = fs::remove_dir_all(&self.dir);
+        if let Some(config) = self.jail.take() {
+            clean_up_jail_later(config);
+        }
     }
+}
+
+/// Copies the guest console (QEMU's stdout) into `console.log`, up to
+/// [`CONSOLE_LOG_BYTES`], and to `lines` while there is room.
+async fn read_console(
+    stdout: tokio::process::ChildStdout,
+    file: fs::File,
+    lines: mpsc::Sender<String>,
+) {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(file);
+    let mut written = 0u64;
+    let mut reader = BufReader::new(stdout);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if written < CONSOLE_LOG_BYTES {
+                    let _ = file.write_all(&line).and_then(|()| file.flush());
+                    written += n as u64;
+                }
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\r', '\n']);
+                let _ = lines.try_send(text.to_string());
+            }
+        }
+    }
+}
+
+/// Tears a VM's jail down (kills what is left in its cgroup and waits for
+/// it): not on the async runtime's threads.
+fn clean_up_jail_later(config: thaw_jail::JailConfig) {
+    std::thread::spawn(move || {
+        if let Err(e) = thaw_jail::cleanup_instance(&config) {
+            tracing::warn!("could not clean up the jail of VM {}: {e}", config.id);
+        }
+    });
+}
+
+/// The host pid of the program a jail runs (QEMU): the process of its
+/// cgroup that is not the jail's init.
+fn jailed_program(config: &thaw_jail::JailConfig) -> Option<u32> {
+    let procs = thaw_jail::Cgroup::for_instance(&config.id)
+        .and_then(|c| c.procs())
+        .ok()?;
+    procs.into_iter().map(|p| p as u32).find(|p| {
+        fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() != JAIL_INIT_NAME)
+    })
+}
+
+fn file_name(path: &Path) -> &std::ffi::OsStr {
+    path.file_name().unwrap_or(path.as_os_str())
 }
 
 /// Kills QEMU if the launch fails half way, with its messages in the error.
 struct KillOnError {
     child: Option<Child>,
     dir: PathBuf,
+    jail: Option<thaw_jail::JailConfig>,
 }
 
 impl KillOnError {
@@ -399,6 +740,9 @@ impl Drop for KillOnError {
         if let Some(child) = self.child.as_mut() {
             let _ = child.start_kill();
             let _ = fs::remove_dir_all(&self.dir);
+        }
+        if let Some(config) = self.jail.take() {
+            clean_up_jail_later(config);
         }
     }
 }
@@ -466,10 +810,10 @@ pub(crate) fn kernel_cmdline() -> String {
     cmdline
 }
 
-fn qemu_args(launch: &Launch<'_>, dir: &Path) -> Vec<OsString> {
+fn qemu_args(launch: &Launch<'_>, paths: &QemuPaths) -> Vec<String> {
     let opts = launch.opts;
-    let mut args: Vec<OsString> = Vec::new();
-    let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
+    let mut args: Vec<String> = Vec::new();
+    let mut push = |parts: &[&str]| args.extend(parts.iter().map(|p| p.to_string()));
     let mut machine = String::from("microvm,acpi=on");
     if launch.memory.is_some() {
         machine.push_str(",memory-backend=mem");
@@ -480,29 +824,27 @@ fn qemu_args(launch: &Launch<'_>, dir: &Path) -> Vec<OsString> {
     push(&["-m", &mem, "-smp", "1"]);
     push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
     // QEMU's own seccomp filter: no obsolete system calls, no setuid, no
-    // scheduler or NUMA changes. Spawning stays allowed: the `exec:`
-    // migration URIs of templates and restores run `cat` (QEMU 7.2 has no
-    // `file:` URI).
+    // scheduler or NUMA changes, and no spawning (migrations and code images
+    // come as descriptors, never through `exec:`).
     push(&[
         "-sandbox",
-        "on,obsolete=deny,elevateprivileges=deny,spawn=allow,resourcecontrol=deny",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
     ]);
     let path = |p: &Path| p.to_string_lossy().into_owned();
     // QEMU's key=value options split on commas; a comma in a path is doubled.
     let opt = |p: &Path| p.to_string_lossy().replace(',', ",,");
     push(&[
         "-kernel",
-        &path(&launch.image.kernel),
+        &path(&paths.kernel),
         "-initrd",
-        &path(&launch.image.initramfs),
+        &path(&paths.initramfs),
     ]);
     push(&["-append", &kernel_cmdline()]);
-    push(&[
-        "-serial",
-        &format!("file:{}", path(&dir.join("console.log"))),
-    ]);
+    // The console goes to QEMU's stdout, which thaw opened (console.log).
+    push(&["-chardev", "stdio,id=console,signal=off"]);
+    push(&["-serial", "chardev:console"]);
     for id in ["proto", "ctl"] {
-        let sock = opt(&dir.join(format!("{id}.sock")));
+        let sock = opt(&paths.run.join(format!("{id}.sock")));
         push(&[
             "-chardev",
             &format!("socket,id={id},path={sock},server=on,wait=off"),
@@ -517,12 +859,13 @@ fn qemu_args(launch: &Launch<'_>, dir: &Path) -> Vec<OsString> {
         "-device",
         &format!("virtserialport,chardev=ctl,name={CONTROL_PORT}"),
     ]);
-    if let Some(code) = launch.code_drive {
+    if launch.code_drive {
+        // An empty placeholder (reads as zeros) until a code image is
+        // attached; same capacity as every code image.
         push(&[
             "-blockdev",
             &format!(
-                "driver=file,node-name=code-file0,filename={},read-only=on",
-                opt(code)
+                "driver=null-co,node-name=code-file0,size={CODE_DRIVE_BYTES},read-zeroes=on,read-only=on"
             ),
         ]);
         push(&[
@@ -536,14 +879,17 @@ fn qemu_args(launch: &Launch<'_>, dir: &Path) -> Vec<OsString> {
         push(&[
             "-object",
             &format!(
-                "memory-backend-file,id=mem,size={mem},mem-path={},share={share}",
-                opt(memory.path)
+                "memory-backend-file,id=mem,size={},mem-path=/proc/self/fd/{MEMORY_FD},share={share}",
+                memory.memory.bytes()
             ),
         ]);
     }
     push(&[
         "-qmp",
-        &format!("unix:{},server=on,wait=off", opt(&dir.join("qmp.sock"))),
+        &format!(
+            "unix:{},server=on,wait=off",
+            opt(&paths.run.join("qmp.sock"))
+        ),
     ]);
     if launch.incoming {
         push(&["-incoming", "defer"]);

@@ -17,6 +17,9 @@ mod process;
 
 pub use instance::{Binding, Instance, InvokeOutcome, LogLine, LogSink, Reply, RuntimeProcess};
 pub use process::{set_niceness, which, JailSettings, ProcessDriver, ProcessDriverConfig};
+/// Which of a runtime's output streams a line came from (the `output` of
+/// [`Instance::connect`]).
+pub use thaw_protocol::LogStream;
 
 use std::future::Future;
 use std::path::Path;

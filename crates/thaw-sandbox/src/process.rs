@@ -76,7 +76,7 @@ impl ProcessDriver {
                         config.node.display()
                     ))
                 })?;
-                thaw_jail::node_binds(&node).map_err(|e| SandboxError::Start(e.to_string()))?
+                thaw_jail::program_binds(&node).map_err(|e| SandboxError::Start(e.to_string()))?
             }
             None => Vec::new(),
         };
@@ -110,6 +110,9 @@ impl ProcessDriver {
             state_dir: jail.state_dir.clone(),
             ro_binds: self.node_binds.clone(),
             binds: vec![(shim_dir.to_path_buf(), PathBuf::from(JAIL_RUNTIME_DIR))],
+            writable_binds: Vec::new(),
+            devices: Vec::new(),
+            own_seccomp: false,
             attach_point: PathBuf::from(JAIL_CODE_DIR),
             uid: jail.first_uid + (n % jail.uids.max(1) as u64) as u32,
             gid: jail.first_uid + (n % jail.uids.max(1) as u64) as u32,

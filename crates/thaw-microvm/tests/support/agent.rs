@@ -43,3 +43,26 @@ pub fn agent_binary() -> PathBuf {
     assert!(status.success(), "building thaw-agent failed");
     target.join("release/thaw-agent")
 }
+
+/// Builds thaw-jail's own binary (`thaw-jail __jail ...`, the entry point
+/// the `thaw` binary also has), beside the agent, and returns it.
+pub fn jail_binary() -> PathBuf {
+    let target = target_tmp().join("agent-target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "thaw-jail",
+            "--bin",
+            "thaw-jail",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .current_dir(workspace_root())
+        .status()
+        .expect("running cargo build -p thaw-jail");
+    assert!(status.success(), "building thaw-jail failed");
+    target.join("release/thaw-jail")
+}
