@@ -111,23 +111,19 @@ impl JailConfig {
         for p in &self.ro_binds {
             inside_path("ro_binds entry", p)?;
         }
-        for (host, inside) in &self.binds {
-            if !host.is_absolute() {
-                return Err(bad(format!(
-                    "bind source {} must be an absolute path",
-                    host.display()
-                )));
+        for (what, binds) in [
+            ("bind", &self.binds),
+            ("writable bind", &self.writable_binds),
+        ] {
+            for (host, inside) in binds {
+                if !host.is_absolute() {
+                    return Err(bad(format!(
+                        "{what} source {} must be an absolute path",
+                        host.display()
+                    )));
+                }
+                inside_path(&format!("{what} target"), inside)?;
             }
-            inside_path("bind target", inside)?;
-        }
-        for (host, inside) in &self.writable_binds {
-            if !host.is_absolute() {
-                return Err(bad(format!(
-                    "writable bind source {} must be an absolute path",
-                    host.display()
-                )));
-            }
-            inside_path("writable bind target", inside)?;
         }
         for name in &self.devices {
             let ok = !name.is_empty()

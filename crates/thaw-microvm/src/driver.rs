@@ -137,6 +137,11 @@ impl MicrovmDriver {
             .map_err(|e| MicrovmError::Image(format!("the image build panicked: {e}")))??
         };
 
+        let pruned = prune_images(&config.images_dir, &image.id, UNUSED_IMAGE_LIFETIME);
+        if pruned > 0 {
+            tracing::info!("removed {pruned} guest images unused for a week");
+        }
+
         progress(&SetupProgress::ProbingAccel);
         let mut opts = VmOptions::new(Accel::Tcg, &config.run_dir);
         if let Some(settings) = &config.jail {
@@ -244,6 +249,44 @@ impl MicrovmDriver {
         }
         Ok(image)
     }
+}
+
+/// How long an image no thaw has started with stays in the image cache.
+/// Not removed at once: the cache may be shared by thaws of other runtime
+/// versions (and a downgrade then finds its image still there).
+const UNUSED_IMAGE_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Marks image `keep` used now (its `image.json`'s mtime) and removes the
+/// other images in `images_dir` unused for longer than `lifetime`.
+/// Downloaded kernel packages (`cache/`) stay. Returns how many went.
+fn prune_images(images_dir: &Path, keep: &str, lifetime: Duration) -> usize {
+    let now = std::time::SystemTime::now();
+    let record = |id: &std::ffi::OsStr| images_dir.join(id).join("image.json");
+    if let Ok(f) = std::fs::File::options()
+        .append(true)
+        .open(record(keep.as_ref()))
+    {
+        let _ = f.set_modified(now);
+    }
+    let Ok(entries) = std::fs::read_dir(images_dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let id = entry.file_name();
+        if id == keep {
+            continue;
+        }
+        // Only what is an image: a directory with its record.
+        let Ok(used) = std::fs::metadata(record(&id)).and_then(|m| m.modified()) else {
+            continue;
+        };
+        let unused_for = now.duration_since(used).unwrap_or_default();
+        if unused_for > lifetime && std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 fn accel_name(accel: Accel) -> &'static str {
@@ -440,5 +483,37 @@ impl RuntimeProcess for VmProcess {
             .filter_map(|p| thaw_sandbox::pss_bytes(*p))
             .sum();
         (sum > 0).then_some(sum)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_unused_for_long_are_pruned_and_the_one_in_use_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let long_ago = std::time::SystemTime::now() - 2 * week;
+        for id in ["current", "old", "recent"] {
+            std::fs::create_dir_all(dir.path().join(id)).unwrap();
+            let record = std::fs::File::create(dir.path().join(id).join("image.json")).unwrap();
+            if id != "recent" {
+                record.set_modified(long_ago).unwrap();
+            }
+        }
+        // Not images: left alone however old.
+        std::fs::create_dir_all(dir.path().join("cache/debs")).unwrap();
+        std::fs::write(dir.path().join("accel.json"), "{}").unwrap();
+
+        assert_eq!(prune_images(dir.path(), "current", week), 1);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["accel.json", "cache", "current", "recent"]);
+        // The image in use was marked used now: kept next time too.
+        assert_eq!(prune_images(dir.path(), "recent", week), 0);
     }
 }
