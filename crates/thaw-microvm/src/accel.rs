@@ -91,7 +91,7 @@ async fn try_kvm(image: &ImageInfo, opts: &VmOptions) -> Result<(), String> {
     let attempt = async {
         let mut vm = Vm::boot(image, &opts)
             .await
-            .map_err(|e| first_line(&e.to_string()))?;
+            .map_err(|e| short_reason(&e.to_string()))?;
         let mut channel = vm.take_channel().ok_or("no protocol channel")?;
         let mut len = [0u8; 4];
         channel
@@ -114,8 +114,20 @@ async fn try_kvm(image: &ImageInfo, opts: &VmOptions) -> Result<(), String> {
     }
 }
 
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or("").to_string()
+/// The first line of a launch error, and QEMU's own last word when the
+/// error carries its log (where the real reason usually is: "failed to
+/// set MSR ..." says more than the closed socket that followed).
+fn short_reason(s: &str) -> String {
+    let first = s.lines().next().unwrap_or("").to_string();
+    let qemu_said = s
+        .split_once("--- qemu.log\n")
+        .map(|(_, rest)| rest.split("--- guest console").next().unwrap_or(""))
+        .and_then(|log| log.lines().rev().find(|l| !l.trim().is_empty()))
+        .map(str::trim);
+    match qemu_said {
+        Some(last) if !first.contains(last) => format!("{first} (QEMU: {last})"),
+        _ => first,
+    }
 }
 
 fn host_key(opts: &VmOptions, image: &ImageInfo) -> String {
@@ -142,4 +154,19 @@ fn host_key(opts: &VmOptions, image: &ImageInfo) -> String {
         uname.trim(),
         image.kernel_release
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_failure_says_what_qemu_said() {
+        let err = "QEMU: QMP: reading: Connection reset by peer\n--- qemu.log\nqemu: error: failed to set MSR 0x10a to 0x0\n\n--- guest console\n";
+        assert_eq!(
+            short_reason(err),
+            "QEMU: QMP: reading: Connection reset by peer (QEMU: qemu: error: failed to set MSR 0x10a to 0x0)"
+        );
+        assert_eq!(short_reason("no log here\nmore"), "no log here");
+    }
 }
