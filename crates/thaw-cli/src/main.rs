@@ -133,6 +133,19 @@ thaw (a new shim) gives a new image and template; deployed functions need no red
 }
 
 #[derive(Subcommand)]
+enum RuntimeCommand {
+    /// Switch a running platform to the runtime on this host now, without a
+    /// restart or a redeploy.
+    #[command(
+        after_help = "What is read again: the shim (--shim's file, or the one built into thaw), the host's Node, and under the microvm driver the guest image made from them (a new image gets its template: one boot). Where the runtime changed, runtimes waiting in the pool are replaced; instances bound to a function keep serving it and drain as they go idle (keep_alive), and the instances that follow them start from the new runtime. Prints, per driver, the runtime before and after."
+    )]
+    Upgrade {
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the platform in the foreground (API, gateway, registry, runtimes).
     #[command(
@@ -220,6 +233,9 @@ thaw invoke hello-service --data '{\"jsonrpc\":\"2.0\",\"method\":\"HelloWorldSe
     /// The microVM runtime: build its guest image and snapshot.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// The runtime functions run in: upgrade it on a running platform.
+    #[command(subcommand)]
+    Runtime(RuntimeCommand),
     /// Measure thaw's cold starts and warm calls beside a bare Node server,
     /// a fresh node per request, workerd and Deno; write docs/benchmarks.md.
     #[command(
@@ -334,6 +350,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{summary}");
             Ok(())
         }
+        Command::Runtime(RuntimeCommand::Upgrade { remote }) => {
+            runtime_upgrade(&Client::new(&remote_config(&remote))?)
+        }
         Command::Rm { name, remote } => {
             let c = Client::new(&remote_config(&remote))?;
             c.delete(&format!("/v1/functions/{name}"))?;
@@ -373,6 +392,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn runtime_upgrade(c: &Client) -> anyhow::Result<()> {
+    eprintln!("upgrading the runtime (under the microvm driver a new image boots once)…");
+    let (ok, v) = c.post_json_raw("/v1/runtime/upgrade", Vec::new())?;
+    if !ok {
+        anyhow::bail!("{}", client::error_message(&v));
+    }
+    for d in v["drivers"].as_array().into_iter().flatten() {
+        let driver = d["driver"].as_str().unwrap_or("?");
+        let before = d["before"].as_str().unwrap_or("?");
+        let after = d["after"].as_str().unwrap_or("?");
+        if d["changed"].as_bool() == Some(true) {
+            println!(
+                "{driver}: {before} -> {after}; {} waiting runtimes replaced, bound ones drain",
+                d["replaced_waiting"]
+            );
+        } else {
+            println!("{driver}: unchanged ({after})");
+        }
+    }
+    Ok(())
 }
 
 fn default_data_dir() -> PathBuf {

@@ -147,3 +147,12 @@ fn thaw_logs_follow_prints_new_lines_as_they_come() {
         "follower printed {seen:?}"
     );
 }
+
+#[test]
+fn a_runtime_upgrade_drains_bound_instances_and_starts_new_ones_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let shim = dir.path().join("shim.mjs");
+    std::fs::copy(common::repo_root().join("runtime/shim/shim.mjs"), &shim).unwrap();
+    let p = Platform::start_with(&["--shim", shim.to_str().unwrap()]);
+    common::upgrade_runtime_while_serving(&p, &shim, "process");
+}

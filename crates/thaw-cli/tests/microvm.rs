@@ -342,3 +342,16 @@ fn vms_run_jailed_and_one_past_its_memory_is_killed_naming_the_limit() {
         .unwrap();
     assert_eq!(ok["fine"], true);
 }
+
+#[test]
+fn a_live_runtime_upgrade_makes_a_new_template_and_drains_warm_vms() {
+    let dir = tempfile::tempdir().unwrap();
+    let shim = dir.path().join("shim.mjs");
+    std::fs::copy(repo_root().join("runtime/shim/shim.mjs"), &shim).unwrap();
+    let p = start_microvm(dir.path(), &["--shim", shim.to_str().unwrap()]);
+    let before = template_name(dir.path());
+    common::upgrade_runtime_while_serving(&p, &shim, "microvm");
+    // One template, the new runtime's: the old one's VMs hold its memory
+    // by descriptor while they drain.
+    assert_ne!(template_name(dir.path()), before);
+}

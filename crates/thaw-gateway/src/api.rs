@@ -28,6 +28,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         )
         .route("/v1/functions/{name}/invoke", post(invoke_function))
         .route("/v1/functions/{name}/logs", get(function_logs))
+        .route("/v1/runtime/upgrade", post(upgrade_runtime))
         .route(
             "/metrics",
             get(|State(p): State<Arc<Platform>>| async move {
@@ -282,4 +283,28 @@ async fn function_logs(
         .map_err(ApiError::internal)??;
     let next = records.last().map(|r| r.seq).or(q.after).unwrap_or(0);
     Ok(Json(json!({ "logs": records, "next": next })))
+}
+
+/// `POST /v1/runtime/upgrade`: see `Platform::upgrade_runtime`.
+async fn upgrade_runtime(State(p): State<Arc<Platform>>) -> Result<Json<Value>, ApiError> {
+    let done = p.upgrade_runtime().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "upgrade_failed",
+            format!("the runtime was not upgraded: {e:#}"),
+        )
+    })?;
+    let drivers: Vec<Value> = done
+        .iter()
+        .map(|u| {
+            json!({
+                "driver": u.driver,
+                "before": u.change.before,
+                "after": u.change.after,
+                "changed": u.change.changed(),
+                "replaced_waiting": u.replaced,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "drivers": drivers })))
 }

@@ -151,6 +151,15 @@ pub struct Route {
     pub spec: FunctionSpec,
 }
 
+/// What `Platform::upgrade_runtime` did for one driver.
+#[derive(Debug)]
+pub struct RuntimeUpgrade {
+    pub driver: &'static str,
+    pub change: thaw_sandbox::RuntimeChange,
+    /// Waiting runtimes of the old runtime that were killed.
+    pub replaced: usize,
+}
+
 pub struct Platform {
     pub config: Config,
     pub registry: Arc<Registry>,
@@ -166,8 +175,8 @@ pub struct Platform {
     /// The driver and how it runs, for `thaw up`'s first line
     /// (`process`, `microvm, tcg`).
     pub driver_summary: String,
-    /// The runtime shim every driver runs.
-    shim: PathBuf,
+    /// The runtime shim every driver runs (replaced by `upgrade_runtime`).
+    shim: RwLock<PathBuf>,
     sink: Arc<dyn LogSink>,
     /// Held while a function's own driver is being opened.
     opening_driver: tokio::sync::Mutex<()>,
@@ -232,7 +241,7 @@ impl Platform {
             metrics: Default::default(),
             jailed: opened.jailed,
             driver_summary: opened.summary,
-            shim,
+            shim: RwLock::new(shim),
             sink,
             opening_driver: tokio::sync::Mutex::new(()),
         });
@@ -264,11 +273,10 @@ impl Platform {
         let kind = DriverKind::from_name(name).ok_or_else(|| {
             InvokeError::Unavailable(format!("this platform has no driver {name:?}"))
         })?;
-        let opened = open_driver(kind, &self.config, &self.shim)
-            .await
-            .map_err(|e| {
-                InvokeError::Unavailable(format!("could not start the {name} driver: {e:#}"))
-            })?;
+        let shim = self.shim.read().unwrap().clone();
+        let opened = open_driver(kind, &self.config, &shim).await.map_err(|e| {
+            InvokeError::Unavailable(format!("could not start the {name} driver: {e:#}"))
+        })?;
         eprintln!(
             "functions with driver = {name:?} run under {}",
             opened.summary
@@ -281,6 +289,39 @@ impl Platform {
         runtimes.spawn_refill();
         self.scheduler.add_runtimes(runtimes);
         Ok(())
+    }
+
+    /// Switches every driver to the runtime on the host now (the shim:
+    /// `--shim`'s file read again, or the built-in one; Node; for VMs the
+    /// image and template made from them). Where it changed, waiting
+    /// runtimes are replaced; bound ones keep serving their function and
+    /// drain as they go idle (keep_alive), and the instances that follow
+    /// them start from the new runtime. No function is redeployed.
+    pub async fn upgrade_runtime(&self) -> anyhow::Result<Vec<RuntimeUpgrade>> {
+        let _opening = self.opening_driver.lock().await;
+        let shim = runtime_shim(&self.config)?;
+        *self.shim.write().unwrap() = shim.clone();
+        let mut done = Vec::new();
+        for pool in self.scheduler.all_runtimes() {
+            let driver = pool.driver().name();
+            let change = pool
+                .driver()
+                .upgrade_runtime(&shim)
+                .await
+                .with_context(|| format!("the {driver} driver"))?;
+            let replaced = if change.changed() { pool.flush() } else { 0 };
+            tracing::info!(
+                "runtime of the {driver} driver: {} -> {} ({replaced} waiting runtimes replaced)",
+                change.before,
+                change.after
+            );
+            done.push(RuntimeUpgrade {
+                driver,
+                change,
+                replaced,
+            });
+        }
+        Ok(done)
     }
 
     pub fn route(&self, name: &str) -> Option<Arc<Route>> {
@@ -530,22 +571,27 @@ fn find_agent() -> anyhow::Result<PathBuf> {
 /// into thaw, written to the data directory.
 fn runtime_shim(config: &Config) -> anyhow::Result<PathBuf> {
     match &config.shim {
-        Some(path) => path
-            .canonicalize()
-            .with_context(|| format!("cannot read the shim {}", path.display())),
-        None => write_shim(&config.data_dir),
+        Some(path) => {
+            let source = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the shim {}", path.display()))?;
+            write_shim(&config.data_dir, &source)
+        }
+        None => write_shim(&config.data_dir, SHIM_SOURCE),
     }
 }
 
-fn write_shim(data_dir: &Path) -> anyhow::Result<PathBuf> {
+/// Writes `source` to `<data>/runtime/<hash>/shim.mjs` (once) and returns
+/// that path: a shim's file never changes once runtimes use it, and its
+/// path names its content.
+fn write_shim(data_dir: &Path, source: &str) -> anyhow::Result<PathBuf> {
     use sha2::Digest as _;
-    let hash = hex::encode(&sha2::Sha256::digest(SHIM_SOURCE.as_bytes())[..8]);
+    let hash = hex::encode(&sha2::Sha256::digest(source.as_bytes())[..8]);
     let dir = data_dir.join("runtime").join(hash);
     let path = dir.join("shim.mjs");
     if !path.exists() {
         std::fs::create_dir_all(&dir)?;
         let tmp = dir.join("shim.mjs.tmp");
-        std::fs::write(&tmp, SHIM_SOURCE)?;
+        std::fs::write(&tmp, source)?;
         std::fs::rename(&tmp, &path)?;
     }
     Ok(path)

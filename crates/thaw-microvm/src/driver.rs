@@ -29,7 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use thaw_sandbox::{
-    BoxFuture, Driver, Instance, JailSettings, LogSink, LogStream, RuntimeProcess, SandboxError,
+    BoxFuture, Driver, Instance, JailSettings, LogSink, LogStream, RuntimeChange, RuntimeProcess,
+    SandboxError,
 };
 use tokio::sync::{mpsc, oneshot, Mutex};
 
@@ -111,11 +112,16 @@ impl fmt::Display for SetupProgress<'_> {
 }
 
 pub struct MicrovmDriver {
-    template: Template,
+    config: std::sync::Mutex<MicrovmConfig>,
+    progress: Arc<dyn Fn(&SetupProgress) + Send + Sync>,
+    /// The template VMs are restored from; replaced by `upgrade_runtime`.
+    template: std::sync::RwLock<Arc<Template>>,
     probe: AccelProbe,
     opts: VmOptions,
     /// Held while a code image is built, so one tree is built once.
     building: Mutex<()>,
+    /// Held while the runtime is upgraded: one upgrade at a time.
+    upgrading: Mutex<()>,
 }
 
 impl MicrovmDriver {
@@ -126,64 +132,19 @@ impl MicrovmDriver {
         config: &MicrovmConfig,
         progress: Arc<dyn Fn(&SetupProgress) + Send + Sync>,
     ) -> Result<MicrovmDriver, MicrovmError> {
-        let mut image_opts = ImageOptions::new(&config.images_dir, &config.agent, &config.shim);
-        image_opts.node = config.node.clone();
-        let image = {
-            let progress = progress.clone();
-            tokio::task::spawn_blocking(move || {
-                build_image(&image_opts, &mut |p| progress(&SetupProgress::Image(p)))
-            })
-            .await
-            .map_err(|e| MicrovmError::Image(format!("the image build panicked: {e}")))??
-        };
-
-        let pruned = prune_images(&config.images_dir, &image.id, UNUSED_IMAGE_LIFETIME);
-        if pruned > 0 {
-            tracing::info!("removed {pruned} guest images unused for a week");
-        }
-
-        progress(&SetupProgress::ProbingAccel);
         let mut opts = VmOptions::new(Accel::Tcg, &config.run_dir);
         if let Some(settings) = &config.jail {
             opts.jail = Some(VmJail::new(settings.clone(), &opts.qemu)?);
         }
-        let probe = probe_accel(&image, &opts, &config.images_dir.join("accel.json")).await;
-        opts.accel = probe.accel;
-
-        let templates = config.data_dir.join("templates");
-        let name = format!("{}-{}", image.id, accel_name(probe.accel));
-        let dir = templates.join(&name);
-        let template = match Template::load(&dir) {
-            Ok(t) if t.image == image && t.accel == probe.accel => {
-                progress(&SetupProgress::TemplateReady {
-                    dir: &dir,
-                    made: false,
-                });
-                t
-            }
-            _ => {
-                progress(&SetupProgress::MakingTemplate { dir: &dir });
-                let t = Template::create(&image, &opts, &dir).await?;
-                progress(&SetupProgress::TemplateReady {
-                    dir: &dir,
-                    made: true,
-                });
-                t
-            }
-        };
-        // Templates of other runtime versions serve no one after a restart.
-        if let Ok(entries) = std::fs::read_dir(&templates) {
-            for entry in entries.flatten() {
-                if entry.file_name() != name.as_str() {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
-            }
-        }
+        let (template, probe) = prepare_runtime(config, &mut opts, &progress).await?;
         Ok(MicrovmDriver {
-            template,
+            config: std::sync::Mutex::new(config.clone()),
+            progress,
+            template: std::sync::RwLock::new(Arc::new(template)),
             probe,
             opts,
             building: Mutex::new(()),
+            upgrading: Mutex::new(()),
         })
     }
 
@@ -192,8 +153,30 @@ impl MicrovmDriver {
         &self.probe
     }
 
-    pub fn template(&self) -> &Template {
-        &self.template
+    /// The template new VMs are restored from.
+    pub fn template(&self) -> Arc<Template> {
+        self.template
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Rebuilds the image from what is on the host now, with `shim`, and
+    /// restores new VMs from its template; VMs already running keep the
+    /// memory they were restored from (their own descriptor of it).
+    async fn upgrade(&self, shim: &Path) -> Result<RuntimeChange, MicrovmError> {
+        let _one_at_a_time = self.upgrading.lock().await;
+        let before = self.template().image.id.clone();
+        let config = {
+            let mut config = self.config.lock().unwrap_or_else(|e| e.into_inner());
+            config.shim = shim.to_path_buf();
+            config.clone()
+        };
+        let mut opts = self.opts.clone();
+        let (template, _) = prepare_runtime(&config, &mut opts, &self.progress).await?;
+        let after = template.image.id.clone();
+        *self.template.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(template);
+        Ok(RuntimeChange { before, after })
     }
 
     /// Whether QEMU runs in thaw's jail.
@@ -205,7 +188,7 @@ impl MicrovmDriver {
         let mut opts = self.opts.clone();
         opts.nice = STARTING_NICENESS;
         let mut vm = self
-            .template
+            .template()
             .restore(&opts)
             .await
             .map_err(|e| SandboxError::Start(e.to_string()))?;
@@ -249,6 +232,67 @@ impl MicrovmDriver {
         }
         Ok(image)
     }
+}
+
+/// Builds (or finds) the image of `config`, probes the accelerator (into
+/// `opts.accel`) and makes (or loads) the template; removes the templates
+/// of other runtimes and images unused for long.
+async fn prepare_runtime(
+    config: &MicrovmConfig,
+    opts: &mut VmOptions,
+    progress: &Arc<dyn Fn(&SetupProgress) + Send + Sync>,
+) -> Result<(Template, AccelProbe), MicrovmError> {
+    let mut image_opts = ImageOptions::new(&config.images_dir, &config.agent, &config.shim);
+    image_opts.node = config.node.clone();
+    let image = {
+        let progress = progress.clone();
+        tokio::task::spawn_blocking(move || {
+            build_image(&image_opts, &mut |p| progress(&SetupProgress::Image(p)))
+        })
+        .await
+        .map_err(|e| MicrovmError::Image(format!("the image build panicked: {e}")))??
+    };
+
+    let pruned = prune_images(&config.images_dir, &image.id, UNUSED_IMAGE_LIFETIME);
+    if pruned > 0 {
+        tracing::info!("removed {pruned} guest images unused for a week");
+    }
+
+    progress(&SetupProgress::ProbingAccel);
+    let probe = probe_accel(&image, opts, &config.images_dir.join("accel.json")).await;
+    opts.accel = probe.accel;
+
+    let templates = config.data_dir.join("templates");
+    let name = format!("{}-{}", image.id, accel_name(probe.accel));
+    let dir = templates.join(&name);
+    let template = match Template::load(&dir) {
+        Ok(t) if t.image == image && t.accel == probe.accel => {
+            progress(&SetupProgress::TemplateReady {
+                dir: &dir,
+                made: false,
+            });
+            t
+        }
+        _ => {
+            progress(&SetupProgress::MakingTemplate { dir: &dir });
+            let t = Template::create(&image, opts, &dir).await?;
+            progress(&SetupProgress::TemplateReady {
+                dir: &dir,
+                made: true,
+            });
+            t
+        }
+    };
+    // Templates of other runtime versions serve no one from now on: VMs
+    // restored from them hold their memory by descriptor, not by path.
+    if let Ok(entries) = std::fs::read_dir(&templates) {
+        for entry in entries.flatten() {
+            if entry.file_name() != name.as_str() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    Ok((template, probe))
 }
 
 /// How long an image no thaw has started with stays in the image cache.
@@ -303,6 +347,17 @@ impl Driver for MicrovmDriver {
 
     fn start(&self, sink: Arc<dyn LogSink>) -> BoxFuture<'_, Result<Instance, SandboxError>> {
         Box::pin(self.start_vm(sink))
+    }
+
+    fn upgrade_runtime<'a>(
+        &'a self,
+        shim: &'a Path,
+    ) -> BoxFuture<'a, Result<RuntimeChange, SandboxError>> {
+        Box::pin(async move {
+            self.upgrade(shim)
+                .await
+                .map_err(|e| SandboxError::Start(format!("could not upgrade the runtime: {e}")))
+        })
     }
 
     /// With a jail, `memory_mb` plus QEMU's own needs becomes the VM's

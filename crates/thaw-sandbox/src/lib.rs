@@ -65,6 +65,30 @@ pub trait Driver: Send + Sync + 'static {
         host_dir: &'a Path,
         memory_mb: u32,
     ) -> BoxFuture<'a, Result<String, SandboxError>>;
+
+    /// Makes the runtimes started from now on run the runtime that is on
+    /// the host now: the shim at `shim`, the host's Node, and for VMs the
+    /// image and template made from them. Runtimes already started keep
+    /// theirs (the platform lets bound ones drain and replaces waiting
+    /// ones). May take long (a VM template boots once).
+    fn upgrade_runtime<'a>(
+        &'a self,
+        shim: &'a Path,
+    ) -> BoxFuture<'a, Result<RuntimeChange, SandboxError>>;
+}
+
+/// What [`Driver::upgrade_runtime`] did: the runtime's identity before and
+/// after (the same when nothing changed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeChange {
+    pub before: String,
+    pub after: String,
+}
+
+impl RuntimeChange {
+    pub fn changed(&self) -> bool {
+        self.before != self.after
+    }
 }
 
 /// Proportional set size of a process: its fair share of the memory it

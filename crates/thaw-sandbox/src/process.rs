@@ -11,7 +11,7 @@
 //! runtime is bound, and its memory limit is set then.
 
 use crate::instance::RuntimeProcess;
-use crate::{BoxFuture, Driver, Instance, LogSink, SandboxError};
+use crate::{BoxFuture, Driver, Instance, LogSink, RuntimeChange, SandboxError};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
@@ -61,34 +61,75 @@ const JAIL_CODE_DIR: &str = "/code";
 
 pub struct ProcessDriver {
     config: ProcessDriverConfig,
+    /// What runtimes start from now; replaced by `upgrade_runtime`.
+    files: std::sync::RwLock<Arc<RuntimeFiles>>,
+    next_instance: AtomicU64,
+}
+
+/// The files one runtime is started from.
+struct RuntimeFiles {
+    /// `node`, resolved on PATH when jailed (it is bound at that path).
+    node: PathBuf,
+    shim: PathBuf,
     /// Host paths Node needs inside a jail (itself, its loader, libraries).
     node_binds: Vec<PathBuf>,
-    next_instance: AtomicU64,
+}
+
+impl RuntimeFiles {
+    fn find(node: &Path, shim: &Path, jailed: bool) -> Result<RuntimeFiles, SandboxError> {
+        if !jailed {
+            return Ok(RuntimeFiles {
+                node: node.to_path_buf(),
+                shim: shim.to_path_buf(),
+                node_binds: Vec::new(),
+            });
+        }
+        let node = which(node).ok_or_else(|| {
+            SandboxError::Start(format!(
+                "{} not found on PATH (set THAW_NODE to Node.js 20's path)",
+                node.display()
+            ))
+        })?;
+        let node_binds =
+            thaw_jail::program_binds(&node).map_err(|e| SandboxError::Start(e.to_string()))?;
+        Ok(RuntimeFiles {
+            node,
+            shim: shim.to_path_buf(),
+            node_binds,
+        })
+    }
+
+    /// Names this runtime: the shim's path (thaw writes each shim under a
+    /// directory named by its hash) and Node's binary with its mtime, which
+    /// a package upgrade changes.
+    fn identity(&self) -> String {
+        let node = which(&self.node).unwrap_or_else(|| self.node.clone());
+        let mtime = std::fs::metadata(&node)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        format!(
+            "shim {} node {} ({mtime})",
+            self.shim.display(),
+            node.display()
+        )
+    }
 }
 
 impl ProcessDriver {
     pub fn new(config: ProcessDriverConfig) -> Result<Self, SandboxError> {
-        let node_binds = match &config.jail {
-            Some(_) => {
-                let node = which(&config.node).ok_or_else(|| {
-                    SandboxError::Start(format!(
-                        "{} not found on PATH (set THAW_NODE to Node.js 20's path)",
-                        config.node.display()
-                    ))
-                })?;
-                thaw_jail::program_binds(&node).map_err(|e| SandboxError::Start(e.to_string()))?
-            }
-            None => Vec::new(),
-        };
-        let node = match &config.jail {
-            Some(_) => which(&config.node).unwrap_or_else(|| config.node.clone()),
-            None => config.node.clone(),
-        };
+        let files = RuntimeFiles::find(&config.node, &config.shim, config.jail.is_some())?;
         Ok(ProcessDriver {
-            config: ProcessDriverConfig { node, ..config },
-            node_binds,
+            files: std::sync::RwLock::new(Arc::new(files)),
+            config,
             next_instance: AtomicU64::new(0),
         })
+    }
+
+    fn files(&self) -> Arc<RuntimeFiles> {
+        self.files.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn is_jailed(&self) -> bool {
@@ -97,18 +138,19 @@ impl ProcessDriver {
 
     /// The command that starts one runtime, and its jail if it has one.
     fn runtime_command(&self) -> Result<(Command, Option<thaw_jail::JailConfig>), SandboxError> {
+        let files = self.files();
         let Some(jail) = &self.config.jail else {
-            let mut cmd = Command::new(&self.config.node);
-            cmd.args(&self.config.node_args).arg(&self.config.shim);
+            let mut cmd = Command::new(&files.node);
+            cmd.args(&self.config.node_args).arg(&files.shim);
             return Ok((cmd, None));
         };
         let n = self.next_instance.fetch_add(1, Ordering::Relaxed);
-        let shim_dir = self.config.shim.parent().unwrap_or(Path::new("/"));
-        let shim_name = self.config.shim.file_name().unwrap_or_default();
+        let shim_dir = files.shim.parent().unwrap_or(Path::new("/"));
+        let shim_name = files.shim.file_name().unwrap_or_default();
         let config = thaw_jail::JailConfig {
             id: format!("i{}-{n}", std::process::id()),
             state_dir: jail.state_dir.clone(),
-            ro_binds: self.node_binds.clone(),
+            ro_binds: files.node_binds.clone(),
             binds: vec![(shim_dir.to_path_buf(), PathBuf::from(JAIL_RUNTIME_DIR))],
             writable_binds: Vec::new(),
             devices: Vec::new(),
@@ -125,7 +167,7 @@ impl ProcessDriver {
                 .to_string_lossy()
                 .into_owned(),
         );
-        let argv = thaw_jail::command_args(&config, &self.config.node, &args)
+        let argv = thaw_jail::command_args(&config, &files.node, &args)
             .map_err(|e| SandboxError::Start(e.to_string()))?;
         let mut cmd = Command::new(&jail.exe);
         cmd.args(argv);
@@ -213,6 +255,19 @@ impl Driver for ProcessDriver {
 
     fn start(&self, sink: Arc<dyn LogSink>) -> BoxFuture<'_, Result<Instance, SandboxError>> {
         Box::pin(self.start_process(sink))
+    }
+
+    fn upgrade_runtime<'a>(
+        &'a self,
+        shim: &'a Path,
+    ) -> BoxFuture<'a, Result<RuntimeChange, SandboxError>> {
+        Box::pin(async move {
+            let before = self.files().identity();
+            let files = RuntimeFiles::find(&self.config.node, shim, self.config.jail.is_some())?;
+            let after = files.identity();
+            *self.files.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(files);
+            Ok(RuntimeChange { before, after })
+        })
     }
 
     fn attach<'a>(

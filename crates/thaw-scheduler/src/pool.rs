@@ -64,6 +64,9 @@ struct State {
     idle: VecDeque<Instance>,
     starting: usize,
     recent_takes: VecDeque<Instant>,
+    /// Bumped by `flush`: a runtime that finishes starting under an older
+    /// generation runs the old runtime and is not kept.
+    generation: u64,
 }
 
 pub struct RuntimePool {
@@ -90,6 +93,7 @@ impl RuntimePool {
                 idle: VecDeque::new(),
                 starting: 0,
                 recent_takes: VecDeque::new(),
+                generation: 0,
             }),
             wake: Notify::new(),
             hits: AtomicU64::new(0),
@@ -174,6 +178,23 @@ impl RuntimePool {
         tokio::spawn(refill_loop(weak));
     }
 
+    /// Kills every waiting runtime, and those still starting as they
+    /// finish, and refills with runtimes started from now on: after
+    /// `Driver::upgrade_runtime`, nothing of the old runtime is handed out.
+    pub fn flush(&self) -> usize {
+        let idle: Vec<Instance> = {
+            let mut st = self.state.lock().unwrap();
+            st.generation += 1;
+            st.idle.drain(..).collect()
+        };
+        let n = idle.len();
+        for i in idle {
+            i.kill();
+        }
+        self.wake.notify_one();
+        n
+    }
+
     /// Stops refilling and kills every waiting runtime, including those
     /// still starting, which it waits for (a few seconds at most).
     pub async fn close(&self) {
@@ -196,11 +217,16 @@ impl RuntimePool {
     }
 
     async fn start_one(self: Arc<Self>) {
+        let generation = self.state.lock().unwrap().generation;
         let started = self.driver.start(self.sink.clone()).await;
         let failed = {
             let mut st = self.state.lock().unwrap();
             st.starting -= 1;
             match started {
+                Ok(instance) if st.generation != generation => {
+                    instance.kill();
+                    false
+                }
                 Ok(instance) => {
                     self.started.fetch_add(1, Ordering::Relaxed);
                     if let Some(bytes) = instance.process().memory_pss() {

@@ -258,3 +258,44 @@ pub fn repo_root() -> PathBuf {
 pub fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// A live runtime upgrade on `p`, whichever its driver, started with
+/// `--shim shim`: the shim file gains a line marking the new runtime, `thaw
+/// runtime upgrade` switches to it, an instance bound before keeps serving
+/// from the old runtime (it drains), the instance that follows an idle one
+/// and a function deployed afterwards run the new one, and a second upgrade
+/// finds nothing to change.
+pub fn upgrade_runtime_while_serving(p: &Platform, shim: &Path, driver: &str) {
+    const MARKED: &str = r#"export const handler = async () =>
+        ({ statusCode: 200, body: globalThis.THAW_TEST_RUNTIME ?? "v1" });"#;
+    let warm = function_dir(&[("index.mjs", MARKED), ("thaw.toml", "keep_alive = 600\n")]);
+    let brief = function_dir(&[("index.mjs", MARKED), ("thaw.toml", "keep_alive = 1\n")]);
+    p.deploy(warm.path(), "rt-warm");
+    p.deploy(brief.path(), "rt-brief");
+    let body = |name: &str| http().get(p.url(name, "/")).send().unwrap().text().unwrap();
+    assert_eq!(body("rt-warm"), "v1");
+    assert_eq!(body("rt-brief"), "v1");
+
+    let mut source = std::fs::read_to_string(shim).unwrap();
+    source.push_str("\nglobalThis.THAW_TEST_RUNTIME = \"v2\";\n");
+    std::fs::write(shim, source).unwrap();
+    let out = p.thaw_ok(&["runtime", "upgrade"]);
+    assert!(
+        out.contains(&format!("{driver}: ")) && out.contains(" -> "),
+        "{out}"
+    );
+
+    // Bound before the upgrade: still there, still the old runtime.
+    assert_eq!(body("rt-warm"), "v1");
+    // Idle past its keep_alive, it goes; the next instance is new.
+    p.eventually(120, "rt-brief served by the new runtime", || {
+        std::thread::sleep(Duration::from_millis(2500));
+        body("rt-brief") == "v2"
+    });
+    let fresh = function_dir(&[("index.mjs", MARKED)]);
+    p.deploy(fresh.path(), "rt-fresh");
+    assert_eq!(body("rt-fresh"), "v2");
+
+    let again = p.thaw_ok(&["runtime", "upgrade"]);
+    assert!(again.contains(&format!("{driver}: unchanged")), "{again}");
+}
