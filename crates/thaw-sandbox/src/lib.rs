@@ -14,9 +14,11 @@
 
 mod instance;
 mod process;
+mod shim;
 
 pub use instance::{Binding, Instance, InvokeOutcome, LogLine, LogSink, Reply, RuntimeProcess};
 pub use process::{set_niceness, which, JailSettings, ProcessDriver, ProcessDriverConfig};
+pub use shim::{write_builtin_shim, SHIM_SOURCE};
 
 use std::future::Future;
 use std::path::Path;
