@@ -11,15 +11,12 @@ use crate::progress_n;
 use crate::results::Breakdown;
 use crate::stats::Summary;
 use crate::thaw::{Platform, Style};
-use std::collections::BTreeMap;
+use crate::wire;
 use std::os::fd::AsRawFd as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use thaw_protocol::{
-    read_frame, write_frame, FromRuntime, HttpRequest, Init, Invoke, Payload, ToRuntime,
-};
+use std::time::{Duration, Instant};
 
 const STEP_LIMIT: Duration = Duration::from_secs(30);
 /// Pause between `ready` and `init`, as a runtime waiting in a pool has:
@@ -143,55 +140,18 @@ fn trial(
     drop(runtime_end);
     host.set_nonblocking(true)
         .context(|| "could not set up the socketpair".into())?;
+    let code_dir = code_dir.to_string_lossy();
     let steps = rt.block_on(async {
         let mut s = tokio::net::UnixStream::from_std(host).map_err(|e| e.to_string())?;
         tokio::time::timeout(STEP_LIMIT, async {
-            next(&mut s, "ready", |m| matches!(m, FromRuntime::Ready { .. })).await?;
+            wire::ready(&mut s).await?;
             let ready = start.elapsed();
             tokio::time::sleep(POOLED_PAUSE).await;
             let t = Instant::now();
-            let init = ToRuntime::Init(Init {
-                function: "breakdown".into(),
-                version: 1,
-                code_dir: code_dir.to_string_lossy().into_owned(),
-                entry: "index.mjs".into(),
-                env: BTreeMap::new(),
-                timeout_ms: STEP_LIMIT.as_millis() as u64,
-                memory_mb: 256,
-            });
-            write_frame(&mut s, &init)
-                .await
-                .map_err(|e| e.to_string())?;
-            next(&mut s, "init_ok", |m| {
-                matches!(m, FromRuntime::InitOk { .. })
-            })
-            .await?;
+            wire::init(&mut s, "breakdown", &code_dir, STEP_LIMIT).await?;
             let init = t.elapsed();
             let t = Instant::now();
-            let deadline_ms = (SystemTime::now() + STEP_LIMIT)
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as u64;
-            let call = ToRuntime::Invoke(Invoke {
-                id: 1,
-                deadline_ms,
-                payload: Payload::Request(HttpRequest {
-                    method: "GET".into(),
-                    path: "/".into(),
-                    query: String::new(),
-                    headers: vec![("host".into(), "127.0.0.1".into())],
-                    body: String::new(),
-                    source_ip: "127.0.0.1".into(),
-                    host: "127.0.0.1".into(),
-                }),
-            });
-            write_frame(&mut s, &call)
-                .await
-                .map_err(|e| e.to_string())?;
-            next(&mut s, "result", |m| {
-                matches!(m, FromRuntime::Result { status: 200, .. })
-            })
-            .await?;
+            wire::call(&mut s, STEP_LIMIT).await?;
             Ok::<_, String>([ready, init, t.elapsed()])
         })
         .await
@@ -200,23 +160,4 @@ fn trial(
     let tail = child.log_tail();
     child.kill();
     steps.map_err(|e| failed(format!("runtime started by hand: {e} {tail}")))
-}
-
-/// Reads frames until one `wanted` accepts, skipping log lines.
-async fn next(
-    s: &mut tokio::net::UnixStream,
-    name: &str,
-    wanted: impl Fn(&FromRuntime) -> bool,
-) -> std::result::Result<(), String> {
-    loop {
-        let m: FromRuntime = read_frame(s)
-            .await
-            .map_err(|e| format!("waiting for {name}: {e}"))?;
-        if wanted(&m) {
-            return Ok(());
-        }
-        if !matches!(m, FromRuntime::Log { .. }) {
-            return Err(format!("waiting for {name}, got {m:?}"));
-        }
-    }
 }

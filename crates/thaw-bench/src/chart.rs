@@ -328,6 +328,15 @@ pub fn svg(r: &Report, report_name: &str) -> String {
         );
         foot -= 16.0;
     }
+    if let crate::results::Figure::Measured(m) = &r.microvm {
+        let _ = writeln!(
+            svg,
+            r#"<text x="20" y="{foot:.1}" class="sub">thaw microVM driver ({}): {}.</text>"#,
+            escape(&m.accel),
+            escape(&crate::report::microvm_line(m))
+        );
+        foot -= 16.0;
+    }
     if let crate::results::Figure::Measured(b) = &r.breakdown {
         let _ = writeln!(
             svg,

@@ -2,15 +2,20 @@
 //! answers a hello-world function (cold start through the gateway, warm
 //! latency and throughput) beside the same work done by a bare Node `http`
 //! server (the floor), a fresh `node` process per request (the naive way),
-//! Cloudflare's workerd and Deno, and writes `docs/benchmarks.md` and its
-//! chart `docs/benchmarks.svg`.
+//! Cloudflare's workerd and Deno; how much faster the microVM driver's
+//! restore is than a boot; and writes `docs/benchmarks.md` and its chart
+//! `docs/benchmarks.svg`.
 //!
 //! This crate owns the harness: starting and stopping the systems it
 //! measures (its own `thaw up` included), its HTTP client, the statistics
 //! and the report. It must not reach into the platform's internals: thaw is
 //! driven only through its binary, its HTTP API and what `/proc` shows of
-//! its processes, so the figures are what a user of thaw would see. It
-//! asserts nothing about speed; it reports.
+//! its processes, so the figures are what a user of thaw would see. The one
+//! exception is the microVM section (`microvm.rs`): boot against restore
+//! is a property of the microvm driver's mechanism, and thaw never boots a
+//! VM on a request's path, so that section drives thaw-microvm's public
+//! API directly, the way the driver does. It asserts nothing about speed;
+//! it reports.
 
 mod breakdown;
 mod chart;
@@ -18,22 +23,26 @@ mod error;
 mod http;
 mod load;
 mod machine;
+mod microvm;
 mod peers;
 mod procs;
 mod report;
 mod results;
 mod stats;
 mod thaw;
+mod wire;
 
 pub use error::{BenchError, Result};
+pub use microvm::Plan as MicrovmPlan;
 
 use load::WarmPlan;
 use results::{Figure, Report, Role, SystemResult};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Systems `--skip` accepts. thaw's Lambda row and the bare Node server
-/// are always measured: without them the report says nothing.
+/// Systems and sections `--skip` accepts. thaw's Lambda row and the bare
+/// Node server are measured unless only the microVM section runs: without
+/// them the rest of the report says nothing.
 pub const SKIPPABLE: &[&str] = &[
     "thaw-fetch",
     "thaw-unjailed",
@@ -41,6 +50,7 @@ pub const SKIPPABLE: &[&str] = &[
     "workerd",
     "deno",
     "breakdown",
+    "microvm",
 ];
 
 #[derive(Debug, Clone)]
@@ -65,6 +75,10 @@ pub struct Options {
     pub peers_dir: Option<PathBuf>,
     /// The command as typed, for the report.
     pub command_line: String,
+    /// The microVM section: boots, restores, idle VMs, the image cache.
+    pub microvm: MicrovmPlan,
+    /// Run the microVM section and nothing else.
+    pub only_microvm: bool,
 }
 
 impl Options {
@@ -80,6 +94,8 @@ impl Options {
             skip: Vec::new(),
             peers_dir: None,
             command_line: "thaw bench".into(),
+            microvm: MicrovmPlan::default(),
+            only_microvm: false,
         }
     }
 
@@ -89,11 +105,14 @@ impl Options {
         self.duration = Duration::from_millis(500);
         self.connections = 2;
         self.cold_gap = Duration::from_millis(50);
+        self.microvm.boots = 1;
+        self.microvm.restores = 2;
+        self.microvm.idle_vms = 2;
         self
     }
 
     fn skips(&self, what: &str) -> bool {
-        self.skip.iter().any(|s| s == what)
+        self.skip.iter().any(|s| s == what) || (self.only_microvm && what != "microvm")
     }
 
     fn check(&self) -> Result<()> {
@@ -117,6 +136,19 @@ impl Options {
         }
         if self.cold_gap > Duration::from_secs(10) {
             return bad("--cold-gap must be at most 10000 ms");
+        }
+        let m = &self.microvm;
+        if !(1..=20).contains(&m.boots) {
+            return bad("--microvm-boots must be between 1 and 20 (a boot takes ~8 s under TCG)");
+        }
+        if !(1..=100).contains(&m.restores) {
+            return bad("--microvm-restores must be between 1 and 100");
+        }
+        if !(1..=16).contains(&m.idle_vms) {
+            return bad("--microvm-vms must be between 1 and 16");
+        }
+        if self.only_microvm && self.skips("microvm") {
+            return bad("--only microvm and --skip microvm leave nothing to measure");
         }
         Ok(())
     }
@@ -159,7 +191,8 @@ pub(crate) fn progress_n(what: &str, step: &str, i: usize, n: usize) {
 #[derive(Debug, Clone)]
 pub struct Written {
     pub markdown: PathBuf,
-    pub chart: PathBuf,
+    /// None when only the microVM section ran: the chart has nothing to show.
+    pub chart: Option<PathBuf>,
 }
 
 /// Measures every system and writes the report and the chart. Installs a
@@ -183,15 +216,123 @@ pub fn run(options: &Options) -> Result<Written> {
         workerd.as_deref(),
         deno.as_deref(),
     );
-    progress(&format!(
-        "measuring on {} ({} logical CPUs), node {}: {n} cold functions per system, {:.1} s warm phases, {} clients",
-        machine.cpu,
-        machine.cores,
-        machine.node,
-        options.duration.as_secs_f64(),
-        options.connections
-    ));
+    let microvm_plan = &options.microvm;
+    let microvm_part = if options.skips("microvm") {
+        String::new()
+    } else {
+        format!(
+            "; microVM: {} boots, {} restores, {} idle VMs",
+            microvm_plan.boots, microvm_plan.restores, microvm_plan.idle_vms
+        )
+    };
+    if options.only_microvm {
+        progress(&format!(
+            "measuring on {} ({} logical CPUs): the microVM section only{microvm_part}",
+            machine.cpu, machine.cores
+        ));
+    } else {
+        progress(&format!(
+            "measuring on {} ({} logical CPUs), node {}: {n} cold functions per system, {:.1} s warm phases, {} clients{microvm_part}",
+            machine.cpu,
+            machine.cores,
+            machine.node,
+            options.duration.as_secs_f64(),
+            options.connections
+        ));
+    }
 
+    let measured = if options.only_microvm {
+        Systems::none("--only microvm")
+    } else {
+        measure_systems(options, &plan, workerd, deno)
+    };
+    // Last, so that the VMs' CPU (all of a core each under TCG) disturbs
+    // no other figure.
+    let microvm = if options.skips("microvm") {
+        Figure::Skipped("--skip microvm".into())
+    } else {
+        progress(
+            "microVM driver: boot against restore, through thaw-microvm as the driver uses it",
+        );
+        let m = Figure::from_result(microvm::measure(
+            microvm_plan,
+            &options.thaw_exe,
+            &options.node,
+        ));
+        if let Some(why) = m.failure() {
+            progress(&format!("microVM: failed: {why}"));
+        }
+        m
+    };
+
+    let report = Report {
+        command_line: options.command_line.clone(),
+        thaw_driver: measured.thaw_driver,
+        machine,
+        functions: n,
+        duration: options.duration,
+        connections: options.connections,
+        cold_gap: options.cold_gap,
+        systems: measured.systems,
+        breakdown: measured.breakdown,
+        memory: measured.memory,
+        microvm,
+        pool_metrics: measured.pool_metrics,
+        elapsed: started.elapsed(),
+    };
+    let written = write(&report, &options.out)?;
+    let mut failed = Vec::new();
+    for s in report.systems.iter().filter(|s| s.role != Role::Peer) {
+        for (phase, why) in [
+            ("cold start", s.cold.failure()),
+            ("warm calls", s.warm.failure()),
+        ] {
+            if let Some(why) = why {
+                failed.push(format!("{} {phase}: {why}", s.name));
+            }
+        }
+    }
+    if let Some(why) = report.microvm.failure() {
+        failed.push(format!("microVM section: {why}"));
+    }
+    if !failed.is_empty() {
+        return Err(BenchError::Incomplete {
+            written: written.markdown,
+            failed,
+        });
+    }
+    Ok(written)
+}
+
+/// What the sections on thaw's process driver and its peers found.
+struct Systems {
+    systems: Vec<SystemResult>,
+    memory: Vec<results::Memory>,
+    breakdown: Figure<results::Breakdown>,
+    pool_metrics: Vec<String>,
+    /// The driver `thaw up` announced.
+    thaw_driver: String,
+}
+
+impl Systems {
+    fn none(why: &str) -> Systems {
+        Systems {
+            systems: Vec::new(),
+            memory: Vec::new(),
+            breakdown: Figure::Skipped(why.into()),
+            pool_metrics: Vec::new(),
+            thaw_driver: format!("not started ({why})"),
+        }
+    }
+}
+
+fn measure_systems(
+    options: &Options,
+    plan: &WarmPlan,
+    workerd: Option<PathBuf>,
+    deno: Option<PathBuf>,
+) -> Systems {
+    let n = options.functions;
     let mut systems = Vec::new();
     let mut memory = Vec::new();
     let mut breakdown = Figure::Skipped("--skip breakdown".into());
@@ -211,9 +352,9 @@ pub fn run(options: &Options) -> Result<Written> {
                 thaw::Style::Lambda,
                 n,
                 options.cold_gap,
-                &plan,
+                plan,
             ));
-            memory.extend(platform.memory());
+            memory.extend(platform.memory("thaw"));
             if !options.skips("breakdown") {
                 breakdown = Figure::from_result(breakdown::measure(
                     &platform,
@@ -227,7 +368,7 @@ pub fn run(options: &Options) -> Result<Written> {
                     thaw::Style::Fetch,
                     n,
                     options.cold_gap,
-                    &plan,
+                    plan,
                 ));
             }
             if let Some(m) = platform.metrics() {
@@ -272,10 +413,16 @@ pub fn run(options: &Options) -> Result<Written> {
         match thaw::Platform::start(&options.thaw_exe, &options.node, &["--jail", "off"]) {
             Ok(platform) => {
                 let mut result =
-                    thaw::measure(&platform, thaw::Style::Lambda, n, options.cold_gap, &plan);
+                    thaw::measure(&platform, thaw::Style::Lambda, n, options.cold_gap, plan);
                 result.name = "thaw (Lambda handler, no jail)".into();
                 result.short = "thaw, no jail".into();
                 systems.push(result);
+                memory.extend(
+                    platform
+                        .memory("thaw, no jail")
+                        .into_iter()
+                        .filter(|m| m.idle_instances),
+                );
                 progress("thaw without the jail: stopping `thaw up`");
             }
             Err(e) => progress(&format!(
@@ -285,7 +432,7 @@ pub fn run(options: &Options) -> Result<Written> {
         }
     }
 
-    let (floor, floor_memory) = peers::measure_server(&peers::node_server(&options.node), n, &plan);
+    let (floor, floor_memory) = peers::measure_server(&peers::node_server(&options.node), n, plan);
     systems.push(floor);
     memory.extend(floor_memory);
 
@@ -297,7 +444,7 @@ pub fn run(options: &Options) -> Result<Written> {
             "--skip naive".into(),
         ));
     } else {
-        systems.push(peers::measure_naive(&options.node, n, &plan));
+        systems.push(peers::measure_naive(&options.node, n, plan));
     }
 
     let missing = |name: &str| {
@@ -332,7 +479,7 @@ pub fn run(options: &Options) -> Result<Written> {
         }
         match server {
             Some(server) => {
-                let (result, m) = peers::measure_server(&server, n, &plan);
+                let (result, m) = peers::measure_server(&server, n, plan);
                 systems.push(result);
                 memory.extend(m);
             }
@@ -343,61 +490,40 @@ pub fn run(options: &Options) -> Result<Written> {
         }
     }
 
-    let report = Report {
-        command_line: options.command_line.clone(),
-        thaw_driver,
-        machine,
-        functions: n,
-        duration: options.duration,
-        connections: options.connections,
-        cold_gap: options.cold_gap,
+    Systems {
         systems,
-        breakdown,
         memory,
+        breakdown,
         pool_metrics,
-        elapsed: started.elapsed(),
-    };
-    let written = write(&report, &options.out)?;
-    let mut failed = Vec::new();
-    for s in report.systems.iter().filter(|s| s.role != Role::Peer) {
-        for (phase, why) in [
-            ("cold start", s.cold.failure()),
-            ("warm calls", s.warm.failure()),
-        ] {
-            if let Some(why) = why {
-                failed.push(format!("{} {phase}: {why}", s.name));
-            }
-        }
+        thaw_driver,
     }
-    if !failed.is_empty() {
-        return Err(BenchError::Incomplete {
-            written: written.markdown,
-            failed,
-        });
-    }
-    Ok(written)
 }
 
 fn write(report: &Report, out: &Path) -> Result<Written> {
     use error::Context as _;
-    let chart = out.with_extension("svg");
-    let chart_name = chart
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "benchmarks.svg".into());
+    let chart = (!report.systems.is_empty()).then(|| out.with_extension("svg"));
+    let chart_name = chart.as_ref().map(|c| {
+        c.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "benchmarks.svg".into())
+    });
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .context(|| format!("could not create {}", parent.display()))?;
     }
-    std::fs::write(out, report::markdown(report, &chart_name))
+    std::fs::write(out, report::markdown(report, chart_name.as_deref()))
         .context(|| format!("could not write {}", out.display()))?;
-    let report_name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    std::fs::write(&chart, chart::svg(report, &report_name))
-        .context(|| format!("could not write {}", chart.display()))?;
-    progress(&format!("wrote {} and {}", out.display(), chart.display()));
+    if let Some(chart) = &chart {
+        let report_name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        std::fs::write(chart, chart::svg(report, &report_name))
+            .context(|| format!("could not write {}", chart.display()))?;
+        progress(&format!("wrote {} and {}", out.display(), chart.display()));
+    } else {
+        progress(&format!("wrote {}", out.display()));
+    }
     Ok(Written {
         markdown: out.to_path_buf(),
         chart,

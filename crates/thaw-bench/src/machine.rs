@@ -75,7 +75,7 @@ impl Machine {
     }
 }
 
-fn first_line(cmd: &mut Command) -> Option<String> {
+pub(crate) fn first_line(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines().next().map(|l| l.trim().to_string())

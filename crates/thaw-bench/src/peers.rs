@@ -209,6 +209,7 @@ fn server_warm(
         *memory = Some(Memory {
             what: format!("{}, idle after the warm phase (one process)", s.name),
             pss: vec![pss],
+            idle_instances: false,
         });
     }
     child.stop(libc::SIGTERM, Duration::from_secs(2));

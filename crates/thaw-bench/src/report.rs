@@ -2,7 +2,9 @@
 //! the exact command and the machine.
 
 use crate::load::Warm;
-use crate::results::{Breakdown, Cold, Figure, PoolTakes, Report, Role, SystemResult};
+use crate::results::{
+    Breakdown, Cold, Figure, Memory, Microvm, PoolTakes, Report, Role, SystemResult,
+};
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -11,6 +13,9 @@ pub const COLD_P50_TARGET: Duration = Duration::from_millis(3);
 pub const COLD_P99_TARGET: Duration = Duration::from_millis(10);
 pub const WARM_OVERHEAD_TARGET: Duration = Duration::from_micros(100);
 pub const THROUGHPUT_TARGET: f64 = 0.80;
+/// The microvm driver's goal: a restore answers this many times sooner
+/// than a boot.
+pub const MICROVM_SPEEDUP_TARGET: f64 = 10.0;
 
 /// A duration for people: µs below a millisecond, ms below a second.
 pub fn human(d: Duration) -> String {
@@ -68,30 +73,50 @@ fn verdict(met: bool) -> &'static str {
     }
 }
 
-pub fn markdown(r: &Report, chart_file: &str) -> String {
+/// The report; `chart_file` is linked when there is a chart (there is
+/// none when only the microVM section ran).
+pub fn markdown(r: &Report, chart_file: Option<&str>) -> String {
     let mut md = String::new();
     let w = &mut md;
     let _ = writeln!(w, "# Benchmarks\n");
-    let _ = writeln!(
-        w,
-        "Measured by `thaw bench` on {}, every system in one run on the machine below, \
-         over loopback only. This file and [{chart_file}]({chart_file}) are written by that command: \
-         run it again rather than editing them.\n",
-        r.machine.date
-    );
+    match chart_file {
+        Some(chart_file) => {
+            let _ = writeln!(
+                w,
+                "Measured by `thaw bench` on {}, every system in one run on the machine below, \
+                 over loopback only. This file and [{chart_file}]({chart_file}) are written by that command: \
+                 run it again rather than editing them.\n",
+                r.machine.date
+            );
+        }
+        None => {
+            let _ = writeln!(
+                w,
+                "Measured by `thaw bench` on {}, in one run on the machine below: the microVM section \
+                 only. This file is written by that command: run it again rather than editing it.\n",
+                r.machine.date
+            );
+        }
+    }
     let _ = writeln!(w, "```sh\n{}\n```\n", r.command_line);
-    let _ = writeln!(
-        w,
-        "![cold start and warm call latency, and throughput]({chart_file})\n"
-    );
-
-    targets(w, r);
-    cold_table(w, r);
-    warm_table(w, r);
-    breakdown(w, r);
-    memory(w, r);
+    if let Some(chart_file) = chart_file {
+        let _ = writeln!(
+            w,
+            "![cold start and warm call latency, and throughput]({chart_file})\n"
+        );
+    }
+    if !r.systems.is_empty() {
+        targets(w, r);
+        cold_table(w, r);
+        warm_table(w, r);
+        breakdown(w, r);
+        memory(w, r);
+    }
+    microvm(w, r);
     machine(w, r);
-    method(w, r);
+    if !r.systems.is_empty() {
+        method(w, r);
+    }
     notes(w, r);
     md
 }
@@ -270,14 +295,19 @@ fn warm_table(w: &mut String, r: &Report) {
     let _ = writeln!(w);
 }
 
+/// A section's heading, and its figures, or a line saying why there are
+/// none.
+fn heading<'a, T>(w: &mut String, title: &str, f: &'a Figure<T>) -> Option<&'a T> {
+    let _ = writeln!(w, "## {title}\n");
+    if f.measured().is_none() {
+        let _ = writeln!(w, "Not measured ({}).\n", why_not(f));
+    }
+    f.measured()
+}
+
 fn breakdown(w: &mut String, r: &Report) {
-    let _ = writeln!(w, "## Where the cold path spends its time\n");
-    let b = match &r.breakdown {
-        Figure::Measured(b) => b,
-        other => {
-            let _ = writeln!(w, "Not measured ({}).\n", why_not(other));
-            return;
-        }
+    let Some(b) = heading(w, "Where the cold path spends its time", &r.breakdown) else {
+        return;
     };
     let _ = writeln!(
         w,
@@ -479,24 +509,180 @@ fn memory(w: &mut String, r: &Report) {
     );
     let _ = writeln!(w, "| --- | ---: | ---: | ---: | ---: |");
     for m in &r.memory {
-        if m.pss.is_empty() {
-            let _ = writeln!(w, "| {} | 0 | – | – | – |", m.what);
-            continue;
+        match Spread::of(&m.pss) {
+            None => {
+                let _ = writeln!(w, "| {} | 0 | – | – | – |", m.what);
+            }
+            Some(p) => {
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {} | {} – {} | {} |",
+                    m.what,
+                    p.count,
+                    mib(p.median),
+                    mib(p.min),
+                    mib(p.max),
+                    mib(p.total)
+                );
+            }
         }
-        let mut sorted = m.pss.clone();
-        sorted.sort_unstable();
-        let _ = writeln!(
-            w,
-            "| {} | {} | {} | {} – {} | {} |",
-            m.what,
-            sorted.len(),
-            mib(sorted[(sorted.len() - 1) / 2]),
-            mib(sorted[0]),
-            mib(sorted[sorted.len() - 1]),
-            mib(sorted.iter().sum())
-        );
     }
     let _ = writeln!(w);
+}
+
+/// PSS figures of processes of one kind, in bytes.
+struct Spread {
+    count: usize,
+    /// The lower median.
+    median: u64,
+    mean: u64,
+    min: u64,
+    max: u64,
+    total: u64,
+}
+
+impl Spread {
+    fn of(pss: &[u64]) -> Option<Spread> {
+        if pss.is_empty() {
+            return None;
+        }
+        let mut sorted = pss.to_vec();
+        sorted.sort_unstable();
+        let total: u64 = sorted.iter().sum();
+        Some(Spread {
+            count: sorted.len(),
+            median: sorted[(sorted.len() - 1) / 2],
+            mean: total / sorted.len() as u64,
+            min: sorted[0],
+            max: sorted[sorted.len() - 1],
+            total,
+        })
+    }
+}
+
+fn microvm(w: &mut String, r: &Report) {
+    let Some(m) = heading(w, "microVM driver: boot against restore", &r.microvm) else {
+        return;
+    };
+    let _ = writeln!(
+        w,
+        "thaw's `microvm` driver never boots a VM on a request's path: it restores one from the \
+         runtime's template, then attaches the function's code (`docs/microvm.md`). Since no \
+         call through the platform ever boots, the bench drives thaw-microvm's public API directly, \
+         the way the driver does: it boots {} VMs from scratch and restores {} from a template made \
+         in the same run, one at a time, each until it answers its first call (`init` of the Lambda \
+         hello function, then one call of `GET /` over the protocol port). Then it restores {} VMs \
+         side by side, lets each answer once, pauses them (as thaw pauses an idle instance) and reads \
+         the PSS of each QEMU process.\n",
+        m.boot_answer.n,
+        m.restore_answer.n,
+        m.idle_pss.len()
+    );
+    let _ = writeln!(w, "| step | p50 | min – max | samples |");
+    let _ = writeln!(w, "| --- | ---: | ---: | ---: |");
+    let row = |w: &mut String, what: &str, s: &crate::stats::Summary| {
+        let _ = writeln!(
+            w,
+            "| {what} | {} | {} – {} | {} |",
+            human(s.p50),
+            human(s.min),
+            human(s.max),
+            s.n
+        );
+    };
+    row(
+        w,
+        "boot: QEMU started until the runtime's `ready`",
+        &m.boot_ready,
+    );
+    row(
+        w,
+        "**boot to first answer** (the hello function is in the image: a booted VM has no code drive)",
+        &m.boot_answer,
+    );
+    row(
+        w,
+        "restore: QEMU started from the template until the guest runs again (`cont`, clock set)",
+        &m.restore_running,
+    );
+    row(
+        w,
+        "restore: and the function's EROFS image attached and mounted at `/code`",
+        &m.restore_attached,
+    );
+    row(
+        w,
+        "**restore to first answer** (and `ready`, `init`, the first call)",
+        &m.restore_answer,
+    );
+    let _ = writeln!(
+        w,
+        "| the template, made once: one boot, then the snapshot ({} KiB of device state) | {} | | 1 |\n",
+        m.template_state_bytes >> 10,
+        human(m.template_made)
+    );
+    let speedup = m.speedup();
+    let _ = writeln!(
+        w,
+        "Boot ÷ restore, to the first answer at p50: **{speedup:.1}×** (the goal: at least {MICROVM_SPEEDUP_TARGET:.0}×, {}).\n",
+        verdict(speedup >= MICROVM_SPEEDUP_TARGET)
+    );
+    let _ = writeln!(
+        w,
+        "| processes | count | PSS each (median) | mean | min – max | a VM's median over this |"
+    );
+    let _ = writeln!(w, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    let vms = Spread::of(&m.idle_pss);
+    let spread_row = |w: &mut String, what: &str, p: &Spread, ratio: &str| {
+        let _ = writeln!(
+            w,
+            "| {what} | {} | {} | {} | {} – {} | {ratio} |",
+            p.count,
+            mib(p.median),
+            mib(p.mean),
+            mib(p.min),
+            mib(p.max)
+        );
+    };
+    if let Some(vms) = &vms {
+        spread_row(
+            w,
+            &format!(
+                "microVM: idle restored VMs (QEMU with a {} MiB guest, paused after one answer)",
+                m.guest_memory_mib
+            ),
+            vms,
+            "",
+        );
+    }
+    for instances in r.memory.iter().filter(|x| x.idle_instances) {
+        if let (Some(vms), Some(p)) = (&vms, Spread::of(&instances.pss)) {
+            let ratio = format!("{:.1}×", vms.median as f64 / p.median.max(1) as f64);
+            spread_row(w, &process_driver(instances), &p, &ratio);
+        }
+    }
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "Accelerator: {} ({}). QEMU {}. Guest image {} (kernel {}, {} initramfs), {} MiB of guest RAM; {}.\n",
+        m.accel,
+        m.accel_reason.replace('|', "\\|"),
+        m.jail.replace('|', "\\|"),
+        m.image_id,
+        m.kernel_release,
+        mib(m.initramfs_bytes),
+        m.guest_memory_mib,
+        m.qemu
+    );
+}
+
+/// An idle-instances row of the memory table, named for the microVM
+/// section: "thaw: idle function instances (...)" under the process driver.
+fn process_driver(m: &Memory) -> String {
+    match m.what.split_once(": ") {
+        Some((system, rest)) => format!("{system}, process driver: {rest}"),
+        None => m.what.clone(),
+    }
 }
 
 fn machine(w: &mut String, r: &Report) {
@@ -509,17 +695,19 @@ fn machine(w: &mut String, r: &Report) {
     let _ = writeln!(w, "| kernel | Linux {} |", m.kernel);
     let _ = writeln!(w, "| Node.js | {} |", m.node);
     let _ = writeln!(w, "| thaw | {} |", m.thaw);
-    let _ = writeln!(
-        w,
-        "| thaw's driver, as `thaw up` announced it | {} |",
-        r.thaw_driver
-    );
-    let _ = writeln!(
-        w,
-        "| workerd | {} |",
-        m.workerd.as_deref().unwrap_or("not found")
-    );
-    let _ = writeln!(w, "| Deno | {} |", m.deno.as_deref().unwrap_or("not found"));
+    if !r.systems.is_empty() {
+        let _ = writeln!(
+            w,
+            "| thaw's driver, as `thaw up` announced it | {} |",
+            r.thaw_driver
+        );
+        let _ = writeln!(
+            w,
+            "| workerd | {} |",
+            m.workerd.as_deref().unwrap_or("not found")
+        );
+        let _ = writeln!(w, "| Deno | {} |", m.deno.as_deref().unwrap_or("not found"));
+    }
     let _ = writeln!(
         w,
         "| load average at the start (1, 5, 15 min) | {} |",
@@ -572,6 +760,19 @@ fn notes(w: &mut String, r: &Report) {
     let _ = writeln!(w);
 }
 
+/// The microVM section in one line, for the chart's caption.
+pub fn microvm_line(m: &Microvm) -> String {
+    let pss = Spread::of(&m.idle_pss)
+        .map(|p| format!(" · idle restored VM {} PSS (median)", mib(p.median)))
+        .unwrap_or_default();
+    format!(
+        "boot to first answer {} · restore to first answer {} · {:.1}× (p50){pss}",
+        human(m.boot_answer.p50),
+        human(m.restore_answer.p50),
+        m.speedup()
+    )
+}
+
 /// Breakdown steps, for the chart's caption.
 pub fn breakdown_line(b: &Breakdown) -> String {
     format!(
@@ -585,6 +786,148 @@ pub fn breakdown_line(b: &Breakdown) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::Machine;
+    use crate::stats::Summary;
+
+    const MIB: u64 = 1 << 20;
+
+    fn summary(ms: &[u64]) -> Summary {
+        let samples: Vec<Duration> = ms.iter().map(|m| Duration::from_millis(*m)).collect();
+        Summary::of(&samples).unwrap()
+    }
+
+    fn microvm(boots: &[u64], restores: &[u64]) -> Microvm {
+        Microvm {
+            accel: "TCG".into(),
+            accel_reason: "/dev/kvm is there but a probe VM did not boot under it".into(),
+            jail: "ran in thaw's jail".into(),
+            qemu: "QEMU emulator version 7.2.0".into(),
+            image_id: "0123abcd".into(),
+            kernel_release: "6.1.0-56-cloud-amd64".into(),
+            initramfs_bytes: 104 * MIB,
+            guest_memory_mib: 512,
+            boot_ready: summary(&[7_600, 7_900, 8_100]),
+            boot_answer: summary(boots),
+            template_made: Duration::from_millis(10_400),
+            template_state_bytes: 61 << 10,
+            restore_running: summary(&[97, 120, 141]),
+            restore_attached: summary(&[205, 240, 276]),
+            restore_answer: summary(restores),
+            idle_pss: vec![94 * MIB, 90 * MIB, 96 * MIB, 92 * MIB],
+        }
+    }
+
+    /// A report of the microVM section alone, as `--only microvm` writes.
+    fn microvm_only(microvm: Figure<Microvm>, memory: Vec<Memory>) -> Report {
+        Report {
+            command_line: "thaw bench --only microvm".into(),
+            thaw_driver: "not started (--only microvm)".into(),
+            machine: Machine {
+                cpu: "AMD EPYC".into(),
+                cores: 2,
+                kernel: "6.1.0".into(),
+                memory: "23.5 GiB".into(),
+                node: "v20.20.2".into(),
+                thaw: "0.1.0".into(),
+                workerd: None,
+                deno: None,
+                date: "2026-11-22 17:08 UTC".into(),
+                load: "0.5 0.5 0.5".into(),
+            },
+            functions: 50,
+            duration: Duration::from_secs(5),
+            connections: 4,
+            cold_gap: Duration::from_millis(200),
+            systems: Vec::new(),
+            breakdown: Figure::Skipped("--only microvm".into()),
+            memory,
+            microvm,
+            pool_metrics: Vec::new(),
+            elapsed: Duration::from_secs(60),
+        }
+    }
+
+    fn section<'a>(md: &'a str, title: &str) -> &'a str {
+        let start = md.find(&format!("## {title}\n")).expect("the section");
+        let rest = &md[start + 3..];
+        &rest[..rest.find("\n## ").unwrap_or(rest.len())]
+    }
+
+    #[test]
+    fn the_microvm_section_sets_boot_beside_restore() {
+        let instances = Memory {
+            what: "thaw: idle function instances (Node + shim + the hello function, after the warm phase)"
+                .into(),
+            pss: vec![23 * MIB, 22 * MIB],
+            idle_instances: true,
+        };
+        let other = Memory {
+            what: "thaw up itself (gateway, scheduler, registry)".into(),
+            pss: vec![7 * MIB],
+            idle_instances: false,
+        };
+        let r = microvm_only(
+            Figure::Measured(microvm(
+                &[8_100, 8_500, 9_700],
+                &[800, 810, 820, 830, 840, 850, 860],
+            )),
+            vec![instances, other],
+        );
+        let md = markdown(&r, None);
+        assert!(md.contains("the microVM section only"), "{md}");
+        assert!(md.contains("```sh\nthaw bench --only microvm\n```"));
+        assert!(
+            !md.contains(".svg") && !md.contains("## Cold start") && !md.contains("## Targets")
+        );
+        let m = section(&md, "microVM driver: boot against restore");
+        assert!(
+            m.contains("| **boot to first answer** (the hello function is in the image: a booted VM has no code drive) | 8.50 s | 8.10 s – 9.70 s | 3 |"),
+            "{m}"
+        );
+        assert!(
+            m.contains("| **restore to first answer** (and `ready`, `init`, the first call) | 830.0 ms | 800.0 ms – 860.0 ms | 7 |"),
+            "{m}"
+        );
+        // 8.50 s / 830 ms
+        assert!(m.contains("**10.2×** (the goal: at least 10×, met)"), "{m}");
+        assert!(
+            m.contains("| microVM: idle restored VMs (QEMU with a 512 MiB guest, paused after one answer) | 4 | 92.0 MiB | 93.0 MiB | 90.0 MiB – 96.0 MiB |  |"),
+            "{m}"
+        );
+        assert!(
+            m.contains("| thaw, process driver: idle function instances (Node + shim + the hello function, after the warm phase) | 2 | 22.0 MiB | 22.5 MiB | 22.0 MiB – 23.0 MiB | 4.2× |"),
+            "{m}"
+        );
+        assert!(
+            !m.contains("thaw up itself"),
+            "only idle instances go beside the VMs"
+        );
+        assert!(m.contains("Accelerator: TCG (/dev/kvm is there"), "{m}");
+        assert!(md.contains("## Machine"));
+        assert_eq!(
+            microvm_line(r.microvm.measured().unwrap()),
+            "boot to first answer 8.50 s · restore to first answer 830.0 ms · 10.2× (p50) · idle restored VM 92.0 MiB PSS (median)"
+        );
+    }
+
+    #[test]
+    fn the_microvm_section_says_when_the_goal_is_missed_or_why_not_measured() {
+        let slow = microvm_only(
+            Figure::Measured(microvm(&[8_000], &[1_000, 1_100, 1_200])),
+            Vec::new(),
+        );
+        let m = markdown(&slow, None);
+        assert!(
+            m.contains("**7.3×** (the goal: at least 10×, **missed**)"),
+            "{m}"
+        );
+        let skipped = microvm_only(Figure::Skipped("--skip microvm".into()), Vec::new());
+        assert!(markdown(&skipped, None).contains(
+            "## microVM driver: boot against restore\n\nNot measured (skipped: --skip microvm)."
+        ));
+        let failed = microvm_only(Figure::Failed("no thaw-agent | here".into()), Vec::new());
+        assert!(markdown(&failed, None).contains("Not measured (failed: no thaw-agent \\| here)."));
+    }
 
     #[test]
     fn durations_for_people() {

@@ -97,6 +97,9 @@ pub struct Memory {
     pub what: String,
     /// PSS of each process, in bytes.
     pub pss: Vec<u64>,
+    /// thaw's idle function instances under the process driver, which the
+    /// microVM section sets its idle VMs beside.
+    pub idle_instances: bool,
 }
 
 /// Where thaw's cold path spends its time: the steps of a runtime start
@@ -118,6 +121,49 @@ pub struct Breakdown {
     pub fetch: Option<(Summary, Summary)>,
 }
 
+/// The microVM driver's mechanism: VMs booted from scratch against VMs
+/// restored from a template, each to its first answer, and the memory of
+/// idle restored VMs.
+#[derive(Debug, Clone)]
+pub struct Microvm {
+    /// "TCG" or "KVM", as the driver's probe chose, and why.
+    pub accel: String,
+    pub accel_reason: String,
+    /// Whether QEMU ran in thaw's jail (as `thaw up` runs it as root), and
+    /// if not, why.
+    pub jail: String,
+    /// `qemu-system-x86_64 --version`, first line.
+    pub qemu: String,
+    pub image_id: String,
+    pub kernel_release: String,
+    pub initramfs_bytes: u64,
+    pub guest_memory_mib: u32,
+    /// QEMU started until the runtime's `ready`.
+    pub boot_ready: Summary,
+    /// QEMU started until the answer to the first call (`init` of the
+    /// function in the image, then one `invoke`).
+    pub boot_answer: Summary,
+    /// Making the template: one boot, then the snapshot.
+    pub template_made: Duration,
+    /// The template's device state (its RAM is a file of its own).
+    pub template_state_bytes: u64,
+    /// QEMU started from the template until the guest runs again.
+    pub restore_running: Summary,
+    /// ... and the function's code image attached and mounted.
+    pub restore_attached: Summary,
+    /// ... and the answer to the first call (`ready`, `init`, `invoke`).
+    pub restore_answer: Summary,
+    /// PSS of each idle restored VM's QEMU, in bytes.
+    pub idle_pss: Vec<u64>,
+}
+
+impl Microvm {
+    /// Boot to first answer over restore to first answer, at p50.
+    pub fn speedup(&self) -> f64 {
+        self.boot_answer.p50.as_secs_f64() / self.restore_answer.p50.as_secs_f64().max(1e-9)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Report {
     pub command_line: String,
@@ -131,6 +177,7 @@ pub struct Report {
     pub systems: Vec<SystemResult>,
     pub breakdown: Figure<Breakdown>,
     pub memory: Vec<Memory>,
+    pub microvm: Figure<Microvm>,
     /// `thaw_pool_*` and `thaw_runtime_*` lines of `/metrics` at the end.
     pub pool_metrics: Vec<String>,
     pub elapsed: Duration,

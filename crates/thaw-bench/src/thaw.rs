@@ -252,8 +252,9 @@ impl Platform {
     }
 
     /// PSS of thaw's processes right now; a runtime's figure is the sum
-    /// over its processes (a jail's, when it has one, and Node's).
-    pub fn memory(&self) -> Vec<Memory> {
+    /// over its processes (a jail's, when it has one, and Node's). `system`
+    /// begins each row ("thaw").
+    pub fn memory(&self, system: &str) -> Vec<Memory> {
         let (mut bound, mut waiting) = (Vec::new(), Vec::new());
         let runtimes = self.runtimes();
         for r in &runtimes {
@@ -278,17 +279,22 @@ impl Platform {
         vec![
             Memory {
                 what: format!(
-                    "thaw: idle function instances (Node + shim + the hello function{jail}, after the warm phase)"
+                    "{system}: idle function instances (Node + shim + the hello function{jail}, after the warm phase)"
                 ),
                 pss: bound,
+                idle_instances: true,
             },
             Memory {
-                what: format!("thaw: pre-started runtimes bound to no function (Node + shim{jail})"),
+                what: format!(
+                    "{system}: pre-started runtimes bound to no function (Node + shim{jail})"
+                ),
                 pss: waiting,
+                idle_instances: false,
             },
             Memory {
                 what: "thaw up itself (gateway, scheduler, registry)".into(),
                 pss: pss_bytes(self.up.pid()).into_iter().collect(),
+                idle_instances: false,
             },
         ]
     }

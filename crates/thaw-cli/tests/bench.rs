@@ -1,11 +1,19 @@
 //! `thaw bench --quick`: every system runs and the report holds a row of
-//! figures for each. Nothing here asserts on speed: the figures only have
-//! to be there.
+//! figures for each; the microVM section alone, under real QEMU, holds its
+//! figures too. Nothing here asserts on speed: the figures only have to be
+//! there.
+
+#[path = "../../thaw-microvm/tests/support/agent.rs"]
+mod microvm_support;
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Mutex;
 
 const THAW: &str = env!("CARGO_BIN_EXE_thaw");
+
+/// One bench at a time: the VMs of one would take the CPU of the other.
+static ONE_BENCH: Mutex<()> = Mutex::new(());
 
 /// "5.33 ms", "795 µs", "1.50 s".
 fn is_duration(cell: &str) -> bool {
@@ -32,19 +40,29 @@ fn section<'a>(md: &'a str, title: &str) -> &'a str {
     &rest[..rest.find("\n## ").unwrap_or(rest.len())]
 }
 
+/// `thaw bench ARGS --out OUT` (one at a time), with `env`; its stderr.
+fn bench(args: &[&str], out: &Path, env: &[(&str, &Path)]) -> String {
+    let _one = ONE_BENCH.lock().unwrap_or_else(|e| e.into_inner());
+    let run = Command::new(THAW)
+        .arg("bench")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .env_remove("THAW_DATA_DIR")
+        .env_remove("THAW_TOKEN")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "thaw bench failed:\n{stderr}");
+    stderr
+}
+
 #[test]
 fn quick_bench_writes_a_row_of_figures_per_system() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("b.md");
-    let run = Command::new(THAW)
-        .args(["bench", "--quick", "--out"])
-        .arg(&out)
-        .env_remove("THAW_DATA_DIR")
-        .env_remove("THAW_TOKEN")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "thaw bench failed:\n{stderr}");
+    let stderr = bench(&["--quick", "--skip", "microvm"], &out, &[]);
     assert!(
         stderr.contains("[bench] thaw (Lambda handler) cold: first call 3/3"),
         "{stderr}"
@@ -52,9 +70,11 @@ fn quick_bench_writes_a_row_of_figures_per_system() {
 
     let md = std::fs::read_to_string(&out).unwrap();
     assert!(
-        md.contains("thaw bench --quick --out"),
+        md.contains("thaw bench --quick --skip microvm --out"),
         "the exact command is in the report"
     );
+    assert!(section(&md, "microVM driver: boot against restore")
+        .contains("Not measured (skipped: --skip microvm)."));
     let svg = std::fs::read_to_string(dir.path().join("b.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
 
@@ -130,4 +150,63 @@ fn quick_bench_writes_a_row_of_figures_per_system() {
         "{memory}"
     );
     assert!(section(&md, "Machine").contains("| CPU |"));
+}
+
+/// `--only microvm`: boots and restores real VMs (TCG here), with the
+/// image cache thaw-microvm's tests use, and writes the section alone.
+#[test]
+fn the_microvm_section_alone_sets_boot_beside_restore() {
+    let agent = microvm_support::agent_binary();
+    let cache = microvm_support::data_dir().join("images");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.md");
+    let stderr = bench(
+        &[
+            "--quick",
+            "--only",
+            "microvm",
+            "--microvm-cache",
+            cache.to_str().unwrap(),
+        ],
+        &out,
+        &[("THAW_AGENT", &agent)],
+    );
+    assert!(stderr.contains("[bench] microVM: boot 1/1"), "{stderr}");
+    assert!(
+        !dir.path().join("m.svg").exists(),
+        "no chart without the systems"
+    );
+
+    let md = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        md.contains("thaw bench --quick --only microvm --microvm-cache"),
+        "{md}"
+    );
+    assert!(
+        !md.contains("## Cold start"),
+        "only the microVM section ran"
+    );
+    let m = section(&md, "microVM driver: boot against restore");
+    for (step, samples) in [
+        ("**boot to first answer**", "1"),
+        ("**restore to first answer**", "2"),
+    ] {
+        let line = m
+            .lines()
+            .find(|l| l.starts_with(&format!("| {step}")))
+            .unwrap_or_else(|| panic!("no row for {step} in:\n{m}"));
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        assert!(is_duration(cells[1]), "{cells:?}");
+        assert_eq!(cells[3], samples, "{cells:?}");
+    }
+    assert!(
+        m.contains("Boot ÷ restore, to the first answer at p50: **"),
+        "{m}"
+    );
+    let vms = row(
+        m,
+        "microVM: idle restored VMs (QEMU with a 512 MiB guest, paused after one answer)",
+    );
+    assert_eq!(vms[1], "2", "{vms:?}");
+    assert!(vms[2].ends_with(" MiB"), "{vms:?}");
 }

@@ -14,10 +14,6 @@ use thaw_scheduler::{
     FunctionSpec, InvokeError, PoolConfig, RuntimePool, Scheduler, SchedulerConfig,
 };
 
-/// The runtime shim, embedded so that a `thaw` binary is all a host needs
-/// besides Node. Written to the data directory at start-up.
-const SHIM_SOURCE: &str = include_str!("../../../runtime/shim/shim.mjs");
-
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
@@ -491,7 +487,9 @@ async fn open_microvm(
             .image_cache
             .clone()
             .unwrap_or_else(|| config.data_dir.join("images")),
-        agent: find_agent()?,
+        agent: thaw_microvm::find_agent(
+            &std::env::current_exe().context("cannot find the thaw executable")?,
+        )?,
         shim,
         node: thaw_sandbox::which(&config.node).with_context(|| {
             format!(
@@ -544,29 +542,6 @@ pub async fn build_microvm_runtime(config: Config) -> anyhow::Result<String> {
     ))
 }
 
-/// The guest's PID 1: `THAW_AGENT` when set, else `thaw-agent` beside the
-/// running thaw (where `cargo build` and `cargo xtask up` put it).
-fn find_agent() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("THAW_AGENT").filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        anyhow::ensure!(
-            path.is_file(),
-            "THAW_AGENT is {}, which is not a file",
-            path.display()
-        );
-        return Ok(path);
-    }
-    let exe = std::env::current_exe().context("cannot find the thaw executable")?;
-    let beside = exe.with_file_name("thaw-agent");
-    anyhow::ensure!(
-        beside.is_file(),
-        "the microvm driver needs thaw-agent, the guest's init, beside {} or in THAW_AGENT: \
-         build it with `cargo build --release -p thaw-agent`",
-        exe.display()
-    );
-    Ok(beside)
-}
-
 /// The shim runtimes run: the one given with `--shim`, else the one built
 /// into thaw, written to the data directory.
 fn runtime_shim(config: &Config) -> anyhow::Result<PathBuf> {
@@ -574,27 +549,16 @@ fn runtime_shim(config: &Config) -> anyhow::Result<PathBuf> {
         Some(path) => {
             let source = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the shim {}", path.display()))?;
-            write_shim(&config.data_dir, &source)
+            thaw_sandbox::write_shim(&config.data_dir, &source)
         }
-        None => write_shim(&config.data_dir, SHIM_SOURCE),
+        None => thaw_sandbox::write_builtin_shim(&config.data_dir),
     }
-}
-
-/// Writes `source` to `<data>/runtime/<hash>/shim.mjs` (once) and returns
-/// that path: a shim's file never changes once runtimes use it, and its
-/// path names its content.
-fn write_shim(data_dir: &Path, source: &str) -> anyhow::Result<PathBuf> {
-    use sha2::Digest as _;
-    let hash = hex::encode(&sha2::Sha256::digest(source.as_bytes())[..8]);
-    let dir = data_dir.join("runtime").join(hash);
-    let path = dir.join("shim.mjs");
-    if !path.exists() {
-        std::fs::create_dir_all(&dir)?;
-        let tmp = dir.join("shim.mjs.tmp");
-        std::fs::write(&tmp, source)?;
-        std::fs::rename(&tmp, &path)?;
-    }
-    Ok(path)
+    .with_context(|| {
+        format!(
+            "could not write the runtime shim under {}",
+            config.data_dir.display()
+        )
+    })
 }
 
 /// Runs the platform until the process is stopped.

@@ -78,6 +78,31 @@ impl ImageOptions {
     }
 }
 
+/// The guest's PID 1 for a `thaw` at `thaw_exe`: `THAW_AGENT` when set,
+/// else `thaw-agent` beside it (where `cargo build` and `cargo xtask up`
+/// put it).
+pub fn find_agent(thaw_exe: &Path) -> Result<PathBuf, MicrovmError> {
+    if let Some(path) = std::env::var_os("THAW_AGENT").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            return Err(MicrovmError::Image(format!(
+                "THAW_AGENT is {}, which is not a file",
+                path.display()
+            )));
+        }
+        return Ok(path);
+    }
+    let beside = thaw_exe.with_file_name("thaw-agent");
+    if !beside.is_file() {
+        return Err(MicrovmError::Image(format!(
+            "thaw-agent, the guest's init, is needed beside {} or in THAW_AGENT: \
+             build it with `cargo build --release -p thaw-agent`",
+            thaw_exe.display()
+        )));
+    }
+    Ok(beside)
+}
+
 /// A built image, as recorded in `<dir>/image.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageInfo {

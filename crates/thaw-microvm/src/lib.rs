@@ -29,7 +29,8 @@ pub use accel::{probe_accel, AccelProbe};
 pub use code::{build_code_image, CODE_FSTYPE};
 pub use driver::{MicrovmConfig, MicrovmDriver, SetupProgress};
 pub use image::{
-    build_image, BuildProgress, ImageInfo, ImageOptions, OPTIONAL_MODULES, REQUIRED_MODULES,
+    build_image, find_agent, BuildProgress, ImageInfo, ImageOptions, OPTIONAL_MODULES,
+    REQUIRED_MODULES,
 };
 pub use template::{restore, Template};
 pub use vm::{

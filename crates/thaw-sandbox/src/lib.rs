@@ -14,9 +14,11 @@
 
 mod instance;
 mod process;
+mod shim;
 
 pub use instance::{Binding, Instance, InvokeOutcome, LogLine, LogSink, Reply, RuntimeProcess};
 pub use process::{set_niceness, which, JailSettings, ProcessDriver, ProcessDriverConfig};
+pub use shim::{write_builtin_shim, write_shim, SHIM_SOURCE};
 /// Which of a runtime's output streams a line came from (the `output` of
 /// [`Instance::connect`]).
 pub use thaw_protocol::LogStream;

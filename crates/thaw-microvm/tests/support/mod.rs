@@ -1,6 +1,6 @@
-//! Shared by the integration tests and the `measure` example: builds the
-//! agent and the image once (cached under the target directory), and
-//! speaks just enough of the protocol to init and invoke.
+//! Shared by the integration tests: builds the agent and the image once
+//! (cached under the target directory), and speaks just enough of the
+//! protocol to init and invoke.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
