@@ -154,24 +154,7 @@ fn an_instance_past_its_memory_limit_is_killed_with_an_error_naming_the_limit() 
     p.deploy(hog.path(), "hog");
     let bystander = function_dir(&[("index.mjs", "export const main = () => ({ fine: true });")]);
     p.deploy(bystander.path(), "bystander");
-    let r = http().get(p.url("hog", "/")).send().unwrap();
-    assert_eq!(r.status(), 502);
-    let v: Value = r.json().unwrap();
-    assert_eq!(v["error"]["code"], "crashed");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("memory limit of 96 MiB"),
-        "{v}"
-    );
-    let ok: Value = http()
-        .get(p.url("bystander", "/"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    assert_eq!(ok["fine"], true);
+    common::assert_killed_past_memory_limit(&p, "hog", "/", 96, "bystander");
 }
 
 #[test]

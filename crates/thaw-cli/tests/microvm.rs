@@ -323,24 +323,7 @@ fn vms_run_jailed_and_one_past_its_memory_is_killed_naming_the_limit() {
     assert_eq!(line["stream"], "stderr", "{line}");
 
     // Far past it: the VM is killed and the error names the limit.
-    let r = http().get(p.url("vm-hog", "/?mb=480")).send().unwrap();
-    assert_eq!(r.status(), 502);
-    let v: Value = r.json().unwrap();
-    assert_eq!(v["error"]["code"], "crashed", "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("memory limit of 64 MiB"),
-        "{v}"
-    );
-    let ok: Value = http()
-        .get(p.url("vm-bystander", "/"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    assert_eq!(ok["fine"], true);
+    common::assert_killed_past_memory_limit(&p, "vm-hog", "/?mb=480", 64, "vm-bystander");
 }
 
 #[test]

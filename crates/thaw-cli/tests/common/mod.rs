@@ -299,3 +299,31 @@ pub fn upgrade_runtime_while_serving(p: &Platform, shim: &Path, driver: &str) {
     let again = p.thaw_ok(&["runtime", "upgrade"]);
     assert!(again.contains(&format!("{driver}: unchanged")), "{again}");
 }
+
+/// Calls `name` at `path`, which goes past its memory limit of `mb` MiB:
+/// the answer is a 502 `crashed` naming the limit, and `bystander` (a
+/// function answering `{"fine": true}`) keeps serving.
+pub fn assert_killed_past_memory_limit(
+    p: &Platform,
+    name: &str,
+    path: &str,
+    mb: u32,
+    bystander: &str,
+) {
+    let r = http().get(p.url(name, path)).send().unwrap();
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["error"]["code"], "crashed", "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains(&format!("memory limit of {mb} MiB")),
+        "{v}"
+    );
+    let ok: Value = http()
+        .get(p.url(bystander, "/"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ok["fine"], true);
+}
