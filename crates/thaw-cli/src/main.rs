@@ -92,6 +92,26 @@ struct Tuning {
     /// upgrade without rebuilding thaw).
     #[arg(long, hide = true)]
     shim: Option<PathBuf>,
+    /// The microVM guest's kernel: `built` (thaw's own, compiled once from
+    /// Debian's linux-source: minutes the first time) or `cloud` (Debian's
+    /// linux-image-cloud-amd64).
+    #[arg(long, value_enum, default_value = "built")]
+    guest_kernel: GuestKernelArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum GuestKernelArg {
+    Built,
+    Cloud,
+}
+
+impl GuestKernelArg {
+    fn kernel(self) -> thaw_gateway::GuestKernel {
+        match self {
+            GuestKernelArg::Built => thaw_gateway::GuestKernel::Built,
+            GuestKernelArg::Cloud => thaw_gateway::GuestKernel::Cloud,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -113,8 +133,10 @@ enum ImageCommand {
     /// it, and create the runtime's template (a snapshot after Node and the
     /// shim started), as `thaw up --driver microvm` would, then exit.
     #[command(
-        after_help = "The image is Debian's cloud kernel (fetched with apt-get download), an \
-initramfs holding thaw-agent as init, node with its libraries and the shim. It is reproducible \
+        after_help = "The image is a kernel (thaw's own, compiled once from Debian's linux-source \
+package with thaw's config, which takes minutes; or with --guest-kernel cloud Debian's cloud \
+kernel, fetched with apt-get download), an initramfs holding thaw-agent as init, node with its \
+libraries and the shim. It is reproducible \
 and cached by the hash of its inputs: building again with the same inputs does nothing. A new \
 thaw (a new shim) gives a new image and template; deployed functions need no redeploy."
     )]
@@ -128,6 +150,10 @@ thaw (a new shim) gives a new image and template; deployed functions need no red
         /// The node binary to put in the image.
         #[arg(long, env = "THAW_NODE", default_value = "node")]
         node: PathBuf,
+        /// The guest's kernel: `built` (thaw's own, compiled once from
+        /// Debian's linux-source) or `cloud` (Debian's linux-image-cloud-amd64).
+        #[arg(long, value_enum, default_value = "built")]
+        guest_kernel: GuestKernelArg,
     },
 }
 
@@ -321,12 +347,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             image_cache,
             node,
+            guest_kernel,
         }) => {
             let listen: SocketAddr = DEFAULT_LISTEN.parse().expect("a valid address");
             let mut config =
                 thaw_gateway::Config::new(data_dir.unwrap_or_else(default_data_dir), listen);
             config.node = node;
             config.image_cache = image_cache;
+            config.guest_kernel = guest_kernel.kernel();
             config.driver = thaw_gateway::DriverKind::Microvm;
             let summary = tokio::runtime::Runtime::new()?
                 .block_on(thaw_gateway::build_microvm_runtime(config))?;
@@ -416,6 +444,7 @@ fn up(data_dir: PathBuf, listen: SocketAddr, node: PathBuf, t: Tuning) -> anyhow
         DriverArg::Microvm => thaw_gateway::DriverKind::Microvm,
     };
     config.image_cache = t.image_cache;
+    config.guest_kernel = t.guest_kernel.kernel();
     config.shim = t.shim;
     config.jail = match t.jail {
         JailArg::On => thaw_gateway::JailMode::On,

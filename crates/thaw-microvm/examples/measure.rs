@@ -1,7 +1,9 @@
 //! Measures, under the accelerator the probe picks (or `--tcg`), boot to
 //! first answer against restore to first answer, and the PSS of idle
 //! restored VMs. The figures in docs/microvm.md come from
-//! `cargo run --release -p thaw-microvm --example measure -- --tcg`.
+//! `cargo run --release -p thaw-microvm --example measure -- --tcg`;
+//! `--kernel cloud|built|PATH` picks the guest kernel (PATH: a bzImage with
+//! everything built in).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -10,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::*;
-use thaw_microvm::{build_code_image, probe_accel, Accel, Template, Vm, VmOptions, CODE_FSTYPE};
+use thaw_microvm::{
+    build_code_image, probe_accel, Accel, GuestKernel, Template, Vm, VmOptions, CODE_FSTYPE,
+};
 
 fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
@@ -29,7 +33,18 @@ async fn main() {
     let restores: usize = 7;
     let idle_vms: usize = 4;
 
-    let image = image();
+    let kernel = match args
+        .iter()
+        .position(|a| a == "--kernel")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+    {
+        None => GuestKernel::default(),
+        Some("cloud") => GuestKernel::Cloud,
+        Some("built") => GuestKernel::Built,
+        Some(path) => GuestKernel::Prebuilt(path.into()),
+    };
+    let image = image_with(kernel);
     let run = run_dir();
     let accel = if force_tcg {
         Accel::Tcg
@@ -51,8 +66,9 @@ async fn main() {
     let mut opts = VmOptions::new(accel, run.path());
     opts.timeout = TIMEOUT;
     println!(
-        "image {} (initramfs {} MiB), guest RAM {} MiB, {accel:?}",
+        "image {} (kernel {}, initramfs {} MiB), guest RAM {} MiB, {accel:?}",
         image.id,
+        image.kernel_release,
         image.initramfs_bytes >> 20,
         opts.memory_mib
     );

@@ -29,8 +29,8 @@ use thaw_sandbox::{BoxFuture, Driver, Instance, LogSink, RuntimeProcess, Sandbox
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::{
-    build_code_image, build_image, probe_accel, Accel, AccelProbe, BuildProgress, ImageOptions,
-    MicrovmError, Template, Vm, VmOptions, CODE_FSTYPE,
+    build_code_image, build_image, probe_accel, Accel, AccelProbe, BuildProgress, GuestKernel,
+    ImageOptions, MicrovmError, Template, Vm, VmOptions, CODE_FSTYPE,
 };
 
 /// Niceness of a VM being restored for the pool; `attach` sets 0, so that
@@ -50,6 +50,8 @@ pub struct MicrovmConfig {
     pub shim: PathBuf,
     /// The Node binary copied into the guest.
     pub node: PathBuf,
+    /// The guest's kernel.
+    pub kernel: GuestKernel,
     /// Each VM's sockets and logs go in a directory under this one (keep
     /// it short: Unix socket paths are limited to 107 bytes).
     pub run_dir: PathBuf,
@@ -71,7 +73,13 @@ impl SetupProgress<'_> {
     fn step(&self) -> u32 {
         match self {
             SetupProgress::Image(BuildProgress::Downloading { .. }) => 1,
-            SetupProgress::Image(BuildProgress::Extracting { .. }) => 2,
+            SetupProgress::Image(
+                BuildProgress::Extracting { .. }
+                | BuildProgress::KernelUnpacking { .. }
+                | BuildProgress::KernelConfiguring
+                | BuildProgress::KernelCompiling { .. }
+                | BuildProgress::KernelBuilt { .. },
+            ) => 2,
             SetupProgress::Image(BuildProgress::Collecting) => 3,
             SetupProgress::Image(BuildProgress::Hashing { .. }) => 4,
             SetupProgress::Image(_) => 5,
@@ -120,6 +128,7 @@ impl MicrovmDriver {
     ) -> Result<MicrovmDriver, MicrovmError> {
         let mut image_opts = ImageOptions::new(&config.images_dir, &config.agent, &config.shim);
         image_opts.node = config.node.clone();
+        image_opts.kernel = config.kernel.clone();
         let image = {
             let progress = progress.clone();
             tokio::task::spawn_blocking(move || {

@@ -458,10 +458,16 @@ pub(crate) fn host_tsc_khz() -> Option<u64> {
     Some((mhz * 1000.0) as u64)
 }
 
-pub(crate) fn kernel_cmdline() -> String {
+/// The kernel command line: thaw's own words, then what the image's kernel
+/// needs. (Without ACPI, QEMU's microvm appends the virtio-mmio devices.)
+pub(crate) fn kernel_cmdline(image: &ImageInfo) -> String {
     let mut cmdline = String::from("console=ttyS0 quiet panic=-1");
     if let Some(khz) = host_tsc_khz() {
         cmdline.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
+    }
+    if !image.kernel_args.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(&image.kernel_args);
     }
     cmdline
 }
@@ -470,7 +476,9 @@ fn qemu_args(launch: &Launch<'_>, dir: &Path) -> Vec<OsString> {
     let opts = launch.opts;
     let mut args: Vec<OsString> = Vec::new();
     let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
-    let mut machine = String::from("microvm,acpi=on");
+    // The image says whether its kernel finds devices through ACPI.
+    let acpi = if launch.image.acpi { "on" } else { "off" };
+    let mut machine = format!("microvm,acpi={acpi}");
     if launch.memory.is_some() {
         machine.push_str(",memory-backend=mem");
     }
@@ -496,7 +504,7 @@ fn qemu_args(launch: &Launch<'_>, dir: &Path) -> Vec<OsString> {
         "-initrd",
         &path(&launch.image.initramfs),
     ]);
-    push(&["-append", &kernel_cmdline()]);
+    push(&["-append", &kernel_cmdline(launch.image)]);
     push(&[
         "-serial",
         &format!("file:{}", path(&dir.join("console.log"))),
