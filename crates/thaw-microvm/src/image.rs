@@ -202,8 +202,8 @@ impl fmt::Display for BuildProgress {
             ),
             BuildProgress::KernelCompiling { jobs, files: 0 } => write!(
                 f,
-                "building thaw's guest kernel: make -j{jobs} bzImage (about 800 files; \
-                 ~5 min of 2 idle cores)"
+                "building thaw's guest kernel: make -j{jobs} bzImage (about 770 files, \
+                 ~8 minutes of CPU time)"
             ),
             BuildProgress::KernelCompiling { files, .. } => {
                 write!(f, "building thaw's guest kernel: {files} files compiled")
@@ -529,6 +529,9 @@ pub(crate) fn package_deb(
 ) -> Result<PathBuf, MicrovmError> {
     fs::create_dir_all(debs)
         .map_err(|e| MicrovmError::io(format!("creating {}", debs.display()), e))?;
+    // Concurrent builds (tests, two thaws) must not download into the same
+    // file at once.
+    let _lock = lock_file(&debs.join(".download.lock"))?;
     let family = format!(
         "{}-",
         package.split('-').take(2).collect::<Vec<_>>().join("-")
@@ -577,6 +580,21 @@ pub(crate) fn package_deb(
     Err(MicrovmError::Image(format!(
         "{package}: too many levels of metapackages"
     )))
+}
+
+/// Takes an exclusive lock on `path` (created if need be), held until the
+/// returned file is dropped.
+pub(crate) fn lock_file(path: &Path) -> Result<fs::File, MicrovmError> {
+    use std::os::fd::AsRawFd;
+    let file = fs::File::create(path)
+        .map_err(|e| MicrovmError::io(format!("creating {}", path.display()), e))?;
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(MicrovmError::io(
+            format!("locking {}", path.display()),
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(file)
 }
 
 fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {

@@ -17,14 +17,13 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-use crate::image::{hash_file, package_deb, BuildProgress};
+use crate::image::{hash_file, lock_file, package_deb, BuildProgress};
 use crate::MicrovmError;
 
 /// The config fragment, applied with `make allnoconfig KCONFIG_ALLCONFIG=`.
@@ -88,16 +87,9 @@ pub(crate) fn build_kernel(
         bzimage: out.join("bzImage"),
         source_deb: deb.clone(),
     };
-    let lock_path = kernels.join(format!("thaw-{key}.lock"));
-    let lock = fs::File::create(&lock_path)
-        .map_err(|e| MicrovmError::io(format!("creating {}", lock_path.display()), e))?;
-    // Held until this function returns (the file is closed with it).
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(MicrovmError::io(
-            format!("locking {}", lock_path.display()),
-            std::io::Error::last_os_error(),
-        ));
-    }
+    // Held until this function returns: a second process waits here for
+    // the first one's build instead of repeating it.
+    let _lock = lock_file(&kernels.join(format!("thaw-{key}.lock")))?;
     if out.join(".complete").exists() {
         return Ok(built);
     }
