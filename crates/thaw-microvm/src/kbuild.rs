@@ -115,7 +115,7 @@ pub(crate) fn build_kernel(
         fs::rename(&tmp, &out)
             .map_err(|e| MicrovmError::io(format!("moving into {}", out.display()), e))
     });
-    // The source tree and objects are ~1.5 GiB; only the bzImage is kept.
+    // The source tree and objects are ~1.6 GiB; only the bzImage is kept.
     let _ = fs::remove_dir_all(&work);
     if result.is_ok() {
         let _ = fs::remove_file(&log);
