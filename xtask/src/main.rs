@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 /// QEMU for the `microvm` driver, erofs-utils to make the read-only code
 /// images it attaches to VMs, and what building the guest kernel from
 /// `linux-source` runs (thaw_microvm::KERNEL_BUILD_PACKAGES; xtask does not
-/// link thaw-microvm, so the list is repeated here).
+/// link thaw-microvm, so the list is repeated here and a test of
+/// thaw-microvm checks that it is).
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "erofs-utils",

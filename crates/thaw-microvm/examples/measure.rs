@@ -1,6 +1,6 @@
 //! Measures, under the accelerator the probe picks (or `--tcg`), boot to
-//! first answer against restore to first answer, and the PSS of idle
-//! restored VMs. The figures in docs/microvm.md come from
+//! first answer against restore to first answer, and the CPU time and PSS
+//! of idle restored VMs. The figures in docs/microvm.md come from
 //! `cargo run --release -p thaw-microvm --example measure -- --tcg`;
 //! `--kernel cloud|built|PATH` picks the guest kernel (PATH: a bzImage with
 //! everything built in).
@@ -23,6 +23,19 @@ fn ms(d: Duration) -> String {
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
+}
+
+/// User + system CPU time of a process, in clock ticks (`/proc/<pid>/stat`).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command (which may hold spaces), from field 3 on.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+fn ticks_per_second() -> u64 {
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as u64
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -143,8 +156,23 @@ async fn main() {
         let mut ch = vm.take_channel().unwrap();
         expect_ready(&mut ch).await;
         init_and_invoke(&mut ch, &code_dir, json!(i)).await;
-        vm.pause().await.unwrap();
         vms.push((vm, ch));
+    }
+    // What an idle, running guest costs (as a VM waiting in the pool is).
+    let window = Duration::from_secs(10);
+    let before: Vec<u64> = vms.iter().map(|(vm, _)| cpu_ticks(vm.pid())).collect();
+    tokio::time::sleep(window).await;
+    for (i, (vm, _)) in vms.iter().enumerate() {
+        let used = cpu_ticks(vm.pid()) - before[i];
+        let ms = used * 1000 / ticks_per_second();
+        println!(
+            "idle restored VM {i} (running): {ms} ms of CPU in {} s ({:.1} % of a core)",
+            window.as_secs(),
+            ms as f64 / window.as_millis() as f64 * 100.0
+        );
+    }
+    for (vm, _) in vms.iter_mut() {
+        vm.pause().await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut total = 0;

@@ -203,8 +203,9 @@ impl MicrovmDriver {
         let (reader, writer) = channel.into_split();
         let process = VmProcess::new(vm);
         // Left running while it waits in the pool: an idle restored guest
-        // used ~0.7 % of a core under TCG, and pausing it made the cold
-        // start (attach + init) ~810 ms instead of ~310 ms (docs/microvm.md).
+        // used ~0.7 % of a core under TCG with the cloud kernel (~0.1 %
+        // with thaw's), and pausing it made the cold start (attach + init)
+        // ~810 ms instead of ~310 ms (docs/microvm.md).
         Instance::connect(reader, writer, Box::new(process), None, sink).await
     }
 

@@ -353,6 +353,18 @@ mod tests {
     }
 
     #[test]
+    fn cargo_xtask_setup_installs_what_the_build_needs() {
+        let xtask = include_str!("../../../xtask/src/main.rs");
+        for package in KERNEL_BUILD_PACKAGES {
+            assert!(
+                xtask.contains(&format!("\"{package}\"")),
+                "{package} is missing from xtask's APT_PACKAGES"
+            );
+        }
+        assert!(xtask.contains(&format!("\"{SOURCE_PACKAGE}\"")));
+    }
+
+    #[test]
     fn the_fragment_builds_in_what_the_agent_and_qemu_rely_on() {
         for needed in [
             "CONFIG_VIRTIO_MMIO=y",
