@@ -12,9 +12,24 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Debian packages thaw needs beyond a stock machine with Rust and Node:
-/// QEMU for the `microvm` driver, and erofs-utils to make the read-only
-/// code images it attaches to VMs.
-const APT_PACKAGES: &[&str] = &["qemu-system-x86", "erofs-utils"];
+/// QEMU for the `microvm` driver, erofs-utils to make the read-only code
+/// images it attaches to VMs, and what building the guest kernel from
+/// `linux-source` runs (thaw_microvm::KERNEL_BUILD_PACKAGES; xtask does not
+/// link thaw-microvm, so the list is repeated here and a test of
+/// thaw-microvm checks that it is).
+const APT_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "erofs-utils",
+    "build-essential",
+    "bc",
+    "bison",
+    "flex",
+    "libelf-dev",
+    "xz-utils",
+];
+/// Packages the microVM image build fetches with `apt-get download`: the
+/// package lists must know them.
+const APT_DOWNLOADS: &[&str] = &["linux-source", "linux-image-cloud-amd64"];
 const LISTEN: &str = "127.0.0.1:8787";
 
 fn main() {
@@ -88,17 +103,17 @@ fn setup() -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
-    // The microvm image is built from Debian's cloud kernel, fetched with
-    // `apt-get download`: the package lists must know it.
-    let known = Command::new("apt-cache")
-        .args(["policy", "linux-image-cloud-amd64"])
-        .output()
-        .map(|o| {
-            let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            text.contains("Candidate:") && !text.contains("Candidate: (none)")
-        })
-        .unwrap_or(false);
-    if !known {
+    let known = |package: &str| {
+        Command::new("apt-cache")
+            .args(["policy", package])
+            .output()
+            .map(|o| {
+                let text = String::from_utf8_lossy(&o.stdout).into_owned();
+                text.contains("Candidate:") && !text.contains("Candidate: (none)")
+            })
+            .unwrap_or(false)
+    };
+    if !APT_DOWNLOADS.iter().all(|p| known(p)) {
         run(Command::new("apt-get").arg("update").arg("-q"))?;
     }
     match node_major() {

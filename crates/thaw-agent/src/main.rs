@@ -37,11 +37,31 @@ const PORT_WAIT: Duration = Duration::from_secs(30);
 const VERSION: &str = concat!("thaw-agent/", env!("CARGO_PKG_VERSION"));
 
 fn main() {
-    match run() {
-        Ok(status) => log(&format!("the runtime exited ({status}); powering off")),
-        Err(e) => log(&format!("fatal: {e}; powering off")),
+    let mut shutdown = Shutdown::PowerOff;
+    match run(&mut shutdown) {
+        Ok(status) => log(&format!("the runtime exited ({status}); {shutdown}")),
+        Err(e) => log(&format!("fatal: {e}; {shutdown}")),
     }
-    power_off();
+    end_vm(shutdown);
+}
+
+/// How the agent ends the VM (QEMU runs with `-no-reboot`, so either ends it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shutdown {
+    /// ACPI power-off (a kernel with ACPI).
+    PowerOff,
+    /// A reset: a kernel without ACPI cannot power off (the call halts the
+    /// CPU for good), but it can reset the machine.
+    Reboot,
+}
+
+impl std::fmt::Display for Shutdown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Shutdown::PowerOff => "powering off",
+            Shutdown::Reboot => "resetting the VM",
+        })
+    }
 }
 
 type Result<T> = std::result::Result<T, String>;
@@ -67,6 +87,7 @@ struct Config {
     exec: String,
     args: Vec<String>,
     env: Vec<String>,
+    shutdown: Shutdown,
 }
 
 impl Config {
@@ -78,6 +99,7 @@ impl Config {
             exec: String::new(),
             args: Vec::new(),
             env: Vec::new(),
+            shutdown: Shutdown::PowerOff,
         };
         for line in text.lines() {
             let line = line.trim();
@@ -93,6 +115,17 @@ impl Config {
                 "exec" => config.exec = value,
                 "arg" => config.args.push(value),
                 "env" => config.env.push(value),
+                "shutdown" => {
+                    config.shutdown = match value.as_str() {
+                        "poweroff" => Shutdown::PowerOff,
+                        "reboot" => Shutdown::Reboot,
+                        other => {
+                            return Err(format!(
+                                "{CONFIG_PATH}: shutdown {other:?}: poweroff or reboot"
+                            ))
+                        }
+                    }
+                }
                 other => return Err(format!("{CONFIG_PATH}: unknown setting {other:?}")),
             }
         }
@@ -103,10 +136,11 @@ impl Config {
     }
 }
 
-fn run() -> Result<String> {
+fn run(shutdown: &mut Shutdown) -> Result<String> {
     mount_basics()?;
     let text = fs::read_to_string(CONFIG_PATH).map_err(|e| format!("{CONFIG_PATH}: {e}"))?;
     let config = Config::parse(&text)?;
+    *shutdown = config.shutdown;
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     for module in &config.modules {
         load_module(module, &cmdline)?;
@@ -677,11 +711,13 @@ fn flush_block_cache(device: &str) {
     }
 }
 
-fn power_off() -> ! {
+fn end_vm(shutdown: Shutdown) -> ! {
     unsafe {
         libc::sync();
-        libc::reboot(libc::RB_POWER_OFF);
-        // Without ACPI power-off, a reboot ends QEMU, which runs with -no-reboot.
+        if shutdown == Shutdown::PowerOff {
+            libc::reboot(libc::RB_POWER_OFF);
+        }
+        // A reset ends QEMU too, as it runs with -no-reboot.
         libc::reboot(libc::RB_AUTOBOOT);
     }
     loop {
@@ -717,6 +753,10 @@ mod tests {
         assert_eq!(c.args, ["/s.mjs"]);
         assert_eq!(c.env, ["A=b c"]);
         assert_eq!(c.port, "p");
+        assert_eq!(c.shutdown, Shutdown::PowerOff);
+        let c = Config::parse("exec /x\nshutdown reboot\n").unwrap();
+        assert_eq!(c.shutdown, Shutdown::Reboot);
+        assert!(Config::parse("exec /x\nshutdown later\n").is_err());
         assert!(Config::parse("bogus 1\nexec /x\n").is_err());
         assert!(Config::parse("arg x\n").is_err());
     }

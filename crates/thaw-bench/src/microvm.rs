@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use thaw_microvm::{
-    build_code_image, build_image, probe_accel, Accel, ImageInfo, ImageOptions, MicrovmError,
-    Template, Vm, VmJail, VmOptions, CODE_FSTYPE,
+    build_code_image, build_image, probe_accel, Accel, GuestKernel, ImageInfo, ImageOptions,
+    MicrovmError, Template, Vm, VmJail, VmOptions, CODE_FSTYPE,
 };
 use thaw_sandbox::JailSettings;
 use tokio::net::UnixStream;
@@ -45,6 +45,8 @@ pub struct Plan {
     /// probe's answer (`accel.json`), as in a `thaw up` data directory's
     /// `images`.
     pub cache: PathBuf,
+    /// The guest kernel of the image (thaw's own unless told).
+    pub kernel: GuestKernel,
 }
 
 impl Default for Plan {
@@ -56,6 +58,7 @@ impl Default for Plan {
             restores: 7,
             idle_vms: 4,
             cache: std::env::temp_dir().join("thaw-bench-microvm"),
+            kernel: GuestKernel::default(),
         }
     }
 }
@@ -86,6 +89,7 @@ pub fn measure(plan: &Plan, thaw_exe: &Path, node: &Path) -> Result<Microvm> {
     let hello = scratch.write("hello/index.mjs", &Style::Lambda.source("microvm"))?;
     let mut image_opts = ImageOptions::new(&plan.cache, agent, shim);
     image_opts.node = node;
+    image_opts.kernel = plan.kernel.clone();
     image_opts
         .extra_files
         .push((hello, format!("{GUEST_HELLO_DIR}/index.mjs")));

@@ -93,6 +93,26 @@ struct Tuning {
     /// upgrade without rebuilding thaw).
     #[arg(long, hide = true)]
     shim: Option<PathBuf>,
+    /// The microVM guest's kernel: `built` (thaw's own, compiled once from
+    /// Debian's linux-source: minutes the first time) or `cloud` (Debian's
+    /// linux-image-cloud-amd64).
+    #[arg(long, value_enum, default_value = "built")]
+    guest_kernel: GuestKernelArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum GuestKernelArg {
+    Built,
+    Cloud,
+}
+
+impl GuestKernelArg {
+    fn kernel(self) -> thaw_gateway::GuestKernel {
+        match self {
+            GuestKernelArg::Built => thaw_gateway::GuestKernel::Built,
+            GuestKernelArg::Cloud => thaw_gateway::GuestKernel::Cloud,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -119,8 +139,10 @@ enum ImageCommand {
     /// it, and create the runtime's template (a snapshot after Node and the
     /// shim started), as `thaw up --driver microvm` would, then exit.
     #[command(
-        after_help = "The image is Debian's cloud kernel (fetched with apt-get download), an \
-initramfs holding thaw-agent as init, node with its libraries and the shim. It is reproducible \
+        after_help = "The image is a kernel (thaw's own, compiled once from Debian's linux-source \
+package with thaw's config, which takes minutes; or with --guest-kernel cloud Debian's cloud \
+kernel, fetched with apt-get download), an initramfs holding thaw-agent as init, node with its \
+libraries and the shim. It is reproducible \
 and cached by the hash of its inputs: building again with the same inputs does nothing. A new \
 thaw (a new shim) gives a new image and template; deployed functions need no redeploy."
     )]
@@ -134,6 +156,10 @@ thaw (a new shim) gives a new image and template; deployed functions need no red
         /// The node binary to put in the image.
         #[arg(long, env = "THAW_NODE", default_value = "node")]
         node: PathBuf,
+        /// The guest's kernel: `built` (thaw's own, compiled once from
+        /// Debian's linux-source) or `cloud` (Debian's linux-image-cloud-amd64).
+        #[arg(long, value_enum, default_value = "built")]
+        guest_kernel: GuestKernelArg,
     },
 }
 
@@ -310,6 +336,9 @@ Never trust one run on a busy machine: the figures are only as quiet as the host
         /// Where the microVM section builds and keeps its guest image; a `thaw up` data directory's `images` shares the kernel download with it [default: thaw-bench-microvm in the temporary directory, kept between runs]
         #[arg(long, value_name = "DIR")]
         microvm_cache: Option<PathBuf>,
+        /// The guest kernel of the microVM section's image: `built` (thaw's, as thaw up uses) or `cloud` (Debian's), to compare them.
+        #[arg(long, value_enum, default_value = "built", value_name = "KERNEL")]
+        microvm_kernel: GuestKernelArg,
         /// Small numbers everywhere, to check that every system runs (the tests use it).
         #[arg(long)]
         quick: bool,
@@ -366,12 +395,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             image_cache,
             node,
+            guest_kernel,
         }) => {
             let listen: SocketAddr = DEFAULT_LISTEN.parse().expect("a valid address");
             let mut config =
                 thaw_gateway::Config::new(data_dir.unwrap_or_else(default_data_dir), listen);
             config.node = node;
             config.image_cache = image_cache;
+            config.guest_kernel = guest_kernel.kernel();
             config.driver = thaw_gateway::DriverKind::Microvm;
             let summary = tokio::runtime::Runtime::new()?
                 .block_on(thaw_gateway::build_microvm_runtime(config))?;
@@ -399,6 +430,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             microvm_restores,
             microvm_vms,
             microvm_cache,
+            microvm_kernel,
             quick,
             peers,
             node,
@@ -421,6 +453,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             m.restores = microvm_restores.unwrap_or(m.restores);
             m.idle_vms = microvm_vms.unwrap_or(m.idle_vms);
             m.cache = microvm_cache.unwrap_or_else(|| m.cache.clone());
+            m.kernel = microvm_kernel.kernel();
             o.command_line = thaw_bench::command_line(std::env::args());
             let written = thaw_bench::run(&o)?;
             println!("{}", written.markdown.display());
@@ -496,6 +529,7 @@ fn up(data_dir: PathBuf, listen: SocketAddr, node: PathBuf, t: Tuning) -> anyhow
         DriverArg::Microvm => thaw_gateway::DriverKind::Microvm,
     };
     config.image_cache = t.image_cache;
+    config.guest_kernel = t.guest_kernel.kernel();
     config.shim = t.shim;
     config.jail = match t.jail {
         JailArg::On => thaw_gateway::JailMode::On,

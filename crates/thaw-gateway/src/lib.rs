@@ -18,3 +18,4 @@ mod metrics;
 mod platform;
 
 pub use platform::{build_microvm_runtime, serve, Config, DriverKind, JailMode, Platform};
+pub use thaw_microvm::GuestKernel;

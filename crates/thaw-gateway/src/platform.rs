@@ -39,6 +39,8 @@ pub struct Config {
     /// Runtimes run this shim instead of the one built into thaw (tests
     /// use it to stand for a runtime upgrade).
     pub shim: Option<PathBuf>,
+    /// The microVM guest's kernel (docs/microvm.md, "The guest image").
+    pub guest_kernel: thaw_microvm::GuestKernel,
 }
 
 /// The sandbox every runtime of this platform runs in.
@@ -137,6 +139,7 @@ impl Config {
             driver: DriverKind::Process,
             image_cache: None,
             shim: None,
+            guest_kernel: thaw_microvm::GuestKernel::default(),
         }
     }
 }
@@ -499,6 +502,7 @@ async fn open_microvm(
         })?,
         run_dir,
         jail: jail_settings(config, DriverKind::Microvm)?,
+        kernel: config.guest_kernel.clone(),
     };
     let driver = thaw_microvm::MicrovmDriver::open(
         &microvm,

@@ -35,8 +35,8 @@ use thaw_sandbox::{
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::{
-    build_code_image, build_image, probe_accel, Accel, AccelProbe, BuildProgress, ImageOptions,
-    MicrovmError, Template, Vm, VmJail, VmOptions, CODE_FSTYPE,
+    build_code_image, build_image, probe_accel, Accel, AccelProbe, BuildProgress, GuestKernel,
+    ImageOptions, MicrovmError, Template, Vm, VmJail, VmOptions, CODE_FSTYPE,
 };
 
 /// Niceness of a VM being restored for the pool; `attach` sets 0, so that
@@ -56,6 +56,8 @@ pub struct MicrovmConfig {
     pub shim: PathBuf,
     /// The Node binary copied into the guest.
     pub node: PathBuf,
+    /// The guest's kernel.
+    pub kernel: GuestKernel,
     /// Each VM's sockets and logs go in a directory under this one (keep
     /// it short: Unix socket paths are limited to 107 bytes).
     pub run_dir: PathBuf,
@@ -80,7 +82,13 @@ impl SetupProgress<'_> {
     fn step(&self) -> u32 {
         match self {
             SetupProgress::Image(BuildProgress::Downloading { .. }) => 1,
-            SetupProgress::Image(BuildProgress::Extracting { .. }) => 2,
+            SetupProgress::Image(
+                BuildProgress::Extracting { .. }
+                | BuildProgress::KernelUnpacking { .. }
+                | BuildProgress::KernelConfiguring
+                | BuildProgress::KernelCompiling { .. }
+                | BuildProgress::KernelBuilt { .. },
+            ) => 2,
             SetupProgress::Image(BuildProgress::Collecting) => 3,
             SetupProgress::Image(BuildProgress::Hashing { .. }) => 4,
             SetupProgress::Image(_) => 5,
@@ -211,8 +219,9 @@ impl MicrovmDriver {
         });
         let process = VmProcess::new(vm, self.opts.accel);
         // Left running while it waits in the pool: an idle restored guest
-        // used ~0.7 % of a core under TCG, and pausing it made the cold
-        // start (attach + init) ~810 ms instead of ~310 ms (docs/microvm.md).
+        // used ~0.7 % of a core under TCG with the cloud kernel (~0.1 %
+        // with thaw's), and pausing it made the cold start (attach + init)
+        // ~810 ms instead of ~310 ms (docs/microvm.md).
         Instance::connect(reader, writer, Box::new(process), output, sink).await
     }
 
@@ -244,6 +253,7 @@ async fn prepare_runtime(
 ) -> Result<(Template, AccelProbe), MicrovmError> {
     let mut image_opts = ImageOptions::new(&config.images_dir, &config.agent, &config.shim);
     image_opts.node = config.node.clone();
+    image_opts.kernel = config.kernel.clone();
     let image = {
         let progress = progress.clone();
         tokio::task::spawn_blocking(move || {

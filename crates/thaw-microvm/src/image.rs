@@ -1,13 +1,14 @@
-//! The guest image: a Debian kernel and an initramfs holding `thaw-agent`
-//! as `/init`, Node with its shared libraries, the shim, and the kernel
-//! modules the agent loads.
+//! The guest image: a kernel ([`GuestKernel`]: thaw's own, built from
+//! Debian's source, or Debian's cloud kernel) and an initramfs holding
+//! `thaw-agent` as `/init`, Node with its shared libraries, the shim, and
+//! the kernel modules the agent loads (none for thaw's own kernel).
 //!
 //! Built reproducibly (entries sorted, uid/gid/mtime 0) and stored under
 //! `<data>/images/<id>/`, where the id is a hash of every input: the same
-//! inputs are never built twice. The kernel package is downloaded once with
-//! `apt-get download` into `<data>/images/cache/debs/` and extracted into
-//! `<data>/images/cache/kernels/`. (`<data>/images` is
-//! [`ImageOptions::images_dir`].)
+//! inputs are never built twice. Debian packages are downloaded once with
+//! `apt-get download` into `<data>/images/cache/debs/`; kernels are
+//! extracted or built into `<data>/images/cache/kernels/`. (`<data>/images`
+//! is [`ImageOptions::images_dir`].)
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::cpio::CpioWriter;
+use crate::kbuild;
 use crate::kmod;
 use crate::MicrovmError;
 
@@ -31,6 +33,13 @@ pub const GUEST_NODE: &str = "/usr/bin/node";
 pub const GUEST_SHIM: &str = "/runtime/shim.mjs";
 pub const GUEST_AGENT_CONFIG: &str = "/etc/thaw-agent.conf";
 const GUEST_MODULES: &str = "/lib/modules/thaw";
+
+/// The Debian package of the `Cloud` kernel (a metapackage).
+const CLOUD_KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
+/// Command line words for a kernel without ACPI: no machine here can reset
+/// through the keyboard controller or ACPI, so a reboot (which `-no-reboot`
+/// turns into QEMU exiting) goes straight to a triple fault.
+const BUILT_IN_KERNEL_ARGS: &str = "reboot=t";
 
 /// Modules every image needs: the virtio-mmio transport of QEMU's `microvm`
 /// machine, the serial ports, and block devices for the code.
@@ -51,11 +60,8 @@ pub struct ImageOptions {
     pub shim: PathBuf,
     /// The Node binary to copy into the guest, with the libraries `ldd` lists.
     pub node: PathBuf,
-    /// The Debian kernel package to fetch with `apt-get download`; a
-    /// metapackage is followed to the versioned package it depends on.
-    pub kernel_package: String,
-    /// Use this kernel .deb instead of downloading one.
-    pub kernel_deb: Option<PathBuf>,
+    /// Which kernel the guest boots.
+    pub kernel: GuestKernel,
     /// Extra files for the guest: `(host path, absolute guest path)`.
     pub extra_files: Vec<(PathBuf, String)>,
 }
@@ -71,8 +77,7 @@ impl ImageOptions {
             agent: agent.into(),
             shim: shim.into(),
             node: PathBuf::from("/usr/bin/node"),
-            kernel_package: "linux-image-cloud-amd64".into(),
-            kernel_deb: None,
+            kernel: GuestKernel::default(),
             extra_files: Vec::new(),
         }
     }
@@ -103,6 +108,26 @@ pub fn find_agent(thaw_exe: &Path) -> Result<PathBuf, MicrovmError> {
     Ok(beside)
 }
 
+/// The guest's kernel, and with it what the VM's machine must look like.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum GuestKernel {
+    /// thaw's own kernel (the default), built once from Debian's
+    /// `linux-source` package with `kernel/thaw.config` (minutes; see
+    /// `kbuild.rs`): every driver built in, no modules, no ACPI; QEMU names
+    /// the virtio-mmio devices on the kernel command line. It boots faster
+    /// and costs less memory per VM than `Cloud` (docs/microvm.md).
+    #[default]
+    Built,
+    /// Debian's `linux-image-cloud-amd64`, fetched with `apt-get download`:
+    /// its virtio drivers are modules (the agent loads them) and it finds
+    /// virtio-mmio devices only through ACPI. Nothing to compile.
+    Cloud,
+    /// A bzImage built elsewhere with every driver thaw needs built in, as
+    /// `kernel/thaw.config` has them: no modules, no ACPI, virtio-mmio
+    /// devices from the kernel command line.
+    Prebuilt(PathBuf),
+}
+
 /// A built image, as recorded in `<dir>/image.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageInfo {
@@ -119,6 +144,18 @@ pub struct ImageInfo {
     /// Modules the agent loads at boot, in load order.
     pub modules: Vec<String>,
     pub initramfs_bytes: u64,
+    /// Whether the kernel needs ACPI to find the machine's devices (QEMU's
+    /// `microvm,acpi=on`). Without it, QEMU names the virtio-mmio devices
+    /// on the kernel command line (`virtio_mmio.device=`).
+    #[serde(default = "yes")]
+    pub acpi: bool,
+    /// Kernel command line words this kernel needs beyond thaw's own.
+    #[serde(default)]
+    pub kernel_args: String,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ImageInfo {
@@ -141,6 +178,19 @@ pub enum BuildProgress {
     },
     Extracting {
         deb: PathBuf,
+    },
+    /// Unpacking Debian's kernel source to build thaw's kernel.
+    KernelUnpacking {
+        deb: PathBuf,
+    },
+    KernelConfiguring,
+    /// Compiling the kernel with `jobs` jobs; `files` compiled so far.
+    KernelCompiling {
+        jobs: usize,
+        files: usize,
+    },
+    KernelBuilt {
+        secs: u64,
     },
     Collecting,
     /// Hashing the inputs; `bytes` is their total size.
@@ -166,6 +216,26 @@ impl fmt::Display for BuildProgress {
                 write!(f, "downloading {package} with apt-get")
             }
             BuildProgress::Extracting { deb } => write!(f, "extracting {}", deb.display()),
+            BuildProgress::KernelUnpacking { deb } => write!(
+                f,
+                "building thaw's guest kernel (once; minutes): unpacking {}",
+                deb.display()
+            ),
+            BuildProgress::KernelConfiguring => write!(
+                f,
+                "building thaw's guest kernel: make allnoconfig with kernel/thaw.config"
+            ),
+            BuildProgress::KernelCompiling { jobs, files: 0 } => write!(
+                f,
+                "building thaw's guest kernel: make -j{jobs} bzImage (about 770 files, \
+                 ~8 minutes of CPU time)"
+            ),
+            BuildProgress::KernelCompiling { files, .. } => {
+                write!(f, "building thaw's guest kernel: {files} files compiled")
+            }
+            BuildProgress::KernelBuilt { secs } => {
+                write!(f, "built thaw's guest kernel in {secs} s")
+            }
             BuildProgress::Collecting => write!(
                 f,
                 "collecting the agent, Node, its libraries and kernel modules"
@@ -242,17 +312,27 @@ pub fn build_image(
 ) -> Result<ImageInfo, MicrovmError> {
     let images = opts.images_dir.clone();
     let cache = images.join("cache");
-    let deb = match &opts.kernel_deb {
-        Some(deb) => deb.clone(),
-        None => kernel_deb(&cache.join("debs"), &opts.kernel_package, progress)?,
+    let kernel = match &opts.kernel {
+        GuestKernel::Cloud => {
+            let deb = package_deb(&cache.join("debs"), CLOUD_KERNEL_PACKAGE, progress)?;
+            extract_kernel(&cache.join("kernels"), &deb, progress)?
+        }
+        GuestKernel::Built => {
+            let built = kbuild::build_kernel(&cache, progress)?;
+            KernelTree::built_in(built.bzimage, &built.source_deb)?
+        }
+        GuestKernel::Prebuilt(bzimage) => KernelTree::built_in(bzimage.clone(), bzimage)?,
     };
-    let deb_hash = hash_file(&deb)?;
-    let kernel = extract_kernel(&cache.join("kernels"), &deb, &deb_hash, progress)?;
 
     progress(&BuildProgress::Collecting);
-    let required: Vec<String> = REQUIRED_MODULES.iter().map(|s| s.to_string()).collect();
-    let optional: Vec<String> = OPTIONAL_MODULES.iter().map(|s| s.to_string()).collect();
-    let modules = kmod::resolve(&kernel.modules_dir, &required, &optional)?;
+    let modules = match &kernel.modules_dir {
+        Some(dir) => {
+            let required: Vec<String> = REQUIRED_MODULES.iter().map(|s| s.to_string()).collect();
+            let optional: Vec<String> = OPTIONAL_MODULES.iter().map(|s| s.to_string()).collect();
+            kmod::resolve(dir, &required, &optional)?
+        }
+        None => Vec::new(),
+    };
 
     let mut tree = Tree::default();
     for dir in ["/dev", "/proc", "/sys", "/tmp", "/run", "/code"] {
@@ -281,6 +361,11 @@ pub fn build_image(
         let guest = format!("{GUEST_MODULES}/{}.ko", module.name);
         config.push_str(&format!("module {guest}\n"));
         tree.file(&guest, 0o644, Source::Bytes(module.bytes.clone()));
+    }
+    if !kernel.acpi {
+        // Without ACPI the kernel cannot power off (it halts for good);
+        // a reset ends QEMU as well (-no-reboot).
+        config.push_str("shutdown reboot\n");
     }
     config.push_str(&format!(
         "port {}\ncontrol_port {}\nexec {GUEST_NODE}\narg {GUEST_SHIM}\n\
@@ -324,7 +409,7 @@ pub fn build_image(
     progress(&BuildProgress::Hashing { bytes: total });
     let mut hasher = Sha256::new();
     hasher.update(IMAGE_FORMAT.as_bytes());
-    hasher.update(deb_hash.as_bytes());
+    hasher.update(kernel.hash.as_bytes());
     for (path, entry) in &tree.0 {
         hasher.update(path.as_bytes());
         match entry {
@@ -368,12 +453,15 @@ pub fn build_image(
         kernel: dir.join("vmlinuz"),
         initramfs: dir.join("initramfs.cpio"),
         kernel_release: kernel.release.clone(),
-        kernel_deb: deb
+        kernel_deb: kernel
+            .source
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
         modules: modules.iter().map(|m| m.name.clone()).collect(),
         initramfs_bytes,
+        acpi: kernel.acpi,
+        kernel_args: kernel.kernel_args.clone(),
     };
     let json = serde_json::to_vec_pretty(&info).expect("an image record serialises");
     fs::write(tmp.join("image.json"), json)
@@ -433,7 +521,7 @@ impl io::Write for HashWriter<'_> {
     }
 }
 
-fn hash_file(path: &Path) -> Result<String, MicrovmError> {
+pub(crate) fn hash_file(path: &Path) -> Result<String, MicrovmError> {
     let mut file = fs::File::open(path)
         .map_err(|e| MicrovmError::io(format!("opening {}", path.display()), e))?;
     let mut hasher = Sha256::new();
@@ -455,38 +543,47 @@ fn run(cmd: &mut Command, what: &str, hint: &str) -> Result<Vec<u8>, MicrovmErro
     Ok(out.stdout)
 }
 
-/// The kernel .deb for `package`, downloaded into `debs` unless a .deb of
-/// that package is already there. A metapackage (`linux-image-cloud-amd64`)
-/// is followed to the `linux-image-*` package it depends on.
-fn kernel_deb(
+/// The .deb of `package`, downloaded into `debs` unless a .deb of that
+/// package is already there. A metapackage (`linux-image-cloud-amd64`,
+/// `linux-source`) is followed to the versioned package it depends on (the
+/// first dependency named like it).
+pub(crate) fn package_deb(
     debs: &Path,
     package: &str,
     progress: &mut dyn FnMut(&BuildProgress),
 ) -> Result<PathBuf, MicrovmError> {
     fs::create_dir_all(debs)
         .map_err(|e| MicrovmError::io(format!("creating {}", debs.display()), e))?;
+    // Concurrent builds (tests, two thaws) must not download into the same
+    // file at once.
+    let _lock = lock_file(&debs.join(".download.lock"))?;
+    let family = format!(
+        "{}-",
+        package.split('-').take(2).collect::<Vec<_>>().join("-")
+    );
     let mut package = package.to_string();
     for _ in 0..4 {
-        let deb =
-            match find_deb(debs, &package) {
-                Some(deb) => deb,
-                None => {
-                    progress(&BuildProgress::Downloading {
-                        package: package.clone(),
-                    });
-                    run(
-                    Command::new("apt-get").args(["download", &package]).current_dir(debs),
+        let deb = match find_deb(debs, &package) {
+            Some(deb) => deb,
+            None => {
+                progress(&BuildProgress::Downloading {
+                    package: package.clone(),
+                });
+                run(
+                    Command::new("apt-get")
+                        .args(["download", &package])
+                        .current_dir(debs),
                     &format!("apt-get download {package}"),
                     "run `apt-get update` first; the package must exist in the host's apt sources",
                 )?;
-                    find_deb(debs, &package).ok_or_else(|| {
-                        MicrovmError::Image(format!(
-                            "apt-get download {package} left no .deb in {}",
-                            debs.display()
-                        ))
-                    })?
-                }
-            };
+                find_deb(debs, &package).ok_or_else(|| {
+                    MicrovmError::Image(format!(
+                        "apt-get download {package} left no .deb in {}",
+                        debs.display()
+                    ))
+                })?
+            }
+        };
         let depends = run(
             Command::new("dpkg-deb")
                 .args(["-f"])
@@ -499,15 +596,30 @@ fn kernel_deb(
         let next = depends
             .split([',', '|'])
             .filter_map(|d| d.split_whitespace().next())
-            .find(|d| d.starts_with("linux-image-"));
+            .find(|d| d.starts_with(&family));
         match next {
             Some(next) => package = next.to_string(),
             None => return Ok(deb),
         }
     }
     Err(MicrovmError::Image(format!(
-        "{package}: too many levels of linux-image metapackages"
+        "{package}: too many levels of metapackages"
     )))
+}
+
+/// Takes an exclusive lock on `path` (created if need be), held until the
+/// returned file is dropped.
+pub(crate) fn lock_file(path: &Path) -> Result<fs::File, MicrovmError> {
+    use std::os::fd::AsRawFd;
+    let file = fs::File::create(path)
+        .map_err(|e| MicrovmError::io(format!("creating {}", path.display()), e))?;
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(MicrovmError::io(
+            format!("locking {}", path.display()),
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(file)
 }
 
 fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {
@@ -528,18 +640,67 @@ fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {
     found.pop()
 }
 
+/// A kernel ready to go into an image.
 struct KernelTree {
+    /// Hash of what the kernel came from (the .deb, or the bzImage).
+    hash: String,
+    /// The file it came from, named in [`ImageInfo::kernel_deb`].
+    source: PathBuf,
     bzimage: PathBuf,
-    modules_dir: PathBuf,
+    /// Where its modules are, for a kernel that has any.
+    modules_dir: Option<PathBuf>,
     release: String,
+    acpi: bool,
+    kernel_args: String,
+}
+
+impl KernelTree {
+    /// A kernel with every driver thaw needs built in (`kernel/thaw.config`).
+    fn built_in(bzimage: PathBuf, source: &Path) -> Result<KernelTree, MicrovmError> {
+        Ok(KernelTree {
+            hash: hash_file(&bzimage)?,
+            source: source.to_path_buf(),
+            release: bzimage_release(&bzimage)?,
+            bzimage,
+            modules_dir: None,
+            acpi: false,
+            kernel_args: BUILT_IN_KERNEL_ARGS.to_string(),
+        })
+    }
+}
+
+/// The release a bzImage announces (`6.1.158-thaw`), read from its setup
+/// header's kernel version string, as `file(1)` does.
+fn bzimage_release(bzimage: &Path) -> Result<String, MicrovmError> {
+    let bytes = fs::read(bzimage)
+        .map_err(|e| MicrovmError::io(format!("reading {}", bzimage.display()), e))?;
+    let not_a_bzimage =
+        || MicrovmError::Image(format!("{} is not an x86 bzImage", bzimage.display()));
+    // The boot protocol's setup header: "HdrS" at 0x202, the version
+    // string's offset (from 0x200) at 0x20e.
+    if bytes.get(0x202..0x206) != Some(b"HdrS") {
+        return Err(not_a_bzimage());
+    }
+    let offset = u16::from_le_bytes([bytes[0x20e], bytes[0x20f]]) as usize + 0x200;
+    let version = bytes.get(offset..).ok_or_else(not_a_bzimage)?;
+    let end = version
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(version.len());
+    let version = String::from_utf8_lossy(&version[..end]);
+    version
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+        .ok_or_else(not_a_bzimage)
 }
 
 fn extract_kernel(
     kernels: &Path,
     deb: &Path,
-    deb_hash: &str,
     progress: &mut dyn FnMut(&BuildProgress),
 ) -> Result<KernelTree, MicrovmError> {
+    let deb_hash = hash_file(deb)?;
     let root = kernels.join(&deb_hash[..20]);
     if !root.join(".complete").exists() {
         progress(&BuildProgress::Extracting {
@@ -591,9 +752,13 @@ fn extract_kernel(
             MicrovmError::Image(format!("{} holds no modules for {release}", deb.display()))
         })?;
     Ok(KernelTree {
+        hash: deb_hash,
+        source: deb.to_path_buf(),
         bzimage,
-        modules_dir,
+        modules_dir: Some(modules_dir),
         release,
+        acpi: true,
+        kernel_args: String::new(),
     })
 }
 

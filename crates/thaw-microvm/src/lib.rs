@@ -1,5 +1,6 @@
-//! The host side of thaw's microVMs: it builds the guest image (a Debian
-//! kernel and an initramfs with `thaw-agent` as PID 1, Node and the shim),
+//! The host side of thaw's microVMs: it builds the guest image (a kernel
+//! compiled from Debian's source with thaw's config, or Debian's cloud
+//! kernel, and an initramfs with `thaw-agent` as PID 1, Node and the shim),
 //! launches QEMU's `microvm` machine under KVM or TCG, talks QMP, makes a
 //! runtime snapshot ("template") and restores VMs from it with their RAM
 //! mapped copy-on-write from the template's memory file, and attaches a
@@ -19,6 +20,7 @@ mod code;
 mod cpio;
 mod driver;
 mod image;
+mod kbuild;
 mod kmod;
 mod memory;
 mod qmp;
@@ -29,9 +31,10 @@ pub use accel::{probe_accel, AccelProbe};
 pub use code::{build_code_image, CODE_FSTYPE};
 pub use driver::{MicrovmConfig, MicrovmDriver, SetupProgress};
 pub use image::{
-    build_image, find_agent, BuildProgress, ImageInfo, ImageOptions, OPTIONAL_MODULES,
+    build_image, find_agent, BuildProgress, GuestKernel, ImageInfo, ImageOptions, OPTIONAL_MODULES,
     REQUIRED_MODULES,
 };
+pub use kbuild::{KERNEL_BUILD_PACKAGES, KERNEL_CONFIG};
 pub use template::{restore, Template};
 pub use vm::{
     Accel, Vm, VmJail, VmOptions, CODE_DRIVE_BYTES, CONTROL_PORT, GUEST_CODE_DIR, PROTOCOL_PORT,

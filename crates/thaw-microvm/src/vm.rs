@@ -802,10 +802,16 @@ pub(crate) fn host_tsc_khz() -> Option<u64> {
     Some((mhz * 1000.0) as u64)
 }
 
-pub(crate) fn kernel_cmdline() -> String {
+/// The kernel command line: thaw's own words, then what the image's kernel
+/// needs. (Without ACPI, QEMU's microvm appends the virtio-mmio devices.)
+pub(crate) fn kernel_cmdline(image: &ImageInfo) -> String {
     let mut cmdline = String::from("console=ttyS0 quiet panic=-1");
     if let Some(khz) = host_tsc_khz() {
         cmdline.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
+    }
+    if !image.kernel_args.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(&image.kernel_args);
     }
     cmdline
 }
@@ -814,7 +820,9 @@ fn qemu_args(launch: &Launch<'_>, paths: &QemuPaths) -> Vec<String> {
     let opts = launch.opts;
     let mut args: Vec<String> = Vec::new();
     let mut push = |parts: &[&str]| args.extend(parts.iter().map(|p| p.to_string()));
-    let mut machine = String::from("microvm,acpi=on");
+    // The image says whether its kernel finds devices through ACPI.
+    let acpi = if launch.image.acpi { "on" } else { "off" };
+    let mut machine = format!("microvm,acpi={acpi}");
     if launch.memory.is_some() {
         machine.push_str(",memory-backend=mem");
     }
@@ -839,8 +847,8 @@ fn qemu_args(launch: &Launch<'_>, paths: &QemuPaths) -> Vec<String> {
         "-initrd",
         &path(&paths.initramfs),
     ]);
-    push(&["-append", &kernel_cmdline()]);
-    // The console goes to QEMU's stdout, which thaw opened (console.log).
+    push(&["-append", &kernel_cmdline(launch.image)]);
+    // The console goes to QEMU's stdout, a pipe thaw reads (read_console).
     push(&["-chardev", "stdio,id=console,signal=off"]);
     push(&["-serial", "chardev:console"]);
     for id in ["proto", "ctl"] {

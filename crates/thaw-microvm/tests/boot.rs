@@ -6,16 +6,28 @@ mod support;
 
 use serde_json::json;
 use support::*;
-use thaw_microvm::{Accel, Vm, VmOptions};
+use thaw_microvm::{Accel, GuestKernel, ImageInfo, Vm, VmOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn booted_vm_runs_a_function_over_virtio_serial() {
-    let image = image();
+    boot_run_and_power_off(&image()).await;
+}
+
+/// Debian's cloud kernel (modules loaded by the agent, ACPI) stays an
+/// option beside thaw's own (the default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cloud_kernel_boots_and_runs_a_function() {
+    let image = image_with(GuestKernel::Cloud);
+    assert!(image.acpi && !image.modules.is_empty(), "{image:?}");
+    boot_run_and_power_off(&image).await;
+}
+
+async fn boot_run_and_power_off(image: &ImageInfo) {
     let run = run_dir();
     let mut opts = VmOptions::new(Accel::Tcg, run.path());
     opts.timeout = TIMEOUT;
     let started = std::time::Instant::now();
-    let mut vm = Vm::boot(&image, &opts).await.expect("booting");
+    let mut vm = Vm::boot(image, &opts).await.expect("booting");
     let mut ch = vm.take_channel().unwrap();
     let runtime = expect_ready(&mut ch).await;
     let ready = started.elapsed();
@@ -41,6 +53,10 @@ async fn booted_vm_runs_a_function_over_virtio_serial() {
         .expect("QEMU exits after the runtime")
         .unwrap();
     eprintln!("QEMU exited: {status}");
+    assert_eq!(
+        vm.ended().as_deref(),
+        Some("the guest powered off (its runtime exited)")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

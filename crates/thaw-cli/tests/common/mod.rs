@@ -69,10 +69,12 @@ impl Platform {
                 eprintln!("[thaw up] {line}");
             }
         });
-        // Long enough for the microvm driver's first start (image build and
-        // template); a thaw that exits ends the wait at once.
+        // Long enough for the microvm driver's first start from an empty
+        // cache (the guest kernel compiled from source, the image, the
+        // template): a guard against a hang, not a timing assertion. A thaw
+        // that exits ends the wait at once.
         let up_line = rx
-            .recv_timeout(Duration::from_secs(300))
+            .recv_timeout(Duration::from_secs(3600))
             .expect("thaw up announces its address");
         let server = up_line["thaw is up on ".len()..]
             .split_whitespace()

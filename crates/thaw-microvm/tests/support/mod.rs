@@ -11,7 +11,7 @@ mod agent;
 pub use agent::*;
 
 use base64::Engine;
-use thaw_microvm::{build_image, ImageInfo, ImageOptions};
+use thaw_microvm::{build_image, GuestKernel, ImageInfo, ImageOptions};
 use thaw_protocol::{read_frame, write_frame, FromRuntime, Init, Invoke, Payload, ToRuntime};
 use tokio::net::UnixStream;
 
@@ -25,19 +25,23 @@ pub const TEST_HANDLER: &str = "export const handler = async (event) => {\n  if 
 pub fn image() -> ImageInfo {
     static IMAGE: OnceLock<ImageInfo> = OnceLock::new();
     IMAGE
-        .get_or_init(|| {
-            let code = data_dir().join("builtin-index.mjs");
-            std::fs::write(&code, TEST_HANDLER).unwrap();
-            let mut opts = ImageOptions::new(
-                data_dir().join("images"),
-                agent_binary(),
-                workspace_root().join("runtime/shim/shim.mjs"),
-            );
-            opts.extra_files
-                .push((code, format!("{BUILTIN_CODE_DIR}/index.mjs")));
-            build_image(&opts, &mut |p| eprintln!("image: {p}")).expect("building the guest image")
-        })
+        .get_or_init(|| image_with(GuestKernel::default()))
         .clone()
+}
+
+/// The test image with another kernel.
+pub fn image_with(kernel: GuestKernel) -> ImageInfo {
+    let code = data_dir().join("builtin-index.mjs");
+    std::fs::write(&code, TEST_HANDLER).unwrap();
+    let mut opts = ImageOptions::new(
+        data_dir().join("images"),
+        agent_binary(),
+        workspace_root().join("runtime/shim/shim.mjs"),
+    );
+    opts.kernel = kernel;
+    opts.extra_files
+        .push((code, format!("{BUILTIN_CODE_DIR}/index.mjs")));
+    build_image(&opts, &mut |p| eprintln!("image: {p}")).expect("building the guest image")
 }
 
 /// A short run directory (Unix socket paths are limited).
