@@ -31,9 +31,10 @@ pub struct JailConfig {
     /// makes them writable by `uid`.
     #[serde(default)]
     pub writable_binds: Vec<(PathBuf, PathBuf)>,
-    /// Extra device nodes from the host's `/dev`, by name (`kvm`), bound
-    /// at `/dev/<name>` beside the jail's own (null, zero, full, random,
-    /// urandom).
+    /// Extra host devices, by name in `/dev` (`kvm`): each gets a node of
+    /// the instance's own (same device numbers, owned by `uid`, mode
+    /// 0600) at `/dev/<name>`, beside the jail's own null, zero, full,
+    /// random and urandom.
     #[serde(default)]
     pub devices: Vec<String>,
     /// The program installs a seccomp filter of its own (QEMU's

@@ -12,7 +12,7 @@
 //!   propagates out).
 
 use crate::error::Context as _;
-use crate::sys::{self, mount, umount_detach};
+use crate::sys::{self, cvt, mount, umount_detach};
 use crate::{JailConfig, JailError};
 use std::fs;
 use std::io;
@@ -35,6 +35,11 @@ pub(crate) struct InstanceDirs {
 }
 
 impl InstanceDirs {
+    /// The instance's own node for the host device `/dev/<name>`.
+    pub fn device_node(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("dev-{name}"))
+    }
+
     pub fn new(config: &JailConfig) -> Self {
         let dir = config.state_dir.join(&config.id);
         InstanceDirs {
@@ -61,6 +66,9 @@ pub(crate) fn prepare_host_dirs(config: &JailConfig) -> Result<(), JailError> {
     // bind; nothing else of the instance dir is reachable from inside.
     fs::set_permissions(&dirs.attach, fs::Permissions::from_mode(0o755))
         .context(|| format!("chmod {}", dirs.attach.display()))?;
+    for name in &config.devices {
+        make_device_node(config, &dirs, name)?;
+    }
     let a = &dirs.attach;
     mount(Some(a), a, None, libc::MS_BIND, None)
         .context(|| format!("bind {} onto itself", a.display()))?;
@@ -70,6 +78,36 @@ pub(crate) fn prepare_host_dirs(config: &JailConfig) -> Result<(), JailError> {
         .context(|| format!("make {} private", a.display()))?;
     mount(None, a, None, libc::MS_SHARED, None)
         .context(|| format!("make {} shared", a.display()))?;
+    Ok(())
+}
+
+/// Host side: a node of the instance's own for the host's `/dev/<name>`
+/// (same device numbers), owned by the instance's uid with mode 0600, as
+/// Firecracker's jailer makes `/dev/kvm` in its chroot. The host's node may
+/// allow only root (`/dev/kvm` is 0600 on some hosts, 0660 for group kvm on
+/// others); this one allows the jail's uid and nobody else.
+fn make_device_node(config: &JailConfig, dirs: &InstanceDirs, name: &str) -> Result<(), JailError> {
+    let host = Path::new("/dev").join(name);
+    let meta = fs::metadata(&host).context(|| format!("stat {}", host.display()))?;
+    if !std::os::unix::fs::FileTypeExt::is_char_device(&meta.file_type()) {
+        return Err(JailError::Config(format!(
+            "{} is not a character device",
+            host.display()
+        )));
+    }
+    let node = dirs.device_node(name);
+    let path = sys::cstring(&node).context(|| format!("create {}", node.display()))?;
+    // SAFETY: plain syscalls on a NUL-terminated path.
+    unsafe {
+        cvt(libc::mknod(
+            path.as_ptr(),
+            libc::S_IFCHR | 0o600,
+            meta.rdev(),
+        ))
+        .context(|| format!("mknod {}", node.display()))?;
+        cvt(libc::chown(path.as_ptr(), config.uid, config.gid))
+            .context(|| format!("chown {}", node.display()))?;
+    }
     Ok(())
 }
 
@@ -88,6 +126,18 @@ pub(crate) fn remove_host_dirs(config: &JailConfig) -> Result<(), JailError> {
                     format!("unmount {}", dirs.attach.display()),
                     e,
                 ))
+            }
+        }
+    }
+    // The instance's own device nodes (`dev-<name>`), and nothing else.
+    if let Ok(entries) = fs::read_dir(&dirs.dir) {
+        for entry in entries.flatten() {
+            let is_node = entry
+                .file_type()
+                .is_ok_and(|t| std::os::unix::fs::FileTypeExt::is_char_device(&t));
+            if is_node && entry.file_name().to_string_lossy().starts_with("dev-") {
+                fs::remove_file(entry.path())
+                    .context(|| format!("remove {}", entry.path().display()))?;
             }
         }
     }
@@ -158,13 +208,15 @@ pub(crate) fn build_root(config: &JailConfig) -> Result<(), JailError> {
         Some(DEV_TMPFS),
     )
     .context(|| "mount /dev tmpfs".into())?;
-    let extra = config.devices.iter().map(String::as_str);
-    for name in DEVICES.iter().copied().chain(extra) {
+    for name in DEVICES {
         bind_read_only(
             &Path::new("/dev").join(name),
             &dev.join(name),
             BindKind::Device,
         )?;
+    }
+    for name in &config.devices {
+        bind_read_only(&dirs.device_node(name), &dev.join(name), BindKind::Device)?;
     }
     for (link, target) in [
         ("fd", "/proc/self/fd"),

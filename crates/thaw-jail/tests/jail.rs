@@ -798,3 +798,35 @@ const crypto = require('crypto'), zlib = require('zlib'), os = require('os'), dn
   console.log('ALL OK');
 })().catch((e) => { console.error(e); process.exit(1); });
 "#;
+
+#[test]
+fn an_extra_device_is_a_node_of_the_instances_own() {
+    if !Path::new("/dev/kvm").exists() {
+        eprintln!("no /dev/kvm on this host: nothing to test");
+        return;
+    }
+    let mut s = setup("device", 15, Limits::default());
+    s.config.devices = vec!["kvm".into()];
+    let v = node_json(
+        &s.config,
+        r#"const fs = require("fs");
+           const st = fs.statSync("/dev/kvm");
+           const fd = fs.openSync("/dev/kvm", "r+");
+           fs.closeSync(fd);
+           console.log(JSON.stringify({ uid: st.uid, mode: st.mode, rdev: st.rdev, opened: true }));"#,
+    );
+    assert_eq!(v["uid"], s.config.uid);
+    assert_eq!(v["mode"], libc::S_IFCHR | 0o600);
+    let host = std::fs::metadata("/dev/kvm").unwrap();
+    assert_eq!(v["rdev"], std::os::unix::fs::MetadataExt::rdev(&host));
+    assert_eq!(v["opened"], true);
+    // The host's own node is untouched.
+    let host_after = std::fs::metadata("/dev/kvm").unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&host_after),
+        std::os::unix::fs::MetadataExt::uid(&host)
+    );
+    cleanup_instance(&s.config).unwrap();
+    let node = s.config.state_dir.join(&s.config.id).join("dev-kvm");
+    assert!(!node.exists());
+}

@@ -147,10 +147,24 @@ impl VmJail {
             .parent()
             .and_then(Path::parent)
             .unwrap_or(Path::new("/usr"));
-        for firmware in ["bios-microvm.bin", "linuxboot_dma.bin"] {
+        // The microvm machine's firmware (qboot: `bios-microvm.bin`, which
+        // Debian links to `qboot.rom`, the name QEMU asks for without
+        // ACPI) and the option ROMs that load `-kernel`; symlinks are bound
+        // at both their name and their target.
+        for firmware in [
+            "bios-microvm.bin",
+            "qboot.rom",
+            "linuxboot.bin",
+            "linuxboot_dma.bin",
+        ] {
             let path = prefix.join("share/qemu").join(firmware);
-            if path.exists() {
-                binds.push(path);
+            for p in [Some(path.clone()), path.canonicalize().ok()]
+                .into_iter()
+                .flatten()
+            {
+                if p.exists() && !binds.contains(&p) {
+                    binds.push(p);
+                }
             }
         }
         let module = prefix
