@@ -300,14 +300,23 @@ impl Platform {
         let _opening = self.opening_driver.lock().await;
         let shim = runtime_shim(&self.config)?;
         *self.shim.write().unwrap() = shim.clone();
-        let mut done = Vec::new();
+        let mut done: Vec<RuntimeUpgrade> = Vec::new();
         for pool in self.scheduler.all_runtimes() {
             let driver = pool.driver().name();
-            let change = pool
-                .driver()
-                .upgrade_runtime(&shim)
-                .await
-                .with_context(|| format!("the {driver} driver"))?;
+            let change = match pool.driver().upgrade_runtime(&shim).await {
+                Ok(change) => change,
+                Err(e) => {
+                    let upgraded: Vec<&str> = done.iter().map(|u| u.driver).collect();
+                    anyhow::bail!(
+                        "the {driver} driver: {e} (drivers upgraded before it: {})",
+                        if upgraded.is_empty() {
+                            "none".to_string()
+                        } else {
+                            upgraded.join(", ")
+                        }
+                    );
+                }
+            };
             let replaced = if change.changed() { pool.flush() } else { 0 };
             tracing::info!(
                 "runtime of the {driver} driver: {} -> {} ({replaced} waiting runtimes replaced)",

@@ -144,7 +144,7 @@ impl MicrovmDriver {
         if let Some(settings) = &config.jail {
             opts.jail = Some(VmJail::new(settings.clone(), &opts.qemu)?);
         }
-        let (template, probe) = prepare_runtime(config, &mut opts, &progress).await?;
+        let (template, probe) = prepare_runtime(config, &mut opts, &progress, true).await?;
         Ok(MicrovmDriver {
             config: std::sync::Mutex::new(config.clone()),
             progress,
@@ -181,9 +181,13 @@ impl MicrovmDriver {
             config.clone()
         };
         let mut opts = self.opts.clone();
-        let (template, _) = prepare_runtime(&config, &mut opts, &self.progress).await?;
+        // The old template stays on disk: restores may be under way from
+        // it. The next start-up removes it.
+        let (template, _) = prepare_runtime(&config, &mut opts, &self.progress, false).await?;
         let after = template.image.id.clone();
-        *self.template.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(template);
+        if after != before {
+            *self.template.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(template);
+        }
         Ok(RuntimeChange { before, after })
     }
 
@@ -195,8 +199,9 @@ impl MicrovmDriver {
     async fn start_vm(&self, sink: Arc<dyn LogSink>) -> Result<Instance, SandboxError> {
         let mut opts = self.opts.clone();
         opts.nice = STARTING_NICENESS;
-        let mut vm = self
-            .template()
+        let template = self.template();
+        mark_image_used(&template.image.dir);
+        let mut vm = template
             .restore(&opts)
             .await
             .map_err(|e| SandboxError::Start(e.to_string()))?;
@@ -250,6 +255,7 @@ async fn prepare_runtime(
     config: &MicrovmConfig,
     opts: &mut VmOptions,
     progress: &Arc<dyn Fn(&SetupProgress) + Send + Sync>,
+    remove_other_templates: bool,
 ) -> Result<(Template, AccelProbe), MicrovmError> {
     let mut image_opts = ImageOptions::new(&config.images_dir, &config.agent, &config.shim);
     image_opts.node = config.node.clone();
@@ -293,9 +299,13 @@ async fn prepare_runtime(
             t
         }
     };
-    // Templates of other runtime versions serve no one from now on: VMs
-    // restored from them hold their memory by descriptor, not by path.
-    if let Ok(entries) = std::fs::read_dir(&templates) {
+    // Templates of other runtime versions serve no one after a restart.
+    let others = if remove_other_templates {
+        std::fs::read_dir(&templates).ok()
+    } else {
+        None
+    };
+    if let Some(entries) = others {
         for entry in entries.flatten() {
             if entry.file_name() != name.as_str() {
                 let _ = std::fs::remove_dir_all(entry.path());
@@ -310,18 +320,23 @@ async fn prepare_runtime(
 /// versions (and a downgrade then finds its image still there).
 const UNUSED_IMAGE_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Marks the image in `image_dir` used now (its `image.json`'s mtime): at
+/// start-up and at every restore, so that a thaw serving from an image for
+/// weeks keeps it from being pruned by another sharing the cache.
+fn mark_image_used(image_dir: &Path) {
+    let record = image_dir.join("image.json");
+    if let Ok(f) = std::fs::File::options().append(true).open(record) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
 /// Marks image `keep` used now (its `image.json`'s mtime) and removes the
 /// other images in `images_dir` unused for longer than `lifetime`.
 /// Downloaded kernel packages (`cache/`) stay. Returns how many went.
 fn prune_images(images_dir: &Path, keep: &str, lifetime: Duration) -> usize {
     let now = std::time::SystemTime::now();
     let record = |id: &std::ffi::OsStr| images_dir.join(id).join("image.json");
-    if let Ok(f) = std::fs::File::options()
-        .append(true)
-        .open(record(keep.as_ref()))
-    {
-        let _ = f.set_modified(now);
-    }
+    mark_image_used(&images_dir.join(keep));
     let Ok(entries) = std::fs::read_dir(images_dir) else {
         return 0;
     };

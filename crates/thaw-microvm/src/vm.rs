@@ -194,7 +194,7 @@ impl VmJail {
         accel: Accel,
         memory_mib: u32,
     ) -> thaw_jail::JailConfig {
-        let uid = self.settings.first_uid + (n % u64::from(self.settings.uids.max(1))) as u32;
+        let uid = self.settings.uid_for(n);
         let mut limits = self.settings.limits.clone();
         limits.memory_bytes = u64::from(memory_mib + accel.vmm_overhead_mib()) << 20;
         thaw_jail::JailConfig {
@@ -266,6 +266,11 @@ pub struct Vm {
 /// Console lines kept for whoever takes them; more are dropped (they are
 /// still in `console.log`).
 const CONSOLE_LINES: usize = 1024;
+/// A console line longer than this is cut into pieces: what a guest
+/// writes without a newline must not grow thaw's memory.
+const CONSOLE_LINE_BYTES: usize = 16 << 10;
+/// The part of a VM's run directory QEMU may write in (its sockets).
+const SOCKET_DIR: &str = "sock";
 /// `console.log` stops growing here.
 const CONSOLE_LOG_BYTES: u64 = 4 << 20;
 
@@ -296,9 +301,12 @@ impl Vm {
         let n = NEXT_VM.fetch_add(1, Ordering::Relaxed);
         let dir = opts.run_dir.join(format!("vm-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir)
-            .map_err(|e| MicrovmError::io(format!("creating {}", dir.display()), e))?;
-        let sock = |name: &str| dir.join(name);
+        // The run directory is thaw's (the logs); QEMU gets `sock/` alone,
+        // so that nothing it can write is a path thaw later reads.
+        let sockets = dir.join(SOCKET_DIR);
+        fs::create_dir_all(&sockets)
+            .map_err(|e| MicrovmError::io(format!("creating {}", sockets.display()), e))?;
+        let sock = |name: &str| sockets.join(name);
         if sock("proto.sock").as_os_str().len() > 100 {
             return Err(MicrovmError::Qemu(format!(
                 "the run directory {} is too long for Unix socket paths; use a shorter one",
@@ -308,7 +316,7 @@ impl Vm {
         let jail = opts
             .jail
             .as_ref()
-            .map(|j| j.config(n, launch.image, &dir, opts.accel, opts.memory_mib));
+            .map(|j| j.config(n, launch.image, &sockets, opts.accel, opts.memory_mib));
         let paths = match &jail {
             Some(_) => QemuPaths {
                 kernel: Path::new(JAIL_IMAGE_DIR).join(file_name(&launch.image.kernel)),
@@ -318,7 +326,7 @@ impl Vm {
             None => QemuPaths {
                 kernel: launch.image.kernel.clone(),
                 initramfs: launch.image.initramfs.clone(),
-                run: dir.clone(),
+                run: sockets.clone(),
             },
         };
         let args = qemu_args(launch, &paths);
@@ -326,13 +334,30 @@ impl Vm {
             fs::File::create(dir.join(name))
                 .map_err(|e| MicrovmError::io(format!("creating {name}"), e))
         };
+        let (qemu_log, console_log) = match (log("qemu.log"), log("console.log")) {
+            (Ok(q), Ok(c)) => (q, c),
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         let mut cmd = match (&jail, &opts.jail) {
             (Some(config), Some(vm_jail)) => {
                 // QEMU, as the jail's uid, creates its sockets in here.
-                std::os::unix::fs::chown(&dir, Some(config.uid), Some(config.gid))
-                    .map_err(|e| MicrovmError::io(format!("chown {}", dir.display()), e))?;
-                let argv = thaw_jail::command_args(config, &vm_jail.qemu, &args)
-                    .map_err(|e| MicrovmError::Qemu(e.to_string()))?;
+                let prepared =
+                    std::os::unix::fs::chown(&sockets, Some(config.uid), Some(config.gid))
+                        .map_err(|e| MicrovmError::io(format!("chown {}", sockets.display()), e))
+                        .and_then(|()| {
+                            thaw_jail::command_args(config, &vm_jail.qemu, &args)
+                                .map_err(|e| MicrovmError::Qemu(e.to_string()))
+                        });
+                let argv = match prepared {
+                    Ok(argv) => argv,
+                    Err(e) => {
+                        let _ = fs::remove_dir_all(&dir);
+                        return Err(e);
+                    }
+                };
                 let mut cmd = Command::new(&vm_jail.settings.exe);
                 cmd.args(argv).env_clear();
                 cmd
@@ -345,7 +370,7 @@ impl Vm {
         };
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(log("qemu.log")?)
+            .stderr(qemu_log)
             .kill_on_drop(true);
         let nice = opts.nice;
         let memory_fd = launch.memory.as_ref().map(|m| m.memory.fd().as_raw_fd());
@@ -371,20 +396,24 @@ impl Vm {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| {
-            MicrovmError::io(
-                format!(
-                    "running {} (install the qemu-system-x86 package)",
-                    opts.qemu.display()
-                ),
-                e,
-            )
-        })?;
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(MicrovmError::io(
+                    format!(
+                        "running {} (install the qemu-system-x86 package)",
+                        opts.qemu.display()
+                    ),
+                    e,
+                ));
+            }
+        };
         let mut pid = child.id().unwrap_or(0);
         let mut child = child;
         let (console_tx, console) = mpsc::channel(CONSOLE_LINES);
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(read_console(stdout, log("console.log")?, console_tx));
+            tokio::spawn(read_console(stdout, console_log, console_tx));
         }
         let mut guard = KillOnError {
             child: Some(child),
@@ -485,18 +514,20 @@ impl Vm {
     /// Kills QEMU and waits until it is gone (its jail torn down too),
     /// so that nothing maps the VM's memory any more.
     pub async fn shut_down(mut self) {
-        // QEMU first: inside a jail, its init reaps it and only then exits,
-        // and the jail's outer process (our child) after it.
-        // SAFETY: plain syscall; QEMU is alive or a zombie of our jail until
-        // the wait below returns.
-        unsafe {
-            libc::kill(self.pid as i32, libc::SIGKILL);
+        match self.jail.take() {
+            // The cgroup reaches QEMU whatever became of its pid, and
+            // cleaning up waits until every process of the jail is gone.
+            Some(config) => {
+                let _ =
+                    tokio::task::spawn_blocking(move || thaw_jail::cleanup_instance(&config)).await;
+            }
+            // Our own child: alive or a zombie until the wait below.
+            None => {
+                let _ = self.child.start_kill();
+            }
         }
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
-        if let Some(config) = self.jail.take() {
-            let _ = tokio::task::spawn_blocking(move || thaw_jail::cleanup_instance(&config)).await;
-        }
     }
 
     /// The guest's console from now on, line by line, once: Node's own
@@ -687,24 +718,37 @@ async fn read_console(
     lines: mpsc::Sender<String>,
 ) {
     use std::io::Write;
+    use tokio::io::AsyncReadExt;
     let mut file = std::io::BufWriter::new(file);
     let mut written = 0u64;
-    let mut reader = BufReader::new(stdout);
-    let mut line = Vec::new();
+    let mut stdout = stdout;
+    let mut buf = vec![0u8; 4096];
+    let mut line: Vec<u8> = Vec::new();
     loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
+        let n = match stdout.read(&mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if written < CONSOLE_LOG_BYTES {
-                    let _ = file.write_all(&line).and_then(|()| file.flush());
-                    written += n as u64;
-                }
-                let text = String::from_utf8_lossy(&line);
-                let text = text.trim_end_matches(['\r', '\n']);
-                let _ = lines.try_send(text.to_string());
-            }
+            Ok(n) => n,
+        };
+        let room = CONSOLE_LOG_BYTES.saturating_sub(written) as usize;
+        let keep = n.min(room);
+        if keep > 0 {
+            let _ = file.write_all(&buf[..keep]).and_then(|()| file.flush());
+            written += keep as u64;
         }
+        for &b in &buf[..n] {
+            if b == b'\n' || line.len() >= CONSOLE_LINE_BYTES {
+                let text = String::from_utf8_lossy(&line);
+                let _ = lines.try_send(text.trim_end_matches('\r').to_string());
+                line.clear();
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            line.push(b);
+        }
+    }
+    if !line.is_empty() {
+        let _ = lines.try_send(String::from_utf8_lossy(&line).into_owned());
     }
 }
 

@@ -55,6 +55,14 @@ pub struct JailSettings {
     pub limits: thaw_jail::Limits,
 }
 
+impl JailSettings {
+    /// The uid (and gid) of the `n`th instance: each its own while it
+    /// lives, cycling through the range.
+    pub fn uid_for(&self, n: u64) -> u32 {
+        self.first_uid + (n % u64::from(self.uids.max(1))) as u32
+    }
+}
+
 /// Where the shim and the code appear inside a jail.
 const JAIL_RUNTIME_DIR: &str = "/runtime";
 const JAIL_CODE_DIR: &str = "/code";
@@ -156,8 +164,8 @@ impl ProcessDriver {
             devices: Vec::new(),
             own_seccomp: false,
             attach_point: PathBuf::from(JAIL_CODE_DIR),
-            uid: jail.first_uid + (n % jail.uids.max(1) as u64) as u32,
-            gid: jail.first_uid + (n % jail.uids.max(1) as u64) as u32,
+            uid: jail.uid_for(n),
+            gid: jail.uid_for(n),
             limits: jail.limits.clone(),
         };
         let mut args = self.config.node_args.clone();
