@@ -396,7 +396,7 @@ impl Vm {
                 Ok(())
             });
         }
-        let child = match cmd.spawn() {
+        let mut child = match cmd.spawn() {
             Ok(child) => child,
             Err(e) => {
                 let _ = fs::remove_dir_all(&dir);
@@ -410,7 +410,6 @@ impl Vm {
             }
         };
         let mut pid = child.id().unwrap_or(0);
-        let mut child = child;
         let (console_tx, console) = mpsc::channel(CONSOLE_LINES);
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(read_console(stdout, console_log, console_tx));
@@ -514,18 +513,13 @@ impl Vm {
     /// Kills QEMU and waits until it is gone (its jail torn down too),
     /// so that nothing maps the VM's memory any more.
     pub async fn shut_down(mut self) {
-        match self.jail.take() {
-            // The cgroup reaches QEMU whatever became of its pid, and
-            // cleaning up waits until every process of the jail is gone.
-            Some(config) => {
-                let _ =
-                    tokio::task::spawn_blocking(move || thaw_jail::cleanup_instance(&config)).await;
-            }
-            // Our own child: alive or a zombie until the wait below.
-            None => {
-                let _ = self.child.start_kill();
-            }
+        // Jailed, the cgroup reaches QEMU whatever became of its pid, and
+        // cleaning up waits until every process of the jail is gone.
+        if let Some(config) = self.jail.take() {
+            let _ = tokio::task::spawn_blocking(move || thaw_jail::cleanup_instance(&config)).await;
         }
+        // Our own child (QEMU, or the jail's outer process): alive or a
+        // zombie until the wait below.
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
