@@ -1,29 +1,43 @@
-//! The CLI's side of the control API.
+//! The CLI's side of the control API: requests out, `thaw-api` views in.
 
 use anyhow::{bail, Context as _};
 use reqwest::blocking::{Client as Http, RequestBuilder};
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
+use thaw_api::ErrorBody;
 
 pub struct RemoteConfig {
     pub server: String,
     pub token: Option<String>,
     pub data_dir: PathBuf,
+    /// `--namespace` / `THAW_NAMESPACE`; none: the key's own namespace
+    /// (`default` for the admin token).
+    pub namespace: Option<String>,
 }
 
 pub struct Client {
     http: Http,
     server: String,
     token: String,
+    namespace: Option<String>,
 }
 
-/// The message of an API error body, or the whole body.
-pub fn error_message(v: &Value) -> String {
-    v["error"]["message"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| v.to_string())
+/// Why a call failed: the API's own error, or its status and text.
+pub struct ApiFailure {
+    pub status: u16,
+    pub error: Option<ErrorBody>,
+    pub text: String,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.error {
+            Some(e) => write!(f, "{}", e.error.message),
+            None => write!(f, "HTTP {}: {}", self.status, self.text),
+        }
+    }
 }
 
 impl Client {
@@ -35,7 +49,7 @@ impl Client {
                 std::fs::read_to_string(&path)
                     .with_context(|| {
                         format!(
-                            "no API token: set THAW_TOKEN, or run where the platform's data directory is \
+                            "no API key: set THAW_TOKEN, or run where the platform's data directory is \
                              (looked for {}; pass --data-dir if it is elsewhere)",
                             path.display()
                         )
@@ -49,55 +63,115 @@ impl Client {
             http,
             server: cfg.server.clone(),
             token,
+            namespace: cfg.namespace.clone(),
         })
     }
 
-    fn send(&self, req: RequestBuilder) -> anyhow::Result<(bool, Value)> {
+    /// Where a function's routes are: under the namespace asked for, or
+    /// the key's own.
+    pub fn function_path(&self, name: &str) -> String {
+        format!("{}/{name}", self.functions_path())
+    }
+
+    pub fn functions_path(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("/v1/namespaces/{ns}/functions"),
+            None => "/v1/functions".to_string(),
+        }
+    }
+
+    /// Sends a request; a success decodes as `T`, anything else is an
+    /// [`ApiFailure`] (the error body, decoded when it is thaw's).
+    fn send<T: DeserializeOwned>(
+        &self,
+        req: RequestBuilder,
+    ) -> anyhow::Result<Result<T, ApiFailure>> {
         let resp = req.bearer_auth(&self.token).send().map_err(|e| {
             anyhow::anyhow!(
                 "cannot reach thaw at {}: {e} (is `thaw up` running? set --server or THAW_SERVER)",
                 self.server
             )
         })?;
-        let ok = resp.status().is_success();
         let status = resp.status();
         let text = resp.text()?;
-        let v: Value = serde_json::from_str(&text).unwrap_or_else(
-            |_| serde_json::json!({"error": {"message": format!("HTTP {status}: {text}")}}),
-        );
-        Ok((ok, v))
-    }
-
-    fn expect_ok(&self, req: RequestBuilder) -> anyhow::Result<Value> {
-        let (ok, v) = self.send(req)?;
-        if !ok {
-            bail!("{}", error_message(&v));
+        if status.is_success() {
+            let v = serde_json::from_str(&text).with_context(|| {
+                format!("the server's answer is not what this thaw expects: {text}")
+            })?;
+            return Ok(Ok(v));
         }
-        Ok(v)
+        Ok(Err(ApiFailure {
+            status: status.as_u16(),
+            error: serde_json::from_str(&text).ok(),
+            text,
+        }))
     }
 
-    pub fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.expect_ok(self.http.get(format!("{}{path}", self.server)))
+    fn expect<T: DeserializeOwned>(&self, req: RequestBuilder) -> anyhow::Result<T> {
+        match self.send(req)? {
+            Ok(v) => Ok(v),
+            Err(failure) => bail!("{failure}"),
+        }
     }
 
-    pub fn delete(&self, path: &str) -> anyhow::Result<Value> {
-        self.expect_ok(self.http.delete(format!("{}{path}", self.server)))
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server)
     }
 
-    pub fn put_archive(&self, path: &str, archive: Vec<u8>) -> anyhow::Result<Value> {
-        self.expect_ok(
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.expect(self.http.get(self.url(path)))
+    }
+
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.expect(self.http.delete(self.url(path)))
+    }
+
+    pub fn put_archive<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        archive: Vec<u8>,
+    ) -> anyhow::Result<T> {
+        self.expect(
             self.http
-                .put(format!("{}{path}", self.server))
+                .put(self.url(path))
                 .header("content-type", "application/gzip")
                 .body(archive),
         )
     }
 
-    /// Posts a JSON body; returns whether the API said success, and its body.
-    pub fn post_json_raw(&self, path: &str, body: Vec<u8>) -> anyhow::Result<(bool, Value)> {
+    pub fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.expect(self.http.put(self.url(path)).json(body))
+    }
+
+    pub fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.expect(self.http.patch(self.url(path)).json(body))
+    }
+
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.expect(self.http.post(self.url(path)).json(body))
+    }
+
+    /// Posts raw JSON bytes; the answer, or the failure as it came.
+    pub fn post_raw<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Result<T, ApiFailure>> {
         self.send(
             self.http
-                .post(format!("{}{path}", self.server))
+                .post(self.url(path))
                 .header("content-type", "application/json")
                 .body(body),
         )

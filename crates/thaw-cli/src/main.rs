@@ -7,7 +7,6 @@ mod client;
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use client::Client;
-use serde_json::Value;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,7 +25,16 @@ thaw deploy ./my-function        # pack, upload, print the URL\n  \
 curl http://127.0.0.1:8787/fn/my-function/\n  \
 thaw logs my-function -f         # console output, live",
     after_help = "Every command but `up` talks to a running platform: --server (or THAW_SERVER) says where, \
-and the API token comes from THAW_TOKEN or the `token` file in the data directory."
+and the API key comes from THAW_TOKEN or, for the admin, the `token` file in the data directory.\n\n\
+Tenants: an admin makes namespaces and keys, a tenant works inside its own:\n  \
+thaw ns create team-a\n  \
+thaw key create --namespace team-a ci --role deploy    # prints the key once\n  \
+THAW_TOKEN=thawk_... thaw deploy ./api                  # lands in team-a\n\n\
+Versions: every deploy, secret or variable change is a numbered version; aliases choose what serves:\n  \
+thaw versions api\n  \
+thaw alias set api prod 7 --split 8:10   # prod: 90% version 7, 10% version 8\n  \
+thaw rollback api                        # latest back to the version before\n  \
+echo -n s3cret | thaw secret set api DB_PASSWORD"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -43,12 +51,16 @@ struct Remote {
         global = true
     )]
     server: String,
-    /// API token. Without it, the `token` file in the data directory is used.
+    /// API key: a namespace key, or the admin token. Without it, the admin
+    /// `token` file in the data directory is used.
     #[arg(long, env = "THAW_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
     /// Data directory of a platform on this host, where its token file is.
     #[arg(long, env = "THAW_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
+    /// The namespace to work in [default: the key's own; `default` for the admin token]
+    #[arg(long, env = "THAW_NAMESPACE", global = true)]
+    namespace: Option<String>,
 }
 
 /// Pool and queue settings of `thaw up`; the defaults suit most hosts.
@@ -177,6 +189,197 @@ enum RuntimeCommand {
 }
 
 #[derive(Subcommand)]
+enum AliasCommand {
+    /// Point ALIAS of NAME at VERSION, optionally sending a share of calls
+    /// to a second version: `--split 8:10` sends 10 % to version 8.
+    #[command(
+        after_help = "Examples:\n  thaw alias set api prod 7\n  thaw alias set api prod 7 --split 8:10   # canary: 90% v7, 10% v8\n\n\
+Each alias has its own URL: /fn/api@prod (or /ns/NAMESPACE/fn/api@prod). The change is one transaction \
+and takes effect for the next request; versions no alias routes to any more drain."
+    )]
+    Set {
+        name: String,
+        alias: String,
+        version: i64,
+        /// VERSION:PERCENT of calls for a second version.
+        #[arg(long, value_name = "VERSION:PERCENT")]
+        split: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List NAME's aliases.
+    Ls {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Remove an alias (`latest` stays).
+    Rm {
+        name: String,
+        alias: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretCommand {
+    /// Set secret KEY of NAME from standard input (or --from-file): a new
+    /// version that has it in its environment.
+    #[command(
+        after_help = "Examples:\n  echo -n 's3cret' | thaw secret set api DB_PASSWORD\n  thaw secret set api TLS_KEY --from-file key.pem\n\n\
+The value never appears on a command line (so not in `ps`), is encrypted at rest with the platform's key \
+(DATA_DIR/secrets.key or THAW_SECRETS_KEY), and no route returns it."
+    )]
+    Set {
+        name: String,
+        key: String,
+        /// Read the value from this file instead of standard input.
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List NAME's secrets: names and when each was set, never values.
+    Ls {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Remove a secret: a new version without it.
+    Rm {
+        name: String,
+        key: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum EnvCommand {
+    /// Set variable KEY of NAME to VALUE: a new version.
+    Set {
+        name: String,
+        key: String,
+        value: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the variables set through the API.
+    Ls {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Remove a variable: a new version without it.
+    Rm {
+        name: String,
+        key: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// Limits of a namespace; unset ones keep their value.
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Functions it may have.
+    #[arg(long)]
+    max_functions: Option<u32>,
+    /// Instances running at once across its functions; calls past it get 429.
+    #[arg(long)]
+    max_instances: Option<u32>,
+    /// Memory of those instances together, MiB.
+    #[arg(long)]
+    max_memory_mb: Option<u32>,
+    /// Largest archive one deploy may upload, bytes.
+    #[arg(long)]
+    max_deploy_bytes: Option<u64>,
+}
+
+impl LimitArgs {
+    fn patch(&self) -> thaw_api::LimitsPatch {
+        thaw_api::LimitsPatch {
+            max_functions: self.max_functions,
+            max_instances: self.max_instances,
+            max_memory_mb: self.max_memory_mb,
+            max_deploy_bytes: self.max_deploy_bytes,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum NamespaceCommand {
+    /// Create a namespace.
+    Create {
+        name: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List namespaces with their limits and what they use now.
+    Ls {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Change a namespace's limits.
+    Set {
+        name: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Remove an empty namespace and its keys.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Deploy,
+    Invoke,
+    Read,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a key for --namespace named NAME; prints it once.
+    #[command(
+        after_help = "Roles:\n  deploy  everything inside the namespace: deploy, remove, aliases, secrets, env\n  \
+invoke  call its functions through the API; read nothing\n  \
+read    list, versions, logs and metrics of the namespace\n\n\
+The key is printed once and stored only as a hash: keep it. Example:\n  \
+thaw key create --namespace team-a ci --role deploy --expires-in-days 90"
+    )]
+    Create {
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// The key stops working after this many days.
+        #[arg(long)]
+        expires_in_days: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List keys (of --namespace, or all): never their secrets.
+    Ls {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Revoke a key by id: its next call fails.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the platform in the foreground (API, gateway, registry, runtimes).
     #[command(
@@ -217,6 +420,10 @@ TypeScript is compiled on the platform: nothing to install.")]
         /// Function name [default: thaw.toml `name`, else the folder's name]
         #[arg(long)]
         name: Option<String>,
+        /// Make the version but leave `latest` where it is (try it at
+        /// NAME@VERSION, then `thaw alias set NAME latest VERSION`).
+        #[arg(long)]
+        no_promote: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -228,6 +435,7 @@ thaw invoke hello --data @event.json\n  echo '{}' | thaw invoke hello --data @-\
 thaw invoke hello-service --data '{\"jsonrpc\":\"2.0\",\"method\":\"HelloWorldService.helloWorld\",\"params\":[],\"id\":1}'"
     )]
     Invoke {
+        /// The function, optionally with an alias or version: api, api@prod, api@7.
         name: String,
         /// The event: JSON text, @FILE, or @- for standard input.
         #[arg(long, short = 'd')]
@@ -255,9 +463,55 @@ thaw invoke hello-service --data '{\"jsonrpc\":\"2.0\",\"method\":\"HelloWorldSe
         #[command(flatten)]
         remote: Remote,
     },
-    /// Remove a function: it stops answering, its instances end, its logs go.
+    /// Remove a function: it stops answering, its instances end, its
+    /// versions and logs go.
     Rm {
         name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List a function's versions, newest first: number, time, bundle hash,
+    /// size, who made it, and the aliases pointing at it.
+    Versions {
+        name: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Point an alias back: `latest` (or --alias) to --to VERSION, or to
+    /// the newest version older than the one it points at. Takes effect
+    /// for the next request; calls in flight finish where they started.
+    Rollback {
+        name: String,
+        /// The alias to move.
+        #[arg(long, default_value = "latest")]
+        alias: String,
+        /// The version to point it at.
+        #[arg(long)]
+        to: Option<i64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Aliases: named pointers to a version, each with its own URL.
+    #[command(subcommand)]
+    Alias(AliasCommand),
+    /// Secrets: encrypted at rest, given to the function as environment
+    /// variables, never shown again.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+    /// Environment variables set through the API (over thaw.toml's [env]).
+    #[command(subcommand)]
+    Env(EnvCommand),
+    /// Namespaces (admin): the unit of tenancy, each with its limits.
+    #[command(subcommand, name = "ns")]
+    Namespace(NamespaceCommand),
+    /// API keys (admin): each reaches one namespace with one role.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Show who the API key in use is: its role and namespace.
+    Whoami {
         #[command(flatten)]
         remote: Remote,
     },
@@ -378,19 +632,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             node,
             tuning,
         ),
-        Command::Deploy { dir, name, remote } => {
-            deploy(&Client::new(&remote_config(&remote))?, &dir, name)
-        }
-        Command::Invoke { name, data, remote } => {
-            invoke(&Client::new(&remote_config(&remote))?, &name, data)
-        }
-        Command::Ls { json, remote } => ls(&Client::new(&remote_config(&remote))?, json),
+        Command::Deploy {
+            dir,
+            name,
+            no_promote,
+            remote,
+        } => deploy(&client(&remote)?, &dir, name, !no_promote),
+        Command::Invoke { name, data, remote } => invoke(&client(&remote)?, &name, data),
+        Command::Ls { json, remote } => ls(&client(&remote)?, json),
         Command::Logs {
             name,
             follow,
             lines,
             remote,
-        } => logs(&Client::new(&remote_config(&remote))?, &name, follow, lines),
+        } => logs(&client(&remote)?, &name, follow, lines),
         Command::Image(ImageCommand::Build {
             data_dir,
             image_cache,
@@ -409,13 +664,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{summary}");
             Ok(())
         }
-        Command::Runtime(RuntimeCommand::Upgrade { remote }) => {
-            runtime_upgrade(&Client::new(&remote_config(&remote))?)
-        }
+        Command::Runtime(RuntimeCommand::Upgrade { remote }) => runtime_upgrade(&client(&remote)?),
         Command::Rm { name, remote } => {
-            let c = Client::new(&remote_config(&remote))?;
-            c.delete(&format!("/v1/functions/{name}"))?;
+            let c = client(&remote)?;
+            let _: thaw_api::Removed = c.delete(&c.function_path(&name))?;
             println!("removed {name}");
+            Ok(())
+        }
+        Command::Versions { name, json, remote } => versions(&client(&remote)?, &name, json),
+        Command::Rollback {
+            name,
+            alias,
+            to,
+            remote,
+        } => {
+            let c = client(&remote)?;
+            let body = thaw_api::Rollback {
+                alias: Some(alias),
+                to,
+            };
+            let a: thaw_api::AliasView =
+                c.post(&format!("{}/rollback", c.function_path(&name)), &body)?;
+            println!("{name}: {} -> version {}  {}", a.name, a.version, a.url);
+            Ok(())
+        }
+        Command::Alias(cmd) => alias(cmd),
+        Command::Secret(cmd) => secret(cmd),
+        Command::Env(cmd) => env(cmd),
+        Command::Namespace(cmd) => namespace(cmd),
+        Command::Key(cmd) => key(cmd),
+        Command::Whoami { remote } => {
+            let w: thaw_api::Whoami = client(&remote)?.get("/v1/whoami")?;
+            match w.namespace {
+                Some(ns) => println!("key {} ({}) of namespace {ns}", w.name, w.role),
+                None => println!("the admin token: every namespace, every key"),
+            }
             Ok(())
         }
         Command::Bench {
@@ -467,22 +750,345 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn runtime_upgrade(c: &Client) -> anyhow::Result<()> {
     eprintln!("upgrading the runtime (under the microvm driver a new image boots once)…");
-    let (ok, v) = c.post_json_raw("/v1/runtime/upgrade", Vec::new())?;
-    if !ok {
-        anyhow::bail!("{}", client::error_message(&v));
-    }
-    for d in v["drivers"].as_array().into_iter().flatten() {
-        let driver = d["driver"].as_str().unwrap_or("?");
-        let before = d["before"].as_str().unwrap_or("?");
-        let after = d["after"].as_str().unwrap_or("?");
-        if d["changed"].as_bool() == Some(true) {
+    let v: thaw_api::RuntimeUpgradeView = c.post("/v1/runtime/upgrade", &serde_json::json!({}))?;
+    for d in v.drivers {
+        if d.changed {
             println!(
-                "{driver}: {before} -> {after}; {} waiting runtimes replaced, bound ones drain",
-                d["replaced_waiting"]
+                "{}: {} -> {}; {} waiting runtimes replaced, bound ones drain",
+                d.driver, d.before, d.after, d.replaced_waiting
             );
         } else {
-            println!("{driver}: unchanged ({after})");
+            println!("{}: unchanged ({})", d.driver, d.after);
         }
+    }
+    Ok(())
+}
+
+fn client(remote: &Remote) -> anyhow::Result<Client> {
+    Client::new(&remote_config(remote))
+}
+
+/// `VERSION:PERCENT`.
+fn parse_split(text: &str) -> anyhow::Result<thaw_api::SplitView> {
+    let parsed = text.split_once(':').and_then(|(v, p)| {
+        Some((
+            v.trim().parse().ok()?,
+            p.trim().trim_end_matches('%').parse().ok()?,
+        ))
+    });
+    match parsed {
+        Some((version, percent)) => Ok(thaw_api::SplitView { version, percent }),
+        None => bail!("--split takes VERSION:PERCENT, such as 8:10 (10% of calls to version 8)"),
+    }
+}
+
+fn alias(cmd: AliasCommand) -> anyhow::Result<()> {
+    match cmd {
+        AliasCommand::Set {
+            name,
+            alias,
+            version,
+            split,
+            remote,
+        } => {
+            let c = client(&remote)?;
+            let body = thaw_api::SetAlias {
+                version,
+                split: split.as_deref().map(parse_split).transpose()?,
+            };
+            let a: thaw_api::AliasView = c.put(
+                &format!("{}/aliases/{alias}", c.function_path(&name)),
+                &body,
+            )?;
+            print_alias(&a);
+            Ok(())
+        }
+        AliasCommand::Ls { name, remote } => {
+            let c = client(&remote)?;
+            let list: thaw_api::AliasList =
+                c.get(&format!("{}/aliases", c.function_path(&name)))?;
+            for a in &list.aliases {
+                print_alias(a);
+            }
+            Ok(())
+        }
+        AliasCommand::Rm {
+            name,
+            alias,
+            remote,
+        } => {
+            let c = client(&remote)?;
+            let _: thaw_api::Removed =
+                c.delete(&format!("{}/aliases/{alias}", c.function_path(&name)))?;
+            println!("removed alias {alias} of {name}");
+            Ok(())
+        }
+    }
+}
+
+fn print_alias(a: &thaw_api::AliasView) {
+    let target = match a.split {
+        Some(s) => format!(
+            "version {} ({}%) and {} ({}%)",
+            a.version,
+            100 - u32::from(s.percent),
+            s.version,
+            s.percent
+        ),
+        None => format!("version {}", a.version),
+    };
+    println!("{:<12} {:<32} {}", a.name, target, a.url);
+}
+
+/// A secret's value: from a file, or standard input (never an argument,
+/// which `ps` would show).
+fn read_secret(from_file: Option<PathBuf>) -> anyhow::Result<String> {
+    let bytes = match from_file {
+        Some(path) => {
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?
+        }
+        None => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprintln!("type the value, then Ctrl-D:");
+            }
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+            buf
+        }
+    };
+    String::from_utf8(bytes)
+        .context("a secret's value must be UTF-8 text (base64-encode binary values)")
+}
+
+fn secret(cmd: SecretCommand) -> anyhow::Result<()> {
+    match cmd {
+        SecretCommand::Set {
+            name,
+            key,
+            from_file,
+            remote,
+        } => {
+            let c = client(&remote)?;
+            let value = read_secret(from_file)?;
+            let f: thaw_api::FunctionView = c.put(
+                &format!("{}/secrets/{key}", c.function_path(&name)),
+                &thaw_api::SetValue { value },
+            )?;
+            println!(
+                "secret {key} set: {name} version {} serves with it",
+                f.version
+            );
+            Ok(())
+        }
+        SecretCommand::Ls { name, remote } => {
+            let c = client(&remote)?;
+            let list: thaw_api::SecretList =
+                c.get(&format!("{}/secrets", c.function_path(&name)))?;
+            if list.secrets.is_empty() {
+                println!("{name} has no secrets (version {})", list.version);
+            }
+            for s in list.secrets {
+                println!("{:<32} set {}", s.name, thaw_api::utc_time(s.updated_ms));
+            }
+            Ok(())
+        }
+        SecretCommand::Rm { name, key, remote } => {
+            let c = client(&remote)?;
+            let f: thaw_api::FunctionView =
+                c.delete(&format!("{}/secrets/{key}", c.function_path(&name)))?;
+            println!(
+                "secret {key} removed: {name} version {} serves without it",
+                f.version
+            );
+            Ok(())
+        }
+    }
+}
+
+fn env(cmd: EnvCommand) -> anyhow::Result<()> {
+    match cmd {
+        EnvCommand::Set {
+            name,
+            key,
+            value,
+            remote,
+        } => {
+            let c = client(&remote)?;
+            let f: thaw_api::FunctionView = c.put(
+                &format!("{}/env/{key}", c.function_path(&name)),
+                &thaw_api::SetValue { value },
+            )?;
+            println!("{key} set: {name} version {} serves with it", f.version);
+            Ok(())
+        }
+        EnvCommand::Ls { name, remote } => {
+            let c = client(&remote)?;
+            let list: thaw_api::EnvList = c.get(&format!("{}/env", c.function_path(&name)))?;
+            for (k, v) in list.env {
+                println!("{k}={v}");
+            }
+            Ok(())
+        }
+        EnvCommand::Rm { name, key, remote } => {
+            let c = client(&remote)?;
+            let f: thaw_api::FunctionView =
+                c.delete(&format!("{}/env/{key}", c.function_path(&name)))?;
+            println!(
+                "{key} removed: {name} version {} serves without it",
+                f.version
+            );
+            Ok(())
+        }
+    }
+}
+
+fn print_namespace(n: &thaw_api::NamespaceView) {
+    let l = &n.limits;
+    println!(
+        "{:<20} {:>4}/{:<5} {:>4}/{:<5} {:>6}/{:<7} {:>5}",
+        n.name,
+        n.functions,
+        l.max_functions,
+        n.instances,
+        l.max_instances,
+        n.memory_mb,
+        l.max_memory_mb,
+        l.max_deploy_bytes >> 20
+    );
+}
+
+const NAMESPACE_HEADER: &str =
+    "NAME                 FUNCTIONS  INSTANCES  MEMORY MiB     DEPLOY MiB";
+
+fn namespace(cmd: NamespaceCommand) -> anyhow::Result<()> {
+    match cmd {
+        NamespaceCommand::Create {
+            name,
+            limits,
+            remote,
+        } => {
+            let body = thaw_api::CreateNamespace {
+                name,
+                limits: limits.patch(),
+            };
+            let n: thaw_api::NamespaceView = client(&remote)?.post("/v1/namespaces", &body)?;
+            println!("{NAMESPACE_HEADER}");
+            print_namespace(&n);
+            Ok(())
+        }
+        NamespaceCommand::Ls { remote } => {
+            let list: thaw_api::NamespaceList = client(&remote)?.get("/v1/namespaces")?;
+            println!("{NAMESPACE_HEADER}");
+            for n in &list.namespaces {
+                print_namespace(n);
+            }
+            Ok(())
+        }
+        NamespaceCommand::Set {
+            name,
+            limits,
+            remote,
+        } => {
+            let n: thaw_api::NamespaceView =
+                client(&remote)?.patch(&format!("/v1/namespaces/{name}"), &limits.patch())?;
+            println!("{NAMESPACE_HEADER}");
+            print_namespace(&n);
+            Ok(())
+        }
+        NamespaceCommand::Rm { name, remote } => {
+            let _: thaw_api::Removed =
+                client(&remote)?.delete(&format!("/v1/namespaces/{name}"))?;
+            println!("removed namespace {name}");
+            Ok(())
+        }
+    }
+}
+
+fn key(cmd: KeyCommand) -> anyhow::Result<()> {
+    match cmd {
+        KeyCommand::Create {
+            name,
+            role,
+            expires_in_days,
+            remote,
+        } => {
+            let Some(namespace) = remote.namespace.clone() else {
+                bail!("say which namespace the key is for: --namespace NAME (or THAW_NAMESPACE)");
+            };
+            let body = thaw_api::CreateKey {
+                namespace,
+                name,
+                role: match role {
+                    RoleArg::Deploy => "deploy",
+                    RoleArg::Invoke => "invoke",
+                    RoleArg::Read => "read",
+                }
+                .to_string(),
+                expires_in_s: expires_in_days.map(|d| d.saturating_mul(86_400)),
+            };
+            let created: thaw_api::CreatedKey = client(&remote)?.post("/v1/keys", &body)?;
+            eprintln!(
+                "key {} ({}) of namespace {}, id {}: shown this once, keep it",
+                created.key.name, created.key.role, created.key.namespace, created.key.id
+            );
+            println!("{}", created.token);
+            Ok(())
+        }
+        KeyCommand::Ls { remote } => {
+            let path = match &remote.namespace {
+                Some(ns) => format!("/v1/keys?namespace={ns}"),
+                None => "/v1/keys".to_string(),
+            };
+            let list: thaw_api::KeyList = client(&remote)?.get(&path)?;
+            println!(
+                "{:<18} {:<20} {:<20} {:<7} STATE",
+                "ID", "NAMESPACE", "NAME", "ROLE"
+            );
+            for k in list.keys {
+                let state = match (k.revoked_ms, k.expires_ms) {
+                    (Some(at), _) => format!("revoked {}", thaw_api::utc_time(at)),
+                    (None, Some(at)) => format!("expires {}", thaw_api::utc_time(at)),
+                    (None, None) => "active".to_string(),
+                };
+                println!(
+                    "{:<18} {:<20} {:<20} {:<7} {state}",
+                    k.id, k.namespace, k.name, k.role
+                );
+            }
+            Ok(())
+        }
+        KeyCommand::Revoke { id, remote } => {
+            let k: thaw_api::KeyView = client(&remote)?.delete(&format!("/v1/keys/{id}"))?;
+            println!(
+                "revoked key {} ({}) of namespace {}",
+                k.name, k.role, k.namespace
+            );
+            Ok(())
+        }
+    }
+}
+
+fn versions(c: &Client, name: &str, json: bool) -> anyhow::Result<()> {
+    let list: thaw_api::VersionList = c.get(&format!("{}/versions", c.function_path(name)))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!(
+        "{:>7}  {:<19}  {:<12}  {:>9}  {:<7} {:<16} ALIASES",
+        "VERSION", "CREATED (UTC)", "BUNDLE", "SIZE", "CAUSE", "BY"
+    );
+    for v in list.versions {
+        println!(
+            "{:>7}  {:<19}  {:<12}  {:>9}  {:<7} {:<16} {}",
+            v.number,
+            thaw_api::utc_time(v.created_ms),
+            &v.bundle[..v.bundle.len().min(12)],
+            v.archive_bytes,
+            v.cause,
+            v.deployed_by,
+            v.aliases.join(", ")
+        );
     }
     Ok(())
 }
@@ -500,6 +1106,7 @@ fn remote_config(r: &Remote) -> client::RemoteConfig {
         server: r.server.trim_end_matches('/').to_string(),
         token: r.token.clone().filter(|t| !t.is_empty()),
         data_dir: r.data_dir.clone().unwrap_or_else(default_data_dir),
+        namespace: r.namespace.clone().filter(|n| !n.is_empty()),
     }
 }
 
@@ -513,6 +1120,7 @@ fn up(data_dir: PathBuf, listen: SocketAddr, node: PathBuf, t: Tuning) -> anyhow
         .init();
     let mut config = thaw_gateway::Config::new(data_dir, listen);
     config.token = std::env::var("THAW_TOKEN").ok();
+    config.secrets_key = std::env::var("THAW_SECRETS_KEY").ok();
     config.node = node;
     config.esbuild = std::env::var_os("THAW_ESBUILD").map(PathBuf::from);
     // A waiting VM holds ~90 MiB and took a core for a while to restore.
@@ -572,7 +1180,7 @@ fn function_name(dir: &Path, flag: Option<String>) -> anyhow::Result<String> {
     Ok(cleaned)
 }
 
-fn deploy(c: &Client, dir: &Path, name: Option<String>) -> anyhow::Result<()> {
+fn deploy(c: &Client, dir: &Path, name: Option<String>, promote: bool) -> anyhow::Result<()> {
     if !dir.is_dir() {
         bail!(
             "{} is not a folder: pass the folder holding your function",
@@ -589,13 +1197,28 @@ fn deploy(c: &Client, dir: &Path, name: Option<String>) -> anyhow::Result<()> {
         packed.unpacked_bytes as f64 / 1024.0,
         packed.archive.len() as f64 / 1024.0
     );
-    let v = c.put_archive(&format!("/v1/functions/{name}"), packed.archive)?;
-    eprintln!(
-        "deployed {name} version {} (entry {})",
-        v["version"],
-        v["entry"].as_str().unwrap_or("?")
-    );
-    println!("{}", v["url"].as_str().unwrap_or(""));
+    let path = c.function_path(&name);
+    let path = if promote {
+        path
+    } else {
+        format!("{path}?promote=false")
+    };
+    let f: thaw_api::FunctionView = c.put_archive(&path, packed.archive)?;
+    if promote {
+        eprintln!(
+            "deployed {name} version {} in namespace {} (entry {})",
+            f.version, f.namespace, f.entry
+        );
+        println!("{}", f.url);
+    } else {
+        let v: thaw_api::VersionList = c.get(&format!("{}/versions", c.function_path(&name)))?;
+        let newest = v.versions.first().context("the new version is missing")?;
+        eprintln!(
+            "made {name} version {} in namespace {}; latest still serves version {}",
+            newest.number, f.namespace, f.version
+        );
+        println!("{}", newest.url);
+    }
     Ok(())
 }
 
@@ -612,37 +1235,50 @@ fn read_event(data: Option<String>) -> anyhow::Result<Vec<u8>> {
         Some(path) => std::fs::read(path).with_context(|| format!("cannot read {path}"))?,
         None => data.into_bytes(),
     };
-    serde_json::from_slice::<Value>(&bytes)
+    serde_json::from_slice::<serde_json::Value>(&bytes)
         .context("--data is not valid JSON (pass JSON text, @FILE or @-)")?;
     Ok(bytes)
 }
 
 fn invoke(c: &Client, name: &str, data: Option<String>) -> anyhow::Result<()> {
     let event = read_event(data)?;
-    let (ok, v) = c.post_json_raw(&format!("/v1/functions/{name}/invoke"), event)?;
-    for l in v["logs"].as_array().into_iter().flatten() {
-        eprintln!("{}", l["line"].as_str().unwrap_or(""));
+    let answer =
+        c.post_raw::<thaw_api::InvokeResult>(&format!("{}/invoke", c.function_path(name)), event)?;
+    let r = match answer {
+        Ok(r) => r,
+        Err(failure) => {
+            let logs = failure
+                .error
+                .as_ref()
+                .and_then(|e| e.error.details.get("logs"))
+                .and_then(|l| serde_json::from_value::<Vec<thaw_api::LogLineView>>(l.clone()).ok())
+                .unwrap_or_default();
+            for l in logs {
+                eprintln!("{}", l.line);
+            }
+            bail!("{failure}");
+        }
+    };
+    for l in &r.logs {
+        eprintln!("{}", l.line);
     }
-    if !ok {
-        bail!("{}", client::error_message(&v));
-    }
-    if let Some(err) = v.get("error") {
+    if let Some(err) = r.error {
         bail!(
             "the handler threw {}: {}",
-            err["name"].as_str().unwrap_or("an error"),
-            err["message"].as_str().unwrap_or("")
+            err.name.as_deref().unwrap_or("an error"),
+            err.message
         );
     }
     let mut out = std::io::stdout();
-    if let Some(body) = v["body"].as_str() {
+    if let Some(body) = r.body {
         out.write_all(body.as_bytes())?;
         if !body.ends_with('\n') {
             out.write_all(b"\n")?;
         }
-    } else if let Some(b64) = v["body_base64"].as_str() {
+    } else if let Some(b64) = r.body_base64 {
         writeln!(out, "(binary body, base64) {b64}")?;
     }
-    let status = v["status"].as_u64().unwrap_or(0);
+    let status = r.status.unwrap_or(0);
     if status >= 400 {
         bail!("the function answered with status {status}");
     }
@@ -650,13 +1286,12 @@ fn invoke(c: &Client, name: &str, data: Option<String>) -> anyhow::Result<()> {
 }
 
 fn ls(c: &Client, json: bool) -> anyhow::Result<()> {
-    let v = c.get("/v1/functions")?;
+    let list: thaw_api::FunctionList = c.get(&c.functions_path())?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
-    let fns = v["functions"].as_array().cloned().unwrap_or_default();
-    if fns.is_empty() {
+    if list.functions.is_empty() {
         println!("no functions deployed: try `thaw deploy DIR`");
         return Ok(());
     }
@@ -664,40 +1299,37 @@ fn ls(c: &Client, json: bool) -> anyhow::Result<()> {
         "{:<24} {:>7} {:>5} {:>5}  URL",
         "NAME", "VERSION", "BUSY", "IDLE"
     );
-    for f in fns {
+    for f in list.functions {
         println!(
             "{:<24} {:>7} {:>5} {:>5}  {}",
-            f["name"].as_str().unwrap_or(""),
-            f["version"].to_string(),
-            f["instances"]["busy"].to_string(),
-            f["instances"]["idle"].to_string(),
-            f["url"].as_str().unwrap_or("")
+            f.name, f.version, f.instances.busy, f.instances.idle, f.url
         );
     }
     Ok(())
 }
 
-fn print_logs(v: &Value) -> i64 {
-    for l in v["logs"].as_array().into_iter().flatten() {
-        let ts = l["ts_ms"].as_i64().unwrap_or(0);
+fn print_logs(v: &thaw_api::LogList) -> i64 {
+    for l in &v.logs {
+        let ts = l.ts_ms;
         let secs = ts / 1000;
         let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-        let inv = l["invocation"]
-            .as_u64()
+        let inv = l
+            .invocation
             .map(|i| format!("{i:x}"))
             .unwrap_or_else(|| "-".into());
-        let stream = if l["stream"] == "stderr" { "ERR " } else { "" };
+        let stream = if l.stream == "stderr" { "ERR " } else { "" };
         println!(
             "{h:02}:{m:02}:{s:02}.{:03} [{inv}] {stream}{}",
             ts % 1000,
-            l["line"].as_str().unwrap_or("")
+            l.line
         );
     }
-    v["next"].as_i64().unwrap_or(0)
+    v.next
 }
 
 fn logs(c: &Client, name: &str, follow: bool, lines: u32) -> anyhow::Result<()> {
-    let first = c.get(&format!("/v1/functions/{name}/logs?limit={lines}"))?;
+    let path = format!("{}/logs", c.function_path(name));
+    let first: thaw_api::LogList = c.get(&format!("{path}?limit={lines}"))?;
     let mut next = print_logs(&first);
     if !follow {
         return Ok(());
@@ -705,9 +1337,7 @@ fn logs(c: &Client, name: &str, follow: bool, lines: u32) -> anyhow::Result<()> 
     loop {
         std::io::stdout().flush()?;
         std::thread::sleep(Duration::from_millis(500));
-        let v = c.get(&format!(
-            "/v1/functions/{name}/logs?after={next}&limit=1000"
-        ))?;
+        let v: thaw_api::LogList = c.get(&format!("{path}?after={next}&limit=1000"))?;
         next = print_logs(&v);
     }
 }

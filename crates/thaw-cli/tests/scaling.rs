@@ -205,10 +205,11 @@ fn metrics_count_calls_by_outcome_and_start() {
     p.deploy(d.path(), "counted");
     let anon = http().get(format!("{}/metrics", p.server)).send().unwrap();
     assert_eq!(anon.status(), 401, "metrics need the token");
-    let ok = "thaw_invocations_total{function=\"counted\",outcome=\"ok\"}";
-    let err = "thaw_invocations_total{function=\"counted\",outcome=\"handler_error\"}";
-    let warm = "thaw_starts_total{function=\"counted\",start=\"warm\"}";
-    let count = "thaw_invocation_duration_seconds_count{function=\"counted\"}";
+    let ok = "thaw_invocations_total{namespace=\"default\",function=\"counted\",outcome=\"ok\"}";
+    let err = "thaw_invocations_total{namespace=\"default\",function=\"counted\",outcome=\"handler_error\"}";
+    let warm = "thaw_starts_total{namespace=\"default\",function=\"counted\",start=\"warm\"}";
+    let count =
+        "thaw_invocation_duration_seconds_count{namespace=\"default\",function=\"counted\"}";
     assert_eq!(p.metric(ok), 0.0);
     for _ in 0..3 {
         assert_eq!(call(&p, "counted", "").0, 200);
@@ -226,7 +227,7 @@ fn metrics_count_calls_by_outcome_and_start() {
     assert_eq!(p.metric(warm), 4.0, "the deploy left a warm instance");
     assert_eq!(p.metric(count), 4.0);
     assert_eq!(
-        p.metric("thaw_instances{function=\"counted\",state=\"idle\"}"),
+        p.metric("thaw_instances{namespace=\"default\",function=\"counted\",state=\"idle\"}"),
         1.0
     );
 }

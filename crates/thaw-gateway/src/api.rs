@@ -1,260 +1,418 @@
 //! The control API under `/v1/`, and the router that puts every route
 //! together.
+//!
+//! Each handler parses its request, calls one operation of [`Platform`]
+//! with the caller the bearer token named, and renders the typed view it
+//! gets back. Function routes exist twice: under
+//! `/v1/namespaces/{ns}/functions/...`, and under `/v1/functions/...`
+//! meaning the caller's own namespace (a key's, or `default` for the
+//! admin token).
 
-use crate::errors::{invoke_error, ApiError};
-use crate::platform::{Platform, Route};
-use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
+use crate::auth::{Caller, Need};
+use crate::errors::ApiError;
+use crate::platform::{DeployOptions, Platform};
+use crate::routes::{parse_target, Qualifier};
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
-use axum::{Json, Router};
-use base64::Engine as _;
+use axum::routing::{any, get, post, put};
+use axum::{Extension, Json, Router};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
-use thaw_registry::LogQuery;
-use thaw_sandbox::{InvokeOutcome, LogLine};
+use thaw_api as view;
+use thaw_registry::{ConfigChange, FunctionId, LogQuery};
+
+/// Largest JSON body of a control request (not a deploy, not an event).
+const MAX_CONTROL_BODY: usize = 1 << 20;
+
+type Params = Path<HashMap<String, String>>;
+type Answer<T> = Result<Json<T>, ApiError>;
 
 pub fn router(platform: Arc<Platform>) -> Router {
-    let control = Router::new()
-        .route("/v1/functions", get(list_functions))
+    let mut control = Router::new()
+        .route("/v1/whoami", get(whoami))
         .route(
-            "/v1/functions/{name}",
-            get(get_function)
-                .put(crate::deploy::deploy)
-                .delete(remove_function),
+            "/v1/namespaces",
+            get(list_namespaces).post(create_namespace),
         )
-        .route("/v1/functions/{name}/invoke", post(invoke_function))
-        .route("/v1/functions/{name}/logs", get(function_logs))
+        .route(
+            "/v1/namespaces/{ns}",
+            get(get_namespace)
+                .patch(set_limits)
+                .delete(remove_namespace),
+        )
+        .route("/v1/namespaces/{ns}/metrics", get(namespace_metrics))
+        .route("/v1/keys", get(list_keys).post(create_key))
+        .route("/v1/keys/{id}", axum::routing::delete(revoke_key))
         .route("/v1/runtime/upgrade", post(upgrade_runtime))
-        .route(
-            "/metrics",
-            get(|State(p): State<Arc<Platform>>| async move {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    crate::metrics::render(&p),
-                )
-            }),
-        )
+        .route("/metrics", get(all_metrics));
+    for prefix in ["/v1", "/v1/namespaces/{ns}"] {
+        let f = format!("{prefix}/functions/{{name}}");
+        control = control
+            .route(&format!("{prefix}/functions"), get(list_functions))
+            .route(&f, get(get_function).put(deploy).delete(remove_function))
+            .route(&format!("{f}/invoke"), post(invoke))
+            .route(&format!("{f}/logs"), get(logs))
+            .route(&format!("{f}/versions"), get(versions))
+            .route(&format!("{f}/aliases"), get(aliases))
+            .route(
+                &format!("{f}/aliases/{{alias}}"),
+                put(set_alias).delete(remove_alias),
+            )
+            .route(&format!("{f}/rollback"), post(rollback))
+            .route(&format!("{f}/secrets"), get(secrets))
+            .route(
+                &format!("{f}/secrets/{{key}}"),
+                put(set_value::<true>).delete(unset_value::<true>),
+            )
+            .route(&format!("{f}/env"), get(env))
+            .route(
+                &format!("{f}/env/{{key}}"),
+                put(set_value::<false>).delete(unset_value::<false>),
+            );
+    }
+    let control = control
         .layer(axum::extract::DefaultBodyLimit::disable())
         .route_layer(middleware::from_fn_with_state(
             platform.clone(),
-            require_token,
+            authenticate,
         ));
     let functions = Router::new()
         .route("/fn/{name}", any(crate::function_route::call))
         .route("/fn/{name}/", any(crate::function_route::call))
         .route("/fn/{name}/{*rest}", any(crate::function_route::call))
+        .route("/ns/{ns}/fn/{name}", any(crate::function_route::call))
+        .route("/ns/{ns}/fn/{name}/", any(crate::function_route::call))
+        .route(
+            "/ns/{ns}/fn/{name}/{*rest}",
+            any(crate::function_route::call),
+        )
         .layer(axum::extract::DefaultBodyLimit::disable());
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/openapi.json", get(openapi))
         .merge(control)
         .merge(functions)
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method: see GET /v1/openapi.json",
+            )
+        })
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "no_route",
-                "no such route: functions are under /fn/{name}/, the API under /v1/",
+                "no such route: functions are under /fn/{name}/ and /ns/{namespace}/fn/{name}/, the API under /v1/",
             )
         })
         .with_state(platform)
 }
 
-/// Compares in time independent of where the strings differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn require_token(
-    State(platform): State<Arc<Platform>>,
-    request: Request,
+/// Names the caller of every control request, or answers 401.
+async fn authenticate(
+    State(p): State<Arc<Platform>>,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    let given = request
+    let token = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(t) if same_secret(t.trim().as_bytes(), platform.token.as_bytes()) => {
+    match p.authenticate(token).await {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
             next.run(request).await
         }
-        _ => {
-            let mut resp = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong API token: send `Authorization: Bearer <token>`; \
-                 the CLI reads THAW_TOKEN or the `token` file in the data directory",
-            )
-            .into_response();
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().unwrap());
+        Err(e) => {
+            let mut resp = e.into_response();
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, "Bearer".parse().unwrap());
+            }
             resp
         }
     }
 }
 
-/// The public URL of a function, as seen by the client that asked.
-pub fn function_url(headers: &HeaderMap, platform: &Platform, name: &str) -> String {
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::DOCUMENT,
+    )
+        .into_response()
+}
+
+/// A query string decoded as `T`, or a `bad_query` error in thaw's shape.
+struct ApiQuery<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|e| ApiError::bad_request("bad_query", e.body_text()))
+    }
+}
+
+/// `http://host:port` as the client that asked sees this server.
+fn base_url(headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .unwrap_or_else(|| platform.config.listen.to_string());
-    format!("http://{host}/fn/{name}")
+        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or("localhost");
+    format!("http://{host}")
 }
 
-pub fn describe(route: &Route, platform: &Platform, headers: &HeaderMap) -> Value {
-    let v = &route.version;
-    let stats = platform.scheduler.stats(&v.function);
-    json!({
-        "name": v.function,
-        "version": v.id,
-        "url": function_url(headers, platform, &v.function),
-        "bundle": v.bundle,
-        "entry": v.entry,
-        "settings": v.settings,
-        "deployed_ms": v.created_ms,
-        "instances": stats,
+fn namespace_of<'a>(caller: &'a Caller, params: &'a HashMap<String, String>) -> &'a str {
+    params
+        .get("ns")
+        .map(String::as_str)
+        .unwrap_or(caller.home())
+}
+
+/// The function a route names, with the qualifier its `{name}` carries.
+fn target_of(caller: &Caller, params: &HashMap<String, String>) -> (FunctionId, Qualifier) {
+    let (name, qualifier) = parse_target(params.get("name").map(String::as_str).unwrap_or(""));
+    (
+        FunctionId::new(namespace_of(caller, params), name),
+        qualifier,
+    )
+}
+
+fn function_of(caller: &Caller, params: &HashMap<String, String>) -> FunctionId {
+    FunctionId::new(
+        namespace_of(caller, params),
+        params.get("name").map(String::as_str).unwrap_or(""),
+    )
+}
+
+fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> &'a str {
+    params.get(name).map(String::as_str).unwrap_or("")
+}
+
+/// Reads a body of at most `limit` bytes, refusing more while reading.
+async fn read_body(body: Body, limit: usize, what: &str) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("{what} is larger than its limit of {limit} bytes"),
+        )
     })
 }
 
-async fn list_functions(State(p): State<Arc<Platform>>, headers: HeaderMap) -> Json<Value> {
-    let all: Vec<Value> = p
-        .routes()
-        .iter()
-        .map(|r| describe(r, &p, &headers))
-        .collect();
-    Json(json!({ "functions": all }))
+async fn json_body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let bytes = read_body(body, MAX_CONTROL_BODY, "the request body").await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(
+            "bad_json",
+            format!("the request body is not what this route takes: {e}"),
+        )
+    })
+}
+
+async fn whoami(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+) -> Json<view::Whoami> {
+    Json(p.whoami(&c))
+}
+
+async fn list_namespaces(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+) -> Answer<view::NamespaceList> {
+    Ok(Json(p.namespaces(&c).await?))
+}
+
+async fn create_namespace(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+    body: Body,
+) -> Result<(StatusCode, Json<view::NamespaceView>), ApiError> {
+    c.allow("", Need::Admin)?; // before reading a body it may not send
+    let req = json_body(body).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(p.create_namespace(&c, req).await?),
+    ))
+}
+
+async fn get_namespace(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+    params: Params,
+) -> Answer<view::NamespaceView> {
+    Ok(Json(p.namespace(&c, param(&params, "ns")).await?))
+}
+
+async fn set_limits(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+    params: Params,
+    body: Body,
+) -> Answer<view::NamespaceView> {
+    let patch = json_body(body).await?;
+    Ok(Json(p.set_limits(&c, param(&params, "ns"), patch).await?))
+}
+
+async fn remove_namespace(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+    params: Params,
+) -> Answer<view::Removed> {
+    Ok(Json(p.remove_namespace(&c, param(&params, "ns")).await?))
+}
+
+async fn namespace_metrics(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    prometheus(p.metrics_text(&c, Some(param(&params, "ns"))).await?)
+}
+
+async fn all_metrics(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    prometheus(p.metrics_text(&c, None).await?)
+}
+
+fn prometheus(text: String) -> Result<Response, ApiError> {
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+#[derive(Deserialize)]
+struct KeyFilter {
+    namespace: Option<String>,
+}
+
+async fn list_keys(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+    ApiQuery(q): ApiQuery<KeyFilter>,
+) -> Answer<view::KeyList> {
+    Ok(Json(p.keys(&c, q.namespace).await?))
+}
+
+async fn create_key(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+    body: Body,
+) -> Result<(StatusCode, Json<view::CreatedKey>), ApiError> {
+    c.allow("", Need::Admin)?; // before reading a body it may not send
+    let req = json_body(body).await?;
+    Ok((StatusCode::CREATED, Json(p.create_key(&c, req).await?)))
+}
+
+async fn revoke_key(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+    params: Params,
+) -> Answer<view::KeyView> {
+    Ok(Json(p.revoke_key(&c, param(&params, "id")).await?))
+}
+
+async fn list_functions(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+    params: Params,
+    headers: HeaderMap,
+) -> Answer<view::FunctionList> {
+    Ok(Json(
+        p.list_functions(&c, namespace_of(&c, &params), &base_url(&headers))
+            .await?,
+    ))
 }
 
 async fn get_function(
     State(p): State<Arc<Platform>>,
-    Path(name): Path<String>,
+    Extension(c): Extension<Caller>,
+    params: Params,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let route = p.route(&name).ok_or_else(|| ApiError::not_found(&name))?;
-    Ok(Json(describe(&route, &p, &headers)))
+) -> Answer<view::FunctionView> {
+    Ok(Json(p.function(
+        &c,
+        &function_of(&c, &params),
+        &base_url(&headers),
+    )?))
+}
+
+#[derive(Deserialize)]
+struct DeployQuery {
+    /// `false`: the new version does not become `latest`.
+    promote: Option<bool>,
+}
+
+/// `PUT .../functions/{name}`: the body is the folder as a tar.gz.
+async fn deploy(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+    params: Params,
+    ApiQuery(q): ApiQuery<DeployQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer<view::FunctionView> {
+    let f = function_of(&c, &params);
+    let limit = p.deploy_limit(&c, &f.namespace).await?;
+    let archive = read_body(body, limit, "the archive").await.map_err(|e| {
+        ApiError::new(
+            e.status,
+            e.code,
+            format!(
+                "{}: leave build output and data out with a .thawignore",
+                e.message
+            ),
+        )
+    })?;
+    let options = DeployOptions {
+        promote: q.promote.unwrap_or(true),
+    };
+    Ok(Json(
+        p.deploy(&c, &f, archive, options, &base_url(&headers))
+            .await?,
+    ))
 }
 
 async fn remove_function(
     State(p): State<Arc<Platform>>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let _deploying = p.deploy_lock.lock().await;
-    let registry = p.registry.clone();
-    let n = name.clone();
-    tokio::task::spawn_blocking(move || registry.remove(&n))
-        .await
-        .map_err(ApiError::internal)??;
-    p.remove_route(&name);
-    Ok(Json(json!({ "removed": name })))
+    Extension(c): Extension<Caller>,
+    params: Params,
+) -> Answer<view::Removed> {
+    Ok(Json(
+        p.remove_function(&c, &function_of(&c, &params)).await?,
+    ))
 }
 
-pub fn log_json(l: &LogLine) -> Value {
-    json!({ "stream": l.stream.as_str(), "line": l.line, "ts_ms": l.ts_ms })
-}
-
-/// `thaw invoke`: the body is the event, any JSON value.
-async fn invoke_function(
+/// `POST .../functions/{name}/invoke`: the body is the event, any JSON
+/// value; `{name}` may carry a qualifier (`api@prod`, `api@7`).
+async fn invoke(
     State(p): State<Arc<Platform>>,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let route = p.route(&name).ok_or_else(|| ApiError::not_found(&name))?;
-    if body.len() > p.config.max_request_bytes {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!(
-                "the event is {} bytes; the limit is {}",
-                body.len(),
-                p.config.max_request_bytes
-            ),
-        ));
-    }
-    let event: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        Value::Null
+    Extension(c): Extension<Caller>,
+    params: Params,
+    body: Body,
+) -> Answer<view::InvokeResult> {
+    let (f, qualifier) = target_of(&c, &params);
+    let bytes = read_body(body, p.max_request_bytes(), "the event").await?;
+    let event = if bytes.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Value::Null
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_json",
-                format!("the event is not valid JSON: {e}"),
-            )
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::bad_request("bad_json", format!("the event is not valid JSON: {e}"))
         })?
     };
-    let started = std::time::Instant::now();
-    let result = p
-        .scheduler
-        .invoke(&route.spec, thaw_protocol::Payload::Event(event))
-        .await;
-    let (outcome, cold) = match &result {
-        Ok(inv) => (
-            match inv.outcome {
-                InvokeOutcome::Reply(_) => "ok",
-                InvokeOutcome::HandlerError { .. } => "handler_error",
-            },
-            Some(inv.cold),
-        ),
-        Err(e) => (invoke_error(e).code, None),
-    };
-    p.metrics.record(&name, outcome, cold, started.elapsed());
-    let out = match result {
-        Ok(inv) => {
-            let logs: Vec<Value> = inv.logs.iter().map(log_json).collect();
-            let mut out = json!({
-                "function": name,
-                "version": route.version.id,
-                "invocation": inv.id,
-                "cold": inv.cold,
-                "logs": logs,
-            });
-            match inv.outcome {
-                InvokeOutcome::Reply(reply) => {
-                    out["status"] = json!(reply.status);
-                    out["headers"] = json!(reply.headers);
-                    match String::from_utf8(reply.body) {
-                        Ok(text) => out["body"] = json!(text),
-                        Err(e) => {
-                            out["body_base64"] =
-                                json!(base64::engine::general_purpose::STANDARD
-                                    .encode(e.into_bytes()))
-                        }
-                    }
-                }
-                InvokeOutcome::HandlerError {
-                    name: error_name,
-                    message,
-                    stack,
-                } => {
-                    out["error"] = json!({
-                        "code": "handler_error",
-                        "name": error_name,
-                        "message": message,
-                        "stack": stack,
-                    });
-                }
-            }
-            (StatusCode::OK, Json(out)).into_response()
-        }
-        Err(e) => {
-            let err = invoke_error(&e);
-            let logs: Vec<Value> = match &e {
-                thaw_scheduler::InvokeError::Timeout { logs, .. }
-                | thaw_scheduler::InvokeError::Crashed { logs, .. } => {
-                    logs.iter().map(log_json).collect()
-                }
-                _ => Vec::new(),
-            };
-            let mut body = err.body();
-            body["logs"] = json!(logs);
-            (err.status, Json(body)).into_response()
-        }
-    };
-    Ok(out)
+    Ok(Json(p.invoke(&c, &f, &qualifier, event).await?))
 }
 
 #[derive(Deserialize)]
@@ -264,47 +422,152 @@ struct LogParams {
     limit: Option<u32>,
 }
 
-async fn function_logs(
+async fn logs(
     State(p): State<Arc<Platform>>,
-    Path(name): Path<String>,
-    Query(q): Query<LogParams>,
-) -> Result<Json<Value>, ApiError> {
-    if p.route(&name).is_none() {
-        return Err(ApiError::not_found(&name));
-    }
+    Extension(c): Extension<Caller>,
+    params: Params,
+    ApiQuery(q): ApiQuery<LogParams>,
+) -> Answer<view::LogList> {
     let query = LogQuery {
         after: q.after,
         invocation: q.invocation,
         limit: q.limit.unwrap_or(100),
     };
-    let registry = p.registry.clone();
-    let records = tokio::task::spawn_blocking(move || registry.logs(&name, &query))
-        .await
-        .map_err(ApiError::internal)??;
-    let next = records.last().map(|r| r.seq).or(q.after).unwrap_or(0);
-    Ok(Json(json!({ "logs": records, "next": next })))
+    Ok(Json(p.logs(&c, &function_of(&c, &params), query).await?))
+}
+
+async fn versions(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+    params: Params,
+    headers: HeaderMap,
+) -> Answer<view::VersionList> {
+    Ok(Json(
+        p.versions(&c, &function_of(&c, &params), &base_url(&headers))
+            .await?,
+    ))
+}
+
+async fn aliases(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+    params: Params,
+    headers: HeaderMap,
+) -> Answer<view::AliasList> {
+    Ok(Json(p.aliases(
+        &c,
+        &function_of(&c, &params),
+        &base_url(&headers),
+    )?))
+}
+
+async fn set_alias(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+    params: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer<view::AliasView> {
+    let req = json_body(body).await?;
+    let f = function_of(&c, &params);
+    Ok(Json(
+        p.set_alias(&c, &f, param(&params, "alias"), req, &base_url(&headers))
+            .await?,
+    ))
+}
+
+async fn remove_alias(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+    params: Params,
+) -> Answer<view::Removed> {
+    let f = function_of(&c, &params);
+    Ok(Json(p.remove_alias(&c, &f, param(&params, "alias")).await?))
+}
+
+async fn rollback(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+    params: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer<view::AliasView> {
+    let bytes = read_body(body, MAX_CONTROL_BODY, "the request body").await?;
+    let req: view::Rollback = if bytes.iter().all(u8::is_ascii_whitespace) {
+        view::Rollback::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::bad_request(
+                "bad_json",
+                format!("the request body is not what this route takes: {e}"),
+            )
+        })?
+    };
+    let f = function_of(&c, &params);
+    Ok(Json(p.rollback(&c, &f, req, &base_url(&headers)).await?))
+}
+
+async fn secrets(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+    params: Params,
+) -> Answer<view::SecretList> {
+    Ok(Json(p.secrets(&c, &function_of(&c, &params))?))
+}
+
+async fn env(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+    params: Params,
+) -> Answer<view::EnvList> {
+    Ok(Json(p.env(&c, &function_of(&c, &params))?))
+}
+
+/// What `PUT`/`DELETE {F}/secrets/{key}` (`SECRET = true`) and
+/// `{F}/env/{key}` change.
+fn config_change<const SECRET: bool>(key: &str, value: Option<String>) -> ConfigChange {
+    let key = key.to_string();
+    match (SECRET, value) {
+        (true, Some(v)) => ConfigChange::SetSecret(key, v),
+        (true, None) => ConfigChange::UnsetSecret(key),
+        (false, Some(v)) => ConfigChange::SetEnv(key, v),
+        (false, None) => ConfigChange::UnsetEnv(key),
+    }
+}
+
+/// Sets one secret or variable from the body's `{"value"}`.
+async fn set_value<const SECRET: bool>(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+    params: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer<view::FunctionView> {
+    let v: view::SetValue = json_body(body).await?;
+    let change = config_change::<SECRET>(param(&params, "key"), Some(v.value));
+    let f = function_of(&c, &params);
+    Ok(Json(
+        p.configure(&c, &f, change, &base_url(&headers)).await?,
+    ))
+}
+
+async fn unset_value<const SECRET: bool>(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+    params: Params,
+    headers: HeaderMap,
+) -> Answer<view::FunctionView> {
+    let change = config_change::<SECRET>(param(&params, "key"), None);
+    let f = function_of(&c, &params);
+    Ok(Json(
+        p.configure(&c, &f, change, &base_url(&headers)).await?,
+    ))
 }
 
 /// `POST /v1/runtime/upgrade`: see `Platform::upgrade_runtime`.
-async fn upgrade_runtime(State(p): State<Arc<Platform>>) -> Result<Json<Value>, ApiError> {
-    let done = p.upgrade_runtime().await.map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "upgrade_failed",
-            format!("the runtime was not upgraded: {e:#}"),
-        )
-    })?;
-    let drivers: Vec<Value> = done
-        .iter()
-        .map(|u| {
-            json!({
-                "driver": u.driver,
-                "before": u.change.before,
-                "after": u.change.after,
-                "changed": u.change.changed(),
-                "replaced_waiting": u.replaced,
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "drivers": drivers })))
+async fn upgrade_runtime(
+    State(p): State<Arc<Platform>>,
+    Extension(c): Extension<Caller>,
+) -> Answer<view::RuntimeUpgradeView> {
+    Ok(Json(p.upgrade_runtime_op(&c).await?))
 }

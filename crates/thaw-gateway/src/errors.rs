@@ -30,11 +30,15 @@ impl ApiError {
         self
     }
 
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
     pub fn not_found(name: &str) -> Self {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no function named `{name}` is deployed (see `thaw ls`)"),
+            format!("no function named `{name}` is deployed in this namespace (see `thaw ls`)"),
         )
     }
 
@@ -72,6 +76,17 @@ impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         match e {
             RegistryError::NotFound(name) => ApiError::not_found(&name),
+            RegistryError::NoNamespace(name) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_namespace",
+                format!("no namespace named `{name}` (see `thaw ns ls`)"),
+            ),
+            RegistryError::NoSuch(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+            RegistryError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            RegistryError::Invalid(m) => ApiError::bad_request("invalid", m),
+            RegistryError::LimitReached(m) => {
+                ApiError::new(StatusCode::FORBIDDEN, "namespace_limit", m)
+            }
             // The bundle's own I/O failures are the host's problem, and their
             // messages name host paths: not for the caller.
             RegistryError::Bundle(b) if b.code() == "io_error" => ApiError::internal(b),
@@ -97,6 +112,7 @@ pub fn invoke_error(e: &InvokeError) -> ApiError {
         InvokeError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         InvokeError::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
         InvokeError::QueueTimeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_timeout"),
+        InvokeError::QuotaReached(_) => (StatusCode::TOO_MANY_REQUESTS, "namespace_limit"),
     };
     ApiError::new(status, code, e.to_string())
 }

@@ -1,4 +1,7 @@
-//! `ANY /fn/{name}/{path...}`: one HTTP request, one invocation.
+//! `ANY /fn/{name}/{path...}` (namespace `default`) and
+//! `ANY /ns/{namespace}/fn/{name}/{path...}`: one HTTP request, one
+//! invocation. `{name}` may carry a qualifier: `name@prod` goes through
+//! the alias `prod`, `name@7` to version 7; plain `name` through `latest`.
 //!
 //! The request reaches the runtime with its method, raw path, raw query,
 //! headers and body as they came (bodies as bytes, so binary survives).
@@ -7,6 +10,7 @@
 
 use crate::errors::{invoke_error, ApiError};
 use crate::platform::Platform;
+use crate::routes::parse_target;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderName, HeaderValue, Request, StatusCode};
@@ -16,6 +20,7 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use thaw_protocol::{HttpRequest, Payload};
+use thaw_registry::{FunctionId, DEFAULT_NAMESPACE};
 use thaw_sandbox::InvokeOutcome;
 
 /// Headers that describe one hop of the connection, not the message: they
@@ -44,12 +49,20 @@ pub async fn call(
     }
 }
 
-/// Splits `/fn/{name}{rest}` keeping `rest` exactly as sent.
-fn split_path(path: &str) -> Option<(&str, &str)> {
-    let after = path.strip_prefix("/fn/")?;
+/// Splits `/fn/{target}{rest}` or `/ns/{namespace}/fn/{target}{rest}`
+/// into namespace, target and `rest`, keeping `rest` exactly as sent.
+fn split_path(path: &str) -> Option<(&str, &str, &str)> {
+    let (namespace, after) = match path.strip_prefix("/fn/") {
+        Some(after) => (DEFAULT_NAMESPACE, after),
+        None => {
+            let after = path.strip_prefix("/ns/")?;
+            let (namespace, after) = after.split_once('/')?;
+            (namespace, after.strip_prefix("fn/")?)
+        }
+    };
     match after.find('/') {
-        Some(i) => Some((&after[..i], &after[i..])),
-        None => Some((after, "/")),
+        Some(i) => Some((namespace, &after[..i], &after[i..])),
+        None => Some((namespace, after, "/")),
     }
 }
 
@@ -60,9 +73,13 @@ async fn serve(
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     let (parts, body) = request.into_parts();
-    let (name, rest) = split_path(parts.uri.path()).ok_or_else(|| ApiError::not_found(""))?;
-    let route = p.route(name).ok_or_else(|| ApiError::not_found(name))?;
-    let limit = p.config.max_request_bytes;
+    let (namespace, target, rest) =
+        split_path(parts.uri.path()).ok_or_else(|| ApiError::not_found(""))?;
+    let (name, qualifier) = parse_target(target);
+    let route = p
+        .resolve(&FunctionId::new(namespace, name), &qualifier)
+        .await?;
+    let limit = p.max_request_bytes();
     let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -100,11 +117,11 @@ async fn serve(
         host,
     });
 
-    let inv = match p.scheduler.invoke(&route.spec, payload).await {
+    let inv = match p.call(&route, payload).await {
         Ok(inv) => inv,
         Err(e) => {
             let err = invoke_error(&e);
-            p.metrics.record(name, err.code, None, started.elapsed());
+            p.record(&route, err.code, None, started.elapsed());
             return Ok(with_meta(err.into_response(), None, None));
         }
     };
@@ -126,8 +143,12 @@ async fn serve(
                 .into_response(),
         ),
     };
-    p.metrics.record(name, outcome, cold, started.elapsed());
-    Ok(with_meta(response, id, cold))
+    p.record(&route, outcome, cold, started.elapsed());
+    let mut response = with_meta(response, id, cold);
+    response
+        .headers_mut()
+        .insert("x-thaw-version", HeaderValue::from(route.version.number));
+    Ok(response)
 }
 
 /// Marks a response with its invocation id and whether it was a cold start.
@@ -180,9 +201,21 @@ mod tests {
 
     #[test]
     fn the_rest_of_the_path_is_kept_as_sent() {
-        assert_eq!(split_path("/fn/hello"), Some(("hello", "/")));
-        assert_eq!(split_path("/fn/hello/"), Some(("hello", "/")));
-        assert_eq!(split_path("/fn/hello/a%2Fb/c"), Some(("hello", "/a%2Fb/c")));
+        assert_eq!(split_path("/fn/hello"), Some(("default", "hello", "/")));
+        assert_eq!(split_path("/fn/hello/"), Some(("default", "hello", "/")));
+        assert_eq!(
+            split_path("/fn/hello/a%2Fb/c"),
+            Some(("default", "hello", "/a%2Fb/c"))
+        );
+        assert_eq!(
+            split_path("/ns/team-a/fn/api@prod/x?y"),
+            Some(("team-a", "api@prod", "/x?y"))
+        );
+        assert_eq!(
+            split_path("/ns/team-a/fn/api"),
+            Some(("team-a", "api", "/"))
+        );
+        assert_eq!(split_path("/ns/team-a/api"), None);
         assert_eq!(split_path("/v1/x"), None);
     }
 

@@ -58,7 +58,6 @@ impl LogSink for RegistryLogSink {
         };
         let sent = self.tx.try_send(LogRecord {
             seq: 0,
-            function: binding.function.clone(),
             version: Some(binding.version),
             invocation: line.invocation,
             stream: line.stream.as_str().to_string(),

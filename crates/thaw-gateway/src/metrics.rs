@@ -1,10 +1,12 @@
-//! `/metrics` in the Prometheus text format (version 0.0.4).
+//! `/metrics` in the Prometheus text format (version 0.0.4), every series
+//! labelled with its function's namespace.
 
-use crate::platform::Platform;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
+use thaw_registry::FunctionId;
+use thaw_scheduler::{PoolSnapshot, PoolStats};
 
 /// Upper bounds, in seconds, of the latency histogram's buckets: fine at
 /// the low end, where warm calls and pooled cold starts land.
@@ -25,7 +27,7 @@ struct FunctionMetrics {
 
 #[derive(Default)]
 pub struct Metrics {
-    functions: Mutex<HashMap<String, FunctionMetrics>>,
+    functions: Mutex<HashMap<FunctionId, FunctionMetrics>>,
 }
 
 impl Metrics {
@@ -33,13 +35,13 @@ impl Metrics {
     /// instance (`None` when it never reached one), and how long it took.
     pub fn record(
         &self,
-        function: &str,
+        function: &FunctionId,
         outcome: &'static str,
         cold: Option<bool>,
         took: Duration,
     ) {
         let mut all = self.functions.lock().unwrap();
-        let m = all.entry(function.to_string()).or_default();
+        let m = all.entry(function.clone()).or_default();
         *m.outcomes.entry(outcome).or_default() += 1;
         match cold {
             Some(true) => m.cold += 1,
@@ -57,9 +59,18 @@ impl Metrics {
         m.count += 1;
     }
 
-    pub fn forget(&self, function: &str) {
+    pub fn forget(&self, function: &FunctionId) {
         self.functions.lock().unwrap().remove(function);
     }
+}
+
+/// `namespace="...",function="..."`.
+fn fn_labels(f: &FunctionId) -> String {
+    format!(
+        "namespace=\"{}\",function=\"{}\"",
+        label(&f.namespace),
+        label(&f.name)
+    )
 }
 
 fn label(v: &str) -> String {
@@ -68,10 +79,21 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-pub fn render(p: &Platform) -> String {
+/// The metrics of `namespace`'s functions (every namespace's with `None`),
+/// with their instances from `functions`, and the pool's figures when
+/// given (the platform's own, for the admin).
+pub fn render(
+    metrics: &Metrics,
+    namespace: Option<&str>,
+    functions: &[(FunctionId, PoolStats)],
+    pool: Option<PoolSnapshot>,
+) -> String {
     let mut out = String::new();
-    let m = p.metrics.functions.lock().unwrap();
-    let mut names: Vec<&String> = m.keys().collect();
+    let m = metrics.functions.lock().unwrap();
+    let mut names: Vec<&FunctionId> = m
+        .keys()
+        .filter(|f| namespace.is_none_or(|ns| f.namespace == ns))
+        .collect();
     names.sort();
 
     out.push_str("# HELP thaw_invocations_total Calls of a function, by how they ended.\n# TYPE thaw_invocations_total counter\n");
@@ -79,8 +101,8 @@ pub fn render(p: &Platform) -> String {
         for (outcome, n) in &m[*name].outcomes {
             let _ = writeln!(
                 out,
-                "thaw_invocations_total{{function=\"{}\",outcome=\"{outcome}\"}} {n}",
-                label(name)
+                "thaw_invocations_total{{{},outcome=\"{outcome}\"}} {n}",
+                fn_labels(name)
             );
         }
     }
@@ -90,8 +112,8 @@ pub fn render(p: &Platform) -> String {
         for (start, n) in [("cold", f.cold), ("warm", f.warm)] {
             let _ = writeln!(
                 out,
-                "thaw_starts_total{{function=\"{}\",start=\"{start}\"}} {n}",
-                label(name)
+                "thaw_starts_total{{{},start=\"{start}\"}} {n}",
+                fn_labels(name)
             );
         }
     }
@@ -103,35 +125,34 @@ pub fn render(p: &Platform) -> String {
             cumulative += f.buckets.get(i).copied().unwrap_or(0);
             let _ = writeln!(
                 out,
-                "thaw_invocation_duration_seconds_bucket{{function=\"{}\",le=\"{bound}\"}} {cumulative}",
-                label(name)
+                "thaw_invocation_duration_seconds_bucket{{{},le=\"{bound}\"}} {cumulative}",
+                fn_labels(name)
             );
         }
         let _ = writeln!(
             out,
-            "thaw_invocation_duration_seconds_bucket{{function=\"{}\",le=\"+Inf\"}} {}",
-            label(name),
+            "thaw_invocation_duration_seconds_bucket{{{},le=\"+Inf\"}} {}",
+            fn_labels(name),
             f.count
         );
         let _ = writeln!(
             out,
-            "thaw_invocation_duration_seconds_sum{{function=\"{}\"}} {}",
-            label(name),
+            "thaw_invocation_duration_seconds_sum{{{}}} {}",
+            fn_labels(name),
             f.sum
         );
         let _ = writeln!(
             out,
-            "thaw_invocation_duration_seconds_count{{function=\"{}\"}} {}",
-            label(name),
+            "thaw_invocation_duration_seconds_count{{{}}} {}",
+            fn_labels(name),
             f.count
         );
     }
     drop(m);
 
     out.push_str("# HELP thaw_instances Instances of deployed functions, by state.\n# TYPE thaw_instances gauge\n");
-    for route in p.routes() {
-        let name = label(&route.version.function);
-        let s = p.scheduler.stats(&route.version.function);
+    for (f, s) in functions {
+        let labels = fn_labels(f);
         let states = [
             ("busy", s.busy),
             ("idle", s.idle - s.paused),
@@ -139,19 +160,14 @@ pub fn render(p: &Platform) -> String {
             ("starting", s.starting),
         ];
         for (state, n) in states {
-            let _ = writeln!(
-                out,
-                "thaw_instances{{function=\"{name}\",state=\"{state}\"}} {n}"
-            );
+            let _ = writeln!(out, "thaw_instances{{{labels},state=\"{state}\"}} {n}");
         }
-        let _ = writeln!(
-            out,
-            "thaw_queued_calls{{function=\"{name}\"}} {}",
-            s.waiting
-        );
+        let _ = writeln!(out, "thaw_queued_calls{{{labels}}} {}", s.waiting);
     }
 
-    let pool = p.scheduler.runtimes().snapshot();
+    let Some(pool) = pool else {
+        return out;
+    };
     let lookups = pool.hits + pool.misses;
     let hit_rate = if lookups == 0 {
         1.0

@@ -1,25 +1,38 @@
-//! The running platform: registry, scheduler, routing table, server.
+//! The running platform: registry, scheduler, route table, drivers.
+//!
+//! [`Platform`] keeps its parts private; what callers can do with it are
+//! the operations in `platform/ops.rs` (deploy, rollback, invoke ...),
+//! each checked against the caller's key. This file opens it: the data
+//! directory, the drivers and their pools of runtimes.
+
+mod ops;
+
+pub use ops::DeployOptions;
 
 use crate::logsink::RegistryLogSink;
+use crate::metrics::Metrics;
+use crate::routes::{FunctionRoutes, RouteTable};
 use anyhow::Context as _;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use thaw_bundle::Limits;
-use thaw_registry::{Registry, Version};
+use thaw_registry::Registry;
 use thaw_sandbox::{Driver, JailSettings, LogSink, ProcessDriver, ProcessDriverConfig};
 use thaw_scheduler::{
-    FunctionSpec, InvokeError, PoolConfig, RuntimePool, Scheduler, SchedulerConfig,
+    FunctionSpec, InvokeError, PoolConfig, Quota, RuntimePool, Scheduler, SchedulerConfig,
 };
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
-    /// `THAW_TOKEN`, when set.
+    /// `THAW_TOKEN`, when set: the admin token.
     pub token: Option<String>,
+    /// `THAW_SECRETS_KEY`, when set: the key secrets are encrypted with
+    /// (64 hex digits); else `DATA_DIR/secrets.key`.
+    pub secrets_key: Option<String>,
     pub node: PathBuf,
     /// Where esbuild is, if not found by itself.
     pub esbuild: Option<PathBuf>,
@@ -128,6 +141,7 @@ impl Config {
             data_dir,
             listen,
             token: None,
+            secrets_key: None,
             node: PathBuf::from("node"),
             esbuild: None,
             limits: Limits::default(),
@@ -144,12 +158,6 @@ impl Config {
     }
 }
 
-/// A deployed, serving function version.
-pub struct Route {
-    pub version: Version,
-    pub spec: FunctionSpec,
-}
-
 /// What `Platform::upgrade_runtime` did for one driver.
 #[derive(Debug)]
 pub struct RuntimeUpgrade {
@@ -160,20 +168,22 @@ pub struct RuntimeUpgrade {
 }
 
 pub struct Platform {
-    pub config: Config,
-    pub registry: Arc<Registry>,
-    pub scheduler: Arc<Scheduler>,
-    pub token: String,
-    pub esbuild: Option<PathBuf>,
-    routes: RwLock<HashMap<String, Arc<Route>>>,
-    /// Deploys run one at a time: they are rare, and this keeps a version's
-    /// probe, activation and retirement of the old one in order.
-    pub deploy_lock: tokio::sync::Mutex<()>,
-    pub metrics: crate::metrics::Metrics,
-    pub jailed: bool,
+    config: Config,
+    registry: Arc<Registry>,
+    scheduler: Arc<Scheduler>,
+    /// The admin token.
+    token: String,
+    esbuild: Option<PathBuf>,
+    routes: RouteTable,
+    /// Changes to what serves (deploys, aliases, configuration) run one at
+    /// a time: they are rare, and this keeps a version's probe, activation
+    /// and the retirement of what it replaces in order.
+    deploy_lock: tokio::sync::Mutex<()>,
+    metrics: Metrics,
+    jailed: bool,
     /// The driver and how it runs, for `thaw up`'s first line
     /// (`process`, `microvm, tcg`).
-    pub driver_summary: String,
+    driver_summary: String,
     /// The runtime shim every driver runs (replaced by `upgrade_runtime`).
     shim: RwLock<PathBuf>,
     sink: Arc<dyn LogSink>,
@@ -181,20 +191,10 @@ pub struct Platform {
     opening_driver: tokio::sync::Mutex<()>,
 }
 
-pub fn spec_of(version: &Version) -> FunctionSpec {
-    let s = &version.settings;
-    FunctionSpec {
-        name: version.function.clone(),
-        version: version.id,
-        code_dir: version.code_dir.clone(),
-        entry: version.entry.clone(),
-        env: s.env.clone(),
-        timeout: Duration::from_secs(s.timeout_s as u64),
-        memory_mb: s.memory_mb,
-        concurrency: s.concurrency,
-        keep_alive: Duration::from_secs(s.keep_alive_s as u64),
-        max_instances: s.max_instances,
-        driver: s.driver.clone(),
+fn quota_of(limits: &thaw_registry::NamespaceLimits) -> Quota {
+    Quota {
+        max_instances: limits.max_instances,
+        max_memory_mb: u64::from(limits.max_memory_mb),
     }
 }
 
@@ -202,12 +202,14 @@ impl Platform {
     /// Opens the data directory and gets everything ready to serve; with
     /// the microvm driver that includes the guest image and the template.
     pub async fn open(config: Config) -> anyhow::Result<Arc<Platform>> {
-        let registry = Arc::new(Registry::open(&config.data_dir).with_context(|| {
-            format!(
-                "could not open the data directory {}",
-                config.data_dir.display()
-            )
-        })?);
+        let registry = Arc::new(
+            Registry::open(&config.data_dir, config.secrets_key.as_deref()).with_context(|| {
+                format!(
+                    "could not open the data directory {}",
+                    config.data_dir.display()
+                )
+            })?,
+        );
         let removed = registry.collect_garbage()?;
         if removed > 0 {
             tracing::info!("removed {removed} unused bundles and code trees");
@@ -224,10 +226,12 @@ impl Platform {
         runtimes.spawn_refill();
         let scheduler = Arc::new(Scheduler::new(runtimes, config.scheduler.clone()));
         let esbuild = thaw_bundle::find_esbuild(config.esbuild.as_deref());
-        let mut routes = HashMap::new();
-        for version in registry.current_versions()? {
-            let spec = spec_of(&version);
-            routes.insert(version.function.clone(), Arc::new(Route { version, spec }));
+        for ns in registry.namespaces()? {
+            scheduler.set_quota(&ns.name, quota_of(&ns.limits));
+        }
+        let routes = RouteTable::default();
+        for r in registry.routable()? {
+            routes.set(r.function, FunctionRoutes::new(r.aliases, r.versions));
         }
         let platform = Arc::new(Platform {
             config,
@@ -235,7 +239,7 @@ impl Platform {
             scheduler,
             token,
             esbuild,
-            routes: RwLock::new(routes),
+            routes,
             deploy_lock: tokio::sync::Mutex::new(()),
             metrics: Default::default(),
             jailed: opened.jailed,
@@ -245,12 +249,11 @@ impl Platform {
             opening_driver: tokio::sync::Mutex::new(()),
         });
         // Functions deployed with another `driver` need its runtimes too.
-        for route in platform.routes() {
-            if let Err(e) = platform.ensure_driver(&route.spec).await {
-                eprintln!(
-                    "warning: {} cannot be served until this is fixed: {e}",
-                    route.spec.name
-                );
+        for (function, routes) in platform.routes.list(None) {
+            for route in routes.versions.values() {
+                if let Err(e) = platform.ensure_driver(&route.spec).await {
+                    eprintln!("warning: {function} cannot be served until this is fixed: {e}");
+                }
             }
         }
         Ok(platform)
@@ -258,7 +261,7 @@ impl Platform {
 
     /// Opens the driver `spec` names if this platform does not run it yet
     /// (a function's `driver` in thaw.toml), with a pool of its own.
-    pub async fn ensure_driver(&self, spec: &FunctionSpec) -> Result<(), InvokeError> {
+    async fn ensure_driver(&self, spec: &FunctionSpec) -> Result<(), InvokeError> {
         let Some(name) = spec.driver.as_deref() else {
             return Ok(());
         };
@@ -332,35 +335,6 @@ impl Platform {
         Ok(done)
     }
 
-    pub fn route(&self, name: &str) -> Option<Arc<Route>> {
-        self.routes.read().unwrap().get(name).cloned()
-    }
-
-    pub fn routes(&self) -> Vec<Arc<Route>> {
-        let mut all: Vec<_> = self.routes.read().unwrap().values().cloned().collect();
-        all.sort_by(|a, b| a.version.function.cmp(&b.version.function));
-        all
-    }
-
-    /// Switches `name` to a new version: one map insert, so every request
-    /// resolves to the old version or the new one.
-    pub fn set_route(&self, version: Version) {
-        let spec = spec_of(&version);
-        let name = version.function.clone();
-        let id = version.id;
-        self.routes
-            .write()
-            .unwrap()
-            .insert(name.clone(), Arc::new(Route { version, spec }));
-        self.scheduler.retire(&name, Some(id));
-    }
-
-    pub fn remove_route(&self, name: &str) {
-        self.routes.write().unwrap().remove(name);
-        self.metrics.forget(name);
-        self.scheduler.retire(name, None);
-    }
-
     /// Ends every runtime and removes what their jails left on the host.
     pub async fn shut_down(&self) {
         for runtimes in self.scheduler.all_runtimes() {
@@ -380,7 +354,9 @@ impl Platform {
     }
 
     /// Reclaims idle instances past their keep-alive, every second.
-    fn spawn_reaper(self: &Arc<Self>) {
+    /// Versions no alias routes to (reached by number) keep their
+    /// function's `latest` keep-alive.
+    pub(crate) fn spawn_reaper(self: &Arc<Self>) {
         let platform = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -388,10 +364,16 @@ impl Platform {
                 tick.tick().await;
                 let Some(p) = platform.upgrade() else { return };
                 p.scheduler.reap_idle(
-                    |name, version| {
-                        p.route(name)
-                            .filter(|r| r.version.id == version)
-                            .map(|r| r.spec.keep_alive)
+                    |namespace, name, version| {
+                        let routes = p
+                            .routes
+                            .get(&thaw_registry::FunctionId::new(namespace, name))?;
+                        let route = routes
+                            .versions
+                            .values()
+                            .find(|r| r.version.id == version)
+                            .or_else(|| routes.latest())?;
+                        Some(route.spec.keep_alive)
                     },
                     p.config.pause_idle_after,
                 );
@@ -572,42 +554,4 @@ fn runtime_shim(config: &Config) -> anyhow::Result<PathBuf> {
             config.data_dir.display()
         )
     })
-}
-
-/// Runs the platform until the process is stopped.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let listen = config.listen;
-    let platform = Platform::open(config).await?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("could not listen on {listen} (is another thaw running? pick another with --listen)"))?;
-    let addr = listener.local_addr()?;
-    platform.spawn_reaper();
-    eprintln!(
-        "thaw is up on http://{addr}  (data: {}, driver: {}{}, functions: {})",
-        platform.config.data_dir.display(),
-        platform.driver_summary,
-        if platform.jailed { ", jailed" } else { "" },
-        platform.routes().len()
-    );
-    if platform.esbuild.is_none() {
-        eprintln!("warning: esbuild not found: TypeScript deploys will fail until `cargo xtask setup` runs");
-    }
-    let app = crate::api::router(platform.clone());
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        eprintln!("thaw is stopping");
-    })
-    .await?;
-    platform.shut_down().await;
-    Ok(())
 }

@@ -1,18 +1,35 @@
-//! The registry: what is deployed, kept on disk under one data directory.
+//! The registry: what is deployed, by whom, kept on disk under one data
+//! directory.
 //!
-//! Functions, their versions and settings, and their console logs live in
-//! one SQLite file (`thaw.db`). Code bundles are stored once by the SHA-256
-//! of their archive (`bundles/<hash>.tar.gz`) and unpacked once into a
-//! read-only tree (`code/<hash>/`) that every instance of every version
-//! using that bundle shares. The API token lives in `token` (mode 0600).
+//! Namespaces, API keys (hashed), functions, their numbered versions,
+//! aliases, configuration (environment and secrets, encrypted) and console
+//! logs live in one SQLite file (`thaw.db`, schema in `schema.rs`, upgraded
+//! in place from older releases). Code bundles are stored once by the
+//! SHA-256 of their archive (`bundles/<hash>.tar.gz`) and unpacked once into
+//! a read-only tree (`code/<hash>/`) that every instance of every version
+//! using that bundle shares. The admin token lives in `token` and the key
+//! that encrypts secrets in `secrets.key` (both mode 0600).
+//!
+//! Every operation on a function takes a [`FunctionId`]: a namespace and a
+//! name. Nothing here reaches a function without naming its namespace.
 //!
 //! This crate must not start runtimes or speak HTTP: it stores and answers.
 
+mod functions;
 mod logs;
+mod schema;
+mod secrets;
+mod tenancy;
 
+pub use functions::{
+    validate_variable, Alias, ConfigChange, FunctionId, Routable, Split, Version, VersionInfo,
+    LATEST, VERSIONS_KEPT,
+};
 pub use logs::{LogQuery, LogRecord};
+pub use secrets::{SecretCipher, SecretValues};
+pub use tenancy::{same_secret, KeyInfo, Namespace, NamespaceLimits, Role, DEFAULT_NAMESPACE};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::Write;
@@ -21,10 +38,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 use thaw_bundle::{BundleError, Limits, Settings};
-
-/// Versions kept per function (the current one included); older ones and
-/// the code only they used are removed.
-const VERSIONS_KEPT: i64 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -39,8 +52,22 @@ pub enum RegistryError {
     Bundle(#[from] BundleError),
     #[error("no function named `{0}`")]
     NotFound(String),
+    #[error("no namespace named `{0}`")]
+    NoNamespace(String),
+    #[error("{0}")]
+    NoSuch(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    LimitReached(String),
     #[error("corrupt registry record: {0}")]
     Corrupt(String),
+    #[error("the data directory was written by a newer thaw (schema {found}; this thaw knows up to {known}): run that release")]
+    TooNew { found: i64, known: i64 },
+    #[error("secrets cannot be read: {0}")]
+    Secrets(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
@@ -68,41 +95,41 @@ pub struct CodeTree {
     pub dir: PathBuf,
 }
 
-/// One deployed version of a function.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Version {
-    pub function: String,
-    pub id: i64,
-    pub bundle: String,
-    pub entry: String,
-    pub settings: Settings,
-    pub created_ms: i64,
-    /// Where the code tree lives on the host.
-    #[serde(skip)]
-    pub code_dir: PathBuf,
-}
-
 pub struct Registry {
     root: PathBuf,
     db: Mutex<Connection>,
+    cipher: SecretCipher,
 }
 
 impl Registry {
-    /// Opens (creating if needed) the registry in `root`.
-    pub fn open(root: &Path) -> Result<Registry, RegistryError> {
+    /// Opens (creating if needed) the registry in `root`, upgrading a data
+    /// directory of an older release in place. Secrets are encrypted with
+    /// `secrets_key` when given (`THAW_SECRETS_KEY`), else with the key in
+    /// `secrets.key`, made on first use.
+    pub fn open(root: &Path, secrets_key: Option<&str>) -> Result<Registry, RegistryError> {
         for dir in [root.to_path_buf(), root.join("bundles"), root.join("code")] {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
         fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(io_err(root))?;
-        let conn = Connection::open(root.join("thaw.db"))?;
+        let cipher = match secrets_key.filter(|k| !k.trim().is_empty()) {
+            Some(k) => SecretCipher::from_text(k)?,
+            None => {
+                let text = private_file(&root.join("secrets.key"), || {
+                    hex::encode(rand::random::<[u8; 32]>())
+                })?;
+                SecretCipher::from_text(&text)?
+            }
+        };
+        let mut conn = Connection::open(root.join("thaw.db"))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        schema::migrate(&mut conn)?;
         Ok(Registry {
             root: root.to_path_buf(),
             db: Mutex::new(conn),
+            cipher,
         })
     }
 
@@ -110,32 +137,15 @@ impl Registry {
         &self.root
     }
 
-    /// The API token: `THAW_TOKEN` if given, else the one stored in the
+    /// The admin token: `THAW_TOKEN` if given, else the one stored in the
     /// data directory, else a new random one stored there (mode 0600).
     pub fn token(&self, from_env: Option<String>) -> Result<String, RegistryError> {
         if let Some(t) = from_env.filter(|t| !t.is_empty()) {
             return Ok(t);
         }
-        let path = self.root.join("token");
-        match fs::read_to_string(&path) {
-            Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&path)(e)),
-        }
-        let token = format!("thaw_{}", hex::encode(rand::random::<[u8; 24]>()));
-        let tmp = self.root.join("token.tmp");
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        f.write_all(token.as_bytes()).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        Ok(token)
+        private_file(&self.root.join("token"), || {
+            format!("thaw_{}", hex::encode(rand::random::<[u8; 24]>()))
+        })
     }
 
     fn code_dir(&self, bundle: &str) -> PathBuf {
@@ -200,118 +210,6 @@ impl Registry {
         Ok(tree)
     }
 
-    /// Records `tree` as a new version of `function`, not yet serving.
-    pub fn add_version(&self, function: &str, tree: &CodeTree) -> Result<Version, RegistryError> {
-        let now = now_ms();
-        let settings = serde_json::to_string(&tree.settings).expect("settings serialise");
-        let db = self.db.lock().unwrap();
-        db.execute(
-            "INSERT INTO versions (function, bundle, entry, settings, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![function, tree.bundle, tree.entry, settings, now],
-        )?;
-        Ok(Version {
-            function: function.to_string(),
-            id: db.last_insert_rowid(),
-            bundle: tree.bundle.clone(),
-            entry: tree.entry.clone(),
-            settings: tree.settings.clone(),
-            created_ms: now,
-            code_dir: tree.dir.clone(),
-        })
-    }
-
-    /// Makes `version` the one its function serves, in one transaction: a
-    /// reader sees the old version or the new one, never a mix. Versions
-    /// beyond the newest few are forgotten.
-    pub fn activate(&self, version: &Version) -> Result<(), RegistryError> {
-        let now = now_ms();
-        let mut db = self.db.lock().unwrap();
-        let tx = db.transaction()?;
-        tx.execute(
-            "INSERT INTO functions (name, current_version, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?3)
-             ON CONFLICT(name) DO UPDATE SET current_version = excluded.current_version, updated_ms = excluded.updated_ms",
-            params![version.function, version.id, now],
-        )?;
-        tx.execute(
-            "DELETE FROM versions WHERE function = ?1 AND id NOT IN
-               (SELECT id FROM versions WHERE function = ?1 ORDER BY id DESC LIMIT ?2)",
-            params![version.function, VERSIONS_KEPT],
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Forgets a version that never went live (its code failed to load).
-    pub fn discard_version(&self, version: &Version) -> Result<(), RegistryError> {
-        self.with_db(|db| {
-            db.execute(
-                "DELETE FROM versions WHERE id = ?1 AND id NOT IN (SELECT current_version FROM functions)",
-                params![version.id],
-            )
-        })?;
-        Ok(())
-    }
-
-    /// The current version of every function, by name.
-    pub fn current_versions(&self) -> Result<Vec<Version>, RegistryError> {
-        let db = self.db.lock().unwrap();
-        let mut stmt = db.prepare(
-            "SELECT f.name, v.id, v.bundle, v.entry, v.settings, v.created_ms
-             FROM functions f JOIN versions v ON v.id = f.current_version ORDER BY f.name",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, i64>(5)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (function, id, bundle, entry, settings, created_ms) = row?;
-            let settings = serde_json::from_str(&settings)
-                .map_err(|e| RegistryError::Corrupt(format!("settings of {function}: {e}")))?;
-            out.push(Version {
-                code_dir: self.code_dir(&bundle),
-                function,
-                id,
-                bundle,
-                entry,
-                settings,
-                created_ms,
-            });
-        }
-        Ok(out)
-    }
-
-    pub fn current_version(&self, function: &str) -> Result<Version, RegistryError> {
-        self.current_versions()?
-            .into_iter()
-            .find(|v| v.function == function)
-            .ok_or_else(|| RegistryError::NotFound(function.to_string()))
-    }
-
-    /// Removes a function, its versions and its logs. Code trees no
-    /// version uses any more are removed by [`Registry::collect_garbage`].
-    pub fn remove(&self, function: &str) -> Result<(), RegistryError> {
-        let mut db = self.db.lock().unwrap();
-        let tx = db.transaction()?;
-        let n = tx.execute("DELETE FROM functions WHERE name = ?1", params![function])?;
-        if n == 0 {
-            return Err(RegistryError::NotFound(function.to_string()));
-        }
-        tx.execute(
-            "DELETE FROM versions WHERE function = ?1",
-            params![function],
-        )?;
-        tx.execute("DELETE FROM logs WHERE function = ?1", params![function])?;
-        tx.commit()?;
-        Ok(())
-    }
-
     /// Deletes bundles and code trees that no kept version refers to, and
     /// staging directories left by an interrupted deploy. Call it when no
     /// deploy is running (at start-up).
@@ -350,26 +248,6 @@ impl Registry {
         }
         Ok(removed)
     }
-
-    fn with_db<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, RegistryError> {
-        let db = self.db.lock().unwrap();
-        Ok(f(&db)?)
-    }
-
-    pub fn function_exists(&self, function: &str) -> Result<bool, RegistryError> {
-        self.with_db(|db| {
-            db.query_row(
-                "SELECT 1 FROM functions WHERE name = ?1",
-                params![function],
-                |_| Ok(()),
-            )
-            .optional()
-            .map(|r| r.is_some())
-        })
-    }
 }
 
 /// A sealed tree has read-only directories, which `remove_dir_all` cannot
@@ -389,30 +267,26 @@ fn unseal_for_removal(dir: &Path) {
     }
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS versions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    function TEXT NOT NULL,
-    bundle TEXT NOT NULL,
-    entry TEXT NOT NULL,
-    settings TEXT NOT NULL,
-    created_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS versions_by_function ON versions(function, id);
-CREATE TABLE IF NOT EXISTS functions (
-    name TEXT PRIMARY KEY,
-    current_version INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS logs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    function TEXT NOT NULL,
-    version INTEGER,
-    invocation INTEGER,
-    stream TEXT NOT NULL,
-    line TEXT NOT NULL,
-    ts_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS logs_by_function ON logs(function, id);
-";
+/// The trimmed text of a private file, written first (mode 0600, through
+/// a rename so a crash never leaves half a file) with `make` when missing.
+fn private_file(path: &Path, make: impl FnOnce() -> String) -> Result<String, RegistryError> {
+    match fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(path)(e)),
+    }
+    let text = make();
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    Ok(text)
+}

@@ -1,7 +1,7 @@
 //! Console output kept per function, newest lines last.
 
-use crate::{Registry, RegistryError};
-use rusqlite::params;
+use crate::{FunctionId, Registry, RegistryError};
+use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 /// Lines kept per function; older ones are pruned as new ones arrive.
@@ -12,7 +12,8 @@ pub struct LogRecord {
     /// Increasing position in the log, for `after=` cursors.
     #[serde(default)]
     pub seq: i64,
-    pub function: String,
+    /// The version that wrote it (its id, unique across the registry; the
+    /// line is kept with that version's function).
     pub version: Option<i64>,
     pub invocation: Option<u64>,
     pub stream: String,
@@ -31,6 +32,8 @@ pub struct LogQuery {
 }
 
 impl Registry {
+    /// Stores lines, each with the function of its version; lines of a
+    /// version that is gone (its function removed) are dropped.
     pub fn append_logs(&self, records: &[LogRecord]) -> Result<(), RegistryError> {
         if records.is_empty() {
             return Ok(());
@@ -39,12 +42,11 @@ impl Registry {
         let tx = db.transaction()?;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO logs (function, version, invocation, stream, line, ts_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO logs (function_id, version, invocation, stream, line, ts_ms)
+                 SELECT function_id, id, ?2, ?3, ?4, ?5 FROM versions WHERE id = ?1",
             )?;
             for r in records {
                 insert.execute(params![
-                    r.function,
                     r.version,
                     r.invocation.map(|i| i as i64),
                     r.stream,
@@ -52,13 +54,26 @@ impl Registry {
                     r.ts_ms
                 ])?;
             }
-            let mut functions: Vec<&str> = records.iter().map(|r| r.function.as_str()).collect();
+            let mut versions: Vec<i64> = records.iter().filter_map(|r| r.version).collect();
+            versions.sort_unstable();
+            versions.dedup();
+            let mut prune = tx.prepare_cached(
+                "DELETE FROM logs WHERE function_id = ?1 AND id <=
+                   (SELECT id FROM logs WHERE function_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            )?;
+            let mut functions = Vec::new();
+            for v in versions {
+                let f: Option<i64> = tx
+                    .query_row(
+                        "SELECT function_id FROM versions WHERE id = ?1",
+                        params![v],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                functions.extend(f);
+            }
             functions.sort_unstable();
             functions.dedup();
-            let mut prune = tx.prepare_cached(
-                "DELETE FROM logs WHERE function = ?1 AND id <=
-                   (SELECT id FROM logs WHERE function = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-            )?;
             for f in functions {
                 prune.execute(params![f, LINES_KEPT])?;
             }
@@ -67,13 +82,24 @@ impl Registry {
         Ok(())
     }
 
-    pub fn logs(&self, function: &str, q: &LogQuery) -> Result<Vec<LogRecord>, RegistryError> {
+    pub fn logs(
+        &self,
+        function: &FunctionId,
+        q: &LogQuery,
+    ) -> Result<Vec<LogRecord>, RegistryError> {
         let db = self.db.lock().unwrap();
+        let function: i64 = db
+            .query_row(
+                "SELECT id FROM functions WHERE namespace = ?1 AND name = ?2",
+                params![function.namespace, function.name],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| RegistryError::NotFound(function.name.clone()))?;
         let limit = q.limit.clamp(1, 10_000) as i64;
         let map = |r: &rusqlite::Row<'_>| {
             Ok(LogRecord {
                 seq: r.get(0)?,
-                function: r.get(1)?,
                 version: r.get(2)?,
                 invocation: r.get::<_, Option<i64>>(3)?.map(|i| i as u64),
                 stream: r.get(4)?,
@@ -85,8 +111,8 @@ impl Registry {
         let mut rows: Vec<LogRecord> = match q.after {
             Some(after) => {
                 let mut stmt = db.prepare_cached(
-                    "SELECT id, function, version, invocation, stream, line, ts_ms FROM logs
-                     WHERE function = ?1 AND id > ?2 AND (?3 IS NULL OR invocation = ?3)
+                    "SELECT id, function_id, version, invocation, stream, line, ts_ms FROM logs
+                     WHERE function_id = ?1 AND id > ?2 AND (?3 IS NULL OR invocation = ?3)
                      ORDER BY id ASC LIMIT ?4",
                 )?;
                 let rows = stmt.query_map(params![function, after, invocation, limit], map)?;
@@ -94,8 +120,8 @@ impl Registry {
             }
             None => {
                 let mut stmt = db.prepare_cached(
-                    "SELECT id, function, version, invocation, stream, line, ts_ms FROM logs
-                     WHERE function = ?1 AND (?2 IS NULL OR invocation = ?2)
+                    "SELECT id, function_id, version, invocation, stream, line, ts_ms FROM logs
+                     WHERE function_id = ?1 AND (?2 IS NULL OR invocation = ?2)
                      ORDER BY id DESC LIMIT ?3",
                 )?;
                 let rows = stmt.query_map(params![function, invocation, limit], map)?;

@@ -30,6 +30,9 @@ const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Everything the scheduler needs to know about one function version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FunctionSpec {
+    /// The namespace the function belongs to: its instances count against
+    /// that namespace's [`Quota`].
+    pub namespace: String,
     pub name: String,
     pub version: i64,
     /// The read-only code tree on the host.
@@ -86,6 +89,36 @@ pub enum InvokeError {
     QueueFull(usize),
     #[error("no instance of this function became free within {}s", .0.as_secs())]
     QueueTimeout(Duration),
+    #[error("{0}")]
+    QuotaReached(String),
+}
+
+/// What one namespace's instances may hold at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub max_instances: u32,
+    pub max_memory_mb: u64,
+}
+
+impl Quota {
+    /// Why one more instance of `memory_mb` does not fit beside `in_use`
+    /// (instances, MiB), if it does not.
+    fn refuses(&self, namespace: &str, in_use: (u32, u64), memory_mb: u32) -> Option<String> {
+        let (instances, memory) = in_use;
+        if instances + 1 > self.max_instances {
+            return Some(format!(
+                "namespace `{namespace}` runs {instances} instances, its limit (max_instances = {}); retry later",
+                self.max_instances
+            ));
+        }
+        if memory + u64::from(memory_mb) > self.max_memory_mb {
+            return Some(format!(
+                "namespace `{namespace}` has {memory} MiB in instances; one more of {memory_mb} MiB would pass its limit (max_memory_mb = {}); retry later",
+                self.max_memory_mb
+            ));
+        }
+        None
+    }
 }
 
 /// A finished call.
@@ -108,13 +141,20 @@ struct Slot {
 
 #[derive(Default)]
 struct Pool {
+    /// Memory of each of its instances, MiB.
+    memory_mb: u32,
     slots: Vec<Slot>,
     starting: u32,
     waiting: usize,
     freed: Arc<Notify>,
 }
 
-type PoolKey = (String, i64);
+/// Namespace, function name, version id.
+type PoolKey = (String, String, i64);
+
+fn key_of(spec: &FunctionSpec) -> PoolKey {
+    (spec.namespace.clone(), spec.name.clone(), spec.version)
+}
 
 pub struct Scheduler {
     /// One pool of pre-started runtimes per driver; the first is the
@@ -122,6 +162,7 @@ pub struct Scheduler {
     runtimes: RwLock<Vec<Arc<RuntimePool>>>,
     config: SchedulerConfig,
     pools: Mutex<HashMap<PoolKey, Pool>>,
+    quotas: RwLock<HashMap<String, Quota>>,
     next_id: AtomicU64,
 }
 
@@ -154,6 +195,7 @@ impl Scheduler {
             runtimes: RwLock::new(vec![runtimes]),
             config,
             pools: Mutex::new(HashMap::new()),
+            quotas: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(seed),
         }
     }
@@ -198,7 +240,7 @@ impl Scheduler {
         spec: &FunctionSpec,
         payload: Payload,
     ) -> Result<Invocation, InvokeError> {
-        let key: PoolKey = (spec.name.clone(), spec.version);
+        let key = key_of(spec);
         let (instance, cold) = match self.acquire(&key, spec).await? {
             Acquired::Warm(instance) => (instance, false),
             Acquired::Cold => (self.start_bound(&key, spec, 1).await?, true),
@@ -243,37 +285,91 @@ impl Scheduler {
     /// handler, a throwing top level) before the version goes live, and the
     /// instance then serves the first call warm.
     pub async fn start_idle(&self, spec: &FunctionSpec) -> Result<(), InvokeError> {
-        let key: PoolKey = (spec.name.clone(), spec.version);
-        self.pools
-            .lock()
-            .unwrap()
-            .entry(key.clone())
-            .or_default()
-            .starting += 1;
+        let key = key_of(spec);
+        {
+            let mut pools = self.pools.lock().unwrap();
+            self.make_room(&mut pools, spec)?;
+            let pool = pools.entry(key.clone()).or_default();
+            pool.memory_mb = spec.memory_mb;
+            pool.starting += 1;
+        }
         self.start_bound(&key, spec, 0).await.map(|_| ())
     }
 
-    /// Kills the instances of every version of `function` but `keep`;
-    /// busy ones finish their calls first.
-    pub fn retire(&self, function: &str, keep: Option<i64>) {
-        self.retire_where(|name, version| name == function && Some(version) != keep);
+    /// Sets what the instances of `namespace` may hold at once.
+    pub fn set_quota(&self, namespace: &str, quota: Quota) {
+        self.quotas
+            .write()
+            .unwrap()
+            .insert(namespace.to_string(), quota);
+    }
+
+    /// Forgets a namespace's quota (it was removed).
+    pub fn remove_quota(&self, namespace: &str) {
+        self.quotas.write().unwrap().remove(namespace);
+    }
+
+    /// Checks that one more instance of `spec` fits its namespace's quota;
+    /// where it does not, ends the least recently used idle instance of
+    /// another function of the namespace and checks again. Nothing is
+    /// ended where ending every idle instance would not make room.
+    fn make_room(
+        &self,
+        pools: &mut HashMap<PoolKey, Pool>,
+        spec: &FunctionSpec,
+    ) -> Result<(), InvokeError> {
+        let Some(quota) = self.quotas.read().unwrap().get(&spec.namespace).copied() else {
+            return Ok(());
+        };
+        loop {
+            let usage = usage_of(pools, &spec.namespace);
+            let Some(why) = quota.refuses(&spec.namespace, usage.in_use, spec.memory_mb) else {
+                return Ok(());
+            };
+            if quota
+                .refuses(&spec.namespace, usage.busy(), spec.memory_mb)
+                .is_some()
+            {
+                return Err(InvokeError::QuotaReached(why));
+            }
+            let coldest = usage.coldest;
+            let Some((_, key, i)) = coldest else {
+                return Err(InvokeError::QuotaReached(why));
+            };
+            if let Some(pool) = pools.get_mut(&key) {
+                pool.slots.swap_remove(i).instance.kill();
+            }
+        }
+    }
+
+    /// Instances of `namespace` running or starting, and their memory (MiB).
+    pub fn usage(&self, namespace: &str) -> (u32, u64) {
+        usage_of(&self.pools.lock().unwrap(), namespace).in_use
+    }
+
+    /// Kills the instances of every version of `function` in `namespace`
+    /// but those in `keep`; busy ones finish their calls first.
+    pub fn retire(&self, namespace: &str, function: &str, keep: &[i64]) {
+        self.retire_where(|ns, name, version| {
+            ns == namespace && name == function && !keep.contains(&version)
+        });
     }
 
     /// Kills every instance of every function (at shutdown).
     pub fn retire_all(&self) {
-        self.retire_where(|_, _| true);
+        self.retire_where(|_, _, _| true);
     }
 
     /// Kills the instances of one version (one that never went live).
-    pub fn retire_version(&self, function: &str, version: i64) {
-        self.retire_where(|name, v| name == function && v == version);
+    pub fn retire_version(&self, version: i64) {
+        self.retire_where(|_, _, v| v == version);
     }
 
-    fn retire_where(&self, doomed: impl Fn(&str, i64) -> bool) {
+    fn retire_where(&self, doomed: impl Fn(&str, &str, i64) -> bool) {
         let mut pools = self.pools.lock().unwrap();
         let old: Vec<PoolKey> = pools
             .keys()
-            .filter(|(name, version)| doomed(name, *version))
+            .filter(|(ns, name, version)| doomed(ns, name, *version))
             .cloned()
             .collect();
         for key in old {
@@ -292,13 +388,13 @@ impl Scheduler {
     /// Also pauses instances idle for longer than `pause_after`, when set.
     pub fn reap_idle(
         &self,
-        keep_alive_of: impl Fn(&str, i64) -> Option<Duration>,
+        keep_alive_of: impl Fn(&str, &str, i64) -> Option<Duration>,
         pause_after: Option<Duration>,
     ) -> usize {
         let mut pools = self.pools.lock().unwrap();
         let mut reaped = 0;
-        pools.retain(|(name, version), pool| {
-            let keep_alive = keep_alive_of(name, *version).unwrap_or(Duration::ZERO);
+        pools.retain(|(namespace, name, version), pool| {
+            let keep_alive = keep_alive_of(namespace, name, *version).unwrap_or(Duration::ZERO);
             pool.slots.retain_mut(|slot| {
                 let idle_for = slot.last_used.elapsed();
                 let expired = slot.inflight == 0 && idle_for >= keep_alive;
@@ -319,11 +415,12 @@ impl Scheduler {
         reaped
     }
 
-    pub fn stats(&self, function: &str) -> PoolStats {
+    /// Instances of every version of one function.
+    pub fn stats(&self, namespace: &str, function: &str) -> PoolStats {
         let pools = self.pools.lock().unwrap();
         let mut stats = PoolStats::default();
-        for ((name, _), pool) in pools.iter() {
-            if name != function {
+        for ((ns, name, _), pool) in pools.iter() {
+            if name != function || ns != namespace {
                 continue;
             }
             for slot in &pool.slots {
@@ -364,6 +461,9 @@ impl Scheduler {
                     return Ok(Acquired::Warm(slot.instance.clone()));
                 }
                 if (pool.slots.len() as u32 + pool.starting) < spec.max_instances.max(1) {
+                    self.make_room(&mut pools, spec)?;
+                    let pool = pools.entry(key.clone()).or_default();
+                    pool.memory_mb = spec.memory_mb;
                     pool.starting += 1;
                     return Ok(Acquired::Cold);
                 }
@@ -406,7 +506,12 @@ impl Scheduler {
     ) -> Result<Instance, InvokeError> {
         let started = self.start_and_init(spec).await;
         let mut pools = self.pools.lock().unwrap();
-        let pool = pools.entry(key.clone()).or_default();
+        let Some(pool) = pools.get_mut(key) else {
+            // The version was retired while this instance started: it
+            // serves the call that started it (`release` then kills it,
+            // finding no pool), and no pool comes back for it.
+            return started;
+        };
         pool.starting = pool.starting.saturating_sub(1);
         match started {
             Ok(instance) => {
@@ -512,6 +617,70 @@ impl Scheduler {
     }
 }
 
+/// An idle instance: when it was last used, its pool, its place there.
+type IdleSlot = (Instant, PoolKey, usize);
+
+/// What one namespace's pools hold.
+struct Usage {
+    /// Instances running or starting, and their memory (MiB).
+    in_use: (u32, u64),
+    /// Of those, the idle ones and their memory.
+    idle: (u32, u64),
+    /// The least recently used idle instance.
+    coldest: Option<IdleSlot>,
+}
+
+impl Usage {
+    /// What would be left with every idle instance ended.
+    fn busy(&self) -> (u32, u64) {
+        (self.in_use.0 - self.idle.0, self.in_use.1 - self.idle.1)
+    }
+}
+
+fn usage_of(pools: &HashMap<PoolKey, Pool>, namespace: &str) -> Usage {
+    let mut usage = Usage {
+        in_use: (0, 0),
+        idle: (0, 0),
+        coldest: None,
+    };
+    for (key, pool) in pools.iter().filter(|(key, _)| key.0 == namespace) {
+        let n = pool.slots.len() as u32 + pool.starting;
+        let memory = u64::from(pool.memory_mb);
+        usage.in_use.0 += n;
+        usage.in_use.1 += u64::from(n) * memory;
+        for (i, slot) in pool.slots.iter().enumerate() {
+            if slot.inflight > 0 {
+                continue;
+            }
+            usage.idle.0 += 1;
+            usage.idle.1 += memory;
+            if usage.coldest.as_ref().is_none_or(|c| slot.last_used < c.0) {
+                usage.coldest = Some((slot.last_used, key.clone(), i));
+            }
+        }
+    }
+    usage
+}
+
 fn same_instance(a: &Instance, b: &Instance) -> bool {
     a.ptr_eq(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quota_counts_instances_and_their_memory() {
+        let q = Quota {
+            max_instances: 2,
+            max_memory_mb: 512,
+        };
+        assert_eq!(q.refuses("a", (0, 0), 256), None);
+        assert_eq!(q.refuses("a", (1, 256), 256), None);
+        let full = q.refuses("a", (2, 512), 64).unwrap();
+        assert!(full.contains("max_instances = 2"), "{full}");
+        let heavy = q.refuses("a", (1, 256), 512).unwrap();
+        assert!(heavy.contains("max_memory_mb = 512"), "{heavy}");
+    }
 }

@@ -1,0 +1,350 @@
+//! What thaw's `/v1` API accepts and answers, as types.
+//!
+//! The gateway renders these views and the CLI decodes them: neither
+//! reads JSON by string keys. `docs/api.md` describes every route, and
+//! `/v1/openapi.json` (written from the same types' fields) is checked
+//! against the real answers by a test of the gateway.
+//!
+//! This crate holds plain data: no HTTP, no storage, no policy.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Every error thaw itself answers with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorView,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorView {
+    /// Stable, for programs: `not_found`, `forbidden`, `namespace_limit` ...
+    pub code: String,
+    /// For people: what was wrong and what to do.
+    pub message: String,
+    /// Details some errors carry (a stack, a handler error's name, logs).
+    #[serde(flatten)]
+    pub details: BTreeMap<String, Value>,
+}
+
+/// Who the caller's key is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Whoami {
+    /// `admin`, `deploy`, `invoke` or `read`.
+    pub role: String,
+    /// The key's namespace; none for the admin token.
+    pub namespace: Option<String>,
+    /// The key's name (`admin` for the admin token).
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_functions: u32,
+    pub max_instances: u32,
+    pub max_memory_mb: u32,
+    pub max_deploy_bytes: u64,
+}
+
+/// Limits to set; missing ones keep their value (or the default).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsPatch {
+    pub max_functions: Option<u32>,
+    pub max_instances: Option<u32>,
+    pub max_memory_mb: Option<u32>,
+    pub max_deploy_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNamespace {
+    pub name: String,
+    #[serde(default)]
+    pub limits: LimitsPatch,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NamespaceView {
+    pub name: String,
+    pub created_ms: i64,
+    pub limits: Limits,
+    pub functions: usize,
+    /// Instances running now across its functions, and their memory.
+    pub instances: u32,
+    pub memory_mb: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NamespaceList {
+    pub namespaces: Vec<NamespaceView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    pub namespace: String,
+    pub name: String,
+    /// `deploy`, `invoke` or `read`.
+    pub role: String,
+    /// The key stops working this many seconds from now.
+    #[serde(default)]
+    pub expires_in_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyView {
+    pub id: String,
+    pub name: String,
+    pub namespace: String,
+    pub role: String,
+    pub created_ms: i64,
+    pub expires_ms: Option<i64>,
+    pub revoked_ms: Option<i64>,
+}
+
+/// A new key: `token` is shown this once and kept nowhere.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedKey {
+    pub key: KeyView,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyList {
+    pub keys: Vec<KeyView>,
+}
+
+/// Instances of a function, by what they are doing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Instances {
+    pub busy: u32,
+    pub idle: u32,
+    pub paused: u32,
+    pub starting: u32,
+    pub waiting: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitView {
+    pub version: i64,
+    pub percent: u8,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AliasView {
+    pub name: String,
+    pub version: i64,
+    pub split: Option<SplitView>,
+    pub url: String,
+    pub updated_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AliasList {
+    pub aliases: Vec<AliasView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetAlias {
+    pub version: i64,
+    #[serde(default)]
+    pub split: Option<SplitView>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    /// The alias to move [default: latest].
+    #[serde(default)]
+    pub alias: Option<String>,
+    /// The version to point it at [default: the newest older than now].
+    #[serde(default)]
+    pub to: Option<i64>,
+}
+
+/// A function, as `latest` serves it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionView {
+    pub namespace: String,
+    pub name: String,
+    pub url: String,
+    /// The version number `latest` points at.
+    pub version: i64,
+    pub bundle: String,
+    pub entry: String,
+    /// `thaw.toml`'s settings of that version.
+    pub settings: Value,
+    pub deployed_ms: i64,
+    pub deployed_by: String,
+    pub aliases: Vec<AliasView>,
+    /// Names of variables set through the API, and of secrets.
+    pub env_names: Vec<String>,
+    pub secret_names: Vec<String>,
+    pub instances: Instances,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionList {
+    pub functions: Vec<FunctionView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionView {
+    pub number: i64,
+    pub bundle: String,
+    pub archive_bytes: u64,
+    pub deployed_by: String,
+    /// `deploy` or `config`.
+    pub cause: String,
+    pub created_ms: i64,
+    pub url: String,
+    /// Aliases pointing at it (with a split: `prod:10%`).
+    pub aliases: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionList {
+    pub function: String,
+    pub versions: Vec<VersionView>,
+}
+
+/// A secret or variable's value, sent in a body (never in a URL).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetValue {
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretView {
+    pub name: String,
+    pub updated_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretList {
+    pub function: String,
+    /// The version whose secrets these are (the one `latest` points at).
+    pub version: i64,
+    pub secrets: Vec<SecretView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvList {
+    pub function: String,
+    pub version: i64,
+    /// Variables set through the API (thaw.toml's `[env]` is in `settings`).
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogLineView {
+    pub stream: String,
+    pub line: String,
+    pub ts_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invocation: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogList {
+    pub logs: Vec<LogLineView>,
+    /// Pass as `after=` to get the lines that come next.
+    pub next: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandlerErrorView {
+    pub code: String,
+    pub name: Option<String>,
+    pub message: String,
+    pub stack: Option<String>,
+}
+
+/// What `POST .../invoke` answers when the function ran.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvokeResult {
+    pub namespace: String,
+    pub function: String,
+    pub version: i64,
+    pub invocation: u64,
+    pub cold: bool,
+    pub logs: Vec<LogLineView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Vec<(String, String)>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<HandlerErrorView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Removed {
+    pub removed: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DriverUpgrade {
+    pub driver: String,
+    pub before: String,
+    pub after: String,
+    pub changed: bool,
+    pub replaced_waiting: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuntimeUpgradeView {
+    pub drivers: Vec<DriverUpgrade>,
+}
+
+/// A time in milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC),
+/// as listings show `created_ms` and the like.
+pub fn utc_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rest / 3600,
+        (rest / 60) % 60,
+        rest % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
+/// `civil_from_days`).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates() {
+        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(super::civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(super::civil_from_days(20_454), (2026, 1, 1));
+        assert_eq!(super::utc_time(1_796_235_666_232), "2026-12-02 18:21:06");
+        assert_eq!(super::utc_time(-1), "1969-12-31 23:59:59");
+    }
+}

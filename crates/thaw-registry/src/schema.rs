@@ -1,0 +1,159 @@
+//! The database's shape, and the upgrade of every older shape to it.
+//!
+//! `PRAGMA user_version` says which shape a file has. Version 0 with a
+//! `functions` table is the first release's (functions by name only, one
+//! current version, no namespaces): it is upgraded in one transaction, its
+//! functions landing in `default` with their versions numbered from 1 and
+//! `latest` pointing at the one that served. A file newer than this
+//! release knows is refused rather than misread.
+
+use crate::tenancy::{NamespaceLimits, DEFAULT_NAMESPACE};
+use crate::{now_ms, RegistryError};
+use rusqlite::{params, Connection};
+
+/// The shape this release writes.
+pub const CURRENT: i64 = 2;
+
+const TABLES: &str = "
+CREATE TABLE namespaces (
+    name TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL,
+    max_functions INTEGER NOT NULL,
+    max_instances INTEGER NOT NULL,
+    max_memory_mb INTEGER NOT NULL,
+    max_deploy_bytes INTEGER NOT NULL
+);
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    namespace TEXT NOT NULL REFERENCES namespaces(name) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER,
+    revoked_ms INTEGER
+);
+CREATE UNIQUE INDEX api_keys_live_names ON api_keys(namespace, name) WHERE revoked_ms IS NULL;
+CREATE TABLE functions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    namespace TEXT NOT NULL REFERENCES namespaces(name),
+    name TEXT NOT NULL,
+    next_number INTEGER NOT NULL DEFAULT 1,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    UNIQUE (namespace, name)
+);
+CREATE TABLE versions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    function_id INTEGER NOT NULL REFERENCES functions(id) ON DELETE CASCADE,
+    number INTEGER NOT NULL,
+    bundle TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    env TEXT NOT NULL DEFAULT '{}',
+    secrets BLOB,
+    archive_bytes INTEGER NOT NULL DEFAULT 0,
+    deployed_by TEXT NOT NULL DEFAULT '',
+    cause TEXT NOT NULL DEFAULT 'deploy',
+    live INTEGER NOT NULL DEFAULT 0,
+    created_ms INTEGER NOT NULL,
+    UNIQUE (function_id, number)
+);
+CREATE TABLE aliases (
+    function_id INTEGER NOT NULL REFERENCES functions(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    version_id INTEGER NOT NULL REFERENCES versions(id),
+    split_version_id INTEGER REFERENCES versions(id),
+    split_percent INTEGER NOT NULL DEFAULT 0,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (function_id, name)
+);
+CREATE TABLE logs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    function_id INTEGER NOT NULL,
+    version INTEGER,
+    invocation INTEGER,
+    stream TEXT NOT NULL,
+    line TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL
+);
+CREATE INDEX logs_by_function ON logs(function_id, id);
+";
+
+/// The first release's tables, renamed out of the way and copied over.
+const FROM_V1: &str = "
+DROP INDEX IF EXISTS versions_by_function;
+DROP INDEX IF EXISTS logs_by_function;
+ALTER TABLE versions RENAME TO v1_versions;
+ALTER TABLE functions RENAME TO v1_functions;
+ALTER TABLE logs RENAME TO v1_logs;
+";
+
+const COPY_V1: &str = "
+INSERT INTO functions (namespace, name, created_ms, updated_ms)
+    SELECT 'default', name, created_ms, updated_ms FROM v1_functions;
+INSERT INTO versions (id, function_id, number, bundle, entry, settings, deployed_by, live, created_ms)
+    SELECT v.id, f.id,
+           (SELECT COUNT(*) FROM v1_versions w WHERE w.function = v.function AND w.id <= v.id),
+           v.bundle, v.entry, v.settings, 'admin', v.id <= o.current_version, v.created_ms
+    FROM v1_versions v
+    JOIN v1_functions o ON o.name = v.function
+    JOIN functions f ON f.namespace = 'default' AND f.name = v.function;
+UPDATE functions SET next_number =
+    (SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE function_id = functions.id);
+INSERT INTO aliases (function_id, name, version_id, updated_ms)
+    SELECT f.id, 'latest', o.current_version, o.updated_ms
+    FROM v1_functions o JOIN functions f ON f.namespace = 'default' AND f.name = o.name;
+INSERT INTO logs (id, function_id, version, invocation, stream, line, ts_ms)
+    SELECT l.id, f.id, l.version, l.invocation, l.stream, l.line, l.ts_ms
+    FROM v1_logs l JOIN functions f ON f.namespace = 'default' AND f.name = l.function;
+DROP TABLE v1_logs;
+DROP TABLE v1_versions;
+DROP TABLE v1_functions;
+";
+
+/// Brings the file to [`CURRENT`], in one transaction.
+pub fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found == CURRENT {
+        return Ok(());
+    }
+    if found > CURRENT {
+        return Err(RegistryError::TooNew {
+            found,
+            known: CURRENT,
+        });
+    }
+    let first_release: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'functions'",
+        [],
+        |r| r.get(0),
+    )?;
+    let tx = conn.transaction()?;
+    if first_release {
+        tx.execute_batch(FROM_V1)?;
+    }
+    tx.execute_batch(TABLES)?;
+    let limits = NamespaceLimits::whole_host();
+    tx.execute(
+        "INSERT INTO namespaces (name, created_ms, max_functions, max_instances, max_memory_mb, max_deploy_bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            DEFAULT_NAMESPACE,
+            now_ms(),
+            limits.max_functions,
+            limits.max_instances,
+            limits.max_memory_mb,
+            limits.max_deploy_bytes as i64
+        ],
+    )?;
+    if first_release {
+        tx.execute_batch(COPY_V1)?;
+    }
+    tx.pragma_update(None, "user_version", CURRENT)?;
+    tx.commit()?;
+    if first_release {
+        tracing::info!("upgraded the registry to schema {CURRENT}: existing functions are in namespace `default`");
+    }
+    Ok(())
+}
