@@ -79,6 +79,14 @@ struct Tuning {
     /// Calls that may wait for an instance of one function; more get 429.
     #[arg(long, default_value_t = 100)]
     queue_limit: usize,
+    /// Memory all instances together may be given, in MiB (the sum of
+    /// their `memory`) [default: 90% of the host's memory]
+    #[arg(long)]
+    host_memory_mb: Option<u64>,
+    /// PIDs all instances together may run; each jailed instance counts
+    /// 256 [default: half of kernel.pid_max]
+    #[arg(long)]
+    host_pids: Option<u64>,
     /// How long a call waits for an instance before it gets 503, in ms.
     #[arg(long, default_value_t = 10_000)]
     queue_timeout_ms: u64,
@@ -1132,6 +1140,10 @@ fn up(data_dir: PathBuf, listen: SocketAddr, node: PathBuf, t: Tuning) -> anyhow
     config.pool.memory_budget = t.pool_memory_mb * 1024 * 1024;
     config.scheduler.queue_limit = t.queue_limit;
     config.scheduler.queue_timeout = Duration::from_millis(t.queue_timeout_ms);
+    config.host_budget = thaw_gateway::HostBudget {
+        memory_mb: t.host_memory_mb,
+        pids: t.host_pids,
+    };
     config.driver = match t.driver {
         DriverArg::Process => thaw_gateway::DriverKind::Process,
         DriverArg::Microvm => thaw_gateway::DriverKind::Microvm,

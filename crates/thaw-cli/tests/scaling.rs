@@ -245,3 +245,71 @@ fn idle_instances_are_paused_and_resume_on_their_next_call() {
     assert_eq!(pid_again, pid);
     assert_eq!(instances(&p, "sleepy")["paused"], 0);
 }
+
+#[test]
+fn the_host_budget_bounds_all_instances_together() {
+    let p = Platform::start_with(&["--host-memory-mb", "300"]);
+    let slow = |ms: u32| {
+        function_dir(&[
+            (
+                "index.mjs",
+                &format!(
+                    "export const handler = async () => {{ await new Promise(r => setTimeout(r, {ms})); \
+                     return {{ statusCode: 200, body: 'done' }}; }};"
+                ),
+            ),
+            ("thaw.toml", "memory = 256\n"),
+        ])
+    };
+    let first = slow(1500);
+    let second = slow(0);
+    p.deploy(first.path(), "first");
+    // Its deploy needs room for one instance: the first one's idle
+    // instance makes it, across namespaces if need be.
+    p.deploy(second.path(), "second");
+    assert_eq!(
+        p.metric("thaw_instances{namespace=\"default\",function=\"first\",state=\"idle\"}"),
+        0.0
+    );
+    let busy = {
+        let url = p.url("first", "/");
+        std::thread::spawn(move || http().get(url).send().unwrap().status().as_u16())
+    };
+    p.eventually(30, "the first function's call is running", || {
+        p.metric("thaw_instances{namespace=\"default\",function=\"first\",state=\"busy\"}") == 1.0
+    });
+    let r = http().get(p.url("second", "/")).send().unwrap();
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["error"]["code"], "host_budget", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--host-memory-mb = 300"),
+        "{v}"
+    );
+    assert_eq!(busy.join().unwrap(), 200);
+    // Once the first is idle again, the second's call makes room.
+    assert_eq!(
+        http().get(p.url("second", "/")).send().unwrap().status(),
+        200
+    );
+
+    let greedy = function_dir(&[
+        ("index.mjs", "export const handler = async () => 'x';"),
+        ("thaw.toml", "memory = 512\n"),
+    ]);
+    let out = p.thaw(&[
+        "deploy",
+        greedy.path().to_str().unwrap(),
+        "--name",
+        "greedy",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        common::stderr_of(&out).contains("more than this host's budget"),
+        "{}",
+        common::stderr_of(&out)
+    );
+}

@@ -113,6 +113,7 @@ pub fn invoke_error(e: &InvokeError) -> ApiError {
         InvokeError::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
         InvokeError::QueueTimeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_timeout"),
         InvokeError::QuotaReached(_) => (StatusCode::TOO_MANY_REQUESTS, "namespace_limit"),
+        InvokeError::HostBudget(_) => (StatusCode::SERVICE_UNAVAILABLE, "host_budget"),
     };
     ApiError::new(status, code, e.to_string())
 }

@@ -24,6 +24,6 @@ mod platform;
 mod routes;
 mod server;
 
-pub use platform::{build_microvm_runtime, Config, DriverKind, JailMode, Platform};
+pub use platform::{build_microvm_runtime, Config, DriverKind, HostBudget, JailMode, Platform};
 pub use server::serve;
 pub use thaw_microvm::GuestKernel;

@@ -40,6 +40,9 @@ pub struct Config {
     /// Largest request body a function route accepts.
     pub max_request_bytes: usize,
     pub scheduler: SchedulerConfig,
+    /// What all instances together may hold; `None` in a field: from the
+    /// host (`HostBudget::of_this_host`).
+    pub host_budget: HostBudget,
     pub pool: PoolConfig,
     /// Idle instances are paused (SIGSTOP) after this long; `None` keeps
     /// them running between calls.
@@ -75,6 +78,48 @@ pub enum JailMode {
     /// Where the host can (root, namespaces, cgroups, Linux 5.12+), with a
     /// warning where it cannot.
     Auto,
+}
+
+/// Processes one jailed instance may run (its cgroup's pids limit).
+pub const PIDS_PER_INSTANCE: u32 = 256;
+
+/// What every instance together may hold on this host: the sum of their
+/// memory limits, and of their PIDs limits. Past it a cold start first
+/// ends the least recently used idle instance, else gets `503 host_budget`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostBudget {
+    /// MiB; default: 90 % of the host's memory (`MemTotal`).
+    pub memory_mb: Option<u64>,
+    /// PIDs; default: half of `kernel.pid_max`.
+    pub pids: Option<u64>,
+}
+
+impl HostBudget {
+    /// The budget with the host's defaults filled in, as a scheduler quota.
+    pub fn resolve(&self) -> Quota {
+        let memory_mb = self.memory_mb.unwrap_or_else(|| {
+            let total_kib = std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|m| {
+                    m.lines()
+                        .find_map(|l| l.strip_prefix("MemTotal:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                })
+                .unwrap_or(4 << 20);
+            total_kib / 1024 * 9 / 10
+        });
+        let pids = self.pids.unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/pid_max")
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(32_768)
+                / 2
+        });
+        Quota {
+            max_instances: (pids / u64::from(PIDS_PER_INSTANCE)).min(u64::from(u32::MAX)) as u32,
+            max_memory_mb: memory_mb,
+        }
+    }
 }
 
 /// First uid given to jailed instances: far above any real user. Process
@@ -114,7 +159,7 @@ fn jail_settings(config: &Config, kind: DriverKind) -> anyhow::Result<Option<Jai
                 // binding sets the function's own limit. (A VM's jail
                 // replaces it with guest RAM plus QEMU's own needs.)
                 memory_bytes: 4096 * 1024 * 1024,
-                pids: 256,
+                pids: PIDS_PER_INSTANCE,
                 ..thaw_jail::Limits::default()
             };
             Ok(Some(JailSettings {
@@ -147,6 +192,7 @@ impl Config {
             limits: Limits::default(),
             max_request_bytes: 6 * 1024 * 1024,
             scheduler: SchedulerConfig::default(),
+            host_budget: HostBudget::default(),
             pool: PoolConfig::default(),
             pause_idle_after: Some(Duration::from_secs(2)),
             jail: JailMode::Auto,
@@ -224,7 +270,16 @@ impl Platform {
             pool_config(config.driver, &config.pool, false),
         );
         runtimes.spawn_refill();
-        let scheduler = Arc::new(Scheduler::new(runtimes, config.scheduler.clone()));
+        let mut scheduler_config = config.scheduler.clone();
+        let host = config.host_budget.resolve();
+        tracing::info!(
+            "host budget: {} instances ({} PIDs each), {} MiB of instance memory",
+            host.max_instances,
+            PIDS_PER_INSTANCE,
+            host.max_memory_mb
+        );
+        scheduler_config.host = Some(host);
+        let scheduler = Arc::new(Scheduler::new(runtimes, scheduler_config));
         let esbuild = thaw_bundle::find_esbuild(config.esbuild.as_deref());
         for ns in registry.namespaces()? {
             scheduler.set_quota(&ns.name, quota_of(&ns.limits));
@@ -554,4 +609,24 @@ fn runtime_shim(config: &Config) -> anyhow::Result<PathBuf> {
             config.data_dir.display()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_budget_counts_pids_by_instance() {
+        let set = HostBudget {
+            memory_mb: Some(2048),
+            pids: Some(1024),
+        }
+        .resolve();
+        assert_eq!((set.max_instances, set.max_memory_mb), (4, 2048));
+        let found = HostBudget::default().resolve();
+        assert!(
+            found.max_memory_mb > 0 && found.max_instances > 0,
+            "{found:?}"
+        );
+    }
 }

@@ -417,8 +417,9 @@ impl Registry {
 
     /// Lets `version` serve, and with `promote` points `latest` at it, in
     /// one transaction. Versions past the newest [`VERSIONS_KEPT`] that no
-    /// alias points at are forgotten (their code goes at the next start).
-    pub fn activate(&self, version: &Version, promote: bool) -> Result<(), RegistryError> {
+    /// alias points at are forgotten; returns how many, so the caller can
+    /// free their code ([`Registry::collect_garbage`]).
+    pub fn activate(&self, version: &Version, promote: bool) -> Result<usize, RegistryError> {
         let now = now_ms();
         let mut db = self.db.lock().unwrap();
         let tx = db.transaction()?;
@@ -444,7 +445,7 @@ impl Registry {
             "UPDATE functions SET updated_ms = ?2 WHERE id = ?1",
             params![function_row, now],
         )?;
-        tx.execute(
+        let pruned = tx.execute(
             "DELETE FROM versions WHERE function_id = ?1 AND live = 1
                AND id NOT IN (SELECT id FROM versions WHERE function_id = ?1 ORDER BY number DESC LIMIT ?2)
                AND id NOT IN (SELECT version_id FROM aliases WHERE function_id = ?1)
@@ -453,7 +454,7 @@ impl Registry {
             params![function_row, VERSIONS_KEPT],
         )?;
         tx.commit()?;
-        Ok(())
+        Ok(pruned)
     }
 
     /// Forgets a version that never went live (its code failed to load),

@@ -212,7 +212,7 @@ impl Registry {
 
     /// Deletes bundles and code trees that no kept version refers to, and
     /// staging directories left by an interrupted deploy. Call it when no
-    /// deploy is running (at start-up).
+    /// deploy is running: at start-up, or under the platform's deploy lock.
     pub fn collect_garbage(&self) -> Result<usize, RegistryError> {
         let used: std::collections::HashSet<String> = {
             let db = self.db.lock().unwrap();

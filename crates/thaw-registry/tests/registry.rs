@@ -149,10 +149,11 @@ fn old_versions_are_pruned_but_not_those_an_alias_points_at() {
     let dir = tempfile::tempdir().unwrap();
     let reg = open(dir.path());
     let f = FunctionId::new("default", "api");
-    let (t, n) = tree(&reg, &dir.path().join("src"), "same code");
-    let first = reg.add_version(&f, &t, n, "admin").unwrap();
+    let (one, n1) = tree(&reg, &dir.path().join("src-one"), "first code");
+    let first = reg.add_version(&f, &one, n1, "admin").unwrap();
     reg.activate(&first, true).unwrap();
     reg.set_alias(&f, "pinned", 1, None).unwrap();
+    let (t, n) = tree(&reg, &dir.path().join("src"), "same code");
     for _ in 0..thaw_registry::VERSIONS_KEPT + 5 {
         let v = reg.add_version(&f, &t, n, "admin").unwrap();
         reg.activate(&v, true).unwrap();
@@ -162,6 +163,20 @@ fn old_versions_are_pruned_but_not_those_an_alias_points_at() {
     assert!(kept.contains(&1), "pinned by an alias");
     assert!(!kept.contains(&2));
     assert_eq!(kept[0], thaw_registry::VERSIONS_KEPT + 6);
+
+    // Unpinned, version 1 goes at the next activation, and its code (used
+    // by no other version) with it.
+    let (other, n) = tree(&reg, &dir.path().join("src-other"), "other code");
+    let v = reg.add_version(&f, &other, n, "admin").unwrap();
+    reg.remove_alias(&f, "pinned").unwrap();
+    assert_eq!(reg.activate(&v, true).unwrap(), 2, "versions 1 and 7");
+    assert!(first.code_dir.is_dir());
+    assert!(reg.collect_garbage().unwrap() > 0);
+    assert!(
+        !first.code_dir.exists(),
+        "the code only version 1 used is freed"
+    );
+    assert!(v.code_dir.is_dir() && t.dir.is_dir());
 }
 
 #[test]

@@ -57,6 +57,9 @@ pub struct SchedulerConfig {
     pub queue_limit: usize,
     /// How long a queued call waits before giving up.
     pub queue_timeout: Duration,
+    /// What every namespace's instances together may hold: the host's
+    /// budget. `None`: no budget beyond the namespaces' own.
+    pub host: Option<Quota>,
 }
 
 impl Default for SchedulerConfig {
@@ -64,6 +67,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             queue_limit: 100,
             queue_timeout: Duration::from_secs(10),
+            host: None,
         }
     }
 }
@@ -91,6 +95,32 @@ pub enum InvokeError {
     QueueTimeout(Duration),
     #[error("{0}")]
     QuotaReached(String),
+    #[error("{0}")]
+    HostBudget(String),
+}
+
+/// Whose quota a check is against.
+#[derive(Debug, Clone, Copy)]
+enum Scope<'a> {
+    Namespace(&'a str),
+    Host,
+}
+
+impl Scope<'_> {
+    /// The namespace whose pools count; `None`: all.
+    fn namespace(&self) -> Option<&str> {
+        match self {
+            Scope::Namespace(ns) => Some(ns),
+            Scope::Host => None,
+        }
+    }
+
+    fn refused(&self, why: String) -> InvokeError {
+        match self {
+            Scope::Namespace(_) => InvokeError::QuotaReached(why),
+            Scope::Host => InvokeError::HostBudget(why),
+        }
+    }
 }
 
 /// What one namespace's instances may hold at once.
@@ -103,21 +133,38 @@ pub struct Quota {
 impl Quota {
     /// Why one more instance of `memory_mb` does not fit beside `in_use`
     /// (instances, MiB), if it does not.
-    fn refuses(&self, namespace: &str, in_use: (u32, u64), memory_mb: u32) -> Option<String> {
+    fn refuses(&self, scope: Scope<'_>, in_use: (u32, u64), memory_mb: u32) -> Option<String> {
         let (instances, memory) = in_use;
+        let (whose, instances_limit, memory_limit) = match scope {
+            Scope::Namespace(ns) => (
+                format!("namespace `{ns}`"),
+                "max_instances",
+                "max_memory_mb",
+            ),
+            Scope::Host => (
+                "this host".to_string(),
+                "its instance budget, thaw up --host-pids / pids per instance",
+                "its memory budget, thaw up --host-memory-mb",
+            ),
+        };
         if instances + 1 > self.max_instances {
             return Some(format!(
-                "namespace `{namespace}` runs {instances} instances, its limit (max_instances = {}); retry later",
+                "{whose} runs {instances} instances, its limit ({instances_limit} = {}); retry later",
                 self.max_instances
             ));
         }
         if memory + u64::from(memory_mb) > self.max_memory_mb {
             return Some(format!(
-                "namespace `{namespace}` has {memory} MiB in instances; one more of {memory_mb} MiB would pass its limit (max_memory_mb = {}); retry later",
+                "{whose} has {memory} MiB in instances; one more of {memory_mb} MiB would pass its limit ({memory_limit} = {}); retry later",
                 self.max_memory_mb
             ));
         }
         None
+    }
+
+    /// Why an instance of `memory_mb` could never fit, if it could not.
+    pub fn never_fits(&self, memory_mb: u32) -> bool {
+        self.max_instances == 0 || u64::from(memory_mb) > self.max_memory_mb
     }
 }
 
@@ -296,6 +343,11 @@ impl Scheduler {
         self.start_bound(&key, spec, 0).await.map(|_| ())
     }
 
+    /// What all instances together may hold, if bounded.
+    pub fn host_budget(&self) -> Option<Quota> {
+        self.config.host
+    }
+
     /// Sets what the instances of `namespace` may hold at once.
     pub fn set_quota(&self, namespace: &str, quota: Quota) {
         self.quotas
@@ -309,42 +361,30 @@ impl Scheduler {
         self.quotas.write().unwrap().remove(namespace);
     }
 
-    /// Checks that one more instance of `spec` fits its namespace's quota;
-    /// where it does not, ends the least recently used idle instance of
-    /// another function of the namespace and checks again. Nothing is
-    /// ended where ending every idle instance would not make room.
+    /// Checks that one more instance of `spec` fits its namespace's quota
+    /// and the host's budget; where it does not, ends the least recently
+    /// used idle instance that counts against the one it passes (of the
+    /// namespace, or of any namespace for the host) and checks again.
+    /// Nothing is ended where ending every such idle instance would not
+    /// make room.
     fn make_room(
         &self,
         pools: &mut HashMap<PoolKey, Pool>,
         spec: &FunctionSpec,
     ) -> Result<(), InvokeError> {
-        let Some(quota) = self.quotas.read().unwrap().get(&spec.namespace).copied() else {
-            return Ok(());
-        };
-        loop {
-            let usage = usage_of(pools, &spec.namespace);
-            let Some(why) = quota.refuses(&spec.namespace, usage.in_use, spec.memory_mb) else {
-                return Ok(());
-            };
-            if quota
-                .refuses(&spec.namespace, usage.busy(), spec.memory_mb)
-                .is_some()
-            {
-                return Err(InvokeError::QuotaReached(why));
-            }
-            let coldest = usage.coldest;
-            let Some((_, key, i)) = coldest else {
-                return Err(InvokeError::QuotaReached(why));
-            };
-            if let Some(pool) = pools.get_mut(&key) {
-                pool.slots.swap_remove(i).instance.kill();
-            }
+        let namespace = self.quotas.read().unwrap().get(&spec.namespace).copied();
+        if let Some(quota) = namespace {
+            fit(pools, spec, Scope::Namespace(&spec.namespace), quota)?;
         }
+        if let Some(host) = self.config.host {
+            fit(pools, spec, Scope::Host, host)?;
+        }
+        Ok(())
     }
 
     /// Instances of `namespace` running or starting, and their memory (MiB).
     pub fn usage(&self, namespace: &str) -> (u32, u64) {
-        usage_of(&self.pools.lock().unwrap(), namespace).in_use
+        usage_of(&self.pools.lock().unwrap(), Some(namespace)).in_use
     }
 
     /// Kills the instances of every version of `function` in `namespace`
@@ -637,13 +677,42 @@ impl Usage {
     }
 }
 
-fn usage_of(pools: &HashMap<PoolKey, Pool>, namespace: &str) -> Usage {
+/// Makes room for one more instance of `spec` within `quota` (see
+/// [`Scheduler::make_room`]).
+fn fit(
+    pools: &mut HashMap<PoolKey, Pool>,
+    spec: &FunctionSpec,
+    scope: Scope<'_>,
+    quota: Quota,
+) -> Result<(), InvokeError> {
+    loop {
+        let usage = usage_of(pools, scope.namespace());
+        let Some(why) = quota.refuses(scope, usage.in_use, spec.memory_mb) else {
+            return Ok(());
+        };
+        if quota.refuses(scope, usage.busy(), spec.memory_mb).is_some() {
+            return Err(scope.refused(why));
+        }
+        let Some((_, key, i)) = usage.coldest else {
+            return Err(scope.refused(why));
+        };
+        if let Some(pool) = pools.get_mut(&key) {
+            pool.slots.swap_remove(i).instance.kill();
+        }
+    }
+}
+
+/// What the pools of `namespace` (of all with `None`) hold.
+fn usage_of(pools: &HashMap<PoolKey, Pool>, namespace: Option<&str>) -> Usage {
     let mut usage = Usage {
         in_use: (0, 0),
         idle: (0, 0),
         coldest: None,
     };
-    for (key, pool) in pools.iter().filter(|(key, _)| key.0 == namespace) {
+    for (key, pool) in pools
+        .iter()
+        .filter(|(key, _)| namespace.is_none_or(|ns| key.0 == ns))
+    {
         let n = pool.slots.len() as u32 + pool.starting;
         let memory = u64::from(pool.memory_mb);
         usage.in_use.0 += n;
@@ -676,11 +745,15 @@ mod tests {
             max_instances: 2,
             max_memory_mb: 512,
         };
-        assert_eq!(q.refuses("a", (0, 0), 256), None);
-        assert_eq!(q.refuses("a", (1, 256), 256), None);
-        let full = q.refuses("a", (2, 512), 64).unwrap();
+        let a = Scope::Namespace("a");
+        assert_eq!(q.refuses(a, (0, 0), 256), None);
+        assert_eq!(q.refuses(a, (1, 256), 256), None);
+        let full = q.refuses(a, (2, 512), 64).unwrap();
         assert!(full.contains("max_instances = 2"), "{full}");
-        let heavy = q.refuses("a", (1, 256), 512).unwrap();
+        let heavy = q.refuses(a, (1, 256), 512).unwrap();
         assert!(heavy.contains("max_memory_mb = 512"), "{heavy}");
+        let host = q.refuses(Scope::Host, (2, 0), 64).unwrap();
+        assert!(host.starts_with("this host runs 2 instances"), "{host}");
+        assert!(q.never_fits(513) && !q.never_fits(512));
     }
 }

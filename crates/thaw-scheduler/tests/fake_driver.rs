@@ -306,6 +306,7 @@ fn setup() -> (Arc<FakeDriver>, Scheduler) {
     setup_with(SchedulerConfig {
         queue_limit: 10,
         queue_timeout: Duration::from_secs(5),
+        ..SchedulerConfig::default()
     })
 }
 
@@ -725,6 +726,7 @@ async fn a_full_queue_refuses_calls() {
     let (driver, scheduler) = setup_with(SchedulerConfig {
         queue_limit: 1,
         queue_timeout: Duration::from_secs(5),
+        ..SchedulerConfig::default()
     });
     let f = FunctionSpec {
         max_instances: 1,
@@ -847,4 +849,35 @@ async fn nothing_is_evicted_when_busy_instances_alone_leave_no_room() {
         0,
         "small's idle instance was killed for nothing"
     );
+}
+
+#[tokio::test]
+async fn the_host_budget_spans_namespaces_and_evicts_across_them() {
+    let (driver, scheduler) = setup_with(SchedulerConfig {
+        queue_limit: 10,
+        queue_timeout: Duration::from_secs(5),
+        host: Some(Quota {
+            max_instances: 1,
+            max_memory_mb: 10_000,
+        }),
+    });
+    let a = spec("a", "f", 1);
+    let b = spec("b", "g", 1);
+    scheduler.invoke(&a, sleeping(0)).await.unwrap();
+    // b's cold start ends a's idle instance: the host holds one at a time.
+    scheduler.invoke(&b, sleeping(0)).await.unwrap();
+    assert_eq!(driver.kills(), 1);
+    assert_eq!((scheduler.usage("a").0, scheduler.usage("b").0), (0, 1));
+    // With b busy, a has no room anywhere: 503-worthy, not a namespace's 429.
+    let (busy, refused) = tokio::join!(scheduler.invoke(&b, sleeping(300)), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        scheduler.invoke(&a, sleeping(0)).await
+    });
+    busy.unwrap();
+    match refused {
+        Err(InvokeError::HostBudget(why)) => {
+            assert!(why.contains("this host runs 1 instances"), "{why}")
+        }
+        other => panic!("expected the host budget to refuse: {other:?}"),
+    }
 }

@@ -426,7 +426,7 @@ impl Platform {
             f.clone(),
             caller.name(),
         );
-        let version = self
+        let stored = self
             .blocking(move |r| {
                 let ns = r.namespace(&function.namespace)?;
                 let tree = r.store_code(&archive, &limits, esbuild.as_deref())?;
@@ -436,8 +436,23 @@ impl Platform {
                         tree.settings.memory_mb, ns.name, ns.limits.max_memory_mb
                     )));
                 }
-                r.add_version(&function, &tree, archive.len() as u64, &by)
+                Ok((tree, archive.len() as u64))
             })
+            .await?;
+        let host = self.scheduler.host_budget();
+        if let Some(host) = host.filter(|h| h.never_fits(stored.0.settings.memory_mb)) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "host_budget",
+                format!(
+                    "the function asks for memory = {} MiB, more than this host's budget for all instances together ({} MiB, thaw up --host-memory-mb)",
+                    stored.0.settings.memory_mb, host.max_memory_mb
+                ),
+            ));
+        }
+        let function = f.clone();
+        let version = self
+            .blocking(move |r| r.add_version(&function, &stored.0, stored.1, &by))
             .await?;
         self.release(version, options.promote).await?;
         self.function(&Caller::Admin, f, base)
@@ -495,8 +510,15 @@ impl Platform {
             });
         }
         let activated = version.clone();
-        self.blocking(move |r| r.activate(&activated, promote))
-            .await?;
+        self.blocking(move |r| {
+            // Under the deploy lock no code is being stored: the code only
+            // pruned versions used can go now.
+            if r.activate(&activated, promote)? > 0 {
+                r.collect_garbage()?;
+            }
+            Ok(())
+        })
+        .await?;
         self.refresh(&version.function).await
     }
 
