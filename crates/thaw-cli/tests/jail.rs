@@ -245,3 +245,91 @@ fn fork_bombs_spinning_and_filling_tmp_hit_their_limits_and_others_keep_serving(
         200
     );
 }
+
+/// Processes of every jail in `data_dir`: those whose cgroup names one of
+/// the instance ids under `data_dir/jails`.
+fn jailed_processes(data_dir: &std::path::Path) -> Vec<u32> {
+    let ids: Vec<String> = std::fs::read_dir(data_dir.join("jails"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cgroups = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        if ids
+            .iter()
+            .any(|id| cgroups.lines().any(|l| l.ends_with(&format!("/thaw/{id}"))))
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Alive: /proc has it and it is not a zombie waiting to be reaped.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+                .unwrap_or(false)
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn instances_paused_ones_included_end_when_thaw_is_killed() {
+    let mut p = Platform::start_with(&["--jail", "on", "--pause-idle-after-ms", "200"]);
+    let d = function_dir(&[(
+        "index.mjs",
+        "export const handler = async () => ({ statusCode: 200, body: 'up' });",
+    )]);
+    p.deploy(d.path(), "sleeper");
+    assert_eq!(
+        http()
+            .get(p.url("sleeper", "/"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap(),
+        "up"
+    );
+    p.eventually(20, "the idle instance is paused", || {
+        let v: Value = p
+            .api(reqwest::Method::GET, "/v1/functions/sleeper")
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["instances"]["paused"] == 1
+    });
+    let before = jailed_processes(&p.data_dir);
+    let frozen = before.iter().any(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(':').nth(2))
+            .filter(|path| path.starts_with("/thaw/"))
+            .any(|path| {
+                ["/sys/fs/cgroup/freezer", "/sys/fs/cgroup"]
+                    .iter()
+                    .any(|base| {
+                        let v1 = std::fs::read_to_string(format!("{base}{path}/freezer.state"));
+                        let v2 = std::fs::read_to_string(format!("{base}{path}/cgroup.freeze"));
+                        v1.is_ok_and(|s| s.trim() == "FROZEN") || v2.is_ok_and(|s| s.trim() == "1")
+                    })
+            })
+    });
+    assert!(frozen, "a paused instance is frozen: {before:?}");
+    p.kill();
+    // Not a timing assertion: a generous bound against a hang.
+    p.eventually(30, "every jailed process ended with thaw", || {
+        !jailed_processes(&p.data_dir).iter().any(|pid| alive(*pid))
+    });
+}

@@ -199,6 +199,15 @@ impl Cgroup {
         self.set_frozen(false)
     }
 
+    /// The file that thaws the cgroup, and what to write to it: what the
+    /// outer process writes, from a signal handler, when the host dies.
+    pub(crate) fn thaw_control(&self) -> (PathBuf, &'static str) {
+        match &self.dirs {
+            Dirs::V1(V1Dirs { freezer, .. }) => (freezer.join("freezer.state"), "THAWED"),
+            Dirs::V2 { dir } => (dir.join("cgroup.freeze"), "0"),
+        }
+    }
+
     fn set_frozen(&self, frozen: bool) -> Result<(), JailError> {
         let (file, value, state_file, done): (PathBuf, &str, PathBuf, fn(&str) -> bool) =
             match &self.dirs {

@@ -8,8 +8,15 @@
 //!
 //! The outer process stays in the host's PID namespace so the host has an
 //! ordinary child to wait for and signal, and mirrors the program's exit.
-//! It dies with the host (PR_SET_PDEATHSIG), init dies with it (the same),
+//! It ends with the host (PR_SET_PDEATHSIG), init dies with it (the same),
 //! and when init dies the kernel kills everything else in the PID namespace.
+//!
+//! A paused instance is frozen (cgroup freezer), and a frozen process does
+//! not act on a SIGKILL until it is thawed (cgroup v1 holds it). So the
+//! outer process, which is not in the cgroup, asks for a catchable signal
+//! when the host dies ([`HOST_GONE`]), and its handler thaws the cgroup and
+//! kills init: a paused instance ends with the host too, not at the next
+//! start.
 
 use crate::cgroup::Cgroup;
 use crate::error::Context as _;
@@ -48,6 +55,36 @@ const FORWARDED: [libc::c_int; 6] = [
 /// program for init).
 static CHILD: AtomicI32 = AtomicI32::new(0);
 
+/// What the outer process gets when the host dies: catchable, unlike
+/// SIGKILL, and not one the host uses (SIGPWR: power failure, unused here).
+const HOST_GONE: libc::c_int = libc::SIGPWR;
+
+/// The thaw control file of the instance's cgroup (NUL-terminated) and the
+/// bytes that thaw it, set before [`HOST_GONE`]'s handler is installed.
+static THAW: std::sync::OnceLock<(CString, &'static [u8])> = std::sync::OnceLock::new();
+
+/// The host died: thaw the instance and kill init (and so the namespace).
+/// Only async-signal-safe calls: open, write, close, kill, _exit.
+extern "C" fn on_host_gone(_: libc::c_int) {
+    if let Some((path, value)) = THAW.get() {
+        // SAFETY: a NUL-terminated path and a valid buffer; plain syscalls.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                libc::write(fd, value.as_ptr().cast(), value.len());
+                libc::close(fd);
+            }
+        }
+    }
+    let pid = CHILD.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    // SAFETY: _exit is async-signal-safe; nothing is left to flush.
+    unsafe { libc::_exit(128 + libc::SIGKILL) };
+}
+
 extern "C" fn forward_signal(signal: libc::c_int) {
     let pid = CHILD.load(Ordering::Relaxed);
     if pid > 0 {
@@ -79,8 +116,10 @@ pub(crate) fn outer(
     program: &Path,
     args: &[OsString],
 ) -> Result<std::convert::Infallible, JailError> {
-    // Die with the host. The parent may already be gone by the time the
-    // death signal is armed; then we are an orphan and must stop now.
+    // End with the host. The parent may already be gone by the time the
+    // death signal is armed; then we are an orphan and must stop now. The
+    // signal is SIGKILL until the cgroup exists, then HOST_GONE, whose
+    // handler also ends a frozen instance.
     // SAFETY: getppid cannot fail.
     let parent = unsafe { libc::getppid() };
     sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)
@@ -150,6 +189,19 @@ pub(crate) fn outer(
     };
 
     forward_signals_to(pid)?;
+    let (thaw_file, thaw_value) = cgroup.thaw_control();
+    let thaw_file = CString::new(thaw_file.as_os_str().as_bytes())
+        .map_err(|_| JailError::Usage("a cgroup path holds a NUL byte".into()))?;
+    let _ = THAW.set((thaw_file, thaw_value.as_bytes()));
+    sys::set_signal_handler(HOST_GONE, Some(on_host_gone))
+        .context(|| "install the host-death handler".into())?;
+    sys::prctl(libc::PR_SET_PDEATHSIG, HOST_GONE as libc::c_ulong)
+        .context(|| "set the parent-death signal".into())?;
+    // SAFETY: getppid cannot fail.
+    if unsafe { libc::getppid() } != parent {
+        // The host died before the new signal was armed.
+        on_host_gone(HOST_GONE);
+    }
     // The program alone holds the host's descriptor from here on, so the
     // host sees the stream end when the program closes it.
     sys::close(PASSED_FD);
