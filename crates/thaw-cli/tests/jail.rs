@@ -47,6 +47,7 @@ export const handler = async () => {
     proc_pids: fs.readdirSync("/proc").filter((n) => /^\d+$/.test(n)).length,
     kill_host: attempt(() => process.kill(Number(env.THAW_PID), "SIGKILL")),
     uid: process.getuid(),
+    init_cmdline: attempt(() => fs.readFileSync("/proc/1/cmdline", "latin1")),
     sudo: fs.existsSync("/usr/bin/sudo") || fs.existsSync("/bin/su"),
     api_port: await connect(Number(env.API_PORT)),
   };
@@ -123,6 +124,15 @@ fn a_function_sees_none_of_the_host_and_cannot_change_its_code() {
         "runs as an unprivileged uid"
     );
     assert_eq!(v["sudo"], false);
+    // The jail's init shows a name, not the configuration it was given.
+    let init = v["init_cmdline"]["value"].as_str().unwrap_or("");
+    assert!(init.starts_with("thaw-init"), "{}", v["init_cmdline"]);
+    for hidden in ["config", "state_dir", "jails", "uid", "memory"] {
+        assert!(
+            !init.contains(hidden),
+            "/proc/1/cmdline shows {hidden}: {init:?}"
+        );
+    }
     assert_eq!(
         v["api_port"]["ok"], false,
         "the platform's API is out of reach"

@@ -257,6 +257,54 @@ fn exit_like(status: libc::c_int) -> ! {
     std::process::exit(128 + signal);
 }
 
+/// Overwrites this process's argument area, so that the jail's
+/// `/proc/1/cmdline` says `thaw-init` and nothing of the configuration it
+/// was forked with (paths, uid, limits). The area is this process's own
+/// memory, where the kernel reads `cmdline` from; the arguments were parsed
+/// before the fork and are not read again.
+fn hide_arguments() -> Result<(), JailError> {
+    let stat =
+        std::fs::read_to_string("/proc/self/stat").context(|| "read /proc/self/stat".into())?;
+    // Fields after the command name, which ends with the last ')': the
+    // first of them is field 3; arg_start and arg_end are fields 48 and 49.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<usize>().ok());
+    let (Some(start), Some(end)) = (field(48), field(49)) else {
+        return Err(JailError::Usage(
+            "/proc/self/stat has no argument area".into(),
+        ));
+    };
+    if end <= start {
+        return Ok(());
+    }
+    let shown = b"thaw-init\0";
+    // SAFETY: [start, end) is this process's argument area, mapped and
+    // writable (the initial stack); nothing holds a reference into it.
+    unsafe {
+        let area = std::slice::from_raw_parts_mut(start as *mut u8, end - start);
+        area.fill(0);
+        let n = shown.len().min(area.len());
+        area[..n].copy_from_slice(&shown[..n]);
+    }
+    // Shrink the area to the name too, where the kernel lets us (it needs
+    // CAP_SYS_RESOURCE, which init still has here): otherwise the length
+    // of the old arguments shows as trailing NULs.
+    // SAFETY: plain syscall; a failure leaves the zeroed area as it is.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_MM,
+            libc::PR_SET_MM_ARG_END as libc::c_ulong,
+            (start + shown.len().min(end - start)) as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        );
+    }
+    Ok(())
+}
+
 /// PID 1 of the jail. Returns only with the error that stopped it.
 fn init(
     config: &JailConfig,
@@ -302,6 +350,7 @@ fn init_inner(
     let name = c"thaw-init";
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    hide_arguments()?;
     // SAFETY: the name and its length describe a valid buffer.
     cvt(unsafe { libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len()) })
         .context(|| "set the hostname".into())?;
