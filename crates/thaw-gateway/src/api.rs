@@ -15,11 +15,11 @@ use crate::routes::{parse_target, Qualifier};
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -30,7 +30,6 @@ use thaw_registry::{ConfigChange, FunctionId, LogQuery};
 /// Largest JSON body of a control request (not a deploy, not an event).
 const MAX_CONTROL_BODY: usize = 1 << 20;
 
-type Params = Path<HashMap<String, String>>;
 type Answer<T> = Result<Json<T>, ApiError>;
 
 pub fn router(platform: Arc<Platform>) -> Router {
@@ -163,41 +162,69 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// `http://host:port` as the client that asked sees this server.
-fn base_url(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
-        .unwrap_or("localhost");
-    format!("http://{host}")
+/// What every control handler starts from: the platform, the caller its
+/// token named, the route's parameters, and this server's base URL as the
+/// client sees it (for the URLs views carry).
+struct Call {
+    p: Arc<Platform>,
+    caller: Caller,
+    params: HashMap<String, String>,
+    base: String,
 }
 
-fn namespace_of<'a>(caller: &'a Caller, params: &'a HashMap<String, String>) -> &'a str {
-    params
-        .get("ns")
-        .map(String::as_str)
-        .unwrap_or(caller.home())
+impl FromRequestParts<Arc<Platform>> for Call {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        platform: &Arc<Platform>,
+    ) -> Result<Self, ApiError> {
+        let caller =
+            parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+                ApiError::internal("a control route without the authenticate layer")
+            })?;
+        let params =
+            match Path::<HashMap<String, String>>::from_request_parts(parts, platform).await {
+                Ok(Path(params)) => params,
+                Err(e) => return Err(ApiError::bad_request("bad_path", e.body_text())),
+            };
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
+            .unwrap_or("localhost");
+        Ok(Call {
+            p: platform.clone(),
+            caller,
+            params,
+            base: format!("http://{host}"),
+        })
+    }
 }
 
-/// The function a route names, with the qualifier its `{name}` carries.
-fn target_of(caller: &Caller, params: &HashMap<String, String>) -> (FunctionId, Qualifier) {
-    let (name, qualifier) = parse_target(params.get("name").map(String::as_str).unwrap_or(""));
-    (
-        FunctionId::new(namespace_of(caller, params), name),
-        qualifier,
-    )
-}
+impl Call {
+    fn param(&self, name: &str) -> &str {
+        self.params.get(name).map(String::as_str).unwrap_or("")
+    }
 
-fn function_of(caller: &Caller, params: &HashMap<String, String>) -> FunctionId {
-    FunctionId::new(
-        namespace_of(caller, params),
-        params.get("name").map(String::as_str).unwrap_or(""),
-    )
-}
+    /// The namespace the route names, or the caller's own.
+    fn namespace(&self) -> &str {
+        self.params
+            .get("ns")
+            .map(String::as_str)
+            .unwrap_or(self.caller.home())
+    }
 
-fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> &'a str {
-    params.get(name).map(String::as_str).unwrap_or("")
+    fn function(&self) -> FunctionId {
+        FunctionId::new(self.namespace(), self.param("name"))
+    }
+
+    /// The function with the qualifier its `{name}` carries (`api@prod`).
+    fn target(&self) -> (FunctionId, Qualifier) {
+        let (name, qualifier) = parse_target(self.param("name"));
+        (FunctionId::new(self.namespace(), name), qualifier)
+    }
 }
 
 /// Reads a body of at most `limit` bytes, refusing more while reading.
@@ -212,8 +239,11 @@ async fn read_body(body: Body, limit: usize, what: &str) -> Result<bytes::Bytes,
 }
 
 async fn json_body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let bytes = read_body(body, MAX_CONTROL_BODY, "the request body").await?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    parse_json(&read_body(body, MAX_CONTROL_BODY, "the request body").await?)
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
         ApiError::bad_request(
             "bad_json",
             format!("the request body is not what this route takes: {e}"),
@@ -221,72 +251,43 @@ async fn json_body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
     })
 }
 
-async fn whoami(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-) -> Json<view::Whoami> {
-    Json(p.whoami(&c))
+async fn whoami(c: Call) -> Json<view::Whoami> {
+    Json(c.p.whoami(&c.caller))
 }
 
-async fn list_namespaces(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-) -> Answer<view::NamespaceList> {
-    Ok(Json(p.namespaces(&c).await?))
+async fn list_namespaces(c: Call) -> Answer<view::NamespaceList> {
+    Ok(Json(c.p.namespaces(&c.caller).await?))
 }
 
 async fn create_namespace(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
+    c: Call,
     body: Body,
 ) -> Result<(StatusCode, Json<view::NamespaceView>), ApiError> {
-    c.allow("", Need::Admin)?; // before reading a body it may not send
+    c.caller.allow("", Need::Admin)?; // before reading a body it may not send
     let req = json_body(body).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(p.create_namespace(&c, req).await?),
-    ))
+    let created = c.p.create_namespace(&c.caller, req).await?;
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
-async fn get_namespace(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    params: Params,
-) -> Answer<view::NamespaceView> {
-    Ok(Json(p.namespace(&c, param(&params, "ns")).await?))
+async fn get_namespace(c: Call) -> Answer<view::NamespaceView> {
+    Ok(Json(c.p.namespace(&c.caller, c.param("ns")).await?))
 }
 
-async fn set_limits(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    params: Params,
-    body: Body,
-) -> Answer<view::NamespaceView> {
+async fn set_limits(c: Call, body: Body) -> Answer<view::NamespaceView> {
     let patch = json_body(body).await?;
-    Ok(Json(p.set_limits(&c, param(&params, "ns"), patch).await?))
+    Ok(Json(c.p.set_limits(&c.caller, c.param("ns"), patch).await?))
 }
 
-async fn remove_namespace(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    params: Params,
-) -> Answer<view::Removed> {
-    Ok(Json(p.remove_namespace(&c, param(&params, "ns")).await?))
+async fn remove_namespace(c: Call) -> Answer<view::Removed> {
+    Ok(Json(c.p.remove_namespace(&c.caller, c.param("ns")).await?))
 }
 
-async fn namespace_metrics(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    params: Params,
-) -> Result<Response, ApiError> {
-    prometheus(p.metrics_text(&c, Some(param(&params, "ns"))).await?)
+async fn namespace_metrics(c: Call) -> Result<Response, ApiError> {
+    prometheus(c.p.metrics_text(&c.caller, Some(c.param("ns"))).await?)
 }
 
-async fn all_metrics(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-) -> Result<Response, ApiError> {
-    prometheus(p.metrics_text(&c, None).await?)
+async fn all_metrics(c: Call) -> Result<Response, ApiError> {
+    prometheus(c.p.metrics_text(&c.caller, None).await?)
 }
 
 fn prometheus(text: String) -> Result<Response, ApiError> {
@@ -298,55 +299,32 @@ struct KeyFilter {
     namespace: Option<String>,
 }
 
-async fn list_keys(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    ApiQuery(q): ApiQuery<KeyFilter>,
-) -> Answer<view::KeyList> {
-    Ok(Json(p.keys(&c, q.namespace).await?))
+async fn list_keys(c: Call, ApiQuery(q): ApiQuery<KeyFilter>) -> Answer<view::KeyList> {
+    Ok(Json(c.p.keys(&c.caller, q.namespace).await?))
 }
 
-async fn create_key(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    body: Body,
-) -> Result<(StatusCode, Json<view::CreatedKey>), ApiError> {
-    c.allow("", Need::Admin)?; // before reading a body it may not send
+async fn create_key(c: Call, body: Body) -> Result<(StatusCode, Json<view::CreatedKey>), ApiError> {
+    c.caller.allow("", Need::Admin)?; // before reading a body it may not send
     let req = json_body(body).await?;
-    Ok((StatusCode::CREATED, Json(p.create_key(&c, req).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(c.p.create_key(&c.caller, req).await?),
+    ))
 }
 
-async fn revoke_key(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    params: Params,
-) -> Answer<view::KeyView> {
-    Ok(Json(p.revoke_key(&c, param(&params, "id")).await?))
+async fn revoke_key(c: Call) -> Answer<view::KeyView> {
+    Ok(Json(c.p.revoke_key(&c.caller, c.param("id")).await?))
 }
 
-async fn list_functions(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    params: Params,
-    headers: HeaderMap,
-) -> Answer<view::FunctionList> {
+async fn list_functions(c: Call) -> Answer<view::FunctionList> {
     Ok(Json(
-        p.list_functions(&c, namespace_of(&c, &params), &base_url(&headers))
+        c.p.list_functions(&c.caller, c.namespace(), &c.base)
             .await?,
     ))
 }
 
-async fn get_function(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    params: Params,
-    headers: HeaderMap,
-) -> Answer<view::FunctionView> {
-    Ok(Json(p.function(
-        &c,
-        &function_of(&c, &params),
-        &base_url(&headers),
-    )?))
+async fn get_function(c: Call) -> Answer<view::FunctionView> {
+    Ok(Json(c.p.function(&c.caller, &c.function(), &c.base)?))
 }
 
 #[derive(Deserialize)]
@@ -357,15 +335,12 @@ struct DeployQuery {
 
 /// `PUT .../functions/{name}`: the body is the folder as a tar.gz.
 async fn deploy(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    params: Params,
+    c: Call,
     ApiQuery(q): ApiQuery<DeployQuery>,
-    headers: HeaderMap,
     body: Body,
 ) -> Answer<view::FunctionView> {
-    let f = function_of(&c, &params);
-    let limit = p.deploy_limit(&c, &f.namespace).await?;
+    let f = c.function();
+    let limit = c.p.deploy_limit(&c.caller, &f.namespace).await?;
     let archive = read_body(body, limit, "the archive").await.map_err(|e| {
         ApiError::new(
             e.status,
@@ -380,31 +355,19 @@ async fn deploy(
         promote: q.promote.unwrap_or(true),
     };
     Ok(Json(
-        p.deploy(&c, &f, archive, options, &base_url(&headers))
-            .await?,
+        c.p.deploy(&c.caller, &f, archive, options, &c.base).await?,
     ))
 }
 
-async fn remove_function(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    params: Params,
-) -> Answer<view::Removed> {
-    Ok(Json(
-        p.remove_function(&c, &function_of(&c, &params)).await?,
-    ))
+async fn remove_function(c: Call) -> Answer<view::Removed> {
+    Ok(Json(c.p.remove_function(&c.caller, &c.function()).await?))
 }
 
 /// `POST .../functions/{name}/invoke`: the body is the event, any JSON
 /// value; `{name}` may carry a qualifier (`api@prod`, `api@7`).
-async fn invoke(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    params: Params,
-    body: Body,
-) -> Answer<view::InvokeResult> {
-    let (f, qualifier) = target_of(&c, &params);
-    let bytes = read_body(body, p.max_request_bytes(), "the event").await?;
+async fn invoke(c: Call, body: Body) -> Answer<view::InvokeResult> {
+    let (f, qualifier) = c.target();
+    let bytes = read_body(body, c.p.max_request_bytes(), "the event").await?;
     let event = if bytes.iter().all(u8::is_ascii_whitespace) {
         serde_json::Value::Null
     } else {
@@ -412,7 +375,7 @@ async fn invoke(
             ApiError::bad_request("bad_json", format!("the event is not valid JSON: {e}"))
         })?
     };
-    Ok(Json(p.invoke(&c, &f, &qualifier, event).await?))
+    Ok(Json(c.p.invoke(&c.caller, &f, &qualifier, event).await?))
 }
 
 #[derive(Deserialize)]
@@ -422,105 +385,57 @@ struct LogParams {
     limit: Option<u32>,
 }
 
-async fn logs(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    params: Params,
-    ApiQuery(q): ApiQuery<LogParams>,
-) -> Answer<view::LogList> {
+async fn logs(c: Call, ApiQuery(q): ApiQuery<LogParams>) -> Answer<view::LogList> {
     let query = LogQuery {
         after: q.after,
         invocation: q.invocation,
         limit: q.limit.unwrap_or(100),
     };
-    Ok(Json(p.logs(&c, &function_of(&c, &params), query).await?))
+    Ok(Json(c.p.logs(&c.caller, &c.function(), query).await?))
 }
 
-async fn versions(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    params: Params,
-    headers: HeaderMap,
-) -> Answer<view::VersionList> {
-    Ok(Json(
-        p.versions(&c, &function_of(&c, &params), &base_url(&headers))
-            .await?,
-    ))
+async fn versions(c: Call) -> Answer<view::VersionList> {
+    Ok(Json(c.p.versions(&c.caller, &c.function(), &c.base).await?))
 }
 
-async fn aliases(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    params: Params,
-    headers: HeaderMap,
-) -> Answer<view::AliasList> {
-    Ok(Json(p.aliases(
-        &c,
-        &function_of(&c, &params),
-        &base_url(&headers),
-    )?))
+async fn aliases(c: Call) -> Answer<view::AliasList> {
+    Ok(Json(c.p.aliases(&c.caller, &c.function(), &c.base)?))
 }
 
-async fn set_alias(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    params: Params,
-    headers: HeaderMap,
-    body: Body,
-) -> Answer<view::AliasView> {
+async fn set_alias(c: Call, body: Body) -> Answer<view::AliasView> {
     let req = json_body(body).await?;
-    let f = function_of(&c, &params);
+    let alias = c.param("alias");
     Ok(Json(
-        p.set_alias(&c, &f, param(&params, "alias"), req, &base_url(&headers))
+        c.p.set_alias(&c.caller, &c.function(), alias, req, &c.base)
             .await?,
     ))
 }
 
-async fn remove_alias(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    params: Params,
-) -> Answer<view::Removed> {
-    let f = function_of(&c, &params);
-    Ok(Json(p.remove_alias(&c, &f, param(&params, "alias")).await?))
+async fn remove_alias(c: Call) -> Answer<view::Removed> {
+    let alias = c.param("alias");
+    Ok(Json(
+        c.p.remove_alias(&c.caller, &c.function(), alias).await?,
+    ))
 }
 
-async fn rollback(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    params: Params,
-    headers: HeaderMap,
-    body: Body,
-) -> Answer<view::AliasView> {
+async fn rollback(c: Call, body: Body) -> Answer<view::AliasView> {
     let bytes = read_body(body, MAX_CONTROL_BODY, "the request body").await?;
     let req: view::Rollback = if bytes.iter().all(u8::is_ascii_whitespace) {
         view::Rollback::default()
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::bad_request(
-                "bad_json",
-                format!("the request body is not what this route takes: {e}"),
-            )
-        })?
+        parse_json(&bytes)?
     };
-    let f = function_of(&c, &params);
-    Ok(Json(p.rollback(&c, &f, req, &base_url(&headers)).await?))
+    Ok(Json(
+        c.p.rollback(&c.caller, &c.function(), req, &c.base).await?,
+    ))
 }
 
-async fn secrets(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    params: Params,
-) -> Answer<view::SecretList> {
-    Ok(Json(p.secrets(&c, &function_of(&c, &params))?))
+async fn secrets(c: Call) -> Answer<view::SecretList> {
+    Ok(Json(c.p.secrets(&c.caller, &c.function())?))
 }
 
-async fn env(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    params: Params,
-) -> Answer<view::EnvList> {
-    Ok(Json(p.env(&c, &function_of(&c, &params))?))
+async fn env(c: Call) -> Answer<view::EnvList> {
+    Ok(Json(c.p.env(&c.caller, &c.function())?))
 }
 
 /// What `PUT`/`DELETE {F}/secrets/{key}` (`SECRET = true`) and
@@ -536,38 +451,24 @@ fn config_change<const SECRET: bool>(key: &str, value: Option<String>) -> Config
 }
 
 /// Sets one secret or variable from the body's `{"value"}`.
-async fn set_value<const SECRET: bool>(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    params: Params,
-    headers: HeaderMap,
-    body: Body,
-) -> Answer<view::FunctionView> {
+async fn set_value<const SECRET: bool>(c: Call, body: Body) -> Answer<view::FunctionView> {
     let v: view::SetValue = json_body(body).await?;
-    let change = config_change::<SECRET>(param(&params, "key"), Some(v.value));
-    let f = function_of(&c, &params);
+    let change = config_change::<SECRET>(c.param("key"), Some(v.value));
     Ok(Json(
-        p.configure(&c, &f, change, &base_url(&headers)).await?,
+        c.p.configure(&c.caller, &c.function(), change, &c.base)
+            .await?,
     ))
 }
 
-async fn unset_value<const SECRET: bool>(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-    params: Params,
-    headers: HeaderMap,
-) -> Answer<view::FunctionView> {
-    let change = config_change::<SECRET>(param(&params, "key"), None);
-    let f = function_of(&c, &params);
+async fn unset_value<const SECRET: bool>(c: Call) -> Answer<view::FunctionView> {
+    let change = config_change::<SECRET>(c.param("key"), None);
     Ok(Json(
-        p.configure(&c, &f, change, &base_url(&headers)).await?,
+        c.p.configure(&c.caller, &c.function(), change, &c.base)
+            .await?,
     ))
 }
 
 /// `POST /v1/runtime/upgrade`: see `Platform::upgrade_runtime`.
-async fn upgrade_runtime(
-    State(p): State<Arc<Platform>>,
-    Extension(c): Extension<Caller>,
-) -> Answer<view::RuntimeUpgradeView> {
-    Ok(Json(p.upgrade_runtime_op(&c).await?))
+async fn upgrade_runtime(c: Call) -> Answer<view::RuntimeUpgradeView> {
+    Ok(Json(c.p.upgrade_runtime_op(&c.caller).await?))
 }
