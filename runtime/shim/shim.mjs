@@ -10,10 +10,11 @@
 // socket, console capture and crash handlers. Everything else (Request,
 // Response, URLSearchParams work, ...) is touched lazily, on first use.
 
-import { AsyncLocalStorage } from 'node:async_hooks';
+import { AsyncLocalStorage, createHook } from 'node:async_hooks';
 import { Buffer, isUtf8 } from 'node:buffer';
 import { Console } from 'node:console';
-import { writeSync } from 'node:fs';
+import { realpathSync, writeSync } from 'node:fs';
+import Module from 'node:module';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -289,6 +290,8 @@ let initStarted = false;
 let initDone = null; // promise: resolves to the style adapter, or rejects
 let boundFunction = null;
 let functionTimeoutMs = 0; // from init; a fallback deadline when an invoke has none
+// Optional behaviours the host says it understands (init's `features`).
+const hostFeatures = new Set();
 
 function onMessage(message) {
   if (message === null || typeof message !== 'object') return;
@@ -338,10 +341,11 @@ class InitFailure extends Error {
   }
 }
 
-async function initialise({ function: functionName, version, code_dir: codeDir, entry, env, timeout_ms: timeoutMs, memory_mb: memoryMb }) {
+async function initialise({ function: functionName, version, namespace, code_dir: codeDir, entry, env, timeout_ms: timeoutMs, memory_mb: memoryMb, features }) {
   if (typeof codeDir !== 'string' || typeof entry !== 'string') {
     throw new InitFailure('init needs string fields code_dir and entry');
   }
+  if (Array.isArray(features)) for (const feature of features) if (typeof feature === 'string') hostFeatures.add(feature);
   if (env !== null && typeof env === 'object') {
     for (const [key, value] of Object.entries(env)) {
       if (typeof value === 'string') process.env[key] = value;
@@ -349,19 +353,65 @@ async function initialise({ function: functionName, version, code_dir: codeDir, 
   }
   const entryPath = path.resolve(codeDir, entry);
   let mod;
+  const stopCapturing = captureScriptMain(entryPath);
   try {
     process.chdir(codeDir);
     mod = await import(pathToFileURL(entryPath).href);
   } catch (err) {
     throw await importFailure(err, entry, entryPath);
+  } finally {
+    stopCapturing();
   }
   if (Number.isFinite(timeoutMs)) functionTimeoutMs = timeoutMs;
   const fn = {
     name: typeof functionName === 'string' ? functionName : '',
     version: version === undefined || version === null ? '$LATEST' : String(version),
     memoryMb: memoryMb === undefined || memoryMb === null ? '' : String(memoryMb),
+    // The host may name the function's namespace; until it does, thaw's
+    // own default namespace is the right guess.
+    namespace: typeof namespace === 'string' && namespace ? namespace : 'default',
   };
   return detectStyle(mod, entry, fn);
+}
+
+// OpenWhisk runs plain scripts: a file that declares `function main` at its
+// top level without exporting it. Node runs a CommonJS file inside a module
+// wrapper, so such a `main` is invisible from outside; while the entry loads,
+// its source gets one line appended that hands a top-level `main` (or a
+// global one, as bundles set with `global.main = main`) to the shim. Only
+// the entry file is touched, only when Node loads it as CommonJS, and the
+// line comes after the user's last line, so line numbers in stack traces do
+// not move. Returns the function that undoes the hook.
+const SCRIPT_MAIN = Symbol.for('thaw.scriptMain');
+
+function captureScriptMain(entryPath) {
+  const proto = Module.prototype;
+  const original = proto._compile;
+  if (typeof original !== 'function') return () => {};
+  // Node names a CommonJS module by its real path.
+  let realEntry = entryPath;
+  try {
+    realEntry = realpathSync(entryPath);
+  } catch {
+    // A missing entry fails the import with its own error.
+  }
+  const capturing = function _compile(content, filename, ...rest) {
+    if ((filename === realEntry || filename === entryPath) && typeof content === 'string') {
+      proto._compile = original;
+      content = `${content}\n;try { if (typeof main === 'function') globalThis[Symbol.for('thaw.scriptMain')] = main; } catch {}\n`;
+    }
+    return original.call(this, content, filename, ...rest);
+  };
+  proto._compile = capturing;
+  return () => {
+    if (proto._compile === capturing) proto._compile = original;
+  };
+}
+
+function takeScriptMain() {
+  const main = globalThis[SCRIPT_MAIN];
+  delete globalThis[SCRIPT_MAIN];
+  return typeof main === 'function' ? main : null;
 }
 
 async function importFailure(err, entry, entryPath) {
@@ -511,6 +561,7 @@ function detectStyle(mod, entry, fn) {
   // only lifts the names it can see statically into named exports, so the
   // default object is searched too.
   const fallback = mod.default !== null && (typeof mod.default === 'object' || typeof mod.default === 'function') ? mod.default : null;
+  const scriptMain = takeScriptMain();
 
   const handler = typeof mod.handler === 'function' ? mod.handler : typeof fallback?.handler === 'function' ? fallback.handler : null;
   if (handler) return lambdaAdapter(handler, fn);
@@ -518,7 +569,7 @@ function detectStyle(mod, entry, fn) {
   if (fallback && typeof fallback.fetch === 'function') return fetchAdapter(fallback, fn);
 
   const main = typeof mod.main === 'function' ? mod.main : typeof fallback?.main === 'function' ? fallback.main : null;
-  if (main) return openwhiskAdapter(main);
+  if (main) return openwhiskAdapter(main, fn);
 
   const classes = new Map();
   for (const key of Object.keys(mod)) {
@@ -534,10 +585,17 @@ function detectStyle(mod, entry, fn) {
   }
   if (classes.size > 0) return classAdapter(classes);
 
+  // OpenWhisk scripts and bundles: a `main` declared at the top level of a
+  // CommonJS entry that exports nothing (see captureScriptMain), or one the
+  // code put on the global object (`global.main = main`).
+  const globalMain = scriptMain ?? (typeof globalThis.main === 'function' ? globalThis.main : null);
+  if (globalMain) return openwhiskAdapter(globalMain, fn);
+
   throw new InitFailure(
     `${entry} has no handler thaw recognises: it exports ${describeExports(mod)}; expected one of ` +
       'a "handler" function (Lambda style), a default export with a "fetch" method (fetch style), ' +
-      'a "main" function (OpenWhisk style), or one or more exported classes (class style)',
+      'a "main" function (OpenWhisk style, exported, declared at the top level of a script, or set as global.main), ' +
+      'or one or more exported classes (class style)',
   );
 }
 
@@ -575,8 +633,11 @@ async function runInvocation(adapter, message) {
   const invocation = {
     id,
     deadline: Number.isFinite(message.deadline_ms) ? message.deadline_ms : Date.now() + functionTimeoutMs,
+    // Promises the call asked to outlive its response (fetch's ctx.waitUntil).
+    background: [],
   };
   let reply;
+  let background = false;
   try {
     let response;
     if (message.request !== undefined && message.request !== null) {
@@ -586,10 +647,12 @@ async function runInvocation(adapter, message) {
     } else {
       throw new TypeError('invoke needs a "request" or an "event" field');
     }
-    reply = resultJson(id, response);
+    background = invocation.background.length > 0;
+    reply = resultJson(id, response, background);
   } catch (err) {
+    background = invocation.background.length > 0;
     const { name, message: text, stack } = describeThrown(err);
-    reply = JSON.stringify({ type: 'error', id, name, message: text, stack });
+    reply = JSON.stringify(background ? { type: 'error', id, name, message: text, stack, background } : { type: 'error', id, name, message: text, stack });
   }
   runningInvocations.delete(id);
   flushUnfinishedLines(id);
@@ -597,19 +660,53 @@ async function runInvocation(adapter, message) {
     sendJson(reply);
   } catch (err) {
     if (!(err instanceof FrameTooLargeError)) throw err;
-    send({ type: 'error', id, name: 'RangeError', message: `the response is too large to send: ${err.message}` });
+    send({ type: 'error', id, name: 'RangeError', message: `the response is too large to send: ${err.message}`, ...(background ? { background } : {}) });
   }
+  if (background) await finishBackground(invocation);
+}
+
+// Work after the response. The answer has gone; what the call handed to
+// waitUntil keeps running, for at most BACKGROUND_LIMIT_MS after the
+// response (Cloudflare's bound), and may itself add more work. The result
+// frame said `"background": true`; when the work has ended (or the bound
+// has passed) a host that announced the `background_done` feature at init
+// gets a frame saying so, and may pause or stop the instance from then on.
+// Older hosts ignore the unknown result field and get no new frame (a frame
+// type they do not know would break their stream).
+const BACKGROUND_LIMIT_MS = 30_000;
+
+async function finishBackground(invocation) {
+  let timer;
+  const limit = new Promise((resolve) => {
+    timer = setTimeout(resolve, BACKGROUND_LIMIT_MS, 'limit');
+  });
+  let timedOut = false;
+  for (let seen = 0; seen < invocation.background.length; ) {
+    const batch = invocation.background.slice(seen);
+    seen = invocation.background.length;
+    if ((await Promise.race([Promise.allSettled(batch), limit])) === 'limit') {
+      timedOut = true;
+      break;
+    }
+  }
+  clearTimeout(timer);
+  if (timedOut) {
+    logText('stderr', `thaw: waitUntil work still running ${BACKGROUND_LIMIT_MS / 1000} s after the response; it is no longer waited for`);
+  }
+  flushUnfinishedLines(invocation.id);
+  if (hostFeatures.has('background_done')) send({ type: 'background_done', id: invocation.id, timed_out: timedOut });
 }
 
 // Builds the `result` frame text by hand: the body is base64, which never
 // needs JSON escaping, so a large body is not scanned and copied again by
 // JSON.stringify.
-function resultJson(id, { status, headers, body }) {
+function resultJson(id, { status, headers, body }, background = false) {
   if (!Number.isInteger(status) || status < 100 || status > 599) {
     throw new RangeError(`the handler answered with status ${safeInspect(status)}; a status must be an integer from 100 to 599`);
   }
   const pairs = headers.map(([name, value]) => [String(name).toLowerCase(), String(value)]);
-  return `{"type":"result","id":${JSON.stringify(id ?? null)},"status":${status},"headers":${JSON.stringify(pairs)},"body":"${body.toString('base64')}"}`;
+  const more = background ? ',"background":true' : '';
+  return `{"type":"result","id":${JSON.stringify(id ?? null)},"status":${status},"headers":${JSON.stringify(pairs)},"body":"${body.toString('base64')}"${more}}`;
 }
 
 const EMPTY_BODY = Buffer.alloc(0);
@@ -716,9 +813,171 @@ function formatRequestTime(date) {
   );
 }
 
+// "The event loop is empty", for one invocation of a shared runtime. AWS
+// waits for the whole process to go idle; here other invocations (and
+// timers left by earlier ones) share the loop, so what counts is what this
+// invocation started: every timer, immediate, socket, server, child process
+// and pending I/O request created inside its AsyncLocalStorage scope, as an
+// async hook sees them being created and destroyed. Handles and timers that
+// were unref()'d do not count, as they would not keep Node running either
+// (an idle keep-alive socket of http.Agent or fetch is unref()'d). Pending
+// promises do not count: a promise alone does not keep a process alive.
+//
+// The hook is enabled only while at least one invocation is tracked (a
+// handler not declared `async` is running, or a callback waits), so calls
+// that never wait pay nothing for it.
+const LOOP_REQUEST_TYPES = new Set([
+  'FSREQCALLBACK',
+  'FSREQPROMISE',
+  'FILEHANDLECLOSEREQ',
+  'GETADDRINFOREQWRAP',
+  'GETNAMEINFOREQWRAP',
+  'QUERYWRAP',
+  'TCPCONNECTWRAP',
+  'PIPECONNECTWRAP',
+  'SHUTDOWNWRAP',
+  'WRITEWRAP',
+  'UDPSENDWRAP',
+]);
+// Unref() leaves no trace an async hook sees, so a waiting invocation is
+// also looked at on this period.
+const LOOP_POLL_MS = 50;
+// Connections outlive the call that opened them: an http.Agent or fetch
+// keeps its idle sockets (unref()'d) for the next call. A tracked call that
+// ends leaves its open sockets here (weakly held); a later call counts one
+// of them as its own work while it is ref()'d again, provided it was idle
+// when that call started (so a busy one belongs to someone else).
+const SHARED_HANDLE_TYPES = new Set(['TCPWRAP', 'PIPEWRAP']);
+const MAX_SHARED_HANDLES = 4096;
+const sharedHandles = new Set(); // WeakRef of handle
+
+const loopTrackers = new Map(); // invocation id → tracker
+const trackedResources = new Map(); // async id → tracker
+let loopHook = null;
+let loopPoll = null;
+let loopCheckScheduled = false;
+let shimScheduling = false; // the shim's own timers are nobody's work
+
+function keepsLoopAlive(type, resource) {
+  if (typeof resource?.hasRef === 'function') return true;
+  // Crypto jobs (PBKDF2REQUEST, ...) are libuv work too; HTTPCLIENTREQUEST
+  // is a JavaScript-level resource that only goes away with its object.
+  return LOOP_REQUEST_TYPES.has(type) || (type.endsWith('REQUEST') && type !== 'HTTPCLIENTREQUEST');
+}
+
+function onResourceInit(asyncId, type, _trigger, resource) {
+  if (type === 'PROMISE' || shimScheduling) return;
+  const id = invocationScope.getStore();
+  if (id === undefined) return;
+  const tracker = loopTrackers.get(id);
+  if (tracker === undefined || !keepsLoopAlive(type, resource)) return;
+  tracker.resources.set(asyncId, resource);
+  if (SHARED_HANDLE_TYPES.has(type)) tracker.handles.add(asyncId);
+  trackedResources.set(asyncId, tracker);
+}
+
+function onResourceDestroy(asyncId) {
+  const tracker = trackedResources.get(asyncId);
+  if (tracker === undefined) return;
+  trackedResources.delete(asyncId);
+  tracker.resources.delete(asyncId);
+  tracker.handles.delete(asyncId);
+  if (tracker.onEmpty !== null) scheduleLoopCheck();
+}
+
+function isBusy(tracker) {
+  for (const resource of tracker.resources.values()) {
+    if (typeof resource.hasRef !== 'function' || resource.hasRef()) return true;
+  }
+  for (const ref of tracker.idleShared) {
+    if (ref.deref()?.hasRef() === true) return true;
+  }
+  return false;
+}
+
+// Checks run from an immediate of their own, after the callback that
+// destroyed the last resource (or reported the answer) has returned.
+function scheduleLoopCheck() {
+  if (loopCheckScheduled) return;
+  loopCheckScheduled = true;
+  shimScheduling = true;
+  try {
+    setImmediate(checkLoops);
+  } finally {
+    shimScheduling = false;
+  }
+}
+
+function checkLoops() {
+  loopCheckScheduled = false;
+  for (const tracker of [...loopTrackers.values()]) {
+    if (tracker.onEmpty !== null && !isBusy(tracker)) tracker.onEmpty();
+  }
+}
+
+function startLoopTracking(id) {
+  const idleShared = [];
+  for (const ref of sharedHandles) {
+    const handle = ref.deref();
+    if (handle === undefined) sharedHandles.delete(ref);
+    else if (!handle.hasRef()) idleShared.push(ref);
+  }
+  const tracker = {
+    resources: new Map(), // async id → resource
+    handles: new Set(), // async ids of its sockets
+    idleShared,
+    onEmpty: null,
+    // Runs `then` once nothing this invocation started keeps the loop busy.
+    whenEmpty(then) {
+      tracker.onEmpty = () => {
+        tracker.stop();
+        then();
+      };
+      if (loopPoll === null) {
+        shimScheduling = true;
+        try {
+          loopPoll = setInterval(checkLoops, LOOP_POLL_MS);
+        } finally {
+          shimScheduling = false;
+        }
+      }
+      scheduleLoopCheck();
+    },
+    stop() {
+      if (loopTrackers.get(id) !== tracker) return;
+      loopTrackers.delete(id);
+      for (const asyncId of tracker.handles) {
+        if (sharedHandles.size < MAX_SHARED_HANDLES) sharedHandles.add(new WeakRef(tracker.resources.get(asyncId)));
+      }
+      for (const asyncId of tracker.resources.keys()) trackedResources.delete(asyncId);
+      tracker.resources.clear();
+      tracker.onEmpty = null;
+      if (![...loopTrackers.values()].some((t) => t.onEmpty !== null) && loopPoll !== null) {
+        clearInterval(loopPoll);
+        loopPoll = null;
+      }
+      if (loopTrackers.size === 0) loopHook.disable();
+    },
+  };
+  loopTrackers.get(id)?.stop();
+  loopTrackers.set(id, tracker);
+  loopHook ??= createHook({ init: onResourceInit, destroy: onResourceDestroy });
+  if (loopTrackers.size === 1) loopHook.enable();
+  return tracker;
+}
+
+function isThenable(value) {
+  return value !== null && (typeof value === 'object' || typeof value === 'function') && typeof value.then === 'function';
+}
+
 function lambdaAdapter(handler, fn) {
-  // AWS tells callback-style handlers apart by their declared parameters.
-  const usesCallback = handler.length >= 3;
+  // A handler declared `async` always answers with its promise, so the
+  // event-loop rule below never applies to it and it pays nothing for it.
+  const isAsyncFunction = Object.prototype.toString.call(handler) === '[object AsyncFunction]';
+  // AWS ignores what a handler that declares the callback returns (unless
+  // it is a promise). A plain two-parameter function's return value is its
+  // answer, as thaw has always done.
+  const declaresCallback = handler.length >= 3;
 
   function context(invocation) {
     return {
@@ -731,14 +990,87 @@ function lambdaAdapter(handler, fn) {
     };
   }
 
+  // Settles with the handler's answer, as AWS's Node runtime decides it:
+  // - the first of callback, context.succeed/fail/done and the returned
+  //   promise to report wins; later reports are ignored;
+  // - context.succeed(result), context.done(null, result): answer now;
+  //   context.fail(err), context.done(err): fail now (fail() with no error
+  //   fails with "handled");
+  // - callback(err): fail now; callback(null, result): answer once the
+  //   invocation's event loop is empty (see startLoopTracking), or now when
+  //   context.callbackWaitsForEmptyEventLoop was false at the call;
+  // - a returned promise: answer or fail when it settles, no waiting;
+  // - nothing reported when the handler returns: wait for a report; a
+  //   handler without the callback parameter also ends, with no value, once
+  //   its event loop is empty (thaw's answer for a plain function that
+  //   returns nothing).
+  // The bound on all waiting is the function's timeout: past it the host
+  // ends the call with 504, as AWS reports "Task timed out".
   function call(event, invocation) {
-    const ctx = context(invocation);
-    if (!usesCallback) return handler(event, ctx);
     return new Promise((resolve, reject) => {
-      const callback = (err, value) => (err === undefined || err === null ? resolve(value) : reject(err));
-      const returned = handler(event, ctx, callback);
-      // A handler may declare the callback and still return a promise.
-      if (returned && typeof returned.then === 'function') returned.then(resolve, reject);
+      let reported = false;
+      let tracker = null;
+      const end = (ok, value) => {
+        tracker?.stop();
+        if (ok) resolve(value);
+        else reject(value);
+      };
+      const done = (err, result) => {
+        if (reported) return;
+        reported = true;
+        if (err !== undefined && err !== null) end(false, err);
+        else end(true, result);
+      };
+      const fail = (err) => done(err === undefined || err === null ? 'handled' : err);
+      const callback = (err, result) => {
+        if (reported) return;
+        if ((err !== undefined && err !== null) || tracker === null || ctx.callbackWaitsForEmptyEventLoop === false) {
+          done(err, result);
+          return;
+        }
+        reported = true;
+        tracker.whenEmpty(() => end(true, result));
+      };
+      const ctx = context(invocation);
+      ctx.succeed = (result) => done(null, result);
+      ctx.fail = fail;
+      ctx.done = done;
+
+      if (!isAsyncFunction) tracker = startLoopTracking(invocation.id);
+      let returned;
+      try {
+        returned = handler(event, ctx, callback);
+      } catch (err) {
+        fail(err);
+        return;
+      }
+      if (isThenable(returned)) {
+        if (!reported) {
+          tracker?.stop();
+          tracker = null;
+        }
+        Promise.resolve(returned).then((value) => done(null, value), fail);
+        return;
+      }
+      if (reported) return;
+      if (!declaresCallback && returned !== undefined) {
+        done(null, returned);
+        return;
+      }
+      if (tracker === null) {
+        done(null, undefined);
+        return;
+      }
+      // A handler that declares the callback is waited for until it reports
+      // (AWS would also answer null once the whole process went idle; a
+      // connection shared with an earlier call could make that look true
+      // too early here, so only the report, or the timeout, ends it).
+      if (declaresCallback) return;
+      tracker.whenEmpty(() => {
+        if (reported) return;
+        reported = true;
+        end(true, undefined);
+      });
     });
   }
 
@@ -826,16 +1158,22 @@ function lambdaAdapter(handler, fn) {
 // fetch style: default.fetch(request, env, ctx) → Response.
 
 function fetchAdapter(target, fn) {
-  // waitUntil's promise outlives the response; its failure is logged rather
-  // than left to crash the runtime as an unhandled rejection.
-  const ctx = {
-    waitUntil(promise) {
-      Promise.resolve(promise).catch((err) => logText('stderr', describeThrown(err).stack));
-    },
-    passThroughOnException() {},
-  };
+  // Cloudflare's ExecutionContext, one per call. waitUntil's promise
+  // outlives the response: the answer goes at once and the work runs on
+  // (see finishBackground). Its failure is logged rather than left to crash
+  // the runtime as an unhandled rejection. passThroughOnException has no
+  // origin to pass through to here, so it does nothing.
+  function executionContext(invocation) {
+    const background = invocation?.background ?? [];
+    return {
+      waitUntil(promise) {
+        background.push(Promise.resolve(promise).catch((err) => logText('stderr', describeThrown(err).stack)));
+      },
+      passThroughOnException() {},
+    };
+  }
 
-  async function respond(request) {
+  async function respond(request, invocation) {
     const hasBody = request.method !== 'GET' && request.method !== 'HEAD' && request.body.length > 0;
     const url = `http://${request.host}${request.path}${request.query ? `?${request.query}` : ''}`;
     const req = new Request(url, {
@@ -844,7 +1182,7 @@ function fetchAdapter(target, fn) {
       body: hasBody ? request.body : undefined,
       duplex: 'half',
     });
-    const response = await target.fetch(req, process.env, ctx);
+    const response = await target.fetch(req, process.env, executionContext(invocation));
     const isResponse =
       response instanceof Response ||
       (response !== null && typeof response === 'object' && typeof response.status === 'number' && typeof response.arrayBuffer === 'function' && response.headers);
@@ -860,24 +1198,64 @@ function fetchAdapter(target, fn) {
 
   return {
     style: 'fetch',
-    http: (request) => respond(request),
+    http: (request, invocation) => respond(request, invocation),
     // An event is delivered as `POST /` with the event as a JSON body.
-    event: (event) =>
-      respond({
-        method: 'POST',
-        path: '/',
-        query: '',
-        headers: [['content-type', 'application/json']],
-        body: Buffer.from(JSON.stringify(event === undefined ? null : event)),
-        host: 'localhost',
-      }),
+    event: (event, invocation) =>
+      respond(
+        {
+          method: 'POST',
+          path: '/',
+          query: '',
+          headers: [['content-type', 'application/json']],
+          body: Buffer.from(JSON.stringify(event === undefined ? null : event)),
+          host: 'localhost',
+        },
+        invocation,
+      ),
   };
 }
 
 // ---------------------------------------------------------------------------
 // OpenWhisk style: main(params).
 
-function openwhiskAdapter(main) {
+const OW_NOT_A_DICTIONARY = 'The action did not return a dictionary.';
+
+function openwhiskAdapter(main, fn) {
+  // OpenWhisk's per-activation variables. They live in process.env, which
+  // the whole runtime shares: with `concurrency` above 1, a call sees those
+  // of the call that started last (as in OpenWhisk's own Node runtime with
+  // concurrent activations).
+  const initialApiHost = process.env.__OW_API_HOST;
+  function setActivationEnv(invocation, request) {
+    process.env.__OW_ACTIVATION_ID = String(invocation.id);
+    process.env.__OW_ACTION_NAME = `/${fn.namespace}/${fn.name}`;
+    process.env.__OW_NAMESPACE = fn.namespace;
+    process.env.__OW_DEADLINE = String(invocation.deadline);
+    const host = request === null ? null : headerValue(request, 'host') ?? request.host;
+    if (host) {
+      const proto = (headerValue(request, 'x-forwarded-proto') ?? 'http').split(',', 1)[0].trim() || 'http';
+      process.env.__OW_API_HOST = `${proto}://${host}`;
+    } else if (initialApiHost === undefined) {
+      delete process.env.__OW_API_HOST;
+    } else {
+      process.env.__OW_API_HOST = initialApiHost;
+    }
+  }
+
+  // OpenWhisk's Node runtime: a result of `undefined` (a bare `return;`)
+  // is `{}`; anything that is not an object is an error.
+  async function activate(value, invocation, request) {
+    setActivationEnv(invocation, request);
+    let result = await main(value);
+    if (result === undefined || result === null) result = {};
+    if (typeof result !== 'object') {
+      const err = new Error(OW_NOT_A_DICTIONARY);
+      err.stack = `Error: ${OW_NOT_A_DICTIONARY} main returned a ${typeof result}: ${safeInspect(result).slice(0, 200)}`;
+      throw err;
+    }
+    return result;
+  }
+
   function params(request) {
     const merged = {};
     if (request.query) for (const [key, value] of new URLSearchParams(request.query)) setOwn(merged, key, value);
@@ -896,7 +1274,9 @@ function openwhiskAdapter(main) {
       }
     }
     merged.__ow_method = request.method.toLowerCase();
-    merged.__ow_path = request.path;
+    // Nothing after the function's URL is "" in OpenWhisk. The host sends
+    // "/" both for /fn/NAME and for /fn/NAME/, so both are "" here.
+    merged.__ow_path = request.path === '/' ? '' : request.path;
     merged.__ow_headers = headersObject(request, null);
     merged.__ow_query = request.query;
     merged.__ow_body = bodyIsText(request) ? request.body.toString('utf8') : request.bodyBase64;
@@ -914,6 +1294,9 @@ function openwhiskAdapter(main) {
     if (body !== undefined && body !== null && typeof body !== 'string' && !ArrayBuffer.isView(body) && !(body instanceof ArrayBuffer)) {
       body = JSON.stringify(body);
       if (!contentType) headers.push(['content-type', 'application/json']);
+    } else if (typeof body === 'string' && !contentType) {
+      // OpenWhisk web actions: a string body with no content type is HTML.
+      headers.push(['content-type', 'text/html']);
     }
     // OpenWhisk's rule: a string body with a binary content type is base64.
     const base64 = typeof body === 'string' && contentType !== undefined && !isTextualContentType(contentType);
@@ -922,12 +1305,11 @@ function openwhiskAdapter(main) {
 
   return {
     style: 'openwhisk',
-    async http(request) {
-      return webResponse(await main(params(request)));
+    async http(request, invocation) {
+      return webResponse(await activate(params(request), invocation, request));
     },
-    async event(event) {
-      const value = await main(event);
-      return jsonResponse(200, JSON.stringify(value === undefined ? null : value));
+    async event(event, invocation) {
+      return jsonResponse(200, JSON.stringify(await activate(event, invocation, null)));
     },
   };
 }
@@ -954,6 +1336,33 @@ const RPC_HTTP_STATUS = new Map([
 function rpcErrorJson(id, code, message, data) {
   const error = data === undefined ? { code, message } : { code, message, data };
   return JSON.stringify({ jsonrpc: '2.0', error, id });
+}
+
+// Genezio's GenezioError(message, code, info) from @genezio/types: an Error
+// named "GenezioError" with `code` and `info` properties. The user's code
+// imports the class from that package, so it is recognised by its shape:
+// the name, or an Error carrying a numeric `code` and an `info` property.
+function isGenezioError(err) {
+  if (!(err instanceof Error) && !(err !== null && typeof err === 'object' && typeof err.message === 'string')) return false;
+  return err.name === 'GenezioError' || (typeof err.code === 'number' && 'info' in err);
+}
+
+// The answer Genezio's generated SDKs read: their Remote.call throws an
+// Error built from error.message, error.code and error.info. `data` carries
+// the info too, where JSON-RPC 2.0 puts extra error details. HTTP 200, as
+// Genezio's own runtime answers, because its older browser SDK turns any
+// other status into a rejection with the raw body, losing code and info.
+function genezioErrorJson(id, err) {
+  const code = Number.isInteger(err.code) ? err.code : RPC_SERVER_ERROR;
+  const message = String(err.message);
+  if (err.info !== undefined) {
+    try {
+      return JSON.stringify({ jsonrpc: '2.0', error: { code, message, data: err.info, info: err.info }, id });
+    } catch {
+      // An info that cannot be JSON (a cycle, a BigInt) is left out.
+    }
+  }
+  return JSON.stringify({ jsonrpc: '2.0', error: { code, message }, id });
 }
 
 function classAdapter(classes) {
@@ -1028,6 +1437,7 @@ function classAdapter(classes) {
     } catch (err) {
       const thrown = describeThrown(err);
       logText('stderr', thrown.stack);
+      if (isGenezioError(err)) return isNotification ? undefined : { code: RPC_SERVER_ERROR, status: 200, json: genezioErrorJson(id, err) };
       return fail(RPC_SERVER_ERROR, thrown.message, { name: thrown.name });
     }
     if (isNotification) return undefined;
@@ -1050,7 +1460,7 @@ function classAdapter(classes) {
     }
     const single = await answer(payload);
     if (single === undefined) return { status: 204, headers: [], body: EMPTY_BODY };
-    return jsonResponse(RPC_HTTP_STATUS.get(single.code) ?? 200, single.json);
+    return jsonResponse(single.status ?? RPC_HTTP_STATUS.get(single.code) ?? 200, single.json);
   }
 
   return {

@@ -306,6 +306,157 @@ const fixtures = {
   uncaught: fixture('uncaught', {
     'index.mjs': `export async function handler() { setTimeout(() => { throw new Error('escaped the handler'); }, 1); return 'ok'; }\n`,
   }),
+  lambdaContext: fixture('lambda-context', {
+    'package.json': '{}',
+    // `result` is serialised when the call answers, so whether a timer that
+    // changes it ran first shows whether the answer waited for it.
+    'index.js': `
+      const fs = require('fs');
+      let hold = null;
+      exports.handler = function (event, context, callback) {
+        const result = { late: false };
+        const later = (ms = 20) => setTimeout(() => { result.late = true; }, ms);
+        switch (event.case) {
+          case 'succeed': later(); context.succeed(result); break;
+          case 'done': context.done(null, { via: 'done' }); context.succeed('ignored'); break;
+          case 'done-error': context.done(new Error('done failed')); break;
+          case 'fail': context.fail(new Error('failed here')); break;
+          case 'fail-empty': context.fail(); break;
+          case 'fail-string': context.fail('plain string'); break;
+          case 'wait': callback(null, result); later(); break;
+          case 'wait-chain':
+            callback(null, result);
+            setTimeout(() => setImmediate(() => fs.stat(__filename, () => { result.late = true; })), 5);
+            break;
+          case 'no-wait': context.callbackWaitsForEmptyEventLoop = false; callback(null, result); later(); break;
+          case 'unref': callback(null, result); later(60000).unref(); break;
+          case 'later-callback': setTimeout(() => callback(null, { called: 'later' }), 5); break;
+          case 'callback-error': later(); callback(new Error('callback failed')); break;
+          case 'first-wins': callback(null, 'first'); context.succeed('second'); context.fail(new Error('third')); break;
+          case 'returns-value': callback(null, 'from callback'); return 'ignored return value';
+          case 'hold': {
+            const interval = setInterval(() => {}, 1000);
+            hold = () => clearInterval(interval);
+            callback(null, 'held');
+            break;
+          }
+          case 'release': hold(); callback(null, 'released'); break;
+          default: callback(new Error('unknown case ' + event.case));
+        }
+      };
+    `,
+  }),
+  lambdaPlainSync: fixture('lambda-plain-sync', {
+    'package.json': '{}',
+    'index.js': `
+      exports.handler = function (event, context) {
+        if (event.case === 'later') { setTimeout(() => context.succeed({ later: true }), 5); return; }
+        if (event.case === 'work') {
+          setTimeout(() => console.log('work finished'), 5);
+          return;
+        }
+        if (event.case === 'nothing') return;
+        return { returned: true };
+      };
+    `,
+  }),
+  lambdaAsyncContext: fixture('lambda-async-context', {
+    'index.mjs': `
+      export const handler = async (event, context) => {
+        if (event.case === 'fail') { context.fail(new Error('async fail')); return 'ignored'; }
+        if (event.case === 'succeed') { context.succeed('succeeded'); return 'ignored'; }
+        setTimeout(() => {}, 50);
+        return { waits: context.callbackWaitsForEmptyEventLoop };
+      };
+    `,
+  }),
+  fetchBackground: fixture('fetch-background', {
+    'index.mjs': `
+      let release;
+      const gate = new Promise((resolve) => { release = resolve; });
+      const state = { done: false };
+      export default {
+        async fetch(request, env, ctx) {
+          const url = new URL(request.url);
+          if (url.pathname === '/start') {
+            ctx.passThroughOnException();
+            ctx.waitUntil(gate.then(() => {
+              ctx.waitUntil(Promise.resolve().then(() => console.log('nested work')));
+              state.done = true;
+              console.log('background finished');
+            }));
+            return new Response('started');
+          }
+          if (url.pathname === '/release') { release(); return new Response('released'); }
+          if (url.pathname === '/fail') {
+            ctx.waitUntil(Promise.reject(new Error('background failed')));
+            return new Response('answered');
+          }
+          return Response.json(state);
+        },
+      };
+    `,
+  }),
+  genezio: fixture('genezio', {
+    'index.mjs': `
+      // The shape of @genezio/types' GenezioError.
+      class GenezioError extends Error {
+        constructor(message, code = undefined, info = undefined) {
+          super(message);
+          this.name = 'GenezioError';
+          this.code = code;
+          this.info = info;
+        }
+      }
+      class Coded extends Error {
+        constructor(message) { super(message); this.code = 403; this.info = { why: 'shape' }; }
+      }
+      export class Svc {
+        denied() { throw new GenezioError('not allowed', 401, { reason: 'token', retry: false }); }
+        async missing() { throw new GenezioError('no such item', 404); }
+        noCode() { throw new GenezioError('no code'); }
+        shaped() { throw new Coded('by shape'); }
+        plain() { const e = new Error('plain failure'); e.code = 'ENOENT'; throw e; }
+        cyclic() { const info = {}; info.self = info; throw new GenezioError('cyclic info', 500, info); }
+      }
+    `,
+  }),
+  owContract: fixture('ow-contract', {
+    'index.mjs': `
+      const OW = ['__OW_ACTIVATION_ID', '__OW_ACTION_NAME', '__OW_DEADLINE', '__OW_NAMESPACE', '__OW_API_HOST'];
+      export function main(params) {
+        switch (params.case ?? params.__ow_path) {
+          case 'nothing': case '/nothing': return;
+          case 'null': return null;
+          case 'async-nothing': case '/async-nothing': return Promise.resolve();
+          case 'string': case '/string': return 'just a string';
+          case 'number': return 42;
+          case '/html': return { body: '<p>hi</p>' };
+          case '/typed': return { headers: { 'content-type': 'text/plain' }, body: 'plain' };
+          case 'array': return [1, 2];
+          default: return { path: params.__ow_path, env: Object.fromEntries(OW.map((k) => [k, process.env[k] ?? null])) };
+        }
+      }
+    `,
+  }),
+  owScript: fixture('ow-script', {
+    'package.json': '{}',
+    'action.js': `
+      console.log('script loaded');
+      function main(params) {
+        return { script: true, name: params.name ?? null };
+      }
+    `,
+  }),
+  owBundle: fixture('ow-bundle', {
+    'package.json': '{}',
+    'bundle.js': `
+      (function () {
+        function actionMain(params) { return { bundle: true, n: params.n ?? null }; }
+        global.main = actionMain;
+      })();
+    `,
+  }),
 };
 
 after(() => fs.rmSync(root, { recursive: true, force: true }));
@@ -868,6 +1019,264 @@ describe('init errors', () => {
     assert.match(reply.message, /"main" function/);
     assert.match(reply.message, /classes/);
     await shim.stop();
+  });
+});
+
+describe('lambda context API and the event-loop rule', () => {
+  let shim;
+  const run = (c) => shim.event({ case: c });
+  before(async () => {
+    shim = new Shim();
+    assert.equal((await shim.initOk(fixtures.lambdaContext, 'index.js')).style, 'lambda');
+  });
+  after(() => shim.stop());
+
+  test('context.succeed and context.done answer at once, without waiting', async () => {
+    assert.deepEqual(json(await run('succeed')), { late: false });
+    assert.deepEqual(json(await run('done')), { via: 'done' });
+  });
+
+  test('context.fail and context.done(err) fail the call', async () => {
+    const failed = await run('fail');
+    assert.equal(failed.reply.type, 'error');
+    assert.equal(failed.reply.message, 'failed here');
+    assert.equal((await run('done-error')).reply.message, 'done failed');
+    assert.equal((await run('fail-empty')).reply.message, 'handled');
+    assert.equal((await run('fail-string')).reply.message, 'plain string');
+  });
+
+  test('callback(null, result) answers once the invocation has no timers or I/O left', async () => {
+    assert.deepEqual(json(await run('wait')), { late: true });
+    assert.deepEqual(json(await run('wait-chain')), { late: true });
+    assert.deepEqual(json(await run('later-callback')), { called: 'later' });
+  });
+
+  test('callbackWaitsForEmptyEventLoop = false answers at the callback', async () => {
+    assert.deepEqual(json(await run('no-wait')), { late: false });
+  });
+
+  test('an unref()-ed timer does not hold the answer', async () => {
+    assert.deepEqual(json(await run('unref')), { late: false });
+  });
+
+  test('callback(err) fails at once; the first report wins', async () => {
+    const failed = await run('callback-error');
+    assert.equal(failed.reply.type, 'error');
+    assert.equal(failed.reply.message, 'callback failed');
+    assert.equal(json(await run('first-wins')), 'first');
+    assert.equal(json(await run('returns-value')), 'from callback');
+  });
+
+  test('only what an invocation started holds its answer', async () => {
+    // A leaves an interval running and reports: it waits. B, meanwhile,
+    // answers as soon as its own timer is done. C clears A's interval.
+    const a = shim.event({ case: 'hold' }, 501);
+    const b = await shim.event({ case: 'wait' }, 502);
+    assert.deepEqual(json(b), { late: true });
+    const sentRelease = shim.frames.length;
+    const c = shim.event({ case: 'release' }, 503);
+    const [ra, rc] = await Promise.all([a, c]);
+    assert.equal(json(rc), 'released');
+    assert.equal(json(ra), 'held');
+    assert.ok(shim.frames.indexOf(ra.reply) >= sentRelease, 'A answered before its interval was cleared');
+  });
+});
+
+describe('lambda plain functions and async handlers with the context API', () => {
+  test('a plain function may answer later through context.succeed, or with nothing once its work is done', async () => {
+    const shim = new Shim();
+    await shim.initOk(fixtures.lambdaPlainSync, 'index.js');
+    assert.deepEqual(json(await shim.event({ case: 'later' })), { later: true });
+    assert.deepEqual(json(await shim.event({ case: 'returns' })), { returned: true });
+    assert.equal((await shim.event({ case: 'nothing' })).body.toString(), 'null');
+    const worked = await shim.event({ case: 'work' });
+    assert.equal(worked.body.toString(), 'null');
+    assert.deepEqual(worked.logs.map((l) => l.line), ['work finished']);
+    const http = await shim.request({ path: '/' });
+    assert.equal(http.reply.status, 200);
+    await shim.stop();
+  });
+
+  test('an async handler answers with its promise, and context.succeed/fail still report first', async () => {
+    const shim = new Shim();
+    await shim.initOk(fixtures.lambdaAsyncContext, 'index.mjs');
+    assert.deepEqual(json(await shim.event({})), { waits: true });
+    assert.equal(json(await shim.event({ case: 'succeed' })), 'succeeded');
+    const failed = await shim.event({ case: 'fail' });
+    assert.equal(failed.reply.type, 'error');
+    assert.equal(failed.reply.message, 'async fail');
+    await shim.stop();
+  });
+});
+
+describe('fetch style: work after the response', () => {
+  test('waitUntil work runs after the answer; a host that knows background_done hears when it ends', async () => {
+    const shim = new Shim();
+    await shim.initOk(fixtures.fetchBackground, 'index.mjs', { features: ['background_done'] });
+    const started = await shim.request({ path: '/start' }, 11);
+    assert.equal(started.body.toString(), 'started');
+    assert.equal(started.reply.background, true);
+    // The work waits for /release, so the answer above came before it.
+    assert.equal(shim.frames.some((f) => f.type === 'background_done'), false);
+    const released = await shim.request({ path: '/release' }, 12);
+    assert.equal(released.body.toString(), 'released');
+    assert.equal(released.reply.background, undefined);
+    const doneFrame = await shim.frame((f) => f.type === 'background_done' && f.id === 11, 'background_done');
+    assert.equal(doneFrame.timed_out, false);
+    // Its lines belong to the invocation and come before background_done.
+    const doneIndex = shim.frames.indexOf(doneFrame);
+    const lines = shim.frames.filter((f, i) => f.type === 'log' && f.id === 11 && i < doneIndex).map((f) => f.line);
+    assert.deepEqual(lines, ['background finished', 'nested work']);
+    assert.deepEqual(json(await shim.request({ path: '/state' })), { done: true });
+    assert.equal(shim.frames.filter((f) => f.type === 'background_done').length, 1);
+    await shim.stop();
+  });
+
+  test('without the feature the work still runs, and no new frame type reaches the host', async () => {
+    const shim = new Shim();
+    await shim.initOk(fixtures.fetchBackground, 'index.mjs');
+    const started = await shim.request({ path: '/start' }, 21);
+    assert.equal(started.reply.background, true);
+    await shim.request({ path: '/release' }, 22);
+    await shim.frame((f) => f.type === 'log' && f.id === 21 && f.line === 'background finished', 'background line');
+    assert.deepEqual(json(await shim.request({ path: '/state' })), { done: true });
+    const failed = await shim.request({ path: '/fail' }, 23);
+    assert.equal(failed.body.toString(), 'answered');
+    await shim.frame((f) => f.type === 'log' && f.id === 23 && f.line === 'Error: background failed', 'background failure');
+    assert.deepEqual([...new Set(shim.frames.map((f) => f.type))].sort(), ['init_ok', 'log', 'ready', 'result']);
+    await shim.stop();
+  });
+});
+
+describe('class style: Genezio errors', () => {
+  let shim;
+  const rpc = (method, id = 1) =>
+    shim.request({ method: 'POST', path: '/', headers: [['content-type', 'application/json']], body: JSON.stringify({ jsonrpc: '2.0', method, params: [], id }) });
+  before(async () => {
+    shim = new Shim();
+    await shim.initOk(fixtures.genezio, 'index.mjs');
+  });
+  after(() => shim.stop());
+
+  test('a GenezioError reaches the caller with its message, code and info', async () => {
+    const result = await rpc('Svc.denied', 7);
+    assert.equal(result.reply.status, 200);
+    const info = { reason: 'token', retry: false };
+    assert.deepEqual(json(result), { jsonrpc: '2.0', error: { code: 401, message: 'not allowed', data: info, info }, id: 7 });
+    assert.match(result.logs.map((l) => l.line).join('\n'), /GenezioError: not allowed/);
+  });
+
+  test('without info, without a code, with an info that is not JSON', async () => {
+    assert.deepEqual(json(await rpc('Svc.missing', 'm')), { jsonrpc: '2.0', error: { code: 404, message: 'no such item' }, id: 'm' });
+    assert.deepEqual(json(await rpc('Svc.noCode')).error, { code: -32000, message: 'no code' });
+    assert.deepEqual(json(await rpc('Svc.cyclic')).error, { code: 500, message: 'cyclic info' });
+  });
+
+  test('an Error with a numeric code and info counts; other errors keep their shape', async () => {
+    assert.deepEqual(json(await rpc('Svc.shaped')).error, { code: 403, message: 'by shape', data: { why: 'shape' }, info: { why: 'shape' } });
+    const plain = await rpc('Svc.plain', 9);
+    assert.equal(plain.reply.status, 500);
+    assert.deepEqual(json(plain), { jsonrpc: '2.0', error: { code: -32000, message: 'plain failure', data: { name: 'Error' } }, id: 9 });
+  });
+
+  test('in a batch and as a notification', async () => {
+    const batch = await shim.request({
+      method: 'POST',
+      path: '/',
+      body: JSON.stringify([{ jsonrpc: '2.0', method: 'Svc.denied', id: 1 }, { jsonrpc: '2.0', method: 'Svc.denied' }]),
+    });
+    assert.equal(batch.reply.status, 200);
+    assert.deepEqual(json(batch).map((a) => [a.id, a.error.code]), [[1, 401]]);
+    const note = await shim.event({ jsonrpc: '2.0', method: 'Svc.denied' });
+    assert.equal(note.reply.status, 204);
+  });
+});
+
+describe('openwhisk contract', () => {
+  let shim;
+  before(async () => {
+    shim = new Shim();
+    await shim.initOk(fixtures.owContract, 'index.mjs');
+  });
+  after(() => shim.stop());
+
+  test('main returning nothing answers {}', async () => {
+    for (const c of ['nothing', 'null', 'async-nothing']) assert.deepEqual(json(await shim.event({ case: c })), {}, c);
+    const web = await shim.request({ path: '/nothing' });
+    assert.equal(web.reply.status, 200);
+    assert.deepEqual(json(web), {});
+    assert.deepEqual(json(await shim.request({ path: '/async-nothing' })), {});
+    assert.deepEqual(json(await shim.event({ case: 'array' })), [1, 2]);
+  });
+
+  test('a result that is not a dictionary is an error', async () => {
+    for (const c of ['string', 'number']) {
+      const { reply } = await shim.event({ case: c });
+      assert.equal(reply.type, 'error', c);
+      assert.equal(reply.message, 'The action did not return a dictionary.');
+    }
+    const { reply } = await shim.request({ path: '/string' });
+    assert.equal(reply.type, 'error');
+    assert.equal(reply.message, 'The action did not return a dictionary.');
+  });
+
+  test('__OW_ variables are set for each call', async () => {
+    const deadline = Date.now() + 12_345;
+    const { reply, body } = await shim.invoke({ request: httpRequest({ path: '/env', headers: [['host', 'api.thaw.test:8080']] }), deadline_ms: deadline }, 61);
+    assert.equal(reply.status, 200);
+    const { env, path: owPath } = JSON.parse(body);
+    assert.equal(owPath, '/env');
+    assert.deepEqual(env, {
+      __OW_ACTIVATION_ID: '61',
+      __OW_ACTION_NAME: '/default/demo',
+      __OW_DEADLINE: String(deadline),
+      __OW_NAMESPACE: 'default',
+      __OW_API_HOST: 'http://api.thaw.test:8080',
+    });
+    const forwarded = json(await shim.request({ path: '/env', headers: [['x-forwarded-proto', 'https']] }, 62)).env;
+    assert.equal(forwarded.__OW_API_HOST, 'https://demo.thaw.test');
+    assert.equal(forwarded.__OW_ACTIVATION_ID, '62');
+    const event = json(await shim.event({ case: 'env' }, 63)).env;
+    assert.equal(event.__OW_ACTIVATION_ID, '63');
+    assert.equal(event.__OW_API_HOST, null);
+  });
+
+  test('__ow_path is "" when nothing follows the function URL', async () => {
+    assert.equal(json(await shim.request({ path: '/' })).path, '');
+    assert.equal(json(await shim.request({ path: '/a/b' })).path, '/a/b');
+  });
+
+  test('a string body without a content type is text/html', async () => {
+    const html = await shim.request({ path: '/html' });
+    assert.deepEqual(header(html.reply, 'content-type'), ['text/html']);
+    assert.equal(html.body.toString(), '<p>hi</p>');
+    const typed = await shim.request({ path: '/typed' });
+    assert.deepEqual(header(typed.reply, 'content-type'), ['text/plain']);
+  });
+
+  test('the namespace comes from init when the host sends one', async () => {
+    const other = new Shim();
+    await other.initOk(fixtures.owContract, 'index.mjs', { namespace: 'team-a' });
+    const { env } = json(await other.event({ case: 'env' }));
+    assert.equal(env.__OW_NAMESPACE, 'team-a');
+    assert.equal(env.__OW_ACTION_NAME, '/team-a/demo');
+    await other.stop();
+  });
+
+  test('a script that declares main without exporting it runs, once', async () => {
+    const script = new Shim();
+    assert.equal((await script.initOk(fixtures.owScript, 'action.js')).style, 'openwhisk');
+    assert.equal(script.frames.filter((f) => f.type === 'log' && f.line === 'script loaded').length, 1);
+    assert.deepEqual(json(await script.event({ name: 'x' })), { script: true, name: 'x' });
+    assert.deepEqual(json(await script.request({ path: '/', query: 'name=q' })), { script: true, name: 'q' });
+    await script.stop();
+  });
+
+  test('a bundle that sets global.main runs', async () => {
+    const bundle = new Shim();
+    assert.equal((await bundle.initOk(fixtures.owBundle, 'bundle.js')).style, 'openwhisk');
+    assert.deepEqual(json(await bundle.event({ n: 3 })), { bundle: true, n: 3 });
+    await bundle.stop();
   });
 });
 
