@@ -165,8 +165,18 @@ where
     Ok(())
 }
 
+/// What [`read_frame`] allocates before any of a frame's body has arrived;
+/// the buffer then grows (doubling) only as bytes actually come in.
+const FIRST_READ: usize = 64 * 1024;
+
 /// Reads one frame. A clean end of stream before a frame starts is
 /// [`ProtocolError::Closed`].
+///
+/// The peer is not trusted: a length above [`MAX_FRAME`] is refused before
+/// a single byte of the body is read, and the body's buffer grows with the
+/// bytes received rather than being sized by the announced length, so a
+/// peer that announces 64 MiB and sends ten bytes costs ten bytes' worth
+/// (and never more than twice what it sent).
 pub async fn read_frame<R, T>(r: &mut R) -> Result<T, ProtocolError>
 where
     R: AsyncRead + Unpin,
@@ -184,15 +194,36 @@ where
     if len > MAX_FRAME {
         return Err(ProtocolError::FrameTooLarge(len));
     }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            ProtocolError::Closed
-        } else {
-            e.into()
+    let mut buf = Vec::new();
+    let mut filled = 0;
+    while filled < len {
+        if filled == buf.len() {
+            buf.resize(len.min((buf.len() * 2).max(FIRST_READ)), 0);
         }
-    })?;
+        match r.read(&mut buf[filled..]).await {
+            Ok(0) => return Err(ProtocolError::Closed),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(ProtocolError::Closed)
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(serde_json::from_slice(&buf)?)
+}
+
+impl ProtocolError {
+    /// Whether the peer broke the protocol (a frame too large, or one that
+    /// is not a message this side knows), as opposed to the stream ending
+    /// or failing. The stream cannot be trusted afterwards: the host kills
+    /// a runtime that does this.
+    pub fn is_violation(&self) -> bool {
+        matches!(
+            self,
+            ProtocolError::FrameTooLarge(_) | ProtocolError::Malformed(_)
+        )
+    }
 }
 
 #[cfg(test)]
@@ -233,6 +264,115 @@ mod tests {
                 body: "aGk=".into()
             }
         );
+    }
+
+    /// A peer that sends `data` in pieces of at most `piece` bytes and
+    /// records how far into it the reader asked to go.
+    struct Peer {
+        data: Vec<u8>,
+        pos: usize,
+        piece: usize,
+        /// Largest buffer a single read offered to fill.
+        widest_read: usize,
+    }
+
+    impl Peer {
+        fn new(data: Vec<u8>, piece: usize) -> Peer {
+            Peer {
+                data,
+                pos: 0,
+                piece,
+                widest_read: 0,
+            }
+        }
+    }
+
+    impl AsyncRead for Peer {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let this = &mut *self;
+            this.widest_read = this.widest_read.max(buf.remaining());
+            let n = buf
+                .remaining()
+                .min(this.piece)
+                .min(this.data.len() - this.pos);
+            buf.put_slice(&this.data[this.pos..this.pos + n]);
+            this.pos += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_length_is_refused_before_any_of_the_body_is_read() {
+        let mut data = u32::MAX.to_be_bytes().to_vec();
+        data.extend_from_slice(&[b'x'; 1000]);
+        let mut peer = Peer::new(data, usize::MAX);
+        let err = read_frame::<_, FromRuntime>(&mut peer).await.unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::FrameTooLarge(n) if n == u32::MAX as usize),
+            "{err}"
+        );
+        assert!(err.is_violation());
+        // Only the prefix was consumed, and no read offered room for a
+        // body: nothing was sized after the announced length.
+        assert_eq!(peer.pos, 4);
+        assert_eq!(peer.widest_read, 4);
+    }
+
+    #[tokio::test]
+    async fn the_body_buffer_grows_with_what_arrives_not_with_the_announced_length() {
+        // Announces 60 MiB (under the limit), sends 10 bytes and ends.
+        let mut data = ((60 * 1024 * 1024) as u32).to_be_bytes().to_vec();
+        data.extend_from_slice(b"{\"type\":\"");
+        let mut peer = Peer::new(data, usize::MAX);
+        let err = read_frame::<_, FromRuntime>(&mut peer).await.unwrap_err();
+        assert!(matches!(err, ProtocolError::Closed), "{err}");
+        assert!(!err.is_violation());
+        assert!(
+            peer.widest_read <= FIRST_READ,
+            "a read offered {} bytes of room",
+            peer.widest_read
+        );
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_arriving_in_small_pieces_is_read_whole() {
+        let line = "y".repeat(300 * 1024);
+        let msg = FromRuntime::Log {
+            id: Some(1),
+            stream: LogStream::Stdout,
+            line: line.clone(),
+        };
+        let mut framed = Vec::new();
+        write_frame(&mut framed, &msg).await.unwrap();
+        framed.extend_from_slice(&framed.clone());
+        let mut peer = Peer::new(framed, 1000);
+        for _ in 0..2 {
+            let back: FromRuntime = read_frame(&mut peer).await.unwrap();
+            assert_eq!(back, msg);
+        }
+        let err = read_frame::<_, FromRuntime>(&mut peer).await.unwrap_err();
+        assert!(matches!(err, ProtocolError::Closed));
+    }
+
+    #[tokio::test]
+    async fn bad_json_and_unknown_types_are_violations() {
+        for raw in [
+            &b"not json"[..],
+            br#"{"type":"launch_missiles"}"#,
+            br#"{"id":1}"#,
+        ] {
+            let mut buf = (raw.len() as u32).to_be_bytes().to_vec();
+            buf.extend_from_slice(raw);
+            let err = read_frame::<_, FromRuntime>(&mut buf.as_slice())
+                .await
+                .unwrap_err();
+            assert!(matches!(err, ProtocolError::Malformed(_)), "{err}");
+            assert!(err.is_violation());
+        }
     }
 
     #[tokio::test]

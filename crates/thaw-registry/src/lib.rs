@@ -25,7 +25,7 @@ pub use functions::{
     validate_variable, Alias, ConfigChange, FunctionId, Routable, Split, Version, VersionInfo,
     LATEST, VERSIONS_KEPT,
 };
-pub use logs::{LogQuery, LogRecord};
+pub use logs::{LogQuery, LogRecord, BYTES_KEPT, LINES_KEPT, LINE_BYTES_STORED};
 pub use secrets::{SecretCipher, SecretValues};
 pub use tenancy::{same_secret, KeyInfo, Namespace, NamespaceLimits, Role, DEFAULT_NAMESPACE};
 

@@ -5,7 +5,31 @@ use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 /// Lines kept per function; older ones are pruned as new ones arrive.
-const LINES_KEPT: i64 = 10_000;
+pub const LINES_KEPT: i64 = 10_000;
+/// Bytes of lines (UTF-8, as stored) kept per function, whatever their
+/// number; older lines are pruned as new ones arrive.
+pub const BYTES_KEPT: i64 = 8 * 1024 * 1024;
+/// Longest line stored. The host cuts console lines well below this
+/// (thaw-sandbox, 16 KiB); this is the last guard, for any other writer.
+pub const LINE_BYTES_STORED: usize = 64 * 1024;
+
+/// `line`, cut to [`LINE_BYTES_STORED`] (at a character boundary, and
+/// marked) if it is longer.
+fn stored_line(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.len() <= LINE_BYTES_STORED {
+        return line.into();
+    }
+    let mut end = LINE_BYTES_STORED - 64;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{} …[thaw: line cut, {} bytes in all]",
+        &line[..end],
+        line.len()
+    )
+    .into()
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogRecord {
@@ -33,7 +57,9 @@ pub struct LogQuery {
 
 impl Registry {
     /// Stores lines, each with the function of its version; lines of a
-    /// version that is gone (its function removed) are dropped.
+    /// version that is gone (its function removed) are dropped. Each
+    /// function then keeps its newest lines within [`LINES_KEPT`] lines
+    /// and [`BYTES_KEPT`] bytes, whichever is reached first.
     pub fn append_logs(&self, records: &[LogRecord]) -> Result<(), RegistryError> {
         if records.is_empty() {
             return Ok(());
@@ -50,17 +76,25 @@ impl Registry {
                     r.version,
                     r.invocation.map(|i| i as i64),
                     r.stream,
-                    r.line,
+                    stored_line(&r.line),
                     r.ts_ms
                 ])?;
             }
             let mut versions: Vec<i64> = records.iter().filter_map(|r| r.version).collect();
             versions.sort_unstable();
             versions.dedup();
-            let mut prune = tx.prepare_cached(
+            let mut prune_lines = tx.prepare_cached(
                 "DELETE FROM logs WHERE function_id = ?1 AND id <=
                    (SELECT id FROM logs WHERE function_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
             )?;
+            let mut bytes_of = tx.prepare_cached(
+                "SELECT COALESCE(SUM(octet_length(line)), 0) FROM logs WHERE function_id = ?1",
+            )?;
+            let mut oldest = tx.prepare_cached(
+                "SELECT id, octet_length(line) FROM logs WHERE function_id = ?1 ORDER BY id ASC",
+            )?;
+            let mut prune_upto =
+                tx.prepare_cached("DELETE FROM logs WHERE function_id = ?1 AND id <= ?2")?;
             let mut functions = Vec::new();
             for v in versions {
                 let f: Option<i64> = tx
@@ -75,7 +109,27 @@ impl Registry {
             functions.sort_unstable();
             functions.dedup();
             for f in functions {
-                prune.execute(params![f, LINES_KEPT])?;
+                prune_lines.execute(params![f, LINES_KEPT])?;
+                // By bytes: the oldest lines go until the rest fits. Only
+                // those are read, which in the steady state is about what
+                // the batch added.
+                let total: i64 = bytes_of.query_row(params![f], |r| r.get(0))?;
+                let mut excess = total - BYTES_KEPT;
+                if excess > 0 {
+                    let mut rows = oldest.query(params![f])?;
+                    let mut last = None;
+                    while let Some(row) = rows.next()? {
+                        last = Some(row.get::<_, i64>(0)?);
+                        excess -= row.get::<_, i64>(1)?;
+                        if excess <= 0 {
+                            break;
+                        }
+                    }
+                    drop(rows);
+                    if let Some(last) = last {
+                        prune_upto.execute(params![f, last])?;
+                    }
+                }
             }
         }
         tx.commit()?;

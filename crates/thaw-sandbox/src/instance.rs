@@ -2,9 +2,9 @@
 
 use crate::{BoxFuture, SandboxError};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thaw_protocol::{read_frame, write_frame, FromRuntime, Init, Invoke, LogStream, Payload};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
@@ -13,8 +13,278 @@ use tokio::sync::{mpsc, oneshot};
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Lines of raw process output kept to explain a crash.
 const OUTPUT_TAIL: usize = 20;
+/// Bytes of one line of raw output kept in a crash's reason.
+const OUTPUT_TAIL_LINE_BYTES: usize = 1024;
 /// Console lines returned with one call (`thaw invoke` shows them).
 const LINES_RETURNED: usize = 1000;
+
+/// Longest console line kept, in bytes of UTF-8, its cut mark included. A
+/// longer line keeps its start, cut at a character boundary, followed by
+/// ` …[thaw: line cut, N bytes in all]`.
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Room kept at the end of a cut line for its mark.
+const CUT_MARK_ROOM: usize = 64;
+/// Console output one call may leave, counted as stored (lines cut first).
+/// Past either figure the rest of the call's lines are dropped, counted,
+/// and said in one line when the call ends.
+pub const CALL_LOG_BYTES: u64 = 1024 * 1024;
+pub const CALL_LOG_LINES: u64 = 10_000;
+/// Console output one instance may leave in one second, its calls, the
+/// output of no call and its raw stdout/stderr together. Past either figure
+/// lines are dropped until the second is over, counted, and said in one
+/// line (the call's, when it ends; otherwise once the second is over).
+pub const INSTANCE_LOG_BYTES_PER_SEC: u64 = 256 * 1024;
+pub const INSTANCE_LOG_LINES_PER_SEC: u64 = 2_000;
+/// Warnings in thaw's own log about runtimes breaking the protocol: at most
+/// one in this long, all runtimes together (the next says how many were
+/// held back).
+const VIOLATION_WARNING_EVERY: Duration = Duration::from_secs(1);
+
+/// Makes `line` fit in [`MAX_LINE_BYTES`]: a longer one keeps its start
+/// and is marked cut. A line that fits (one already cut, say) is left alone.
+pub(crate) fn cut_line(line: &mut String) {
+    if line.len() > MAX_LINE_BYTES {
+        let total = line.len();
+        mark_cut(line, total);
+    }
+}
+
+/// Cuts `line`, the start of a line of `total` bytes as written, to leave
+/// room for the mark, and marks it cut.
+pub(crate) fn mark_cut(line: &mut String, total: usize) {
+    let end = prefix(line, MAX_LINE_BYTES - CUT_MARK_ROOM).len();
+    line.truncate(end);
+    line.push_str(&format!(" …[thaw: line cut, {total} bytes in all]"));
+}
+
+/// `text`'s start, at most `max` bytes (at a character boundary).
+fn prefix(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Lines (and their bytes, as written) that did not reach the log.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Dropped {
+    lines: u64,
+    bytes: u64,
+}
+
+impl Dropped {
+    fn add(&mut self, bytes: usize) {
+        self.lines += 1;
+        self.bytes += bytes as u64;
+    }
+
+    fn any(&self) -> bool {
+        self.lines > 0
+    }
+
+    /// The line that says so, in the function's log.
+    fn said(self, why: &str) -> String {
+        format!(
+            "[thaw] {} lines ({} bytes) dropped: {why}",
+            self.lines, self.bytes
+        )
+    }
+}
+
+fn over_call_limit() -> String {
+    format!(
+        "this call reached the log limit of {} or {CALL_LOG_LINES} lines per call",
+        size(CALL_LOG_BYTES)
+    )
+}
+
+fn over_rate_limit() -> String {
+    format!(
+        "this instance reached the log limit of {} or {INSTANCE_LOG_LINES_PER_SEC} lines per second",
+        size(INSTANCE_LOG_BYTES_PER_SEC)
+    )
+}
+
+fn size(bytes: u64) -> String {
+    if bytes.is_multiple_of(1024 * 1024) {
+        format!("{} MiB", bytes / (1024 * 1024))
+    } else {
+        format!("{} KiB", bytes / 1024)
+    }
+}
+
+/// One call's share of the log.
+#[derive(Debug, Default)]
+struct CallLog {
+    lines: u64,
+    bytes: u64,
+    /// Dropped past the call's own limit (from then on, every line is).
+    over_call: Dropped,
+    /// Dropped past the instance's limit per second.
+    over_rate: Dropped,
+}
+
+/// One instance's log in the current one-second window.
+#[derive(Debug)]
+struct RateWindow {
+    start: Instant,
+    lines: u64,
+    bytes: u64,
+    /// Dropped lines of no running call, not said yet.
+    unattributed: Dropped,
+}
+
+impl RateWindow {
+    fn new(now: Instant) -> RateWindow {
+        RateWindow {
+            start: now,
+            lines: 0,
+            bytes: 0,
+            unattributed: Dropped::default(),
+        }
+    }
+
+    /// Starts a new window if this one is over; returns the drops of no
+    /// call that the old window left to be said.
+    fn roll(&mut self, now: Instant) -> Option<Dropped> {
+        if now.saturating_duration_since(self.start) < Duration::from_secs(1) {
+            return None;
+        }
+        self.start = now;
+        self.lines = 0;
+        self.bytes = 0;
+        self.take_unattributed()
+    }
+
+    fn take_unattributed(&mut self) -> Option<Dropped> {
+        Some(std::mem::take(&mut self.unattributed)).filter(Dropped::any)
+    }
+
+    /// Whether a line that is `stored` bytes once cut (`written` as the
+    /// runtime wrote it) is kept, charging it to the window and its call.
+    fn admit(
+        &mut self,
+        mut call: Option<&mut CallLog>,
+        stored: usize,
+        written: usize,
+        now: Instant,
+    ) -> (bool, Option<Dropped>) {
+        let unsaid = self.roll(now);
+        let stored = stored as u64;
+        if let Some(c) = call.as_deref_mut().filter(|c| {
+            c.over_call.any() || c.lines >= CALL_LOG_LINES || c.bytes + stored > CALL_LOG_BYTES
+        }) {
+            c.over_call.add(written);
+            return (false, unsaid);
+        }
+        if self.lines >= INSTANCE_LOG_LINES_PER_SEC
+            || self.bytes + stored > INSTANCE_LOG_BYTES_PER_SEC
+        {
+            // Nothing more in this window, however short.
+            self.lines = INSTANCE_LOG_LINES_PER_SEC;
+            match call {
+                Some(c) => c.over_rate.add(written),
+                None => self.unattributed.add(written),
+            }
+            return (false, unsaid);
+        }
+        self.lines += 1;
+        self.bytes += stored;
+        if let Some(c) = call {
+            c.lines += 1;
+            c.bytes += stored;
+        }
+        (true, unsaid)
+    }
+}
+
+/// Lets one warning through per [`VIOLATION_WARNING_EVERY`].
+#[derive(Debug, Default)]
+struct WarningGate {
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl WarningGate {
+    /// `Some(held back since the last one)` if a warning may go out now.
+    fn pass(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < VIOLATION_WARNING_EVERY)
+        {
+            self.held_back += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held_back))
+    }
+}
+
+static VIOLATION_WARNINGS: Mutex<WarningGate> = Mutex::new(WarningGate {
+    last: None,
+    held_back: 0,
+});
+
+fn warn_violation(runtime: &Shared, reason: &str) {
+    let held_back = VIOLATION_WARNINGS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pass(Instant::now());
+    let Some(held_back) = held_back else {
+        return;
+    };
+    let who = match runtime.binding.get() {
+        Some(b) => format!("{} version {}", b.function, b.version),
+        None => "an unbound runtime".into(),
+    };
+    let pid = runtime
+        .process
+        .pid()
+        .map(|p| format!(" (pid {p})"))
+        .unwrap_or_default();
+    if held_back > 0 {
+        tracing::warn!(
+            "runtime of {who}{pid}: {reason} ({held_back} more such warnings held back)"
+        );
+    } else {
+        tracing::warn!("runtime of {who}{pid}: {reason}");
+    }
+}
+
+/// A line of a runtime's raw output, as a driver read it.
+#[derive(Debug)]
+pub(crate) struct RawLine {
+    pub stream: LogStream,
+    /// At most [`MAX_LINE_BYTES`], marked if cut.
+    pub line: String,
+    /// Its length as the runtime wrote it.
+    pub bytes: usize,
+}
+
+/// Where raw output comes from: a driver's channel of whole lines
+/// ([`Instance::connect`]), or the bounded one of lines read in bounded
+/// chunks (the `process` driver).
+enum Output {
+    Lines(mpsc::UnboundedReceiver<(LogStream, String)>),
+    Raw(mpsc::Receiver<RawLine>),
+}
+
+impl Output {
+    async fn recv(&mut self) -> Option<RawLine> {
+        match self {
+            Output::Lines(rx) => rx.recv().await.map(|(stream, line)| RawLine {
+                stream,
+                bytes: line.len(),
+                line,
+            }),
+            Output::Raw(rx) => rx.recv().await,
+        }
+    }
+}
 
 /// One line of console output.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +352,7 @@ type Done = (Result<InvokeOutcome, SandboxError>, Vec<LogLine>);
 struct Pending {
     done: oneshot::Sender<Done>,
     logs: Vec<LogLine>,
+    log: CallLog,
 }
 
 struct Shared {
@@ -96,11 +367,17 @@ struct Shared {
     sink: Arc<dyn LogSink>,
     output_tail: Mutex<VecDeque<String>>,
     runtime: String,
+    /// Console output of the current second (locked after `pending`).
+    rate: Mutex<RateWindow>,
+    /// One more than the highest invocation id sent (0: none yet); a
+    /// runtime naming a higher one is lying.
+    issued: AtomicU64,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
         self.process.kill();
+        self.say_unattributed_drops();
     }
 }
 
@@ -121,11 +398,45 @@ impl Instance {
     /// Takes over a runtime's byte stream, waits for its `ready` frame and
     /// starts reading. `output` carries raw process output (not console
     /// lines, which come as frames): fatal errors of Node itself, say.
+    ///
+    /// Raw lines longer than [`MAX_LINE_BYTES`] are cut here; a driver
+    /// reading untrusted output should rather not hold whole lines at all
+    /// (the `process` driver reads in bounded chunks).
     pub async fn connect<R, W>(
-        mut reader: R,
+        reader: R,
         writer: W,
         process: Box<dyn RuntimeProcess>,
         output: Option<mpsc::UnboundedReceiver<(LogStream, String)>>,
+        sink: Arc<dyn LogSink>,
+    ) -> Result<Instance, SandboxError>
+    where
+        R: AsyncRead + Send + Unpin + 'static,
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
+        Self::connect_output(reader, writer, process, output.map(Output::Lines), sink).await
+    }
+
+    /// [`Instance::connect`] with raw output already cut into bounded
+    /// lines, through a bounded channel.
+    pub(crate) async fn connect_raw<R, W>(
+        reader: R,
+        writer: W,
+        process: Box<dyn RuntimeProcess>,
+        output: mpsc::Receiver<RawLine>,
+        sink: Arc<dyn LogSink>,
+    ) -> Result<Instance, SandboxError>
+    where
+        R: AsyncRead + Send + Unpin + 'static,
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
+        Self::connect_output(reader, writer, process, Some(Output::Raw(output)), sink).await
+    }
+
+    async fn connect_output<R, W>(
+        mut reader: R,
+        writer: W,
+        process: Box<dyn RuntimeProcess>,
+        output: Option<Output>,
         sink: Arc<dyn LogSink>,
     ) -> Result<Instance, SandboxError>
     where
@@ -177,6 +488,8 @@ impl Instance {
             sink,
             output_tail: Mutex::new(VecDeque::new()),
             runtime,
+            rate: Mutex::new(RateWindow::new(Instant::now())),
+            issued: AtomicU64::new(0),
         });
         tokio::spawn(read_loop(reader, Arc::downgrade(&shared)));
         if let Some(output) = output {
@@ -288,11 +601,15 @@ impl Instance {
             if self.shared.dead.load(Ordering::Acquire) {
                 return (Err(SandboxError::Crashed(self.death_reason())), Vec::new());
             }
+            self.shared
+                .issued
+                .fetch_max(id.saturating_add(1), Ordering::AcqRel);
             pending.insert(
                 id,
                 Pending {
                     done: tx,
                     logs: Vec::new(),
+                    log: CallLog::default(),
                 },
             );
         }
@@ -302,7 +619,7 @@ impl Instance {
             payload,
         });
         if let Err(e) = self.send(&msg).await {
-            let logs = self.take_pending(id).map(|p| p.logs).unwrap_or_default();
+            let logs = self.shared.end_call(id).map(|(_, l)| l).unwrap_or_default();
             return (Err(e), logs);
         }
         let _guard = ForgetOnDrop { instance: self, id };
@@ -315,11 +632,10 @@ impl Instance {
     /// Lines collected so far for an invocation that will not finish
     /// normally (it is being timed out, say).
     pub fn abandon(&self, id: u64) -> Vec<LogLine> {
-        self.take_pending(id).map(|p| p.logs).unwrap_or_default()
-    }
-
-    fn take_pending(&self, id: u64) -> Option<Pending> {
-        self.shared.pending.lock().unwrap().remove(&id)
+        self.shared
+            .end_call(id)
+            .map(|(_, logs)| logs)
+            .unwrap_or_default()
     }
 
     async fn send(&self, msg: &thaw_protocol::ToRuntime) -> Result<(), SandboxError> {
@@ -349,28 +665,186 @@ struct ForgetOnDrop<'a> {
 
 impl Drop for ForgetOnDrop<'_> {
     fn drop(&mut self) {
-        self.instance.take_pending(self.id);
+        self.instance.shared.end_call(self.id);
     }
 }
 
 impl Shared {
     fn finish(&self, id: u64, outcome: Result<InvokeOutcome, SandboxError>) {
-        if let Some(p) = self.pending.lock().unwrap().remove(&id) {
-            let _ = p.done.send((outcome, p.logs));
+        if let Some((done, logs)) = self.end_call(id) {
+            let _ = done.send((outcome, logs));
         }
     }
 
-    fn log(&self, line: LogLine) {
-        if let Some(id) = line.invocation {
-            if let Some(p) = self.pending.lock().unwrap().get_mut(&id) {
-                // The copy returned with the call is bounded; the sink
-                // still gets every line.
+    /// Forgets a call: says what its log lost, in its log and in the lines
+    /// returned with it.
+    fn end_call(&self, id: u64) -> Option<(oneshot::Sender<Done>, Vec<LogLine>)> {
+        let p = self.pending.lock().unwrap().remove(&id)?;
+        Some(self.close_call(id, p))
+    }
+
+    fn close_call(&self, id: u64, p: Pending) -> (oneshot::Sender<Done>, Vec<LogLine>) {
+        let Pending {
+            done,
+            mut logs,
+            log,
+        } = p;
+        for (dropped, why) in [
+            (log.over_call, over_call_limit()),
+            (log.over_rate, over_rate_limit()),
+        ] {
+            if dropped.any() {
+                let line = LogLine {
+                    invocation: Some(id),
+                    stream: LogStream::Stderr,
+                    line: dropped.said(&why),
+                    ts_ms: now_ms(),
+                };
+                logs.push(line.clone());
+                self.sink.log(self.binding.get(), line);
+            }
+        }
+        self.say_unattributed_drops();
+        (done, logs)
+    }
+
+    /// Says what was dropped of output that belonged to no running call.
+    fn say_unattributed_drops(&self) {
+        let unsaid = self
+            .rate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_unattributed();
+        if let Some(dropped) = unsaid {
+            self.say_dropped(dropped);
+        }
+    }
+
+    fn say_dropped(&self, dropped: Dropped) {
+        let line = LogLine {
+            invocation: None,
+            stream: LogStream::Stderr,
+            line: dropped.said(&over_rate_limit()),
+            ts_ms: now_ms(),
+        };
+        self.sink.log(self.binding.get(), line);
+    }
+
+    /// Takes one console line: cut to [`MAX_LINE_BYTES`], then kept if the
+    /// call's and the instance's budgets allow it. `written` is its length
+    /// as the runtime wrote it, when it was already cut.
+    fn log(&self, invocation: Option<u64>, stream: LogStream, mut text: String, written: usize) {
+        let written = written.max(text.len());
+        cut_line(&mut text);
+        let line = LogLine {
+            invocation,
+            stream,
+            line: text,
+            ts_ms: now_ms(),
+        };
+        let (kept, unsaid) = {
+            let mut pending = self.pending.lock().unwrap();
+            let mut call = invocation.and_then(|id| pending.get_mut(&id));
+            let (kept, unsaid) = self.rate.lock().unwrap().admit(
+                call.as_mut().map(|p| &mut p.log),
+                line.line.len(),
+                written,
+                Instant::now(),
+            );
+            // The copy returned with the call is bounded; the sink gets
+            // every line kept.
+            if let Some(p) = call.filter(|_| kept) {
                 if p.logs.len() < LINES_RETURNED {
                     p.logs.push(line.clone());
                 }
             }
+            (kept, unsaid)
+        };
+        if let Some(dropped) = unsaid {
+            self.say_dropped(dropped);
         }
-        self.sink.log(self.binding.get(), line);
+        if kept {
+            self.sink.log(self.binding.get(), line);
+        }
+    }
+
+    /// Fails unless `id` is a call thaw sent to this runtime.
+    fn check_id(&self, id: u64, what: &str) -> Result<(), String> {
+        if id < self.issued.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(format!("{what} for call {id}, which thaw never sent"))
+        }
+    }
+
+    /// Acts on one message; `Err` says how the runtime broke the protocol.
+    fn handle(&self, msg: FromRuntime) -> Result<(), String> {
+        match msg {
+            FromRuntime::Log { id, stream, line } => {
+                if let Some(id) = id {
+                    self.check_id(id, "a log line")?;
+                }
+                let written = line.len();
+                self.log(id, stream, line, written);
+            }
+            FromRuntime::Result {
+                id,
+                status,
+                headers,
+                body,
+            } => {
+                use base64::Engine as _;
+                self.check_id(id, "a result")?;
+                let body = base64::engine::general_purpose::STANDARD
+                    .decode(&body)
+                    .map_err(|e| {
+                        format!("the body of the result of call {id} is not base64: {e}")
+                    })?;
+                self.finish(
+                    id,
+                    Ok(InvokeOutcome::Reply(Reply {
+                        status,
+                        headers,
+                        body,
+                    })),
+                );
+            }
+            FromRuntime::Error {
+                id,
+                message,
+                name,
+                stack,
+            } => {
+                self.check_id(id, "an error")?;
+                // The function's log shows its errors, as Lambda's does.
+                let text = stack.clone().unwrap_or_else(|| {
+                    format!("{}: {message}", name.as_deref().unwrap_or("Error"))
+                });
+                for line in text.lines() {
+                    self.log(Some(id), LogStream::Stderr, line.to_string(), line.len());
+                }
+                self.finish(
+                    id,
+                    Ok(InvokeOutcome::HandlerError {
+                        name,
+                        message,
+                        stack,
+                    }),
+                )
+            }
+            FromRuntime::InitOk { style, .. } => {
+                let waiter = self.init_waiter.lock().unwrap().take();
+                let w = waiter.ok_or("an init_ok message, but no init was waiting for one")?;
+                let _ = w.send(Ok(style));
+            }
+            FromRuntime::InitError { message, stack } => {
+                let waiter = self.init_waiter.lock().unwrap().take();
+                let w = waiter.ok_or("an init_error message, but no init was waiting for one")?;
+                let _ = w.send(Err(SandboxError::Init { message, stack }));
+            }
+            FromRuntime::Ready { .. } => return Err("a second ready message".into()),
+        }
+        Ok(())
     }
 }
 
@@ -380,73 +854,26 @@ async fn read_loop<R: AsyncRead + Unpin>(mut reader: R, shared: Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        match frame {
-            Ok(FromRuntime::Log { id, stream, line }) => shared.log(LogLine {
-                invocation: id,
-                stream,
-                line,
-                ts_ms: now_ms(),
-            }),
-            Ok(FromRuntime::Result {
-                id,
-                status,
-                headers,
-                body,
-            }) => {
-                use base64::Engine as _;
-                let outcome = match base64::engine::general_purpose::STANDARD.decode(&body) {
-                    Ok(body) => Ok(InvokeOutcome::Reply(Reply {
-                        status,
-                        headers,
-                        body,
-                    })),
-                    Err(e) => Err(SandboxError::Crashed(format!(
-                        "the runtime sent a body that is not base64: {e}"
-                    ))),
-                };
-                shared.finish(id, outcome);
-            }
-            Ok(FromRuntime::Error {
-                id,
-                message,
-                name,
-                stack,
-            }) => {
-                // The function's log shows its errors, as Lambda's does.
-                let text = stack.clone().unwrap_or_else(|| {
-                    format!("{}: {message}", name.as_deref().unwrap_or("Error"))
-                });
-                for line in text.lines() {
-                    shared.log(LogLine {
-                        invocation: Some(id),
-                        stream: LogStream::Stderr,
-                        line: line.to_string(),
-                        ts_ms: now_ms(),
-                    });
-                }
-                shared.finish(
-                    id,
-                    Ok(InvokeOutcome::HandlerError {
-                        name,
-                        message,
-                        stack,
-                    }),
-                )
-            }
-            Ok(FromRuntime::InitOk { style, .. }) => {
-                if let Some(w) = shared.init_waiter.lock().unwrap().take() {
-                    let _ = w.send(Ok(style));
-                }
-            }
-            Ok(FromRuntime::InitError { message, stack }) => {
-                if let Some(w) = shared.init_waiter.lock().unwrap().take() {
-                    let _ = w.send(Err(SandboxError::Init { message, stack }));
-                }
-            }
-            Ok(FromRuntime::Ready { .. }) => {
-                tracing::warn!("runtime sent a second ready message; ignored");
-            }
-            Err(e) => break (e, shared),
+        let broken = match frame {
+            Ok(msg) => shared.handle(msg),
+            Err(e) if e.is_violation() => Err(e.to_string()),
+            Err(e) => break (format!("stream ended: {e}"), shared),
+        };
+        if let Err(how) = broken {
+            // Nothing it sends from now on can be trusted, or is read.
+            let why = format!("the runtime broke the wire protocol ({how}) and thaw killed it");
+            shared.dead.store(true, Ordering::Release);
+            shared
+                .death
+                .lock()
+                .unwrap()
+                .get_or_insert_with(|| why.clone());
+            warn_violation(&shared, &why);
+            shared.process.kill();
+            break (
+                "it was still running 2s after thaw killed it".to_string(),
+                shared,
+            );
         }
     };
     let (error, shared) = end;
@@ -457,7 +884,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut reader: R, shared: Weak<Shared>) {
         .await
         .unwrap_or_else(|_| {
             shared.process.kill();
-            format!("stream ended: {error}")
+            error
         });
     let tail: Vec<String> = shared.output_tail.lock().unwrap().iter().cloned().collect();
     let reason = if tail.is_empty() {
@@ -468,7 +895,8 @@ async fn read_loop<R: AsyncRead + Unpin>(mut reader: R, shared: Weak<Shared>) {
     let reason = {
         let mut death = shared.death.lock().unwrap();
         match death.as_ref() {
-            // Killed on purpose (a timeout, a retired version): say so.
+            // Killed on purpose (a timeout, a retired version, a broken
+            // protocol): say so.
             Some(why) => format!("{why} ({reason})"),
             None => {
                 *death = Some(reason.clone());
@@ -477,37 +905,180 @@ async fn read_loop<R: AsyncRead + Unpin>(mut reader: R, shared: Weak<Shared>) {
         }
     };
     let pending: Vec<(u64, Pending)> = shared.pending.lock().unwrap().drain().collect();
-    for (_, p) in pending {
-        let _ = p
-            .done
-            .send((Err(SandboxError::Crashed(reason.clone())), p.logs));
+    for (id, p) in pending {
+        let (done, logs) = shared.close_call(id, p);
+        let _ = done.send((Err(SandboxError::Crashed(reason.clone())), logs));
     }
+    shared.say_unattributed_drops();
     let init_waiter = shared.init_waiter.lock().unwrap().take();
     if let Some(w) = init_waiter {
         let _ = w.send(Err(SandboxError::Crashed(reason)));
     }
 }
 
-async fn output_loop(
-    mut output: mpsc::UnboundedReceiver<(LogStream, String)>,
-    shared: Weak<Shared>,
-) {
-    while let Some((stream, line)) = output.recv().await {
+async fn output_loop(mut output: Output, shared: Weak<Shared>) {
+    while let Some(RawLine {
+        stream,
+        line,
+        bytes,
+    }) = output.recv().await
+    {
         let Some(shared) = shared.upgrade() else {
             return;
         };
         {
+            // Enough of it to explain a crash, not to swell its reason.
+            let mut kept = prefix(&line, OUTPUT_TAIL_LINE_BYTES).to_string();
+            if kept.len() < line.len() {
+                kept.push('…');
+            }
             let mut tail = shared.output_tail.lock().unwrap();
             if tail.len() == OUTPUT_TAIL {
                 tail.pop_front();
             }
-            tail.push_back(line.clone());
+            tail.push_back(kept);
         }
-        shared.log(LogLine {
-            invocation: None,
-            stream,
-            line,
-            ts_ms: now_ms(),
-        });
+        shared.log(None, stream, line, bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_are_cut_at_a_character_boundary_and_marked() {
+        let mut short = "é".repeat(100);
+        cut_line(&mut short);
+        assert_eq!(short, "é".repeat(100));
+
+        let mut long = "é".repeat(10_000_000);
+        cut_line(&mut long);
+        assert!(long.len() <= MAX_LINE_BYTES, "{}", long.len());
+        assert!(long.starts_with("éé"));
+        assert!(
+            long.ends_with(" …[thaw: line cut, 20000000 bytes in all]"),
+            "{}",
+            &long[long.len() - 60..]
+        );
+        // Cutting again leaves it alone.
+        let once = long.clone();
+        cut_line(&mut long);
+        assert_eq!(long, once);
+    }
+
+    #[test]
+    fn a_call_past_its_budget_drops_the_rest_and_counts_it() {
+        let t0 = Instant::now();
+        let mut window = RateWindow::new(t0);
+        let mut call = CallLog::default();
+        let line = 1000;
+        let mut kept = 0;
+        // One line per second keeps clear of the limit per second.
+        for i in 0..2000u64 {
+            let (ok, _) = window.admit(
+                Some(&mut call),
+                line,
+                line * 10,
+                t0 + Duration::from_secs(i),
+            );
+            kept += u64::from(ok);
+        }
+        assert_eq!(kept, CALL_LOG_BYTES / line as u64);
+        assert_eq!(call.bytes, kept * line as u64);
+        assert_eq!(
+            call.over_call,
+            Dropped {
+                lines: 2000 - kept,
+                bytes: (2000 - kept) * line as u64 * 10
+            }
+        );
+        assert!(!call.over_rate.any());
+        // Once over, even an empty line is dropped.
+        let (ok, _) = window.admit(Some(&mut call), 0, 0, t0 + Duration::from_secs(5000));
+        assert!(!ok);
+
+        // Lines count as well as bytes.
+        let mut call = CallLog::default();
+        let mut kept = 0;
+        for i in 0..(CALL_LOG_LINES + 5) {
+            let (ok, _) = window.admit(Some(&mut call), 0, 0, t0 + Duration::from_secs(10_000 + i));
+            kept += u64::from(ok);
+        }
+        assert_eq!(kept, CALL_LOG_LINES);
+        assert_eq!(call.over_call.lines, 5);
+    }
+
+    #[test]
+    fn an_instance_past_its_budget_per_second_drops_until_the_second_is_over() {
+        let t0 = Instant::now();
+        let mut window = RateWindow::new(t0);
+        let mut call = CallLog::default();
+        let line = 4096;
+        let mut kept = 0;
+        for _ in 0..100 {
+            kept += u64::from(window.admit(Some(&mut call), line, line, t0).0);
+        }
+        assert_eq!(kept, INSTANCE_LOG_BYTES_PER_SEC / line as u64);
+        assert_eq!(call.over_rate.lines, 100 - kept);
+        assert_eq!(call.over_rate.bytes, (100 - kept) * line as u64);
+        // Output of no call, in the same second: dropped and kept to be said.
+        let (ok, unsaid) = window.admit(None, 10, 10, t0 + Duration::from_millis(999));
+        assert!(!ok && unsaid.is_none());
+        let (ok, _) = window.admit(None, 0, 0, t0 + Duration::from_millis(999));
+        assert!(!ok, "an empty line is dropped too once the second is full");
+        // The next second takes lines again, and says what the last one
+        // dropped of no call.
+        let (ok, unsaid) = window.admit(None, 10, 10, t0 + Duration::from_secs(1));
+        assert!(ok);
+        assert_eq!(
+            unsaid,
+            Some(Dropped {
+                lines: 2,
+                bytes: 10
+            })
+        );
+        assert_eq!(window.take_unattributed(), None);
+
+        // Lines per second count too.
+        let t1 = t0 + Duration::from_secs(2);
+        let mut kept = 0;
+        for _ in 0..(INSTANCE_LOG_LINES_PER_SEC + 7) {
+            kept += u64::from(window.admit(None, 1, 1, t1).0);
+        }
+        assert_eq!(kept, INSTANCE_LOG_LINES_PER_SEC);
+        assert_eq!(
+            window.take_unattributed(),
+            Some(Dropped { lines: 7, bytes: 7 })
+        );
+    }
+
+    #[test]
+    fn the_line_saying_what_was_dropped_names_the_figures() {
+        let d = Dropped {
+            lines: 3,
+            bytes: 3_000_000,
+        };
+        assert_eq!(
+            d.said(&over_call_limit()),
+            "[thaw] 3 lines (3000000 bytes) dropped: this call reached the log limit of 1 MiB or 10000 lines per call"
+        );
+        assert_eq!(
+            d.said(&over_rate_limit()),
+            "[thaw] 3 lines (3000000 bytes) dropped: this instance reached the log limit of 256 KiB or 2000 lines per second"
+        );
+    }
+
+    #[test]
+    fn protocol_warnings_pass_at_most_once_a_second_and_count_the_rest() {
+        let t0 = Instant::now();
+        let mut gate = WarningGate::default();
+        assert_eq!(gate.pass(t0), Some(0));
+        for ms in [1, 10, 500, 999] {
+            assert_eq!(gate.pass(t0 + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(gate.pass(t0 + Duration::from_millis(1000)), Some(4));
+        assert_eq!(gate.pass(t0 + Duration::from_millis(1001)), None);
+        assert_eq!(gate.pass(t0 + Duration::from_millis(2500)), Some(1));
     }
 }

@@ -16,7 +16,10 @@ mod instance;
 mod process;
 mod shim;
 
-pub use instance::{Binding, Instance, InvokeOutcome, LogLine, LogSink, Reply, RuntimeProcess};
+pub use instance::{
+    Binding, Instance, InvokeOutcome, LogLine, LogSink, Reply, RuntimeProcess, CALL_LOG_BYTES,
+    CALL_LOG_LINES, INSTANCE_LOG_BYTES_PER_SEC, INSTANCE_LOG_LINES_PER_SEC, MAX_LINE_BYTES,
+};
 pub use process::{set_niceness, which, JailSettings, ProcessDriver, ProcessDriverConfig};
 pub use shim::{write_builtin_shim, write_shim, SHIM_SOURCE};
 /// Which of a runtime's output streams a line came from (the `output` of

@@ -10,7 +10,7 @@
 //! uid and cgroup; the function's code is attached at `/code` when the
 //! runtime is bound, and its memory limit is set then.
 
-use crate::instance::RuntimeProcess;
+use crate::instance::{cut_line, mark_cut, RawLine, RuntimeProcess, MAX_LINE_BYTES};
 use crate::{BoxFuture, Driver, Instance, LogSink, RuntimeChange, SandboxError};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -19,7 +19,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use thaw_protocol::LogStream;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
@@ -27,6 +27,11 @@ use tokio::sync::mpsc;
 const RUNTIME_FD: i32 = 3;
 /// Niceness of a runtime until it is bound.
 const STARTING_NICENESS: i32 = 10;
+/// Raw stdout/stderr is read this many bytes at a time.
+const OUTPUT_CHUNK: usize = 8 * 1024;
+/// Lines of raw output read but not yet taken by the instance; the reader
+/// waits (and the runtime's writes block) beyond that.
+const OUTPUT_QUEUE: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct ProcessDriverConfig {
@@ -230,12 +235,12 @@ impl ProcessDriver {
         })?;
         drop(runtime_fd);
 
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::channel(OUTPUT_QUEUE);
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(forward_lines(stdout, LogStream::Stdout, out_tx.clone()));
+            tokio::spawn(forward_output(stdout, LogStream::Stdout, out_tx.clone()));
         }
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(forward_lines(stderr, LogStream::Stderr, out_tx));
+            tokio::spawn(forward_output(stderr, LogStream::Stderr, out_tx));
         }
         let pid = child.id().unwrap_or(0);
         host_end
@@ -252,7 +257,7 @@ impl ProcessDriver {
             memory_mb: AtomicU32::new(0),
             cleaned: AtomicBool::new(false),
         });
-        Instance::connect(reader, writer, process, Some(out_rx), sink).await
+        Instance::connect_raw(reader, writer, process, out_rx, sink).await
     }
 }
 
@@ -345,16 +350,90 @@ pub fn set_niceness(pid: u32, nice: i32) {
     }
 }
 
-async fn forward_lines<R: AsyncRead + Unpin>(
-    r: R,
+/// Passes a runtime's raw output on as lines, read in bounded chunks: at
+/// most [`MAX_LINE_BYTES`] of a line is ever held, the rest of a longer one
+/// is counted and skipped, and the line is passed on cut (and marked so).
+/// Bytes that are not UTF-8 are replaced, not a reason to stop reading.
+async fn forward_output<R: AsyncRead + Unpin>(
+    mut r: R,
     stream: LogStream,
-    tx: mpsc::UnboundedSender<(LogStream, String)>,
+    tx: mpsc::Sender<RawLine>,
 ) {
-    let mut lines = BufReader::new(r).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if tx.send((stream, line)).is_err() {
-            return;
+    let mut chunk = vec![0u8; OUTPUT_CHUNK];
+    let mut line = LineCutter::default();
+    loop {
+        let n = match r.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let mut rest = &chunk[..n];
+        while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
+            line.push(&rest[..newline]);
+            let (text, bytes) = line.take();
+            if tx
+                .send(RawLine {
+                    stream,
+                    line: text,
+                    bytes,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            rest = &rest[newline + 1..];
         }
+        line.push(rest);
+    }
+    if !line.is_empty() {
+        let (text, bytes) = line.take();
+        let _ = tx
+            .send(RawLine {
+                stream,
+                line: text,
+                bytes,
+            })
+            .await;
+    }
+}
+
+/// The line being read: its first [`MAX_LINE_BYTES`] and its full length.
+#[derive(Default)]
+struct LineCutter {
+    kept: Vec<u8>,
+    total: usize,
+}
+
+impl LineCutter {
+    fn push(&mut self, bytes: &[u8]) {
+        let room = MAX_LINE_BYTES.saturating_sub(self.kept.len());
+        self.kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        self.total += bytes.len();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// The line as text (at most [`MAX_LINE_BYTES`]) and its length as
+    /// written; starts the next one.
+    fn take(&mut self) -> (String, usize) {
+        let cut = self.total > self.kept.len();
+        if !cut && self.kept.last() == Some(&b'\r') {
+            self.kept.pop();
+            self.total -= 1;
+        }
+        let mut text = String::from_utf8_lossy(&self.kept).into_owned();
+        if cut {
+            mark_cut(&mut text, self.total);
+        } else {
+            cut_line(&mut text);
+        }
+        let total = std::mem::take(&mut self.total);
+        self.kept.clear();
+        (text, total)
     }
 }
 
@@ -522,5 +601,64 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
             .to_string()
     } else {
         "ended".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines_of(output: Vec<u8>) -> Vec<RawLine> {
+        let (tx, mut rx) = mpsc::channel(OUTPUT_QUEUE);
+        let reader = tokio::spawn(forward_output(
+            std::io::Cursor::new(output),
+            LogStream::Stdout,
+            tx,
+        ));
+        let mut lines = Vec::new();
+        while let Some(line) = rx.recv().await {
+            lines.push(line);
+        }
+        reader.await.unwrap();
+        lines
+    }
+
+    #[tokio::test]
+    async fn a_ten_megabyte_line_of_raw_output_comes_out_cut() {
+        let mut output = vec![b'a'; 10 * 1024 * 1024];
+        output.extend_from_slice(b"\nnext\r\n\xff\xfenot utf-8\n\nlast");
+        let lines = lines_of(output).await;
+        let texts: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
+        assert_eq!(texts.len(), 5, "{:?}", &texts[1..]);
+        let cut = &lines[0];
+        assert!(cut.line.len() <= MAX_LINE_BYTES, "{}", cut.line.len());
+        assert!(cut.line.starts_with("aaaa"));
+        assert!(
+            cut.line
+                .ends_with(" …[thaw: line cut, 10485760 bytes in all]"),
+            "{}",
+            &cut.line[cut.line.len() - 60..]
+        );
+        assert_eq!(cut.bytes, 10 * 1024 * 1024);
+        assert_eq!(
+            texts[1..],
+            ["next", "\u{fffd}\u{fffd}not utf-8", "", "last"]
+        );
+        assert_eq!(lines[1].bytes, 4);
+    }
+
+    #[tokio::test]
+    async fn a_line_just_at_the_limit_is_whole_and_one_byte_more_is_cut() {
+        let mut output = vec![b'b'; MAX_LINE_BYTES];
+        output.push(b'\n');
+        output.extend(vec![b'c'; MAX_LINE_BYTES + 1]);
+        let lines = lines_of(output).await;
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].line, "b".repeat(MAX_LINE_BYTES));
+        assert!(lines[1].line.ends_with(&format!(
+            "[thaw: line cut, {} bytes in all]",
+            MAX_LINE_BYTES + 1
+        )));
+        assert!(lines[1].line.len() <= MAX_LINE_BYTES);
     }
 }
