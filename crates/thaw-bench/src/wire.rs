@@ -28,6 +28,8 @@ pub async fn init(s: &mut UnixStream, function: &str, code_dir: &str, limit: Dur
         env: BTreeMap::new(),
         timeout_ms: limit.as_millis() as u64,
         memory_mb: 256,
+        namespace: "default".into(),
+        features: Vec::new(),
     });
     write_frame(s, &init).await.map_err(|e| e.to_string())?;
     next(s, "init_ok", |m| matches!(m, FromRuntime::InitOk { .. })).await

@@ -269,3 +269,43 @@ fn openwhisk_actions_follow_the_openwhisk_contract() {
     let (s, _, v) = get(&p.url("ow-bundle", "?name=Bo"));
     assert_eq!((s, v), (200, json!({"kind": "bundle", "name": "Bo"})));
 }
+
+#[test]
+fn work_after_the_answer_is_not_paused_and_ends_on_its_own() {
+    // Paused 200 ms after its last answer unless work is still running.
+    let p = Platform::start_with(&["--pause-idle-after-ms", "200"]);
+    let dir = function_dir(&[(
+        "index.mjs",
+        r#"export default {
+  fetch(request, env, ctx) {
+    ctx.waitUntil(new Promise((resolve) => setTimeout(() => {
+      console.log("late work done");
+      resolve();
+    }, 1500)));
+    return new Response("answered");
+  },
+};"#,
+    )]);
+    p.deploy(dir.path(), "late");
+    assert_eq!(
+        http()
+            .get(p.url("late", "/"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap(),
+        "answered"
+    );
+    // No other request comes: the line appears only if the instance kept
+    // running past the pause delay until its work ended.
+    p.wait_for_log("late", "late work done");
+    p.eventually(20, "paused once its work ended", || {
+        let v: Value = p
+            .api(reqwest::Method::GET, "/v1/functions/late")
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["instances"]["paused"] == 1
+    });
+}

@@ -65,6 +65,10 @@ pub enum FromRuntime {
         /// Base64 of the response body.
         #[serde(default)]
         body: String,
+        /// Work of this call goes on after the answer (`waitUntil`); a
+        /// `background_done` frame follows when it ends.
+        #[serde(default)]
+        background: bool,
     },
     Error {
         id: u64,
@@ -73,8 +77,25 @@ pub enum FromRuntime {
         name: Option<String>,
         #[serde(default)]
         stack: Option<String>,
+        #[serde(default)]
+        background: bool,
+    },
+    /// The work a call left running after its answer ended (or the shim
+    /// stopped waiting for it: `timed_out`). Sent only to a host that
+    /// listed [`FEATURE_BACKGROUND_DONE`] in `init`.
+    BackgroundDone {
+        id: u64,
+        #[serde(default)]
+        timed_out: bool,
     },
 }
+
+/// Init's `features` entry that asks the runtime for `background_done`.
+pub const FEATURE_BACKGROUND_DONE: &str = "background_done";
+
+/// How long work after an answer may run (Cloudflare's `waitUntil` bound);
+/// the host stops waiting for its `background_done` a little later.
+pub const BACKGROUND_LIMIT_MS: u64 = 30_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -112,6 +133,13 @@ pub struct Init {
     pub env: BTreeMap<String, String>,
     pub timeout_ms: u64,
     pub memory_mb: u32,
+    /// The function's namespace (OpenWhisk's `__OW_NAMESPACE`).
+    #[serde(default)]
+    pub namespace: String,
+    /// What this host understands beyond the base protocol
+    /// ([`FEATURE_BACKGROUND_DONE`]).
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -261,7 +289,8 @@ mod tests {
                 id: 3,
                 status: 200,
                 headers: vec![("content-type".into(), "text/plain".into())],
-                body: "aGk=".into()
+                body: "aGk=".into(),
+                background: false,
             }
         );
     }

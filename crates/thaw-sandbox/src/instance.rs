@@ -11,6 +11,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How long a runtime may take between start and its `ready` frame.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the host waits for a `background_done` after an answer that
+/// left work running: the runtime's own bound and a margin.
+const BACKGROUND_WAIT: Duration = Duration::from_millis(thaw_protocol::BACKGROUND_LIMIT_MS + 5_000);
 /// Lines of raw process output kept to explain a crash.
 const OUTPUT_TAIL: usize = 20;
 /// Bytes of one line of raw output kept in a crash's reason.
@@ -372,6 +375,10 @@ struct Shared {
     /// One more than the highest invocation id sent (0: none yet); a
     /// runtime naming a higher one is lying.
     issued: AtomicU64,
+    /// Calls answered with work still running (`background`), since when.
+    background: Mutex<HashMap<u64, Instant>>,
+    /// Told when such work ends.
+    background_ended: tokio::sync::Notify,
 }
 
 impl Drop for Shared {
@@ -490,6 +497,8 @@ impl Instance {
             runtime,
             rate: Mutex::new(RateWindow::new(Instant::now())),
             issued: AtomicU64::new(0),
+            background: Mutex::new(HashMap::new()),
+            background_ended: tokio::sync::Notify::new(),
         });
         tokio::spawn(read_loop(reader, Arc::downgrade(&shared)));
         if let Some(output) = output {
@@ -539,6 +548,29 @@ impl Instance {
     /// Stops the runtime between calls; see [`RuntimeProcess::pause`].
     pub fn pause(&self) {
         self.shared.process.pause();
+    }
+
+    /// Whether a call's work goes on after its answer (`waitUntil`), for
+    /// at most the runtime's bound and a margin. Such an instance is not
+    /// idle: it must not be paused or reclaimed.
+    pub fn background_pending(&self) -> bool {
+        let mut running = self.shared.background.lock().unwrap();
+        running.retain(|_, since| since.elapsed() < BACKGROUND_WAIT);
+        !running.is_empty()
+    }
+
+    /// Waits until no call's work runs after its answer, or the bound.
+    pub async fn background_settled(&self) {
+        loop {
+            let ended = self.shared.background_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if !self.background_pending() || !self.is_alive() {
+                return;
+            }
+            // Entries also age out without a notification: look again.
+            let _ = tokio::time::timeout(Duration::from_secs(1), ended).await;
+        }
     }
 
     pub fn resume(&self) {
@@ -792,9 +824,11 @@ impl Shared {
                 status,
                 headers,
                 body,
+                background,
             } => {
                 use base64::Engine as _;
                 self.check_id(id, "a result")?;
+                self.note_background(id, background);
                 let body = base64::engine::general_purpose::STANDARD
                     .decode(&body)
                     .map_err(|e| {
@@ -814,8 +848,10 @@ impl Shared {
                 message,
                 name,
                 stack,
+                background,
             } => {
                 self.check_id(id, "an error")?;
+                self.note_background(id, background);
                 // The function's log shows its errors, as Lambda's does.
                 let text = stack.clone().unwrap_or_else(|| {
                     format!("{}: {message}", name.as_deref().unwrap_or("Error"))
@@ -842,9 +878,20 @@ impl Shared {
                 let w = waiter.ok_or("an init_error message, but no init was waiting for one")?;
                 let _ = w.send(Err(SandboxError::Init { message, stack }));
             }
+            FromRuntime::BackgroundDone { id, .. } => {
+                self.check_id(id, "background_done")?;
+                self.background.lock().unwrap().remove(&id);
+                self.background_ended.notify_waiters();
+            }
             FromRuntime::Ready { .. } => return Err("a second ready message".into()),
         }
         Ok(())
+    }
+
+    fn note_background(&self, id: u64, background: bool) {
+        if background {
+            self.background.lock().unwrap().insert(id, Instant::now());
+        }
     }
 }
 

@@ -136,6 +136,7 @@ impl Runtime {
             status: 200,
             headers: Vec::new(),
             body: String::new(),
+            background: false,
         })
         .await;
     }
@@ -336,6 +337,7 @@ async fn a_body_that_is_not_base64_kills_the_runtime() {
         status: 200,
         headers: Vec::new(),
         body: "not base64!".into(),
+        background: false,
     })
     .await;
     assert_killed_for(rt, call, "is not base64").await;

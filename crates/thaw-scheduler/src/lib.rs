@@ -415,7 +415,7 @@ impl Scheduler {
         for key in old {
             if let Some(pool) = pools.remove(&key) {
                 for slot in pool.slots.iter().filter(|s| s.inflight == 0) {
-                    slot.instance.kill();
+                    end_when_settled(slot.instance.clone());
                 }
                 // Busy instances are killed by `release`, which finds no pool.
                 pool.freed.notify_waiters();
@@ -436,6 +436,12 @@ impl Scheduler {
         pools.retain(|(namespace, name, version), pool| {
             let keep_alive = keep_alive_of(namespace, name, *version).unwrap_or(Duration::ZERO);
             pool.slots.retain_mut(|slot| {
+                if slot.inflight == 0 && slot.instance.background_pending() {
+                    // Work after an answer keeps it busy; idle time starts
+                    // when that work ends.
+                    slot.last_used = Instant::now();
+                    return true;
+                }
                 let idle_for = slot.last_used.elapsed();
                 let expired = slot.inflight == 0 && idle_for >= keep_alive;
                 if expired {
@@ -605,6 +611,8 @@ impl Scheduler {
             env: spec.env.clone(),
             timeout_ms: spec.timeout.as_millis() as u64,
             memory_mb: spec.memory_mb,
+            namespace: spec.namespace.clone(),
+            features: vec![thaw_protocol::FEATURE_BACKGROUND_DONE.to_string()],
         };
         // Loading code is not the handler's work: like Lambda's init phase
         // it gets its own allowance, so a short `timeout` does not fail a
@@ -637,7 +645,7 @@ impl Scheduler {
         let mut pools = self.pools.lock().unwrap();
         let Some(pool) = pools.get_mut(key) else {
             // The version was retired while this call ran.
-            instance.kill();
+            end_when_settled(instance.clone());
             return;
         };
         let alive = instance.is_alive();
@@ -718,7 +726,7 @@ fn usage_of(pools: &HashMap<PoolKey, Pool>, namespace: Option<&str>) -> Usage {
         usage.in_use.0 += n;
         usage.in_use.1 += u64::from(n) * memory;
         for (i, slot) in pool.slots.iter().enumerate() {
-            if slot.inflight > 0 {
+            if slot.inflight > 0 || slot.instance.background_pending() {
                 continue;
             }
             usage.idle.0 += 1;
@@ -729,6 +737,24 @@ fn usage_of(pools: &HashMap<PoolKey, Pool>, namespace: Option<&str>) -> Usage {
         }
     }
     usage
+}
+
+/// Kills a retired instance once the work its calls left running after
+/// their answers ended (at most the runtime's bound), or now.
+fn end_when_settled(instance: Instance) {
+    if !instance.background_pending() {
+        instance.kill();
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(async move {
+                instance.background_settled().await;
+                instance.kill();
+            });
+        }
+        Err(_) => instance.kill(),
+    }
 }
 
 fn same_instance(a: &Instance, b: &Instance) -> bool {

@@ -105,6 +105,12 @@ impl FakeDriver {
             .expect("no fake runtime of that number")
     }
 
+    /// The init the newest runtime got.
+    fn last_init(&self) -> Option<thaw_protocol::Init> {
+        let runtimes = self.runtimes.lock().unwrap();
+        runtimes.last().and_then(|r| r.init.lock().unwrap().clone())
+    }
+
     /// What the killed runtimes were bound to.
     fn killed_bindings(&self) -> Vec<(String, i64, String)> {
         self.runtimes
@@ -266,6 +272,8 @@ async fn play_runtime(stream: DuplexStream, runtime: Arc<FakeRuntime>) {
                     break;
                 }
                 let sleep = Duration::from_millis(event["sleep_ms"].as_u64().unwrap_or(0));
+                // Work left running after the answer, as `waitUntil` does.
+                let background = event["background_ms"].as_u64().map(Duration::from_millis);
                 let bound = runtime
                     .bound_to()
                     .map(|(f, v, _)| format!("{f}@{v}"))
@@ -279,11 +287,21 @@ async fn play_runtime(stream: DuplexStream, runtime: Arc<FakeRuntime>) {
                     ],
                     // "ok"
                     body: "b2s=".into(),
+                    background: background.is_some(),
                 };
                 let writer = writer.clone();
+                let id = invoke.id;
                 calls.spawn(async move {
                     tokio::time::sleep(sleep).await;
                     let _ = write_frame(&mut *writer.lock().await, &result).await;
+                    if let Some(after) = background {
+                        tokio::time::sleep(after).await;
+                        let done = FromRuntime::BackgroundDone {
+                            id,
+                            timed_out: false,
+                        };
+                        let _ = write_frame(&mut *writer.lock().await, &done).await;
+                    }
                 });
             }
             // The host closed the stream, or sent garbage.
@@ -880,4 +898,43 @@ async fn the_host_budget_spans_namespaces_and_evicts_across_them() {
         }
         other => panic!("expected the host budget to refuse: {other:?}"),
     }
+}
+
+fn with_background(ms: u64) -> Payload {
+    Payload::Event(serde_json::json!({ "background_ms": ms }))
+}
+
+#[tokio::test]
+async fn work_after_an_answer_keeps_an_instance_from_pause_and_reaping() {
+    let (driver, scheduler) = setup();
+    let f = spec("a", "f", 1);
+    let call = scheduler.invoke(&f, with_background(400)).await.unwrap();
+    assert!(call.cold && driver.starts() == 1);
+    let init = driver.last_init().expect("an init");
+    assert_eq!(init.namespace, "a");
+    assert!(init
+        .features
+        .iter()
+        .any(|x| x == thaw_protocol::FEATURE_BACKGROUND_DONE));
+    // While the work runs, a zero keep-alive and pause delay touch nothing.
+    assert_eq!(
+        scheduler.reap_idle(|_, _, _| Some(Duration::ZERO), Some(Duration::ZERO)),
+        0
+    );
+    assert_eq!((driver.kills(), driver.pauses()), (0, 0));
+    // Once the runtime says it ended, the instance is idle like any other.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(scheduler.reap_idle(|_, _, _| Some(Duration::ZERO), None), 1);
+    assert_eq!(driver.kills(), 1);
+}
+
+#[tokio::test]
+async fn a_retired_instance_finishes_its_work_after_the_answer_first() {
+    let (driver, scheduler) = setup();
+    let f = spec("a", "f", 1);
+    scheduler.invoke(&f, with_background(400)).await.unwrap();
+    scheduler.retire("a", "f", &[]);
+    assert_eq!(driver.kills(), 0, "killed while its work ran");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(driver.kills(), 1, "killed once the work ended");
 }

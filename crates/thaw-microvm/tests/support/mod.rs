@@ -83,6 +83,8 @@ pub async fn init_and_invoke(
         env: BTreeMap::new(),
         timeout_ms: 30_000,
         memory_mb: 128,
+        namespace: "default".into(),
+        features: Vec::new(),
     });
     write_frame(ch, &init).await.unwrap();
     loop {
