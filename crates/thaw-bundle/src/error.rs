@@ -22,6 +22,15 @@ pub enum BundleError {
         problem: String,
     },
 
+    /// A path the file system could not hold: a name over 255 bytes, or a
+    /// whole path over 4096 bytes (PATH_MAX) where it would be written.
+    #[error("{what} `{path}` {problem}")]
+    PathTooLong {
+        what: &'static str,
+        path: String,
+        problem: String,
+    },
+
     #[error(
         "{what} `{path}` is a {kind}: a bundle holds only regular files, folders and symlinks; \
          remove it or list it in `.thawignore`"
@@ -89,6 +98,7 @@ impl BundleError {
             BundleError::InvalidName { .. } => "invalid_name",
             BundleError::BadDir { .. } => "bad_dir",
             BundleError::UnsafePath { .. } => "unsafe_path",
+            BundleError::PathTooLong { .. } => "path_too_long",
             BundleError::Unsupported { .. } => "unsupported_entry",
             BundleError::Duplicate { .. } => "duplicate_entry",
             BundleError::TooLarge { .. } => "too_large",

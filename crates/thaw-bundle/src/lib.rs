@@ -20,7 +20,10 @@ mod unpack;
 
 use sha2::{Digest, Sha256};
 
-pub use build::{build, find_esbuild, BUILD_DIR};
+pub use build::{
+    build, build_with, find_esbuild, run_to_end, BuildEnd, BuildJob, BuildOutput, BuildSandbox,
+    BuildView, HostBuild, BUILD_DIR,
+};
 pub use entry::find_entry;
 pub use error::BundleError;
 pub use pack::{pack_dir, Packed};

@@ -9,7 +9,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use tar::{EntryType, Header};
 
-use crate::paths::{check_link_target, human, show};
+use crate::paths::{check_lengths, check_link_target, human, show};
 use crate::{BundleError, Limits, BUILD_DIR};
 
 /// The result of [`pack_dir`].
@@ -143,6 +143,13 @@ fn collect(dir: &Path) -> Result<Vec<Item>, BundleError> {
         }
         let path = entry.path().to_path_buf();
         let rel = rel_name(dir, &path)?;
+        // What the server would refuse to unpack (before the folder it
+        // unpacks into is known; that part is its own check).
+        check_lengths(rel.as_bytes(), None).map_err(|problem| BundleError::PathTooLong {
+            what: "file",
+            path: show(rel.as_bytes()),
+            problem,
+        })?;
         let meta = fs::symlink_metadata(&path)
             .map_err(|e| BundleError::io(format!("cannot read `{}`", path.display()), e))?;
         let ft = meta.file_type();
@@ -162,6 +169,13 @@ fn collect(dir: &Path) -> Result<Vec<Item>, BundleError> {
                     what: "symlink",
                     path: format!("{rel} -> {}", show(target_bytes)),
                     problem: format!("{problem}; or leave it out with `{IGNORE_FILE}`"),
+                });
+            }
+            if let Err(problem) = check_lengths(target_bytes, None) {
+                return Err(BundleError::PathTooLong {
+                    what: "symlink",
+                    path: format!("{} -> {}", show(rel.as_bytes()), show(target_bytes)),
+                    problem,
                 });
             }
             Kind::Link(target.to_string_lossy().into_owned())

@@ -3,7 +3,53 @@
 
 /// Longest path (in bytes) a bundle may hold; Linux's PATH_MAX. Also bounds
 /// how many folders one hostile entry can make us create.
-const MAX_PATH_BYTES: usize = 4096;
+pub(crate) const MAX_PATH_BYTES: usize = 4096;
+
+/// Longest name of one file or folder (in bytes); Linux's NAME_MAX.
+pub(crate) const MAX_NAME_BYTES: usize = 255;
+
+/// Why a path is too long for the file system, worded to follow the path in
+/// a message; checked before any file-system call, so that a name the
+/// kernel would refuse (`ENAMETOOLONG`) is the user's error, not the host's.
+///
+/// `path` is slash-separated (a relative path or a symlink target). Each
+/// name in it must fit NAME_MAX, and the whole, with `base` and a `/` in
+/// front (the folder it is written under, when there is one) and its
+/// terminating NUL, must fit PATH_MAX.
+pub(crate) fn check_lengths(path: &[u8], base: Option<&std::path::Path>) -> Result<(), String> {
+    if let Some(name) = path
+        .split(|&b| b == b'/')
+        .find(|name| name.len() > MAX_NAME_BYTES)
+    {
+        return Err(format!(
+            "has a name of {} bytes (`{}`), over the limit of {MAX_NAME_BYTES} bytes for one \
+             file or folder name: use shorter names",
+            name.len(),
+            show(name)
+        ));
+    }
+    if path.len() + 1 > MAX_PATH_BYTES {
+        return Err(format!(
+            "is {} bytes long, over the limit of {} bytes for a whole path: use shorter paths \
+             or fewer nested folders",
+            path.len(),
+            MAX_PATH_BYTES - 1
+        ));
+    }
+    if let Some(base) = base {
+        let joined = base.as_os_str().len() + 1 + path.len();
+        if joined + 1 > MAX_PATH_BYTES {
+            // The base is the server's folder: its length is not the
+            // user's business, only that the whole is too long.
+            return Err(format!(
+                "is too long to unpack: under the folder it is unpacked into, its path would \
+                 pass the limit of {MAX_PATH_BYTES} bytes for a whole path (PATH_MAX): use \
+                 shorter paths or fewer nested folders"
+            ));
+        }
+    }
+    Ok(())
+}
 
 const LEAVES: &str = "leaves the bundle: paths must be relative and stay inside the folder";
 
@@ -131,6 +177,31 @@ mod tests {
                 "{link} -> {target:?}"
             );
         }
+    }
+
+    #[test]
+    fn lengths() {
+        let name = "n".repeat(MAX_NAME_BYTES);
+        assert!(check_lengths(name.as_bytes(), None).is_ok());
+        let over = "n".repeat(MAX_NAME_BYTES + 1);
+        let err = check_lengths(format!("a/{over}/b").as_bytes(), None).unwrap_err();
+        assert!(err.contains("256 bytes"), "{err}");
+        // 4095 bytes plus the NUL fit; 4096 do not.
+        let deep = |len: usize| {
+            let mut p = "d/".repeat(len / 2);
+            p.truncate(len - 1);
+            p.push('f');
+            p
+        };
+        assert_eq!(deep(4095).len(), 4095);
+        assert!(check_lengths(deep(4095).as_bytes(), None).is_ok());
+        assert!(check_lengths(deep(4096).as_bytes(), None).is_err());
+        let base = std::path::Path::new("/srv/thaw/code/tree");
+        let fits = deep(4095 - base.as_os_str().len() - 1);
+        assert!(check_lengths(fits.as_bytes(), Some(base)).is_ok());
+        let over = deep(4095 - base.as_os_str().len());
+        let err = check_lengths(over.as_bytes(), Some(base)).unwrap_err();
+        assert!(err.contains("PATH_MAX") && !err.contains("/srv"), "{err}");
     }
 
     #[test]

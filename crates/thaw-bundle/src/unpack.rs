@@ -12,7 +12,7 @@ use std::rc::Rc;
 use flate2::read::GzDecoder;
 use tar::EntryType;
 
-use crate::paths::{check_link_target, human, normalize_rel, show};
+use crate::paths::{check_lengths, check_link_target, human, normalize_rel, show, MAX_PATH_BYTES};
 use crate::{BundleError, Limits};
 
 /// The result of [`unpack`].
@@ -118,12 +118,25 @@ fn unpack_into(archive: &[u8], dest: &Path, limits: &Limits) -> Result<Unpacked,
             path: show(&raw),
             problem: problem.to_string(),
         };
+        let too_long = |path: String, problem: String| BundleError::PathTooLong {
+            what: "archive entry",
+            path,
+            problem,
+        };
+        if raw.len() > MAX_PATH_BYTES {
+            // Refused for its length (which check_lengths is sure to do)
+            // rather than for what normalize_rel would find in it.
+            check_lengths(&raw, None).map_err(|p| too_long(show(&raw), p))?;
+        }
         let rel = match normalize_rel(&raw).map_err(unsafe_path)? {
             Some(rel) => rel,
             // The root folder itself ("./"): it exists already.
             None if kind == EntryType::Directory => continue,
             None => return Err(unsafe_path("names the bundle folder itself")),
         };
+        // Before any file-system call: a name the kernel would refuse
+        // (ENAMETOOLONG) is the archive's fault, not the host's.
+        check_lengths(rel.as_bytes(), Some(dest)).map_err(|p| too_long(show(rel.as_bytes()), p))?;
         let unsupported = match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::Directory => None,
             EntryType::Symlink => None,
@@ -169,6 +182,13 @@ fn unpack_into(archive: &[u8], dest: &Path, limits: &Limits) -> Result<Unpacked,
                         what: "symlink",
                         path: format!("{rel} -> {}", show(&target)),
                         problem: problem.to_string(),
+                    });
+                }
+                if let Err(problem) = check_lengths(&target, None) {
+                    return Err(BundleError::PathTooLong {
+                        what: "symlink",
+                        path: format!("{} -> {}", show(rel.as_bytes()), show(&target)),
+                        problem,
                     });
                 }
                 // check_link_target proved the target is UTF-8.

@@ -180,3 +180,38 @@ fn errors_in_host_files_are_not_echoed() {
     assert!(!msg.contains("secret line"), "{msg}");
     assert!(msg.contains("outside the bundle"), "{msg}");
 }
+
+#[test]
+fn a_base_config_that_is_not_there_fails_the_build() {
+    // esbuild itself only warns and builds on without it; in a jail every
+    // host file is "not there", so this is what stops an `extends` of one.
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        tmp.path(),
+        "tsconfig.json",
+        r#"{"extends": "./missing/base.json"}"#,
+    );
+    write(tmp.path(), "index.ts", "export const x: number = 1;\n");
+    let err = build(tmp.path(), "index.ts", None).unwrap_err();
+    assert_eq!(err.code(), "build_failed");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("Cannot find base config file \"./missing/base.json\""),
+        "{msg}"
+    );
+    assert!(msg.contains("tsconfig.json:1:12:"), "{msg}");
+    assert!(!tmp.path().join(".thaw").exists());
+}
+
+#[test]
+fn the_host_sandbox_builds_as_build_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "index.ts", "export const x: number = 41 + 1;\n");
+    let out =
+        thaw_bundle::build_with(tmp.path(), "index.ts", None, &thaw_bundle::HostBuild).unwrap();
+    let url = format!("file://{}", tmp.path().join(&out).display());
+    assert_eq!(
+        node_eval(&format!("console.log((await import({url:?})).x)")),
+        "42"
+    );
+}

@@ -361,3 +361,129 @@ fn existing_dest_is_refused_and_kept() {
     assert_eq!(err.code(), "io_error");
     assert!(Path::new(&dest.join("keep")).exists());
 }
+
+/// An entry whose name (and link target) may be longer than a plain header
+/// holds: GNU long-name and long-link records in front of it.
+fn long_entry(gz: &mut impl Write, name: &[u8], kind: EntryType, target: &[u8], data: &[u8]) {
+    for (record, value) in [
+        (EntryType::GNULongName, name),
+        (EntryType::GNULongLink, target),
+    ] {
+        if value.is_empty() {
+            continue;
+        }
+        let h = header(b"././@LongLink", record, b"", value.len() as u64, 0o644);
+        gz.write_all(h.as_bytes()).unwrap();
+        write_block(gz, value);
+    }
+    let h = header(b"short", kind, b"", data.len() as u64, 0o644);
+    gz.write_all(h.as_bytes()).unwrap();
+    write_block(gz, data);
+}
+
+fn long_archive(entries: &[(&[u8], EntryType, &[u8])]) -> Vec<u8> {
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    for (name, kind, target) in entries {
+        long_entry(&mut gz, name, *kind, target, b"x");
+    }
+    gz.write_all(&[0; 1024]).unwrap();
+    gz.finish().unwrap()
+}
+
+/// A relative path of exactly `len` bytes, in folders of 100-byte names.
+fn deep(len: usize) -> String {
+    let mut p = String::new();
+    while p.len() + 101 < len {
+        p.push_str(&"d".repeat(100));
+        p.push('/');
+    }
+    p.push_str(&"f".repeat(len - p.len()));
+    p
+}
+
+#[test]
+fn names_too_long_for_the_file_system() {
+    // 255 bytes is NAME_MAX: fine.
+    let tmp = tempfile::tempdir().unwrap();
+    let longest = format!("sub/{}", "n".repeat(255));
+    let archive = long_archive(&[(longest.as_bytes(), EntryType::Regular, b"")]);
+    unpack(&archive, &tmp.path().join("ok"), &Limits::default()).unwrap();
+    assert!(tmp.path().join("ok").join(&longest).is_file());
+
+    // One byte more is the archive's fault (400), not the host's (io_error,
+    // a 500): caught before the kernel would say ENAMETOOLONG.
+    let name = format!("sub/{}", "n".repeat(256));
+    let err = refuse(
+        &long_archive(&[(name.as_bytes(), EntryType::Regular, b"")]),
+        &Limits::default(),
+    );
+    assert_eq!(err.code(), "path_too_long", "{err}");
+    let text = err.to_string();
+    assert!(text.contains("archive entry `sub/nnnn"), "{text}");
+    assert!(text.contains("a name of 256 bytes"), "{text}");
+    assert!(text.contains("limit of 255 bytes"), "{text}");
+    // The path is shown shortened, as every name from an archive is.
+    assert!(text.contains('…') && text.len() < 1000, "{text}");
+
+    // A folder entry too.
+    let err = refuse(
+        &long_archive(&[(name.as_bytes(), EntryType::Directory, b"")]),
+        &Limits::default(),
+    );
+    assert_eq!(err.code(), "path_too_long", "{err}");
+}
+
+#[test]
+fn paths_too_long_once_unpacked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("bundle");
+    // Short enough alone, too long under the folder it is unpacked into.
+    let room = 4095 - dest.as_os_str().len() - 1;
+    let fits = deep(room);
+    let archive = long_archive(&[(fits.as_bytes(), EntryType::Regular, b"")]);
+    unpack(&archive, &dest, &Limits::default()).unwrap();
+
+    let over = deep(room + 1);
+    let err = refuse(
+        &long_archive(&[(over.as_bytes(), EntryType::Regular, b"")]),
+        &Limits::default(),
+    );
+    assert_eq!(err.code(), "path_too_long", "{err}");
+    let text = err.to_string();
+    assert!(text.contains("archive entry `dddd"), "{text}");
+    assert!(text.contains("PATH_MAX"), "{text}");
+    // The server's own folder is not the user's business.
+    let tmp_name = tmp.path().to_string_lossy().into_owned();
+    assert!(!text.contains(&tmp_name), "{text}");
+
+    // Over PATH_MAX on its own, whatever the folder.
+    for len in [4096, 10_000] {
+        let err = refuse(
+            &long_archive(&[(deep(len).as_bytes(), EntryType::Regular, b"")]),
+            &Limits::default(),
+        );
+        assert_eq!(err.code(), "path_too_long", "{err}");
+        assert!(
+            err.to_string().contains(&format!("is {len} bytes long")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn symlink_targets_too_long() {
+    let long_name = format!("x/{}", "t".repeat(256));
+    let err = refuse(
+        &long_archive(&[(b"l", EntryType::Symlink, long_name.as_bytes())]),
+        &Limits::default(),
+    );
+    assert_eq!(err.code(), "path_too_long", "{err}");
+    assert!(err.to_string().contains("symlink `l -> x/ttt"), "{err}");
+
+    let long_target = deep(4096);
+    let err = refuse(
+        &long_archive(&[(b"l", EntryType::Symlink, long_target.as_bytes())]),
+        &Limits::default(),
+    );
+    assert_eq!(err.code(), "path_too_long", "{err}");
+}

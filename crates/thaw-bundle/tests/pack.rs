@@ -225,3 +225,17 @@ fn seal_makes_tree_read_only_without_following_links() {
     chmod(&dir, 0o755);
     chmod(&dir.join("sub"), 0o755);
 }
+
+#[test]
+fn what_the_server_could_not_unpack_is_refused_before_uploading() {
+    // A symlink's target is any string to the file system, but one with a
+    // name over 255 bytes could never be unpacked (nor followed).
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), "index.js", "export default () => 1;\n");
+    let target = format!("x/{}", "t".repeat(256));
+    symlink(&target, src.path().join("l")).unwrap();
+    let err = pack_dir(src.path(), &Limits::default()).unwrap_err();
+    assert_eq!(err.code(), "path_too_long", "{err}");
+    assert!(err.to_string().contains("symlink `l -> x/ttt"), "{err}");
+    assert!(err.to_string().contains("256 bytes"), "{err}");
+}

@@ -25,5 +25,5 @@ mod routes;
 mod server;
 
 pub use platform::{build_microvm_runtime, Config, DriverKind, HostBudget, JailMode, Platform};
-pub use server::serve;
+pub use server::{serve, serve_with, ConnectionLimits};
 pub use thaw_microvm::GuestKernel;

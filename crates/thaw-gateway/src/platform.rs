@@ -19,7 +19,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use thaw_bundle::Limits;
 use thaw_registry::Registry;
-use thaw_sandbox::{Driver, JailSettings, LogSink, ProcessDriver, ProcessDriverConfig};
+use thaw_sandbox::{
+    Driver, JailSettings, JailedBuild, LogSink, ProcessDriver, ProcessDriverConfig,
+};
 use thaw_scheduler::{
     FunctionSpec, InvokeError, PoolConfig, Quota, RuntimePool, Scheduler, SchedulerConfig,
 };
@@ -133,6 +135,36 @@ const JAIL_UIDS: u32 = 65_536;
 /// never touches the live instances of the other.
 const PROCESS_JAILS: &str = "jails";
 const VM_JAILS: &str = "vm-jails";
+/// Where TypeScript builds keep their jails, apart for the same reason.
+const BUILD_JAILS: &str = "build-jails";
+
+/// The uid (and gid) esbuild runs as in a build's jail: the first past both
+/// instance ranges, never an instance's (each driver cycles through every
+/// uid of its range, the last one too). One is enough: deploys, and so
+/// builds, run one at a time under the deploy lock.
+const BUILD_UID: u32 = FIRST_JAIL_UID + 2 * JAIL_UIDS;
+
+/// Where TypeScript builds run: in a jail of their own when the platform
+/// jails its runtimes (docs/security.md, "The TypeScript build"), else on
+/// the host.
+fn build_sandbox(
+    config: &Config,
+    jailed: bool,
+) -> anyhow::Result<Arc<dyn thaw_bundle::BuildSandbox>> {
+    if !jailed {
+        return Ok(Arc::new(thaw_bundle::HostBuild));
+    }
+    let state_dir = config.data_dir.join(BUILD_JAILS);
+    thaw_jail::cleanup_stale(&state_dir)
+        .context("could not clean up the build jails of an earlier run")?;
+    Ok(Arc::new(JailedBuild::new(JailSettings {
+        exe: std::env::current_exe().context("cannot find the thaw executable")?,
+        state_dir,
+        first_uid: BUILD_UID,
+        uids: 1,
+        limits: JailedBuild::default_limits(),
+    })))
+}
 
 fn jail_settings(config: &Config, kind: DriverKind) -> anyhow::Result<Option<JailSettings>> {
     if config.jail == JailMode::Off {
@@ -220,6 +252,8 @@ pub struct Platform {
     /// The admin token.
     token: String,
     esbuild: Option<PathBuf>,
+    /// Where esbuild runs (jailed when runtimes are).
+    build: Arc<dyn thaw_bundle::BuildSandbox>,
     routes: RouteTable,
     /// Changes to what serves (deploys, aliases, configuration) run one at
     /// a time: they are rare, and this keeps a version's probe, activation
@@ -281,6 +315,7 @@ impl Platform {
         scheduler_config.host = Some(host);
         let scheduler = Arc::new(Scheduler::new(runtimes, scheduler_config));
         let esbuild = thaw_bundle::find_esbuild(config.esbuild.as_deref());
+        let build = build_sandbox(&config, opened.jailed)?;
         for ns in registry.namespaces()? {
             scheduler.set_quota(&ns.name, quota_of(&ns.limits));
         }
@@ -294,6 +329,7 @@ impl Platform {
             scheduler,
             token,
             esbuild,
+            build,
             routes,
             deploy_lock: tokio::sync::Mutex::new(()),
             metrics: Default::default(),
@@ -398,7 +434,7 @@ impl Platform {
         self.scheduler.retire_all();
         // Either driver may have jailed instances, whichever the platform's
         // is (a function's thaw.toml may ask for the other).
-        for dir in [PROCESS_JAILS, VM_JAILS] {
+        for dir in [PROCESS_JAILS, VM_JAILS, BUILD_JAILS] {
             let dir = self.config.data_dir.join(dir);
             if dir.exists() {
                 if let Err(e) = thaw_jail::cleanup_stale(&dir) {

@@ -152,14 +152,27 @@ impl Registry {
         self.root.join("code").join(bundle)
     }
 
-    /// Stores an uploaded archive once and makes its code tree: checked,
-    /// unpacked, built (TypeScript), sealed read-only. An archive stored
-    /// before is not unpacked again.
+    /// [`Registry::store_code_with`] with TypeScript built on the host
+    /// ([`thaw_bundle::HostBuild`]): for tests and tools. A platform that
+    /// jails its runtimes builds in a jail too.
     pub fn store_code(
         &self,
         archive: &[u8],
         limits: &Limits,
         esbuild: Option<&Path>,
+    ) -> Result<CodeTree, RegistryError> {
+        self.store_code_with(archive, limits, esbuild, &thaw_bundle::HostBuild)
+    }
+
+    /// Stores an uploaded archive once and makes its code tree: checked,
+    /// unpacked, built (TypeScript, esbuild run by `sandbox`), sealed
+    /// read-only. An archive stored before is not unpacked again.
+    pub fn store_code_with(
+        &self,
+        archive: &[u8],
+        limits: &Limits,
+        esbuild: Option<&Path>,
+        sandbox: &dyn thaw_bundle::BuildSandbox,
     ) -> Result<CodeTree, RegistryError> {
         let bundle = thaw_bundle::content_hash(archive);
         let dir = self.code_dir(&bundle);
@@ -173,15 +186,19 @@ impl Registry {
             }
         }
 
+        // The staging tree's paths are at least as long as the final ones
+        // (`code/<64 hex>`), so a path that fits while unpacking still fits
+        // once the tree is moved.
         let staging = tempfile::Builder::new()
             .prefix(".staging-")
+            .rand_bytes(55)
             .tempdir_in(self.root.join("code"))
             .map_err(io_err(&self.root))?;
         let tree_dir = staging.path().join("tree");
         thaw_bundle::unpack(archive, &tree_dir, limits)?;
         let settings = thaw_bundle::read_settings(&tree_dir)?;
         let source_entry = thaw_bundle::find_entry(&tree_dir, &settings)?;
-        let entry = thaw_bundle::build(&tree_dir, &source_entry, esbuild)?;
+        let entry = thaw_bundle::build_with(&tree_dir, &source_entry, esbuild, sandbox)?;
         thaw_bundle::seal(&tree_dir).map_err(io_err(&tree_dir))?;
 
         let bundle_path = self.root.join("bundles").join(format!("{bundle}.tar.gz"));

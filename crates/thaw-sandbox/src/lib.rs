@@ -7,15 +7,18 @@
 //! notices when the runtime dies. The `process` driver runs each instance as
 //! its own Node process talking over a socketpair; the `microvm` driver
 //! (in thaw-microvm, which builds on this crate) runs each in a QEMU
-//! microVM restored from a snapshot.
+//! microVM restored from a snapshot. [`JailedBuild`] runs the TypeScript
+//! build (esbuild) in the same jail, seeing only the bundle.
 //!
 //! This crate must not know about HTTP, the registry or scheduling policy:
-//! it starts, talks to and kills runtimes, nothing more.
+//! it starts, talks to and kills sandboxed programs, nothing more.
 
+mod build_jail;
 mod instance;
 mod process;
 mod shim;
 
+pub use build_jail::JailedBuild;
 pub use instance::{
     Binding, Instance, InvokeOutcome, LogLine, LogSink, Reply, RuntimeProcess, CALL_LOG_BYTES,
     CALL_LOG_LINES, INSTANCE_LOG_BYTES_PER_SEC, INSTANCE_LOG_LINES_PER_SEC, MAX_LINE_BYTES,

@@ -420,16 +420,17 @@ impl Platform {
             ));
         }
         let _changing = self.deploy_lock.lock().await;
-        let (limits, esbuild, function, by) = (
+        let (limits, esbuild, build, function, by) = (
             self.config.limits,
             self.esbuild.clone(),
+            self.build.clone(),
             f.clone(),
             caller.name(),
         );
         let stored = self
             .blocking(move |r| {
                 let ns = r.namespace(&function.namespace)?;
-                let tree = r.store_code(&archive, &limits, esbuild.as_deref())?;
+                let tree = r.store_code_with(&archive, &limits, esbuild.as_deref(), &*build)?;
                 if tree.settings.memory_mb > ns.limits.max_memory_mb {
                     return Err(RegistryError::LimitReached(format!(
                         "the function asks for memory = {} MiB, more than namespace `{}` may hold at once (max_memory_mb = {})",
