@@ -60,6 +60,12 @@ impl Conn {
         })
     }
 
+    /// The server closed this connection (`connection: close`, or an end
+    /// of stream): the next request needs a new one.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
     pub fn get(&mut self, path: &str) -> io::Result<Response> {
         self.request("GET", path, &[], &[])
     }

@@ -2,9 +2,10 @@
 //! answers a hello-world function (cold start through the gateway, warm
 //! latency and throughput) beside the same work done by a bare Node `http`
 //! server (the floor), a fresh `node` process per request (the naive way),
-//! Cloudflare's workerd and Deno; how much faster the microVM driver's
-//! restore is than a boot; and writes `docs/benchmarks.md` and its chart
-//! `docs/benchmarks.svg`.
+//! Cloudflare's workerd and Deno; whether a namespace's instance limit
+//! keeps a noisy tenant from slowing another one down (`tenants.rs`); how
+//! much faster the microVM driver's restore is than a boot; and writes
+//! `docs/benchmarks.md` and its chart `docs/benchmarks.svg`.
 //!
 //! This crate owns the harness: starting and stopping the systems it
 //! measures (its own `thaw up` included), its HTTP client, the statistics
@@ -29,6 +30,7 @@ mod procs;
 mod report;
 mod results;
 mod stats;
+mod tenants;
 mod thaw;
 mod wire;
 
@@ -50,6 +52,7 @@ pub const SKIPPABLE: &[&str] = &[
     "workerd",
     "deno",
     "breakdown",
+    "tenants",
     "microvm",
 ];
 
@@ -246,6 +249,28 @@ pub fn run(options: &Options) -> Result<Written> {
     } else {
         measure_systems(options, &plan, workerd, deno)
     };
+    // After the peers (their servers are stopped by now), on a `thaw up` of
+    // its own, so that nothing the other sections left running is there.
+    let tenants = if options.skips("tenants") {
+        let why = if options.only_microvm {
+            "--only microvm"
+        } else {
+            "--skip tenants"
+        };
+        Figure::Skipped(why.into())
+    } else {
+        progress(&format!(
+            "tenants: namespace limits under a noisy neighbour ({} clients of `quiet`, {} of `noisy` held to max_instances = {})",
+            options.connections,
+            tenants::NOISY_CLIENTS,
+            tenants::NOISY_LIMIT
+        ));
+        let t = Figure::from_result(tenants::measure(&options.thaw_exe, &options.node, &plan));
+        if let Some(why) = t.failure() {
+            progress(&format!("tenants: failed: {why}"));
+        }
+        t
+    };
     // Last, so that the VMs' CPU (all of a core each under TCG) disturbs
     // no other figure.
     let microvm = if options.skips("microvm") {
@@ -277,6 +302,7 @@ pub fn run(options: &Options) -> Result<Written> {
         breakdown: measured.breakdown,
         memory: measured.memory,
         microvm,
+        tenants,
         pool_metrics: measured.pool_metrics,
         elapsed: started.elapsed(),
     };
@@ -290,6 +316,15 @@ pub fn run(options: &Options) -> Result<Written> {
             if let Some(why) = why {
                 failed.push(format!("{} {phase}: {why}", s.name));
             }
+        }
+    }
+    if let Some(why) = report.tenants.failure() {
+        failed.push(format!("tenants section: {why}"));
+    }
+    if let Some(t) = report.tenants.measured() {
+        for why in t.violations() {
+            progress(&format!("tenants: failed: {why}"));
+            failed.push(format!("tenants section: {why}"));
         }
     }
     if let Some(why) = report.microvm.failure() {

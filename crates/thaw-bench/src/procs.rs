@@ -347,6 +347,22 @@ fn parent_of(pid: u32) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// CPU time a process has used so far, user and system, all its threads
+/// (`/proc/PID/stat`, fields 14 and 15).
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf(3) reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let per_second = u64::try_from(per_second).ok().filter(|t| *t > 0)?;
+    Some(Duration::from_secs_f64(
+        (utime + stime) as f64 / per_second as f64,
+    ))
+}
+
 /// Proportional set size: private pages plus an equal share of the pages
 /// shared with other processes (`/proc/PID/smaps_rollup`).
 pub fn pss_bytes(pid: u32) -> Option<u64> {
@@ -392,6 +408,13 @@ mod tests {
         assert!(children_of(me).contains(&child.pid()));
         assert!(pss_bytes(child.pid()).unwrap() > 0);
         assert_eq!(cmdline(child.pid()).unwrap(), ["sleep", "30"]);
+        let spin = Instant::now();
+        while cpu_time(me).unwrap() < Duration::from_millis(20)
+            && spin.elapsed() < Duration::from_secs(5)
+        {
+            std::hint::black_box(spin.elapsed());
+        }
+        assert!(cpu_time(me).unwrap() >= Duration::from_millis(20));
         child.kill();
         assert!(!children_of(me).contains(&child.pid()));
     }

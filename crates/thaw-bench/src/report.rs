@@ -3,7 +3,7 @@
 
 use crate::load::Warm;
 use crate::results::{
-    Breakdown, Cold, Figure, Memory, Microvm, PoolTakes, Report, Role, SystemResult,
+    Breakdown, Cold, Figure, Memory, Microvm, PoolTakes, Report, Role, SystemResult, Tenants,
 };
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -111,6 +111,7 @@ pub fn markdown(r: &Report, chart_file: Option<&str>) -> String {
         warm_table(w, r);
         breakdown(w, r);
         memory(w, r);
+        tenants(w, r);
     }
     microvm(w, r);
     machine(w, r);
@@ -530,6 +531,197 @@ fn memory(w: &mut String, r: &Report) {
     let _ = writeln!(w);
 }
 
+/// `b / a` as a factor: "1.07×".
+fn ratio(b: f64, a: f64) -> String {
+    if a <= 0.0 {
+        return "–".into();
+    }
+    format!("{:.2}×", b / a)
+}
+
+/// The title of the tenants section, which the tests look for.
+pub const TENANTS_TITLE: &str = "Namespace limits: a noisy neighbour";
+
+fn tenants(w: &mut String, r: &Report) {
+    let Some(t) = heading(w, TENANTS_TITLE, &r.tenants) else {
+        return;
+    };
+    let Tenants {
+        clients,
+        noisy_clients,
+        noisy_limit,
+        noisy_work,
+        duration,
+        warmup,
+        alone,
+        beside,
+        noisy,
+    } = t;
+    let work = human(*noisy_work);
+    let _ = writeln!(
+        w,
+        "The claim (docs/api.md, \"Limits per namespace\"): a tenant asking for more instances than its \
+         limit gets `429 namespace_limit`, while another tenant's calls keep their latency.\n"
+    );
+    let _ = writeln!(
+        w,
+        "The bench starts a `thaw up` of its own for this section and, as the admin, makes two namespaces \
+         through the API, `noisy` with `max_instances = {noisy_limit}` and `quiet` with the defaults, and a \
+         deploy key for each; each key deploys its tenant's function with `PUT /v1/functions/{{name}}`, into \
+         the key's own namespace. quiet's (`/ns/quiet/fn/hello/`) is the hello-world Lambda handler of the \
+         sections above. noisy's (`/ns/noisy/fn/work/`) awaits a {work} timer before it answers: each call \
+         holds its instance for {work} without using the CPU. The limit counts instances, and a call held on \
+         a timer asks for them as a busy one does; a busy loop would also let noisy's {noisy_limit} instances \
+         (each may use a core) take {noisy_limit} cores, which on a small host measures the machine running \
+         out of CPU rather than the limit.\n"
+    );
+    let _ = writeln!(
+        w,
+        "- **A, quiet alone**: {clients} clients, one keep-alive connection each, call quiet back to back for \
+         {:.1} s, after {:.1} s of unmeasured calls that start one instance per client. p50 and p99 are over \
+         every call of every client; requests/s counts good answers.\n\
+         - **B, quiet beside noisy**: the same, while {noisy_clients} clients call noisy back to back, from \
+         the start of quiet's unmeasured calls to the end of its measured ones; noisy's answers are counted \
+         while quiet is measured. At most {noisy_limit} of noisy's calls can hold an instance; the others are \
+         refused at once and their clients call again, so most of noisy's calls are answered by the gateway \
+         alone. The bench's client threads run on the same machine as thaw.\n\n\
+         It runs with the command at the top of this page: `--duration` sets the length of each measured \
+         phase, `--connections` quiet's clients, and `--skip tenants` leaves the section out.\n",
+        duration.as_secs_f64(),
+        warmup.as_secs_f64()
+    );
+    let _ = writeln!(
+        w,
+        "| quiet (namespace `quiet`, default limits) | p50 | p99 | requests/s | calls timed | failed calls |"
+    );
+    let _ = writeln!(w, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    for (phase, p) in [("A. alone", alone), ("B. while noisy is hammered", beside)] {
+        let _ = writeln!(
+            w,
+            "| {phase} | {} | {} | {:.0} | {} | {} |",
+            human(p.latency.p50),
+            human(p.latency.p99),
+            p.rps,
+            p.latency.n,
+            p.failed
+        );
+    }
+    let secs = |d: Duration| d.as_secs_f64();
+    let _ = writeln!(
+        w,
+        "| B ÷ A | {} | {} | {} | | |\n",
+        ratio(secs(beside.latency.p50), secs(alone.latency.p50)),
+        ratio(secs(beside.latency.p99), secs(alone.latency.p99)),
+        ratio(beside.rps, alone.rps)
+    );
+    let _ = writeln!(
+        w,
+        "| noisy's answers during B (namespace `noisy`, max_instances = {noisy_limit}, {noisy_clients} clients) | answers | per second | share |"
+    );
+    let _ = writeln!(w, "| --- | ---: | ---: | ---: |");
+    let total = noisy.total();
+    let per_second = |n: u64| format!("{:.0}", n as f64 / noisy.seconds.max(1e-9));
+    let share = |n: u64| {
+        if total == 0 {
+            "–".to_string()
+        } else {
+            percent(n as f64 / total as f64)
+        }
+    };
+    for (what, n) in [
+        ("200: served by its instances", noisy.ok),
+        (
+            "429 `namespace_limit`: refused for its limit",
+            noisy.limited,
+        ),
+        ("other", noisy.other),
+        ("all", total),
+    ] {
+        let _ = writeln!(w, "| {what} | {n} | {} | {} |", per_second(n), share(n));
+    }
+    let _ = writeln!(w);
+    let cores = r.machine.cores;
+    let _ = writeln!(
+        w,
+        "| CPU while quiet was measured, in cores (this host has {cores}) | A | B |"
+    );
+    let _ = writeln!(w, "| --- | ---: | ---: |");
+    let (a, b) = (&alone.cpu, &beside.cpu);
+    for (what, a, b) in [
+        (
+            "thaw up itself (gateway, scheduler, registry)",
+            a.thaw_up,
+            b.thaw_up,
+        ),
+        (
+            "the runtimes thaw up started (both tenants' instances, pre-started runtimes, jails)",
+            a.runtimes,
+            b.runtimes,
+        ),
+        ("the bench (its client threads)", a.bench, b.bench),
+        (
+            "together",
+            a.thaw_up + a.runtimes + a.bench,
+            b.thaw_up + b.runtimes + b.bench,
+        ),
+    ] {
+        let _ = writeln!(w, "| {what} | {a:.2} | {b:.2} |");
+    }
+    let _ = writeln!(w);
+    let most = noisy_work.as_secs_f64().recip() * f64::from(*noisy_limit);
+    let _ = write!(
+        w,
+        "{noisy_limit} instances each holding a call for {work} serve at most {most:.0} calls/s; noisy's \
+         200s came at {}/s. ",
+        per_second(noisy.ok)
+    );
+    match noisy.peak_instances {
+        Some(peak) => {
+            let _ = writeln!(
+                w,
+                "`GET /v1/namespaces/noisy`, asked every {} ms during B ({} answers), counted at most \
+                 {peak} instances of noisy (its limit: {noisy_limit}).",
+                crate::tenants::POLL_EVERY.as_millis(),
+                noisy.polls
+            );
+        }
+        None => {
+            let _ = writeln!(
+                w,
+                "`GET /v1/namespaces/noisy` did not answer during B, so noisy's instances were not counted."
+            );
+        }
+    }
+    if let Some(first) = &noisy.first_other {
+        let _ = writeln!(
+            w,
+            "The first of noisy's other answers: {}.",
+            first.replace('|', "\\|")
+        );
+    }
+    let violations = t.violations();
+    if violations.is_empty() {
+        let instances = noisy
+            .peak_instances
+            .map(|p| format!(", ran at most {p} instances at once"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            w,
+            "\nThe limit held: noisy was refused {} calls ({} of its answers){instances}, and every call of \
+             quiet answered 200 `hello world`. The bench fails this section when noisy gets no 429, runs more \
+             instances than its limit, or quiet gets any other answer; it asserts nothing about speed.\n",
+            noisy.limited,
+            share(noisy.limited)
+        );
+    } else {
+        let _ = writeln!(w, "\n**Failed**:\n");
+        for v in violations {
+            let _ = writeln!(w, "- {}", v.replace('|', "\\|"));
+        }
+        let _ = writeln!(w);
+    }
+}
+
 /// PSS figures of processes of one kind, in bytes.
 struct Spread {
     count: usize,
@@ -842,6 +1034,7 @@ mod tests {
             breakdown: Figure::Skipped("--only microvm".into()),
             memory,
             microvm,
+            tenants: Figure::Skipped("--only microvm".into()),
             pool_metrics: Vec::new(),
             elapsed: Duration::from_secs(60),
         }
@@ -927,6 +1120,123 @@ mod tests {
         ));
         let failed = microvm_only(Figure::Failed("no thaw-agent | here".into()), Vec::new());
         assert!(markdown(&failed, None).contains("Not measured (failed: no thaw-agent \\| here)."));
+    }
+
+    fn tenants(limited: u64, quiet_failed: u64, peak: Option<u32>) -> Tenants {
+        use crate::results::{Noisy, TenantPhase};
+        let phase = |ms: &[u64], rps: f64| TenantPhase {
+            latency: Summary::of(
+                &ms.iter()
+                    .map(|m| Duration::from_micros(*m))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap(),
+            rps,
+            failed: 0,
+            first_failure: None,
+            cpu: crate::results::Cpu {
+                thaw_up: 0.5,
+                runtimes: 0.25,
+                bench: 0.125,
+            },
+        };
+        let mut beside = phase(&[500, 600, 700, 2_000], 3_000.0);
+        if quiet_failed > 0 {
+            beside.failed = quiet_failed;
+            beside.first_failure = Some("answered 429 | \"x\"".into());
+        }
+        Tenants {
+            clients: 4,
+            noisy_clients: 16,
+            noisy_limit: 2,
+            noisy_work: Duration::from_millis(20),
+            duration: Duration::from_secs(5),
+            warmup: Duration::from_secs(1),
+            alone: phase(&[400, 500, 600, 1_000], 4_000.0),
+            beside,
+            noisy: Noisy {
+                ok: 450,
+                limited,
+                other: 0,
+                first_other: None,
+                seconds: 5.0,
+                peak_instances: peak,
+                polls: 20,
+            },
+        }
+    }
+
+    #[test]
+    fn the_tenants_section_sets_b_beside_a_and_counts_noisy_s_answers() {
+        let mut r = microvm_only(Figure::Skipped("--skip microvm".into()), Vec::new());
+        let mut md = String::new();
+        r.tenants = Figure::Measured(tenants(49_550, 0, Some(2)));
+        super::tenants(&mut md, &r);
+        assert!(md.starts_with(&format!("## {TENANTS_TITLE}\n")), "{md}");
+        assert!(
+            md.contains("| A. alone | 500 µs | 1.00 ms | 4000 | 4 | 0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| B. while noisy is hammered | 600 µs | 2.00 ms | 3000 | 4 | 0 |"),
+            "{md}"
+        );
+        assert!(md.contains("| B ÷ A | 1.20× | 2.00× | 0.75× | | |"), "{md}");
+        assert!(md.contains("in cores (this host has 2) | A | B |"), "{md}");
+        assert!(md.contains("| together | 0.88 | 0.88 |"), "{md}");
+        assert!(
+            md.contains("| 200: served by its instances | 450 | 90 | 0.90 % |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 429 `namespace_limit`: refused for its limit | 49550 | 9910 | 99 % |"),
+            "{md}"
+        );
+        assert!(md.contains("| all | 50000 | 10000 | 100 % |"), "{md}");
+        assert!(
+            md.contains("serve at most 100 calls/s; noisy's 200s came at 90/s."),
+            "{md}"
+        );
+        assert!(
+            md.contains("counted at most 2 instances of noisy (its limit: 2)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("The limit held: noisy was refused 49550 calls"),
+            "{md}"
+        );
+        assert!(!md.contains("**Failed**"), "{md}");
+
+        let mut md = String::new();
+        r.tenants = Figure::Measured(tenants(0, 3, Some(3)));
+        super::tenants(&mut md, &r);
+        assert!(md.contains("**Failed**"), "{md}");
+        assert!(
+            md.contains("- noisy (max_instances = 2) got no 429 namespace_limit"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- quiet beside noisy (phase B): 3 call(s) did not answer 200 hello world; the first: answered 429 \\| \"x\""),
+            "{md}"
+        );
+        assert!(
+            md.contains("- noisy ran 3 instances at once, over its max_instances of 2"),
+            "{md}"
+        );
+        assert_eq!(r.tenants.measured().unwrap().violations().len(), 3);
+
+        r.tenants = Figure::Skipped("--skip tenants".into());
+        let mut md = String::new();
+        super::tenants(&mut md, &r);
+        assert!(
+            md.contains("Not measured (skipped: --skip tenants)."),
+            "{md}"
+        );
+        let only = microvm_only(Figure::Skipped("--skip microvm".into()), Vec::new());
+        assert!(
+            !markdown(&only, None).contains(TENANTS_TITLE),
+            "no tenants section without the systems"
+        );
     }
 
     #[test]

@@ -164,6 +164,123 @@ impl Microvm {
     }
 }
 
+/// Namespace limits under a noisy neighbour: one tenant's calls measured
+/// alone (phase A), then again while another tenant, held to a few
+/// instances, is called by many more clients than it may serve (phase B).
+#[derive(Debug, Clone)]
+pub struct Tenants {
+    /// quiet's clients in both phases, one keep-alive connection each.
+    pub clients: usize,
+    /// noisy's clients in phase B, calling back to back.
+    pub noisy_clients: usize,
+    /// noisy's `max_instances`.
+    pub noisy_limit: u32,
+    /// How long one call of noisy's function takes (a timer, not CPU).
+    pub noisy_work: Duration,
+    /// Measured length of each phase, after its unmeasured warm-up.
+    pub duration: Duration,
+    pub warmup: Duration,
+    /// quiet alone.
+    pub alone: TenantPhase,
+    /// quiet while noisy is hammered.
+    pub beside: TenantPhase,
+    pub noisy: Noisy,
+}
+
+/// quiet's calls in one phase.
+#[derive(Debug, Clone)]
+pub struct TenantPhase {
+    /// Latency of every good call of every client.
+    pub latency: Summary,
+    /// Good answers per second, all clients together.
+    pub rps: f64,
+    /// Calls that did not answer 200 `hello world` (another status, a
+    /// wrong body, a broken connection), and the first of them.
+    pub failed: u64,
+    pub first_failure: Option<String>,
+    /// CPU used while the phase was measured.
+    pub cpu: Cpu,
+}
+
+/// CPU used during a measured window, in cores: CPU seconds over wall
+/// seconds (2.0 is two cores busy all the time).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cpu {
+    /// `thaw up` itself: gateway, scheduler, registry.
+    pub thaw_up: f64,
+    /// The processes `thaw up` started: runtimes (both tenants'
+    /// instances, pre-started ones) and their jails.
+    pub runtimes: f64,
+    /// The bench's own process: its client threads.
+    pub bench: f64,
+}
+
+/// noisy's answers while quiet's phase B was measured.
+#[derive(Debug, Clone)]
+pub struct Noisy {
+    /// 200: calls its instances served.
+    pub ok: u64,
+    /// 429 `namespace_limit`: calls refused for its `max_instances`.
+    pub limited: u64,
+    /// Anything else, and the first of them.
+    pub other: u64,
+    pub first_other: Option<String>,
+    /// The window they were counted in.
+    pub seconds: f64,
+    /// Most instances `GET /v1/namespaces/noisy` counted, polled during
+    /// phase B; `None` when no poll answered.
+    pub peak_instances: Option<u32>,
+    pub polls: usize,
+}
+
+impl Noisy {
+    pub fn total(&self) -> u64 {
+        self.ok + self.limited + self.other
+    }
+}
+
+impl Tenants {
+    /// What makes the section fail: correctness, never speed.
+    pub fn violations(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.noisy.limited == 0 {
+            v.push(format!(
+                "noisy (max_instances = {}) got no 429 namespace_limit from {} clients calling \
+                 back to back ({} answers: {} of them 200, {} other{}): the namespace limit did not refuse anything",
+                self.noisy_limit,
+                self.noisy_clients,
+                self.noisy.total(),
+                self.noisy.ok,
+                self.noisy.other,
+                self.noisy
+                    .first_other
+                    .as_deref()
+                    .map(|f| format!("; the first other: {f}"))
+                    .unwrap_or_default()
+            ));
+        }
+        for (phase, p) in [
+            ("alone (phase A)", &self.alone),
+            ("beside noisy (phase B)", &self.beside),
+        ] {
+            if p.failed > 0 {
+                v.push(format!(
+                    "quiet {phase}: {} call(s) did not answer 200 hello world; the first: {}",
+                    p.failed,
+                    p.first_failure.as_deref().unwrap_or("?")
+                ));
+            }
+        }
+        if let Some(peak) = self.noisy.peak_instances.filter(|p| *p > self.noisy_limit) {
+            v.push(format!(
+                "noisy ran {peak} instances at once, over its max_instances of {}",
+                self.noisy_limit
+            ));
+        }
+        v
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Report {
     pub command_line: String,
@@ -178,6 +295,8 @@ pub struct Report {
     pub breakdown: Figure<Breakdown>,
     pub memory: Vec<Memory>,
     pub microvm: Figure<Microvm>,
+    /// Namespace limits under a noisy neighbour.
+    pub tenants: Figure<Tenants>,
     /// `thaw_pool_*` and `thaw_runtime_*` lines of `/metrics` at the end.
     pub pool_metrics: Vec<String>,
     pub elapsed: Duration,

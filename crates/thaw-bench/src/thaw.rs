@@ -155,14 +155,27 @@ impl Platform {
         })
     }
 
-    /// One control API call on a new connection.
+    /// One control API call on a new connection, with the admin token.
     fn api(&self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>)> {
+        self.api_as(&self.token, method, path, "application/gzip", body)
+    }
+
+    /// One control API call on a new connection, with `token`; `body` is
+    /// sent as `content_type` when there is one.
+    fn api_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<(u16, Vec<u8>)> {
         let mut c = Conn::connect(self.addr)
             .context(|| format!("could not reach thaw on {}", self.addr))?;
-        let auth = format!("Bearer {}", self.token);
+        let auth = format!("Bearer {token}");
         let mut headers = vec![("authorization", auth.as_str())];
         if !body.is_empty() {
-            headers.push(("content-type", "application/gzip"));
+            headers.push(("content-type", content_type));
         }
         let r = c
             .request(method, path, &headers, body)
@@ -170,19 +183,105 @@ impl Platform {
         Ok((r.status, r.body))
     }
 
-    /// Deploys the folder `dir` as `name` (`PUT /v1/functions/{name}`).
+    /// A JSON control API call with the admin token; the answer, as `T`,
+    /// when its status is `want`, else the error thaw gave.
+    fn api_json<T>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        want: u16,
+        decode: impl FnOnce(serde_json::Value) -> serde_json::Result<T>,
+    ) -> Result<T> {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let (status, answer) = self.api_as(
+            &self.token,
+            method,
+            path,
+            "application/json",
+            body.as_bytes(),
+        )?;
+        if status != want {
+            return Err(failed(format!(
+                "{method} {path} answered {status}: {}",
+                error_message(&answer)
+            )));
+        }
+        serde_json::from_slice(&answer)
+            .and_then(decode)
+            .map_err(|e| failed(format!("{method} {path} gave unexpected JSON: {e}")))
+    }
+
+    /// `POST /v1/namespaces`, with `max_instances` when given.
+    pub fn create_namespace(
+        &self,
+        name: &str,
+        max_instances: Option<u32>,
+    ) -> Result<thaw_api::NamespaceView> {
+        let request = thaw_api::CreateNamespace {
+            name: name.into(),
+            limits: thaw_api::LimitsPatch {
+                max_instances,
+                ..Default::default()
+            },
+        };
+        let body = serde_json::to_value(&request).expect("a request serialises");
+        self.api_json(
+            "POST",
+            "/v1/namespaces",
+            Some(&body),
+            201,
+            serde_json::from_value,
+        )
+    }
+
+    /// `GET /v1/namespaces/{name}`.
+    pub fn namespace(&self, name: &str) -> Result<thaw_api::NamespaceView> {
+        self.api_json(
+            "GET",
+            &format!("/v1/namespaces/{name}"),
+            None,
+            200,
+            serde_json::from_value,
+        )
+    }
+
+    /// `POST /v1/keys`: a new key of `namespace` with `role`; its token.
+    pub fn create_key(&self, namespace: &str, name: &str, role: &str) -> Result<String> {
+        let request = thaw_api::CreateKey {
+            namespace: namespace.into(),
+            name: name.into(),
+            role: role.into(),
+            expires_in_s: None,
+        };
+        let body = serde_json::to_value(&request).expect("a request serialises");
+        let created: thaw_api::CreatedKey =
+            self.api_json("POST", "/v1/keys", Some(&body), 201, serde_json::from_value)?;
+        Ok(created.token)
+    }
+
+    /// Deploys the folder `dir` as `name` (`PUT /v1/functions/{name}`) with
+    /// the admin token, into `default`.
     pub fn deploy(&self, name: &str, dir: &Path) -> Result<()> {
+        self.deploy_as(&self.token, name, dir)
+    }
+
+    /// Deploys the folder `dir` as `name` through `PUT /v1/functions/{name}`
+    /// with `token`: into the key's own namespace.
+    pub fn deploy_as(&self, token: &str, name: &str, dir: &Path) -> Result<()> {
         let packed = thaw_bundle::pack_dir(dir, &thaw_bundle::Limits::default())
             .map_err(|e| failed(format!("could not pack {}: {e}", dir.display())))?;
-        let (status, body) = self.api("PUT", &format!("/v1/functions/{name}"), &packed.archive)?;
+        let (status, body) = self.api_as(
+            token,
+            "PUT",
+            &format!("/v1/functions/{name}"),
+            "application/gzip",
+            &packed.archive,
+        )?;
         if status != 200 {
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             return Err(failed(format!(
                 "deploying {name} failed ({status}): {}",
-                v["error"]["message"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned())
+                error_message(&body)
             )));
         }
         Ok(())
@@ -302,6 +401,11 @@ impl Platform {
     pub fn log_tail(&self) -> String {
         tail(&self.log)
     }
+
+    /// The pid of `thaw up` itself.
+    pub fn pid(&self) -> u32 {
+        self.up.pid()
+    }
 }
 
 impl Drop for Platform {
@@ -362,6 +466,15 @@ fn announced_driver(line: &str) -> String {
         .and_then(|rest| rest.split(", functions").next())
         .unwrap_or("unknown")
         .to_string()
+}
+
+/// The message of thaw's error shape, or the body as text.
+fn error_message(body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    v["error"]["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned())
 }
 
 fn tail(log: &Mutex<VecDeque<String>>) -> String {

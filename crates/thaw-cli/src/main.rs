@@ -79,6 +79,19 @@ struct Tuning {
     /// Calls that may wait for an instance of one function; more get 429.
     #[arg(long, default_value_t = 100)]
     queue_limit: usize,
+    /// Time a client has to send a request's head, in ms; slower
+    /// connections are closed.
+    #[arg(long, default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// A kept-alive connection silent this long between requests (or
+    /// within a request body) is closed, in ms.
+    #[arg(long, default_value_t = 60_000)]
+    idle_timeout_ms: u64,
+    /// Open connections at most; past it thaw stops accepting until one
+    /// closes [default: from the descriptor limit, which thaw raises to
+    /// its hard limit]
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Memory all instances together may be given, in MiB (the sum of
     /// their `memory`) [default: 90% of the host's memory]
     #[arg(long)]
@@ -551,6 +564,9 @@ when missing). The report also breaks thaw's cold path into its steps (runtime s
 the code, first call), reports idle memory (PSS) of thaw's runtimes and of each server, and \
 checks the targets: cold p50 <= 3 ms and p99 <= 10 ms, warm p50 <= 100 us over bare Node, \
 throughput >= 80 % of it.\n\n\
+The tenants section makes two namespaces through the API, `noisy` with max_instances = 2 and `quiet`, \
+and measures quiet's warm latency and throughput alone and while 16 clients call noisy back to back, \
+counting noisy's 200s and 429 namespace_limit.\n\n\
 The microVM section (last, as its VMs take a core each) boots --microvm-boots VMs from scratch \
 and restores --microvm-restores from a template, each to the answer to its first call, and reports \
 boot / restore (the goal: at least 10x), then the PSS of --microvm-vms idle restored VMs. It drives \
@@ -580,7 +596,7 @@ Never trust one run on a busy machine: the figures are only as quiet as the host
         /// The markdown report; the chart is written beside it with the .svg extension.
         #[arg(long, default_value = "docs/benchmarks.md")]
         out: PathBuf,
-        /// Leave out some of: thaw-fetch, thaw-unjailed, naive, workerd, deno, breakdown, microvm (comma-separated).
+        /// Leave out some of: thaw-fetch, thaw-unjailed, naive, workerd, deno, breakdown, tenants, microvm (comma-separated).
         #[arg(long, value_delimiter = ',', value_name = "LIST")]
         skip: Vec<String>,
         /// Run one section alone: `microvm` (no `thaw up`, no peers).
@@ -1158,8 +1174,13 @@ fn up(data_dir: PathBuf, listen: SocketAddr, node: PathBuf, t: Tuning) -> anyhow
     };
     config.pause_idle_after =
         Some(Duration::from_millis(t.pause_idle_after_ms)).filter(|d| !d.is_zero());
+    let connections = thaw_gateway::ConnectionLimits {
+        header_read_timeout: Duration::from_millis(t.header_timeout_ms),
+        idle_timeout: Duration::from_millis(t.idle_timeout_ms),
+        max_connections: t.max_connections,
+    };
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(thaw_gateway::serve(config))
+    rt.block_on(thaw_gateway::serve_with(config, connections))
 }
 
 /// The function name for a folder: --name, else thaw.toml's, else the

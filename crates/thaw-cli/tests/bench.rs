@@ -144,6 +144,37 @@ fn quick_bench_writes_a_row_of_figures_per_system() {
     ] {
         section(&md, part);
     }
+    // Namespace limits under a noisy neighbour: quiet's figures in both
+    // phases, noisy refused for its limit and served within it. Speed is
+    // not checked; what the section fails on is.
+    assert!(
+        stderr.contains("[bench] tenants: B. quiet, 2 clients"),
+        "{stderr}"
+    );
+    let tenants = section(&md, "Namespace limits: a noisy neighbour");
+    for phase in ["A. alone", "B. while noisy is hammered"] {
+        let p = row(tenants, phase);
+        assert!(
+            p[1..3].iter().all(|x| is_duration(x)),
+            "quiet p50/p99 in {phase}: {p:?}"
+        );
+        assert!(p[3].parse::<f64>().is_ok(), "requests/s in {phase}: {p:?}");
+        assert!(p[4].parse::<u64>().unwrap() > 0, "{p:?}");
+        assert_eq!(p[5], "0", "quiet's failed calls in {phase}: {p:?}");
+    }
+    let ratios = row(tenants, "B ÷ A");
+    assert!(ratios[1..4].iter().all(|x| x.ends_with('×')), "{ratios:?}");
+    let count = |name: &str| -> u64 { row(tenants, name)[1].parse().unwrap() };
+    assert!(count("429 `namespace_limit`: refused for its limit") > 0);
+    assert!(count("200: served by its instances") > 0);
+    assert!(
+        tenants.contains("The limit held: noisy was refused"),
+        "{tenants}"
+    );
+    assert!(!tenants.contains("**Failed**"), "{tenants}");
+    let cpu = row(tenants, "together");
+    assert!(cpu[1].parse::<f64>().is_ok(), "{cpu:?}");
+
     let memory = section(&md, "Idle memory (PSS)");
     assert!(
         memory.contains("| thaw: idle function instances"),
