@@ -48,6 +48,10 @@ export const handler = async () => {
     kill_host: attempt(() => process.kill(Number(env.THAW_PID), "SIGKILL")),
     uid: process.getuid(),
     init_cmdline: attempt(() => fs.readFileSync("/proc/1/cmdline", "latin1")),
+    constrained_memory: process.constrainedMemory(),
+    cgroup_write: attempt(() => fs.writeFileSync(
+      fs.existsSync("/sys/fs/cgroup/memory") ? "/sys/fs/cgroup/memory/memory.limit_in_bytes" : "/sys/fs/cgroup/memory.max",
+      "9999999999")),
     sudo: fs.existsSync("/usr/bin/sudo") || fs.existsSync("/bin/su"),
     api_port: await connect(Number(env.API_PORT)),
   };
@@ -86,7 +90,7 @@ fn a_function_sees_none_of_the_host_and_cannot_change_its_code() {
         "found thaw up's pid: {host_pid:?}"
     );
     let toml = format!(
-        "[env]\nDATA_DIR = \"{}\"\nAPI_PORT = \"{}\"\nTHAW_PID = \"{}\"\n",
+        "memory = 192\n[env]\nDATA_DIR = \"{}\"\nAPI_PORT = \"{}\"\nTHAW_PID = \"{}\"\n",
         p.data_dir.display(),
         port_of(&p.server),
         host_pid
@@ -124,6 +128,15 @@ fn a_function_sees_none_of_the_host_and_cannot_change_its_code() {
         "runs as an unprivileged uid"
     );
     assert_eq!(v["sudo"], false);
+    // Its own memory limit is what Node's process.constrainedMemory() sees,
+    // read-only.
+    assert_eq!(
+        v["constrained_memory"],
+        192u64 << 20,
+        "{}",
+        v["constrained_memory"]
+    );
+    assert_eq!(v["cgroup_write"]["ok"], false, "{}", v["cgroup_write"]);
     // The jail's init shows a name, not the configuration it was given.
     let init = v["init_cmdline"]["value"].as_str().unwrap_or("");
     assert!(init.starts_with("thaw-init"), "{}", v["init_cmdline"]);

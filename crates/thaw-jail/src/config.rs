@@ -42,6 +42,11 @@ pub struct JailConfig {
     /// installed in it. The jail's init is filtered either way.
     #[serde(default)]
     pub own_seccomp: bool,
+    /// Mount the instance's own cgroup read-only at `/sys/fs/cgroup`
+    /// (v2; v1: its memory controller at `/sys/fs/cgroup/memory`), where
+    /// Node reads its memory limit (`process.constrainedMemory()`).
+    #[serde(default)]
+    pub own_cgroup: bool,
     /// Where attached code appears inside (an empty read-only directory
     /// until [`crate::attach`] is called).
     pub attach_point: PathBuf,
@@ -228,6 +233,7 @@ mod tests {
             writable_binds: vec![("/var/lib/thaw/vms/vm-1".into(), "/run/vm".into())],
             devices: vec!["kvm".into()],
             own_seccomp: false,
+            own_cgroup: false,
             attach_point: "/code".into(),
             uid: 100_000,
             gid: 100_000,

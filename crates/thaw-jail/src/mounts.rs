@@ -261,6 +261,12 @@ pub(crate) fn build_root(config: &JailConfig) -> Result<(), JailError> {
     )
     .context(|| "mount /tmp".into())?;
 
+    // Best effort: a host whose hierarchy cannot be mounted here keeps a
+    // working jail without it (libuv then says 0: no known limit).
+    if config.own_cgroup {
+        let _ = mount_own_cgroup(&inside(Path::new("/sys/fs/cgroup")), config);
+    }
+
     let attach_point = inside(&config.attach_point);
     mkdir_p(&attach_point)?;
     mount(Some(&dirs.attach), &attach_point, None, libc::MS_BIND, None)
@@ -276,6 +282,34 @@ pub(crate) fn build_root(config: &JailConfig) -> Result<(), JailError> {
     std::env::set_current_dir("/").context(|| "chdir /".into())?;
     remount_read_only(Path::new("/"), libc::MS_NOSUID | libc::MS_NODEV)?;
     Ok(())
+}
+
+/// Mounts the instance's own cgroup read-only where libuv looks for the
+/// memory limit (`process.constrainedMemory()` in Node): the memory
+/// controller at `/sys/fs/cgroup/memory` (v1) or the hierarchy at
+/// `/sys/fs/cgroup` (v2). In the jail's cgroup namespace the instance's
+/// cgroup is the root, so nothing of the host's hierarchy shows.
+fn mount_own_cgroup(at: &Path, config: &JailConfig) -> Result<(), JailError> {
+    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    match crate::cgroup::Cgroup::for_instance(&config.id)?.version() {
+        crate::cgroup::CgroupVersion::V1 => {
+            let memory = at.join("memory");
+            mkdir_p(&memory)?;
+            mount(
+                Some(Path::new("cgroup")),
+                &memory,
+                Some("cgroup"),
+                flags,
+                Some("memory"),
+            )
+            .context(|| "mount the instance's memory cgroup".into())
+        }
+        crate::cgroup::CgroupVersion::V2 => {
+            mkdir_p(at)?;
+            mount(Some(Path::new("cgroup2")), at, Some("cgroup2"), flags, None)
+                .context(|| "mount the instance's cgroup".into())
+        }
+    }
 }
 
 #[derive(Clone, Copy)]

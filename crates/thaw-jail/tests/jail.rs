@@ -43,6 +43,7 @@ fn setup(name: &str, n: u32, limits: Limits) -> Setup {
         writable_binds: vec![],
         devices: vec![],
         own_seccomp: false,
+        own_cgroup: true,
         attach_point: "/code".into(),
         uid: 150_000 + n,
         gid: 150_000 + n,
@@ -319,11 +320,14 @@ fn host_files_are_invisible_and_the_root_is_read_only() {
         const fs = require('fs');
         const tryIt = (f) => {{ try {{ f(); return 'ok'; }} catch (e) {{ return e.code; }} }};
         const seen = {{}};
-        for (const p of ['/etc/shadow', '/etc/passwd', '/root', '/home', '/sys', '/run', '/var', '/usr/bin/sh', '/bin',
+        for (const p of ['/etc/shadow', '/etc/passwd', '/root', '/home', '/sys/kernel', '/sys/class', '/sys/devices',
+                         '/run', '/var', '/usr/bin/sh', '/bin',
                          {marker:?}, {state:?}, '/dev/sda', '/dev/mem', '/dev/shm']) seen[p] = fs.existsSync(p);
         console.log(JSON.stringify({{
             seen,
             root: fs.readdirSync('/').sort(),
+            sys: fs.readdirSync('/sys'),
+            sysFs: fs.readdirSync('/sys/fs'),
             dev: fs.readdirSync('/dev').sort(),
             code: fs.readdirSync('/code'),
             mkdirRoot: tryIt(() => fs.mkdirSync('/new')),
@@ -347,10 +351,14 @@ fn host_files_are_invisible_and_the_root_is_read_only() {
         let expected = path == "/etc/passwd"; // the jail's own, two lines
         assert_eq!(seen, expected, "{path} visible: {seen}");
     }
+    // /sys holds the instance's own cgroup alone (read-only, for Node's
+    // process.constrainedMemory()), nothing of the host's sysfs.
+    assert_eq!(v["sys"], serde_json::json!(["fs"]), "{}", v["sys"]);
+    assert_eq!(v["sysFs"], serde_json::json!(["cgroup"]), "{}", v["sysFs"]);
     let root: Vec<String> = serde_json::from_value(v["root"].clone()).unwrap();
     for entry in &root {
         assert!(
-            ["code", "dev", "etc", "lib", "lib64", "probe", "proc", "tmp", "usr"]
+            ["code", "dev", "etc", "lib", "lib64", "probe", "proc", "sys", "tmp", "usr"]
                 .contains(&entry.as_str()),
             "unexpected /{entry} in {root:?}"
         );

@@ -208,6 +208,7 @@ impl VmJail {
                 Accel::Tcg => Vec::new(),
             },
             own_seccomp: true,
+            own_cgroup: false,
             attach_point: PathBuf::from("/code"),
             uid,
             gid: uid,

@@ -107,6 +107,7 @@ impl BuildSandbox for JailedBuild {
             )],
             devices: Vec::new(),
             own_seccomp: false,
+            own_cgroup: false,
             attach_point: PathBuf::from(INSIDE_ATTACH),
             uid,
             gid: uid,

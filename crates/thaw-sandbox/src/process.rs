@@ -168,6 +168,7 @@ impl ProcessDriver {
             writable_binds: Vec::new(),
             devices: Vec::new(),
             own_seccomp: false,
+            own_cgroup: true,
             attach_point: PathBuf::from(JAIL_CODE_DIR),
             uid: jail.uid_for(n),
             gid: jail.uid_for(n),
