@@ -274,6 +274,7 @@ async fn get_namespace(c: Call) -> Answer<view::NamespaceView> {
 }
 
 async fn set_limits(c: Call, body: Body) -> Answer<view::NamespaceView> {
+    c.caller.allow("", Need::Admin)?; // before reading a body it may not send
     let patch = json_body(body).await?;
     Ok(Json(c.p.set_limits(&c.caller, c.param("ns"), patch).await?))
 }
@@ -403,6 +404,7 @@ async fn aliases(c: Call) -> Answer<view::AliasList> {
 }
 
 async fn set_alias(c: Call, body: Body) -> Answer<view::AliasView> {
+    c.caller.allow(c.namespace(), Need::Deploy)?; // before reading the body
     let req = json_body(body).await?;
     let alias = c.param("alias");
     Ok(Json(
@@ -419,6 +421,7 @@ async fn remove_alias(c: Call) -> Answer<view::Removed> {
 }
 
 async fn rollback(c: Call, body: Body) -> Answer<view::AliasView> {
+    c.caller.allow(c.namespace(), Need::Deploy)?; // before reading the body
     let bytes = read_body(body, MAX_CONTROL_BODY, "the request body").await?;
     let req: view::Rollback = if bytes.iter().all(u8::is_ascii_whitespace) {
         view::Rollback::default()

@@ -36,8 +36,9 @@ pub struct LogRecord {
     /// Increasing position in the log, for `after=` cursors.
     #[serde(default)]
     pub seq: i64,
-    /// The version that wrote it (its id, unique across the registry; the
-    /// line is kept with that version's function).
+    /// The version that wrote it: its id (unique across the registry) when
+    /// appended, its number within its function when read back (none once
+    /// that version is forgotten).
     pub version: Option<i64>,
     pub invocation: Option<u64>,
     pub stream: String,
@@ -165,7 +166,8 @@ impl Registry {
         let mut rows: Vec<LogRecord> = match q.after {
             Some(after) => {
                 let mut stmt = db.prepare_cached(
-                    "SELECT id, function_id, version, invocation, stream, line, ts_ms FROM logs
+                    "SELECT id, function_id, (SELECT number FROM versions WHERE versions.id = logs.version),
+                            invocation, stream, line, ts_ms FROM logs
                      WHERE function_id = ?1 AND id > ?2 AND (?3 IS NULL OR invocation = ?3)
                      ORDER BY id ASC LIMIT ?4",
                 )?;
@@ -174,7 +176,8 @@ impl Registry {
             }
             None => {
                 let mut stmt = db.prepare_cached(
-                    "SELECT id, function_id, version, invocation, stream, line, ts_ms FROM logs
+                    "SELECT id, function_id, (SELECT number FROM versions WHERE versions.id = logs.version),
+                            invocation, stream, line, ts_ms FROM logs
                      WHERE function_id = ?1 AND (?2 IS NULL OR invocation = ?2)
                      ORDER BY id DESC LIMIT ?3",
                 )?;

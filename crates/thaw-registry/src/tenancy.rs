@@ -266,7 +266,14 @@ impl Registry {
             expires_ms,
             revoked_ms: None,
         };
-        let inserted = self.db.lock().unwrap().execute(
+        let db = self.db.lock().unwrap();
+        // An expired key gives its name up: it is revoked as of its expiry.
+        db.execute(
+            "UPDATE api_keys SET revoked_ms = expires_ms WHERE namespace = ?1 AND name = ?2
+               AND revoked_ms IS NULL AND expires_ms IS NOT NULL AND expires_ms <= ?3",
+            params![namespace, name, info.created_ms],
+        )?;
+        let inserted = db.execute(
             "INSERT INTO api_keys (id, name, namespace, role, hash, created_ms, expires_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![

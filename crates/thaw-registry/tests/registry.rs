@@ -240,6 +240,9 @@ fn keys_are_stored_hashed_checked_revoked_and_expire() {
         .create_key("team-a", "old", Role::Read, Some(1))
         .unwrap();
     assert!(reg.authenticate(&expired).unwrap().is_none());
+    // An expired key's name can be given to a new key.
+    let (_, renewed) = reg.create_key("team-a", "old", Role::Read, None).unwrap();
+    assert!(reg.authenticate(&renewed).unwrap().is_some());
 
     reg.revoke_key(&info.id).unwrap();
     assert!(reg.authenticate(&text).unwrap().is_none());
@@ -360,19 +363,14 @@ fn logs_stay_with_their_function() {
         limit: 100,
         ..LogQuery::default()
     };
-    let of_a: Vec<String> = reg
-        .logs(&a, &q)
-        .unwrap()
-        .into_iter()
-        .map(|l| l.line)
-        .collect();
+    let read = reg.logs(&a, &q).unwrap();
+    assert_eq!(read[0].version, Some(va.number), "read back as its number");
+    let of_a: Vec<String> = read.into_iter().map(|l| l.line).collect();
     assert_eq!(of_a, vec!["for a"]);
-    let of_b: Vec<String> = reg
-        .logs(&b, &q)
-        .unwrap()
-        .into_iter()
-        .map(|l| l.line)
-        .collect();
+    let read_b = reg.logs(&b, &q).unwrap();
+    assert_ne!(vb.id, vb.number, "the check below tells them apart");
+    assert_eq!(read_b[0].version, Some(vb.number));
+    let of_b: Vec<String> = read_b.into_iter().map(|l| l.line).collect();
     assert_eq!(of_b, vec!["for b"]);
 }
 

@@ -194,6 +194,18 @@ struct Pool {
     starting: u32,
     waiting: usize,
     freed: Arc<Notify>,
+    /// Its version was retired: the calls on it finish, then its instances
+    /// end. It stays in the map, counted against its namespace's quota and
+    /// the host's budget, until its last instance is gone; a new call of
+    /// the version (by number) takes it back into service.
+    retired: bool,
+}
+
+impl Pool {
+    /// Nothing runs, starts or waits in it.
+    fn is_empty(&self) -> bool {
+        self.slots.is_empty() && self.starting == 0 && self.waiting == 0
+    }
 }
 
 /// Namespace, function name, version id.
@@ -407,20 +419,22 @@ impl Scheduler {
 
     fn retire_where(&self, doomed: impl Fn(&str, &str, i64) -> bool) {
         let mut pools = self.pools.lock().unwrap();
-        let old: Vec<PoolKey> = pools
-            .keys()
-            .filter(|(ns, name, version)| doomed(ns, name, *version))
-            .cloned()
-            .collect();
-        for key in old {
-            if let Some(pool) = pools.remove(&key) {
-                for slot in pool.slots.iter().filter(|s| s.inflight == 0) {
+        pools.retain(|(ns, name, version), pool| {
+            if !doomed(ns, name, *version) {
+                return true;
+            }
+            pool.retired = true;
+            // Idle instances end now; busy and starting ones when their
+            // call ends (`release`, `start_bound`), still counted until then.
+            pool.slots.retain(|slot| {
+                if slot.inflight == 0 {
                     end_when_settled(slot.instance.clone());
                 }
-                // Busy instances are killed by `release`, which finds no pool.
-                pool.freed.notify_waiters();
-            }
-        }
+                slot.inflight > 0
+            });
+            pool.freed.notify_waiters();
+            !pool.is_empty()
+        });
     }
 
     /// Kills instances idle for longer than their function's keep-alive.
@@ -456,7 +470,7 @@ impl Scheduler {
                 }
                 !expired
             });
-            !(pool.slots.is_empty() && pool.starting == 0 && pool.waiting == 0)
+            !pool.is_empty()
         });
         reaped
     }
@@ -489,6 +503,7 @@ impl Scheduler {
             let freed = {
                 let mut pools = self.pools.lock().unwrap();
                 let pool = pools.entry(key.clone()).or_default();
+                pool.retired = false;
                 pool.slots
                     .retain(|s| s.instance.is_alive() || s.inflight > 0);
                 // Most recently used first, so the rest can age out.
@@ -553,13 +568,20 @@ impl Scheduler {
         let started = self.start_and_init(spec).await;
         let mut pools = self.pools.lock().unwrap();
         let Some(pool) = pools.get_mut(key) else {
-            // The version was retired while this instance started: it
-            // serves the call that started it (`release` then kills it,
-            // finding no pool), and no pool comes back for it.
+            // Every pool that counts a start outlives it; none left means
+            // thaw is shutting down.
             return started;
         };
         pool.starting = pool.starting.saturating_sub(1);
         match started {
+            Ok(instance) if pool.retired && inflight == 0 => {
+                // Started to wait idle for a version retired meanwhile.
+                end_when_settled(instance.clone());
+                if pool.is_empty() {
+                    pools.remove(key);
+                }
+                Ok(instance)
+            }
             Ok(instance) => {
                 pool.slots.push(Slot {
                     instance: instance.clone(),
@@ -657,11 +679,17 @@ impl Scheduler {
             let slot = &mut pool.slots[pos];
             slot.inflight = slot.inflight.saturating_sub(1);
             slot.last_used = Instant::now();
-            if !alive && slot.inflight == 0 {
+            if slot.inflight == 0 && (!alive || pool.retired) {
                 pool.slots.swap_remove(pos);
+                if pool.retired {
+                    end_when_settled(instance.clone());
+                }
             }
         }
         pool.freed.notify_waiters();
+        if pool.retired && pool.is_empty() {
+            pools.remove(key);
+        }
     }
 }
 

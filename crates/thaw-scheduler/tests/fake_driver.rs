@@ -794,7 +794,12 @@ async fn a_retired_cold_start_does_not_let_a_quota_overrun() {
         scheduler.invoke(&f2, sleeping(0)).await
     });
     one.unwrap();
-    two.unwrap();
+    // The retired version's start still counts while it runs: the new
+    // version's call may be refused, never let past the quota.
+    assert!(
+        matches!(two, Ok(_) | Err(InvokeError::QuotaReached(_))),
+        "{two:?}"
+    );
     assert!(
         scheduler.usage("a").0 <= 1,
         "usage {:?} over a quota of 1",
@@ -937,4 +942,38 @@ async fn a_retired_instance_finishes_its_work_after_the_answer_first() {
     assert_eq!(driver.kills(), 0, "killed while its work ran");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(driver.kills(), 1, "killed once the work ended");
+}
+
+#[tokio::test]
+async fn busy_instances_of_a_retired_version_still_count_against_the_quota() {
+    let (driver, scheduler) = setup();
+    scheduler.set_quota(
+        "a",
+        Quota {
+            max_instances: 2,
+            max_memory_mb: 10_000,
+        },
+    );
+    let (v1, v2) = (spec("a", "f", 1), spec("a", "f", 2));
+    let (first, second, refused) = tokio::join!(
+        scheduler.invoke(&v1, sleeping(400)),
+        scheduler.invoke(&v1, sleeping(400)),
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // An alias moves to version 2 while version 1's calls run.
+            scheduler.retire("a", "f", &[2]);
+            assert_eq!(scheduler.usage("a").0, 2, "the busy ones still count");
+            scheduler.invoke(&v2, sleeping(0)).await
+        }
+    );
+    first.unwrap();
+    second.unwrap();
+    assert!(
+        matches!(refused, Err(InvokeError::QuotaReached(_))),
+        "{refused:?}"
+    );
+    // Once their calls ended, version 1's instances are gone and room is back.
+    assert_eq!(scheduler.usage("a").0, 0);
+    assert_eq!(driver.kills(), 2);
+    scheduler.invoke(&v2, sleeping(0)).await.unwrap();
 }

@@ -282,7 +282,19 @@ impl Platform {
         })?;
         let expires_ms = req
             .expires_in_s
-            .map(|s| thaw_registry::now_ms().saturating_add((s as i64).saturating_mul(1000)));
+            .map(|s| {
+                i64::try_from(s)
+                    .ok()
+                    .and_then(|s| s.checked_mul(1000))
+                    .and_then(|ms| thaw_registry::now_ms().checked_add(ms))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid",
+                            format!("expires_in_s = {s} is too far in the future"),
+                        )
+                    })
+            })
+            .transpose()?;
         let (info, token) = self
             .blocking(move |r| r.create_key(&req.namespace, &req.name, role, expires_ms))
             .await?;
@@ -778,7 +790,12 @@ impl Platform {
     /// Counts one call of `route`'s function: how it ended (`ok`,
     /// `handler_error` or the error code thaw answered with), whether it
     /// started its instance (`None`: it reached none), and how long it took.
+    /// A call that ends after its function was removed is not counted, so
+    /// that no metric of it comes back (for a later function of the name).
     pub fn record(&self, route: &Route, outcome: &'static str, cold: Option<bool>, took: Duration) {
+        if self.routes.get(&route.version.function).is_none() {
+            return;
+        }
         self.metrics
             .record(&route.version.function, outcome, cold, took);
     }
