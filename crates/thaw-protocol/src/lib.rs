@@ -122,7 +122,7 @@ pub enum ToRuntime {
 }
 
 /// Binds a started runtime to one function version, for life.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Init {
     pub function: String,
     pub version: i64,
@@ -140,6 +140,23 @@ pub struct Init {
     /// ([`FEATURE_BACKGROUND_DONE`]).
     #[serde(default)]
     pub features: Vec<String>,
+}
+
+/// `env` holds the function's secrets: Debug prints its names alone.
+impl std::fmt::Debug for Init {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Init")
+            .field("function", &self.function)
+            .field("version", &self.version)
+            .field("code_dir", &self.code_dir)
+            .field("entry", &self.entry)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("timeout_ms", &self.timeout_ms)
+            .field("memory_mb", &self.memory_mb)
+            .field("namespace", &self.namespace)
+            .field("features", &self.features)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -257,6 +274,26 @@ impl ProtocolError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn init_debug_shows_variable_names_never_values() {
+        let init = Init {
+            function: "f".into(),
+            version: 1,
+            code_dir: "/code".into(),
+            entry: "index.mjs".into(),
+            env: [("DB_PASSWORD".to_string(), "hunter2-value".to_string())].into(),
+            timeout_ms: 1000,
+            memory_mb: 128,
+            namespace: "a".into(),
+            features: Vec::new(),
+        };
+        let shown = format!("{:?}", ToRuntime::Init(init));
+        assert!(
+            shown.contains("DB_PASSWORD") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
 
     #[tokio::test]
     async fn frames_round_trip_and_match_the_documented_json() {

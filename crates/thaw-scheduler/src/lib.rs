@@ -28,7 +28,7 @@ pub use pool::{PoolConfig, PoolSnapshot, RuntimePool};
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the scheduler needs to know about one function version.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct FunctionSpec {
     /// The namespace the function belongs to: its instances count against
     /// that namespace's [`Quota`].
@@ -49,6 +49,26 @@ pub struct FunctionSpec {
     /// The driver its instances run under (`Driver::name`); `None`: the
     /// scheduler's first.
     pub driver: Option<String>,
+}
+
+/// `env` holds the function's secrets: Debug prints its names alone.
+impl std::fmt::Debug for FunctionSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FunctionSpec")
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("code_dir", &self.code_dir)
+            .field("entry", &self.entry)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("timeout", &self.timeout)
+            .field("memory_mb", &self.memory_mb)
+            .field("concurrency", &self.concurrency)
+            .field("keep_alive", &self.keep_alive)
+            .field("max_instances", &self.max_instances)
+            .field("driver", &self.driver)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -792,6 +812,29 @@ fn same_instance(a: &Instance, b: &Instance) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_shows_variable_names_never_values() {
+        let spec = FunctionSpec {
+            namespace: "a".into(),
+            name: "f".into(),
+            version: 1,
+            code_dir: PathBuf::from("/code"),
+            entry: "index.mjs".into(),
+            env: [("DB_PASSWORD".to_string(), "hunter2-value".to_string())].into(),
+            timeout: Duration::from_secs(1),
+            memory_mb: 128,
+            concurrency: 1,
+            keep_alive: Duration::from_secs(1),
+            max_instances: 1,
+            driver: None,
+        };
+        let shown = format!("{spec:?}");
+        assert!(
+            shown.contains("DB_PASSWORD") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn a_quota_counts_instances_and_their_memory() {
