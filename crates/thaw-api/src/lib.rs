@@ -45,6 +45,9 @@ pub struct Limits {
     pub max_instances: u32,
     pub max_memory_mb: u32,
     pub max_deploy_bytes: u64,
+    /// Async calls accepted and not finished, across its functions.
+    #[serde(default)]
+    pub max_queued: u32,
 }
 
 /// Limits to set; missing ones keep their value (or the default).
@@ -55,6 +58,8 @@ pub struct LimitsPatch {
     pub max_instances: Option<u32>,
     pub max_memory_mb: Option<u32>,
     pub max_deploy_bytes: Option<u64>,
+    #[serde(default)]
+    pub max_queued: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -258,6 +263,92 @@ pub struct LogList {
     pub logs: Vec<LogLineView>,
     /// Pass as `after=` to get the lines that come next.
     pub next: i64,
+}
+
+/// What an async call's request is answered with (`202 Accepted`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallAccepted {
+    pub id: String,
+    pub namespace: String,
+    pub function: String,
+    pub state: String,
+    /// Where the call's state, attempts and result are read.
+    pub status_url: String,
+}
+
+/// An async call: where it is, what each attempt did, how it ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallView {
+    pub id: String,
+    pub namespace: String,
+    pub function: String,
+    /// The alias (or version number) each attempt resolves.
+    pub target: String,
+    /// `request`, `event` or `scheduled`.
+    pub kind: String,
+    /// Who asked: `api`, `http`, `schedule:NAME`, `destination`.
+    pub origin: String,
+    /// `queued`, `running`, `failed` (a retry waits), `succeeded` or `dead`.
+    pub state: String,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The call's input (one call's view only, not in lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+    /// Attempts that ended, oldest first (one call's view only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<AttemptView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttemptView {
+    pub number: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// The runtime invocation id its log lines carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invocation: Option<u64>,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub logs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallList {
+    pub calls: Vec<CallView>,
+    /// Pass as `before=` for the next (older) page; none at the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// Which dead letters to replay or purge: these, or (none given) all.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallIds {
+    #[serde(default)]
+    pub ids: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetters {
+    pub function: String,
+    /// `replayed` or `purged`.
+    pub action: String,
+    pub count: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -14,8 +14,8 @@ use crate::{validate_name, BundleError};
 pub const SETTINGS_FILE: &str = "thaw.toml";
 
 const TOML_HINT: &str =
-    "hint: memory, timeout, concurrency, keep_alive and max_instances are whole numbers \
-    (memory = 512); name, entry, driver and every [env] value are quoted text (PORT = \"8080\")";
+    "hint: memory, timeout, concurrency, keep_alive, max_instances and retries are whole numbers \
+    (memory = 512); name, entry, driver, destination and every [env] value are quoted text (PORT = \"8080\")";
 
 /// A function's settings. Every key is optional in `thaw.toml`; missing ones
 /// take the defaults of [`Settings::default`]. Serde uses the TOML key names
@@ -52,6 +52,13 @@ pub struct Settings {
     /// the platform's (`thaw up --driver`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,
+    /// Times a failed async call is tried again, 0..=10.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Another function of the same namespace that receives, as an async
+    /// event, how each async call of this one ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
 }
 
 /// The values `driver` may take in `thaw.toml`.
@@ -72,6 +79,9 @@ fn default_keep_alive() -> u32 {
 fn default_max_instances() -> u32 {
     16
 }
+fn default_retries() -> u32 {
+    2
+}
 
 impl Default for Settings {
     fn default() -> Self {
@@ -85,6 +95,8 @@ impl Default for Settings {
             max_instances: default_max_instances(),
             env: BTreeMap::new(),
             driver: None,
+            retries: default_retries(),
+            destination: None,
         }
     }
 }
@@ -106,6 +118,16 @@ impl Settings {
         if let Some(name) = &self.name {
             if let Err(e) = validate_name(name) {
                 return bad(format!("`name`: {e}"));
+            }
+        }
+        if let Some(destination) = &self.destination {
+            if let Err(e) = validate_name(destination) {
+                return bad(format!("`destination`: {e}"));
+            }
+            if self.name.as_ref() == Some(destination) {
+                return bad(format!(
+                    "`destination = {destination:?}` names the function itself: its events would call it again"
+                ));
             }
         }
         if let Some(entry) = &self.entry {
@@ -132,6 +154,7 @@ impl Settings {
             ("concurrency", "requests", self.concurrency, 1, 1000),
             ("keep_alive", "seconds", self.keep_alive_s, 0, 86400),
             ("max_instances", "instances", self.max_instances, 1, 1000),
+            ("retries", "retries", self.retries, 0, 10),
         ];
         for (key, unit, value, min, max) in ranges {
             if !(min..=max).contains(&value) {

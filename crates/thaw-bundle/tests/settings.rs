@@ -47,6 +47,8 @@ keep_alive = 0
 max_instances = 3
 driver = "microvm"
 
+retries = 5
+destination = "audit"
 [env]
 GREETING = "hi"
 _PRIVATE_1 = ""
@@ -69,6 +71,8 @@ _PRIVATE_1 = ""
             max_instances: 3,
             env,
             driver: Some("microvm".into()),
+            retries: 5,
+            destination: Some("audit".into()),
         }
     );
     // Serde uses the TOML names, so settings survive a JSON round trip.

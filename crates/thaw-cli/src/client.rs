@@ -73,6 +73,15 @@ impl Client {
         format!("{}/{name}", self.functions_path())
     }
 
+    /// Where an async call's status is: in the namespace asked for, or the
+    /// key's own.
+    pub fn call_path(&self, id: &str) -> String {
+        match &self.namespace {
+            Some(ns) => format!("/v1/namespaces/{ns}/invocations/{id}"),
+            None => format!("/v1/invocations/{id}"),
+        }
+    }
+
     pub fn functions_path(&self) -> String {
         match &self.namespace {
             Some(ns) => format!("/v1/namespaces/{ns}/functions"),
@@ -161,6 +170,17 @@ impl Client {
         body: &B,
     ) -> anyhow::Result<T> {
         self.expect(self.http.post(self.url(path)).json(body))
+    }
+
+    /// Posts raw JSON bytes asking for the call to run later.
+    pub fn post_async<T: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> anyhow::Result<T> {
+        self.expect(
+            self.http
+                .post(self.url(path))
+                .header("content-type", "application/json")
+                .header("x-thaw-invoke", "async")
+                .body(body),
+        )
     }
 
     /// Posts raw JSON bytes; the answer, or the failure as it came.

@@ -3,6 +3,7 @@
 //! own beyond presenting results.
 
 mod client;
+mod triggers;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
@@ -316,6 +317,10 @@ struct LimitArgs {
     /// Largest archive one deploy may upload, bytes.
     #[arg(long)]
     max_deploy_bytes: Option<u64>,
+    /// Async calls accepted and not yet finished across its functions;
+    /// calls past it get 429.
+    #[arg(long)]
+    max_queued: Option<u32>,
 }
 
 impl LimitArgs {
@@ -325,6 +330,7 @@ impl LimitArgs {
             max_instances: self.max_instances,
             max_memory_mb: self.max_memory_mb,
             max_deploy_bytes: self.max_deploy_bytes,
+            max_queued: self.max_queued,
         }
     }
 }
@@ -461,6 +467,48 @@ thaw invoke hello-service --data '{\"jsonrpc\":\"2.0\",\"method\":\"HelloWorldSe
         /// The event: JSON text, @FILE, or @- for standard input.
         #[arg(long, short = 'd')]
         data: Option<String>,
+        /// Do not wait: store the call to run later (retried when it fails,
+        /// up to the function's `retries`) and print its id.
+        #[arg(long = "async")]
+        run_later: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show an async call: its state, each attempt's outcome and console
+    /// lines, its result.
+    #[command(
+        after_help = "Examples:\n  id=$(thaw invoke api --async -d '{\"n\":1}')\n  thaw invocation $id --wait"
+    )]
+    Invocation {
+        id: String,
+        /// Wait until the call has succeeded or is dead, showing its progress.
+        #[arg(long)]
+        wait: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List a function's async calls, newest first.
+    Invocations {
+        name: String,
+        /// Only calls in this state: queued, running, failed (a retry waits),
+        /// succeeded or dead.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// The dead-letter queue: async calls whose every attempt failed.
+    Dlq {
+        #[command(subcommand)]
+        cmd: triggers::DlqCommand,
         #[command(flatten)]
         remote: Remote,
     },
@@ -662,7 +710,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_promote,
             remote,
         } => deploy(&client(&remote)?, &dir, name, !no_promote),
-        Command::Invoke { name, data, remote } => invoke(&client(&remote)?, &name, data),
+        Command::Invoke {
+            name,
+            data,
+            run_later: true,
+            remote,
+        } => triggers::invoke_async(&client(&remote)?, &name, read_event(data)?),
+        Command::Invoke {
+            name, data, remote, ..
+        } => invoke(&client(&remote)?, &name, data),
+        Command::Invocation {
+            id,
+            wait,
+            json,
+            remote,
+        } => triggers::show(&client(&remote)?, &id, wait, json),
+        Command::Invocations {
+            name,
+            state,
+            limit,
+            json,
+            remote,
+        } => triggers::list(&client(&remote)?, &name, state.as_deref(), limit, json),
+        Command::Dlq { cmd, remote } => triggers::dlq(&client(&remote)?, cmd),
         Command::Ls { json, remote } => ls(&client(&remote)?, json),
         Command::Logs {
             name,
@@ -969,7 +1039,7 @@ fn env(cmd: EnvCommand) -> anyhow::Result<()> {
 fn print_namespace(n: &thaw_api::NamespaceView) {
     let l = &n.limits;
     println!(
-        "{:<20} {:>4}/{:<5} {:>4}/{:<5} {:>6}/{:<7} {:>5}",
+        "{:<20} {:>4}/{:<5} {:>4}/{:<5} {:>6}/{:<7} {:>5}      {:>6}",
         n.name,
         n.functions,
         l.max_functions,
@@ -977,12 +1047,13 @@ fn print_namespace(n: &thaw_api::NamespaceView) {
         l.max_instances,
         n.memory_mb,
         l.max_memory_mb,
-        l.max_deploy_bytes >> 20
+        l.max_deploy_bytes >> 20,
+        l.max_queued
     );
 }
 
 const NAMESPACE_HEADER: &str =
-    "NAME                 FUNCTIONS  INSTANCES  MEMORY MiB     DEPLOY MiB";
+    "NAME                 FUNCTIONS  INSTANCES  MEMORY MiB     DEPLOY MiB  MAX QUEUED";
 
 fn namespace(cmd: NamespaceCommand) -> anyhow::Result<()> {
     match cmd {

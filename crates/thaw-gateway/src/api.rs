@@ -56,6 +56,10 @@ pub fn router(platform: Arc<Platform>) -> Router {
             .route(&format!("{prefix}/functions"), get(list_functions))
             .route(&f, get(get_function).put(deploy).delete(remove_function))
             .route(&format!("{f}/invoke"), post(invoke))
+            .route(&format!("{f}/invocations"), get(list_calls))
+            .route(&format!("{f}/dlq/replay"), post(dead_letters::<true>))
+            .route(&format!("{f}/dlq/purge"), post(dead_letters::<false>))
+            .route(&format!("{prefix}/invocations/{{id}}"), get(get_call))
             .route(&format!("{f}/logs"), get(logs))
             .route(&format!("{f}/versions"), get(versions))
             .route(&format!("{f}/aliases"), get(aliases))
@@ -366,7 +370,10 @@ async fn remove_function(c: Call) -> Answer<view::Removed> {
 
 /// `POST .../functions/{name}/invoke`: the body is the event, any JSON
 /// value; `{name}` may carry a qualifier (`api@prod`, `api@7`).
-async fn invoke(c: Call, body: Body) -> Answer<view::InvokeResult> {
+/// `POST .../invoke`: runs the event now and answers with the outcome, or,
+/// asked with `x-thaw-invoke: async` or `Prefer: respond-async`, stores it
+/// to run later and answers `202` with the call's id.
+async fn invoke(c: Call, headers: axum::http::HeaderMap, body: Body) -> Result<Response, ApiError> {
     let (f, qualifier) = c.target();
     let bytes = read_body(body, c.p.max_request_bytes(), "the event").await?;
     let event = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -376,7 +383,69 @@ async fn invoke(c: Call, body: Body) -> Answer<view::InvokeResult> {
             ApiError::bad_request("bad_json", format!("the event is not valid JSON: {e}"))
         })?
     };
-    Ok(Json(c.p.invoke(&c.caller, &f, &qualifier, event).await?))
+    if crate::function_route::wants_async(&headers).is_some() {
+        let payload = thaw_protocol::Payload::Event(event);
+        let accepted =
+            c.p.enqueue_call(Some(&c.caller), &f, &qualifier, payload, &c.base)
+                .await?;
+        let location = accepted.status_url.clone();
+        let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
+        if let Ok(url) = header::HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, url);
+        }
+        return Ok(response);
+    }
+    Ok(Json(c.p.invoke(&c.caller, &f, &qualifier, event).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct CallParams {
+    state: Option<String>,
+    before: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_calls(c: Call, ApiQuery(q): ApiQuery<CallParams>) -> Answer<view::CallList> {
+    let state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(thaw_registry::CallState::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_query",
+                format!(
+                    "`state={s}` is not a state: use queued, running, failed, succeeded or dead"
+                ),
+            )
+        })?),
+    };
+    let query = thaw_registry::CallQuery {
+        state,
+        before: q.before,
+        limit: q.limit.unwrap_or(100),
+    };
+    Ok(Json(c.p.call_list(&c.caller, &c.function(), query).await?))
+}
+
+async fn get_call(c: Call) -> Answer<view::CallView> {
+    Ok(Json(
+        c.p.call_record(&c.caller, c.namespace(), c.param("id"))
+            .await?,
+    ))
+}
+
+/// `POST .../dlq/replay` and `.../dlq/purge`, with `{"ids": [...]}` or an
+/// empty body for every dead letter.
+async fn dead_letters<const REPLAY: bool>(c: Call, body: Body) -> Answer<view::DeadLetters> {
+    c.caller.allow(c.namespace(), Need::Deploy)?; // before reading the body
+    let bytes = read_body(body, MAX_CONTROL_BODY, "the request body").await?;
+    let ids: view::CallIds = if bytes.iter().all(u8::is_ascii_whitespace) {
+        view::CallIds::default()
+    } else {
+        parse_json(&bytes)?
+    };
+    Ok(Json(
+        c.p.dead_letters(&c.caller, &c.function(), ids, REPLAY)
+            .await?,
+    ))
 }
 
 #[derive(Deserialize)]

@@ -5,6 +5,9 @@
 //!
 //! The request reaches the runtime with its method, raw path, raw query,
 //! headers and body as they came (bodies as bytes, so binary survives).
+//! A request that asks to be run later (`x-thaw-invoke: async`, or
+//! `Prefer: respond-async`) is stored as it came and answered `202` with
+//! the call's id and status URL; it runs from the queue (`triggers.rs`).
 //! The runtime's answer is checked before it becomes the response: it is
 //! the function's output, and the function is not trusted.
 
@@ -107,6 +110,7 @@ async fn serve(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost")
         .to_string();
+    let run_later = wants_async(&parts.headers);
     let payload = Payload::Request(HttpRequest {
         method: parts.method.as_str().to_string(),
         path: rest.to_string(),
@@ -114,8 +118,34 @@ async fn serve(
         headers,
         body: base64::engine::general_purpose::STANDARD.encode(&body),
         source_ip: peer.ip().to_string(),
-        host,
+        host: host.clone(),
     });
+    if let Some(prefer) = run_later {
+        let accepted = p
+            .enqueue_call(
+                None,
+                &FunctionId::new(namespace, name),
+                &qualifier,
+                payload,
+                &format!("http://{host}"),
+            )
+            .await?;
+        let mut response = (StatusCode::ACCEPTED, axum::Json(&accepted)).into_response();
+        let h = response.headers_mut();
+        if let Ok(url) = HeaderValue::from_str(&accepted.status_url) {
+            h.insert(header::LOCATION, url);
+        }
+        if let Ok(id) = HeaderValue::from_str(&accepted.id) {
+            h.insert("x-thaw-invocation", id);
+        }
+        if prefer {
+            h.insert(
+                "preference-applied",
+                HeaderValue::from_static("respond-async"),
+            );
+        }
+        return Ok(response);
+    }
 
     let inv = match p.call(&route, payload).await {
         Ok(inv) => inv,
@@ -149,6 +179,30 @@ async fn serve(
         .headers_mut()
         .insert("x-thaw-version", HeaderValue::from(route.version.number));
     Ok(response)
+}
+
+/// Whether the request asks to run later: `Some(true)` through `Prefer:
+/// respond-async` (RFC 7240), `Some(false)` through `x-thaw-invoke: async`.
+pub(crate) fn wants_async(headers: &axum::http::HeaderMap) -> Option<bool> {
+    let thaw = headers
+        .get_all("x-thaw-invoke")
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"async"));
+    if thaw {
+        return Some(false);
+    }
+    let prefer = headers.get_all("prefer").iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',').any(|p| {
+                p.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("respond-async")
+            })
+        })
+    });
+    prefer.then_some(true)
 }
 
 /// Marks a response with its invocation id and whether it was a cold start.

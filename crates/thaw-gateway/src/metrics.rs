@@ -25,9 +25,18 @@ struct FunctionMetrics {
     count: u64,
 }
 
+/// Async calls and schedules of one function.
+#[derive(Default)]
+struct TriggerMetrics {
+    /// Attempts by how they ended.
+    attempts: BTreeMap<&'static str, u64>,
+    dead: u64,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     functions: Mutex<HashMap<FunctionId, FunctionMetrics>>,
+    triggers: Mutex<HashMap<FunctionId, TriggerMetrics>>,
 }
 
 impl Metrics {
@@ -59,8 +68,95 @@ impl Metrics {
         m.count += 1;
     }
 
+    /// Counts one attempt of an async call of `function`.
+    pub fn record_attempt(&self, function: &FunctionId, outcome: &'static str) {
+        let mut all = self.triggers.lock().unwrap();
+        *all.entry(function.clone())
+            .or_default()
+            .attempts
+            .entry(outcome)
+            .or_default() += 1;
+    }
+
+    /// Counts a call of `function` that went to its dead-letter queue.
+    pub fn record_dead(&self, function: &FunctionId) {
+        self.triggers
+            .lock()
+            .unwrap()
+            .entry(function.clone())
+            .or_default()
+            .dead += 1;
+    }
+
     pub fn forget(&self, function: &FunctionId) {
         self.functions.lock().unwrap().remove(function);
+        self.triggers.lock().unwrap().remove(function);
+    }
+}
+
+/// The async queue's figures: per namespace from the registry (`queues`,
+/// already filtered), per function from the counters.
+fn render_triggers(
+    out: &mut String,
+    metrics: &Metrics,
+    namespace: Option<&str>,
+    queues: &[thaw_registry::QueueDepth],
+) {
+    let now = thaw_registry::now_ms();
+    out.push_str("# HELP thaw_async_pending Async calls accepted and not finished (queued, running, waiting for a retry).\n# TYPE thaw_async_pending gauge\n");
+    for q in queues {
+        let _ = writeln!(
+            out,
+            "thaw_async_pending{{namespace=\"{}\"}} {}",
+            label(&q.namespace),
+            q.pending
+        );
+    }
+    out.push_str("# HELP thaw_async_oldest_pending_seconds Age of the oldest unfinished async call.\n# TYPE thaw_async_oldest_pending_seconds gauge\n");
+    for q in queues {
+        let age = q
+            .oldest_created_ms
+            .map(|t| (now - t).max(0) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        let _ = writeln!(
+            out,
+            "thaw_async_oldest_pending_seconds{{namespace=\"{}\"}} {age}",
+            label(&q.namespace)
+        );
+    }
+    out.push_str("# HELP thaw_async_dead_letters Calls in dead-letter queues now.\n# TYPE thaw_async_dead_letters gauge\n");
+    for q in queues {
+        let _ = writeln!(
+            out,
+            "thaw_async_dead_letters{{namespace=\"{}\"}} {}",
+            label(&q.namespace),
+            q.dead
+        );
+    }
+    let t = metrics.triggers.lock().unwrap();
+    let mut names: Vec<&FunctionId> = t
+        .keys()
+        .filter(|f| namespace.is_none_or(|ns| f.namespace == ns))
+        .collect();
+    names.sort();
+    out.push_str("# HELP thaw_async_attempts_total Attempts of async calls, by how they ended.\n# TYPE thaw_async_attempts_total counter\n");
+    for name in &names {
+        for (outcome, n) in &t[*name].attempts {
+            let _ = writeln!(
+                out,
+                "thaw_async_attempts_total{{{},outcome=\"{outcome}\"}} {n}",
+                fn_labels(name)
+            );
+        }
+    }
+    out.push_str("# HELP thaw_async_dead_lettered_total Async calls moved to the dead-letter queue.\n# TYPE thaw_async_dead_lettered_total counter\n");
+    for name in &names {
+        let _ = writeln!(
+            out,
+            "thaw_async_dead_lettered_total{{{}}} {}",
+            fn_labels(name),
+            t[*name].dead
+        );
     }
 }
 
@@ -86,9 +182,11 @@ pub fn render(
     metrics: &Metrics,
     namespace: Option<&str>,
     functions: &[(FunctionId, PoolStats)],
+    queues: &[thaw_registry::QueueDepth],
     pool: Option<PoolSnapshot>,
 ) -> String {
     let mut out = String::new();
+    render_triggers(&mut out, metrics, namespace, queues);
     let m = metrics.functions.lock().unwrap();
     let mut names: Vec<&FunctionId> = m
         .keys()

@@ -5,7 +5,9 @@
 //! each checked against the caller's key. This file opens it: the data
 //! directory, the drivers and their pools of runtimes.
 
+mod calls;
 mod ops;
+mod triggers;
 
 pub use ops::DeployOptions;
 
@@ -269,6 +271,8 @@ pub struct Platform {
     sink: Arc<dyn LogSink>,
     /// Held while a function's own driver is being opened.
     opening_driver: tokio::sync::Mutex<()>,
+    /// Wakes the async worker: a call was accepted or an attempt ended.
+    async_wake: Arc<tokio::sync::Notify>,
 }
 
 fn quota_of(limits: &thaw_registry::NamespaceLimits) -> Quota {
@@ -338,6 +342,7 @@ impl Platform {
             shim: RwLock::new(shim),
             sink,
             opening_driver: tokio::sync::Mutex::new(()),
+            async_wake: Arc::new(tokio::sync::Notify::new()),
         });
         // Functions deployed with another `driver` need its runtimes too.
         for (function, routes) in platform.routes.list(None) {

@@ -79,6 +79,10 @@ pub enum FromRuntime {
         stack: Option<String>,
         #[serde(default)]
         background: bool,
+        /// The handler asked not to be tried again (a scheduled call's
+        /// `controller.noRetry()`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        no_retry: bool,
     },
     /// The work a call left running after its answer ended (or the shim
     /// stopped waiting for it: `timed_out`). Sent only to a host that
@@ -175,6 +179,27 @@ pub enum Payload {
     Request(HttpRequest),
     /// A JSON event from `thaw invoke`.
     Event(serde_json::Value),
+    /// A tick of a cron schedule.
+    Scheduled(ScheduledCall),
+}
+
+/// What a schedule's tick tells the function; each handler style receives
+/// it in its own ecosystem's shape (docs/triggers.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduledCall {
+    /// The schedule's name.
+    pub schedule: String,
+    pub cron: String,
+    pub timezone: String,
+    /// The tick this call is for, Unix milliseconds.
+    pub scheduled_time_ms: i64,
+    /// The async call's id.
+    pub invocation: String,
+    /// For class services: `Class.method` to call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,8 +2,9 @@
 //! directory.
 //!
 //! Namespaces, API keys (hashed), functions, their numbered versions,
-//! aliases, configuration (environment and secrets, encrypted) and console
-//! logs live in one SQLite file (`thaw.db`, schema in `schema.rs`, upgraded
+//! aliases, configuration (environment and secrets, encrypted), async calls
+//! with their attempts, cron schedules and console logs live in one SQLite
+//! file (`thaw.db`, schema in `schema.rs`, upgraded
 //! in place from older releases). Code bundles are stored once by the
 //! SHA-256 of their archive (`bundles/<hash>.tar.gz`) and unpacked once into
 //! a read-only tree (`code/<hash>/`) that every instance of every version
@@ -15,19 +16,26 @@
 //!
 //! This crate must not start runtimes or speak HTTP: it stores and answers.
 
+mod calls;
 mod functions;
 mod logs;
 mod schema;
 mod secrets;
 mod tenancy;
 
+pub use calls::{
+    backoff_ms, Attempt, AttemptEnd, CallQuery, CallRecord, CallState, Claimed, Destination,
+    Finished, NewCall, QueueDepth, DEFAULT_RETRIES, MAX_RETRIES,
+};
 pub use functions::{
     validate_variable, Alias, ConfigChange, FunctionId, Routable, Split, Version, VersionInfo,
     LATEST, VERSIONS_KEPT,
 };
 pub use logs::{LogQuery, LogRecord, BYTES_KEPT, LINES_KEPT, LINE_BYTES_STORED};
 pub use secrets::{SecretCipher, SecretValues};
-pub use tenancy::{same_secret, KeyInfo, Namespace, NamespaceLimits, Role, DEFAULT_NAMESPACE};
+pub use tenancy::{
+    same_secret, KeyInfo, Namespace, NamespaceLimits, Role, DEFAULT_NAMESPACE, MAX_QUEUED,
+};
 
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};

@@ -12,7 +12,7 @@ use crate::{now_ms, RegistryError};
 use rusqlite::{params, Connection};
 
 /// The shape this release writes.
-pub const CURRENT: i64 = 2;
+pub const CURRENT: i64 = 3;
 
 const TABLES: &str = "
 CREATE TABLE namespaces (
@@ -80,6 +80,68 @@ CREATE TABLE logs (
 CREATE INDEX logs_by_function ON logs(function_id, id);
 ";
 
+/// Shape 3: async calls with their attempts (the queue and the dead-letter
+/// queue are states of one table), cron schedules, and each namespace's
+/// bound on calls waiting to run.
+const V3: &str = "
+ALTER TABLE namespaces ADD COLUMN max_queued INTEGER NOT NULL DEFAULT 10000;
+CREATE TABLE calls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    public_id TEXT NOT NULL UNIQUE,
+    function_id INTEGER NOT NULL REFERENCES functions(id) ON DELETE CASCADE,
+    target TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    run_at_ms INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    finished_ms INTEGER,
+    result TEXT,
+    error TEXT,
+    dedup TEXT UNIQUE
+);
+CREATE INDEX calls_due ON calls(state, run_at_ms);
+CREATE INDEX calls_by_function ON calls(function_id, state, id);
+CREATE TABLE call_attempts (
+    call_id INTEGER NOT NULL REFERENCES calls(id) ON DELETE CASCADE,
+    number INTEGER NOT NULL,
+    version INTEGER,
+    run_id INTEGER,
+    started_ms INTEGER NOT NULL,
+    finished_ms INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    error TEXT,
+    logs TEXT NOT NULL DEFAULT '[]',
+    PRIMARY KEY (call_id, number)
+);
+CREATE TABLE schedules (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    function_id INTEGER NOT NULL REFERENCES functions(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    cron TEXT NOT NULL,
+    timezone TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    method TEXT,
+    payload TEXT,
+    origin TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    last_tick_ms INTEGER,
+    next_ms INTEGER,
+    fired INTEGER NOT NULL DEFAULT 0,
+    missed INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (function_id, name)
+);
+CREATE INDEX schedules_due ON schedules(next_ms);
+UPDATE namespaces SET max_queued = 100000 WHERE name = 'default';
+";
+
+/// The steps after the second shape: (the shape it makes, its SQL).
+const STEPS: &[(i64, &str)] = &[(3, V3)];
+
 /// The first release's tables, renamed out of the way and copied over.
 const FROM_V1: &str = "
 DROP INDEX IF EXISTS versions_by_function;
@@ -124,36 +186,47 @@ pub fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {
             known: CURRENT,
         });
     }
-    let first_release: bool = conn.query_row(
-        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'functions'",
-        [],
-        |r| r.get(0),
-    )?;
     let tx = conn.transaction()?;
-    if first_release {
-        tx.execute_batch(FROM_V1)?;
+    let first_release = found == 0 && {
+        tx.query_row(
+            "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'functions'",
+            [],
+            |r| r.get(0),
+        )?
+    };
+    if found < 2 {
+        if first_release {
+            tx.execute_batch(FROM_V1)?;
+        }
+        tx.execute_batch(TABLES)?;
+        let limits = NamespaceLimits::whole_host();
+        tx.execute(
+            "INSERT INTO namespaces (name, created_ms, max_functions, max_instances, max_memory_mb, max_deploy_bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                DEFAULT_NAMESPACE,
+                now_ms(),
+                limits.max_functions,
+                limits.max_instances,
+                limits.max_memory_mb,
+                limits.max_deploy_bytes as i64
+            ],
+        )?;
+        if first_release {
+            tx.execute_batch(COPY_V1)?;
+        }
     }
-    tx.execute_batch(TABLES)?;
-    let limits = NamespaceLimits::whole_host();
-    tx.execute(
-        "INSERT INTO namespaces (name, created_ms, max_functions, max_instances, max_memory_mb, max_deploy_bytes)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            DEFAULT_NAMESPACE,
-            now_ms(),
-            limits.max_functions,
-            limits.max_instances,
-            limits.max_memory_mb,
-            limits.max_deploy_bytes as i64
-        ],
-    )?;
-    if first_release {
-        tx.execute_batch(COPY_V1)?;
+    for (shape, sql) in STEPS {
+        if *shape > found.max(2) {
+            tx.execute_batch(sql)?;
+        }
     }
     tx.pragma_update(None, "user_version", CURRENT)?;
     tx.commit()?;
     if first_release {
         tracing::info!("upgraded the registry to schema {CURRENT}: existing functions are in namespace `default`");
+    } else if found > 0 {
+        tracing::info!("upgraded the registry from schema {found} to {CURRENT}");
     }
     Ok(())
 }

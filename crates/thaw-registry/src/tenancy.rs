@@ -27,6 +27,17 @@ pub struct NamespaceLimits {
     pub max_memory_mb: u32,
     /// Largest archive one deploy may upload, bytes.
     pub max_deploy_bytes: u64,
+    /// Async calls accepted and not yet finished (queued, running or
+    /// waiting for a retry) across its functions.
+    #[serde(default = "default_max_queued")]
+    pub max_queued: u32,
+}
+
+/// Every namespace's bound on unfinished async calls unless set otherwise.
+pub const MAX_QUEUED: u32 = 10_000;
+
+fn default_max_queued() -> u32 {
+    MAX_QUEUED
 }
 
 impl NamespaceLimits {
@@ -38,6 +49,7 @@ impl NamespaceLimits {
             max_instances: 32,
             max_memory_mb: 8 * 1024,
             max_deploy_bytes: 64 << 20,
+            max_queued: MAX_QUEUED,
         }
     }
 
@@ -49,6 +61,7 @@ impl NamespaceLimits {
             max_instances: 10_000,
             max_memory_mb: 1 << 20,
             max_deploy_bytes: 64 << 20,
+            max_queued: 100_000,
         }
     }
 }
@@ -143,15 +156,16 @@ impl Registry {
         let created_ms = now_ms();
         let db = self.db.lock().unwrap();
         let inserted = db.execute(
-            "INSERT INTO namespaces (name, created_ms, max_functions, max_instances, max_memory_mb, max_deploy_bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(name) DO NOTHING",
+            "INSERT INTO namespaces (name, created_ms, max_functions, max_instances, max_memory_mb, max_deploy_bytes, max_queued)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(name) DO NOTHING",
             params![
                 name,
                 created_ms,
                 limits.max_functions,
                 limits.max_instances,
                 limits.max_memory_mb,
-                limits.max_deploy_bytes as i64
+                limits.max_deploy_bytes as i64,
+                limits.max_queued
             ],
         )?;
         if inserted == 0 {
@@ -172,14 +186,16 @@ impl Registry {
         limits: NamespaceLimits,
     ) -> Result<Namespace, RegistryError> {
         let n = self.db.lock().unwrap().execute(
-            "UPDATE namespaces SET max_functions = ?2, max_instances = ?3, max_memory_mb = ?4, max_deploy_bytes = ?5
+            "UPDATE namespaces SET max_functions = ?2, max_instances = ?3, max_memory_mb = ?4, max_deploy_bytes = ?5,
+                 max_queued = ?6
              WHERE name = ?1",
             params![
                 name,
                 limits.max_functions,
                 limits.max_instances,
                 limits.max_memory_mb,
-                limits.max_deploy_bytes as i64
+                limits.max_deploy_bytes as i64,
+                limits.max_queued
             ],
         )?;
         if n == 0 {
@@ -191,7 +207,7 @@ impl Registry {
     pub fn namespaces(&self) -> Result<Vec<Namespace>, RegistryError> {
         let db = self.db.lock().unwrap();
         let mut stmt = db.prepare(
-            "SELECT name, created_ms, max_functions, max_instances, max_memory_mb, max_deploy_bytes
+            "SELECT name, created_ms, max_functions, max_instances, max_memory_mb, max_deploy_bytes, max_queued
              FROM namespaces ORDER BY name",
         )?;
         let rows = stmt.query_map([], namespace_from_row)?;
@@ -201,7 +217,7 @@ impl Registry {
     pub fn namespace(&self, name: &str) -> Result<Namespace, RegistryError> {
         let db = self.db.lock().unwrap();
         db.query_row(
-            "SELECT name, created_ms, max_functions, max_instances, max_memory_mb, max_deploy_bytes
+            "SELECT name, created_ms, max_functions, max_instances, max_memory_mb, max_deploy_bytes, max_queued
              FROM namespaces WHERE name = ?1",
             params![name],
             namespace_from_row,
@@ -361,6 +377,7 @@ fn namespace_from_row(r: &Row<'_>) -> rusqlite::Result<Namespace> {
             max_instances: r.get(3)?,
             max_memory_mb: r.get(4)?,
             max_deploy_bytes: r.get::<_, i64>(5)? as u64,
+            max_queued: r.get(6)?,
         },
     })
 }

@@ -347,6 +347,8 @@ pub enum InvokeOutcome {
         name: Option<String>,
         message: String,
         stack: Option<String>,
+        /// The handler asked not to be retried.
+        no_retry: bool,
     },
 }
 
@@ -849,6 +851,7 @@ impl Shared {
                 name,
                 stack,
                 background,
+                no_retry,
             } => {
                 self.check_id(id, "an error")?;
                 self.note_background(id, background);
@@ -865,6 +868,7 @@ impl Shared {
                         name,
                         message,
                         stack,
+                        no_retry,
                     }),
                 )
             }

@@ -265,7 +265,7 @@ async fn play_runtime(stream: DuplexStream, runtime: Arc<FakeRuntime>) {
             Ok(ToRuntime::Invoke(invoke)) => {
                 let event = match invoke.payload {
                     Payload::Event(event) => event,
-                    Payload::Request(_) => serde_json::Value::Null,
+                    Payload::Request(_) | Payload::Scheduled(_) => serde_json::Value::Null,
                 };
                 if event["exit"] == serde_json::Value::Bool(true) {
                     runtime.exit.send_replace(Some(EXITED.to_string()));

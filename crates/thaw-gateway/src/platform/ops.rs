@@ -55,6 +55,7 @@ fn limits_view(l: &NamespaceLimits) -> view::Limits {
         max_instances: l.max_instances,
         max_memory_mb: l.max_memory_mb,
         max_deploy_bytes: l.max_deploy_bytes,
+        max_queued: l.max_queued,
     }
 }
 
@@ -63,14 +64,16 @@ fn patched(mut l: NamespaceLimits, p: &view::LimitsPatch) -> Result<NamespaceLim
     l.max_instances = p.max_instances.unwrap_or(l.max_instances);
     l.max_memory_mb = p.max_memory_mb.unwrap_or(l.max_memory_mb);
     l.max_deploy_bytes = p.max_deploy_bytes.unwrap_or(l.max_deploy_bytes);
+    l.max_queued = p.max_queued.unwrap_or(l.max_queued);
     if l.max_functions == 0
         || l.max_instances == 0
         || l.max_memory_mb < 64
         || l.max_deploy_bytes < 1024
+        || l.max_queued == 0
     {
         return Err(ApiError::bad_request(
             "bad_limits",
-            "limits must allow something: max_functions and max_instances at least 1, max_memory_mb at least 64, max_deploy_bytes at least 1024",
+            "limits must allow something: max_functions and max_instances at least 1, max_memory_mb at least 64, max_deploy_bytes at least 1024, max_queued at least 1",
         ));
     }
     Ok(l)
@@ -114,7 +117,7 @@ pub fn log_view(l: &LogLine) -> view::LogLineView {
 
 impl Platform {
     /// Runs a registry call off the async threads.
-    async fn blocking<T: Send + 'static>(
+    pub(super) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
     ) -> Result<T, ApiError> {
@@ -867,6 +870,7 @@ impl Platform {
                 name,
                 message,
                 stack,
+                ..
             } => {
                 out.error = Some(view::HandlerErrorView {
                     code: "handler_error".into(),
@@ -906,10 +910,13 @@ impl Platform {
         let pool = namespace
             .is_none()
             .then(|| self.scheduler.runtimes().snapshot());
+        let mut queues = self.blocking(|r| r.queue_depths()).await?;
+        queues.retain(|q| namespace.is_none_or(|ns| q.namespace == ns));
         Ok(crate::metrics::render(
             &self.metrics,
             namespace,
             &functions,
+            &queues,
             pool,
         ))
     }
