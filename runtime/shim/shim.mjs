@@ -635,24 +635,31 @@ async function runInvocation(adapter, message) {
     deadline: Number.isFinite(message.deadline_ms) ? message.deadline_ms : Date.now() + functionTimeoutMs,
     // Promises the call asked to outlive its response (fetch's ctx.waitUntil).
     background: [],
+    // The handler asked that a failure of this call not be retried
+    // (a scheduled fetch handler's controller.noRetry()).
+    noRetry: false,
   };
   let reply;
   let background = false;
+  // What an `error` frame adds to name, message and stack.
+  const errorFields = () => ({ ...(background ? { background } : {}), ...(invocation.noRetry ? { no_retry: true } : {}) });
   try {
     let response;
     if (message.request !== undefined && message.request !== null) {
       response = await adapter.http(normaliseRequest(message.request), invocation);
     } else if (Object.hasOwn(message, 'event')) {
       response = await adapter.event(message.event, invocation);
+    } else if (message.scheduled !== undefined && message.scheduled !== null) {
+      response = await adapter.scheduled(normaliseSchedule(message.scheduled, id), invocation);
     } else {
-      throw new TypeError('invoke needs a "request" or an "event" field');
+      throw new TypeError('invoke needs a "request", an "event" or a "scheduled" field');
     }
     background = invocation.background.length > 0;
     reply = resultJson(id, response, background);
   } catch (err) {
     background = invocation.background.length > 0;
     const { name, message: text, stack } = describeThrown(err);
-    reply = JSON.stringify(background ? { type: 'error', id, name, message: text, stack, background } : { type: 'error', id, name, message: text, stack });
+    reply = JSON.stringify({ type: 'error', id, name, message: text, stack, ...errorFields() });
   }
   runningInvocations.delete(id);
   flushUnfinishedLines(id);
@@ -660,7 +667,7 @@ async function runInvocation(adapter, message) {
     sendJson(reply);
   } catch (err) {
     if (!(err instanceof FrameTooLargeError)) throw err;
-    send({ type: 'error', id, name: 'RangeError', message: `the response is too large to send: ${err.message}`, ...(background ? { background } : {}) });
+    send({ type: 'error', id, name: 'RangeError', message: `the response is too large to send: ${err.message}`, ...errorFields() });
   }
   if (background) await finishBackground(invocation);
 }
@@ -710,6 +717,27 @@ function resultJson(id, { status, headers, body }, background = false) {
 }
 
 const EMPTY_BODY = Buffer.alloc(0);
+
+// The furthest a JavaScript Date reaches from 1970, either way.
+const MAX_DATE_MS = 8.64e15;
+
+// The `scheduled` payload of an invoke (docs/protocol.md), as the adapters
+// read it. The name and the time are what every style needs, so a host
+// that leaves them out gets a clear error rather than a made-up value.
+function normaliseSchedule(scheduled, id) {
+  if (!isPlainObject(scheduled) || typeof scheduled.schedule !== 'string' || !Number.isFinite(scheduled.scheduled_time_ms) || Math.abs(scheduled.scheduled_time_ms) > MAX_DATE_MS) {
+    throw new TypeError('an invoke\'s "scheduled" field must be an object with a string "schedule" and a number "scheduled_time_ms"');
+  }
+  return {
+    name: scheduled.schedule,
+    cron: typeof scheduled.cron === 'string' ? scheduled.cron : '',
+    scheduledTime: scheduled.scheduled_time_ms,
+    invocationId: typeof scheduled.invocation === 'string' && scheduled.invocation ? scheduled.invocation : String(id),
+    method: typeof scheduled.method === 'string' && scheduled.method ? scheduled.method : null,
+    // null and absent are the same: no payload.
+    payload: scheduled.payload === null ? undefined : scheduled.payload,
+  };
+}
 
 function normaliseRequest(request) {
   return {
@@ -772,6 +800,12 @@ function jsonResponse(status, json, extraHeaders = []) {
     headers: [['content-type', 'application/json'], ...extraHeaders],
     body: json === undefined ? EMPTY_BODY : Buffer.from(json),
   };
+}
+
+// The answer to an event or a scheduled call: what the handler returned, as
+// a 200 JSON body (`null` when it returned nothing).
+function valueResponse(value) {
+  return jsonResponse(200, JSON.stringify(value === undefined ? null : value));
 }
 
 // Turns any body value a handler may give into bytes.
@@ -1142,14 +1176,33 @@ function lambdaAdapter(handler, fn) {
     return { status: statusNumber(value.statusCode, 200), headers, body: bodyBytes(value.body, value.isBase64Encoded === true) };
   }
 
+  // What an EventBridge rule on a schedule delivers, with thaw's names
+  // where AWS has an account, a region and the rule's ARN.
+  function scheduledEvent(schedule) {
+    return {
+      version: '0',
+      id: schedule.invocationId,
+      'detail-type': 'Scheduled Event',
+      source: 'aws.events',
+      account: fn.namespace,
+      // EventBridge gives the time to the second.
+      time: new Date(schedule.scheduledTime).toISOString().replace(/\.\d+Z$/, 'Z'),
+      region: 'thaw',
+      resources: [`thaw:schedule/${fn.namespace}/${fn.name}/${schedule.name}`],
+      detail: schedule.payload === undefined ? {} : schedule.payload,
+    };
+  }
+
   return {
     style: 'lambda',
     async http(request, invocation) {
       return httpResponse(await call(httpEvent(request, invocation), invocation));
     },
     async event(event, invocation) {
-      const value = await call(event, invocation);
-      return jsonResponse(200, JSON.stringify(value === undefined ? null : value));
+      return valueResponse(await call(event, invocation));
+    },
+    async scheduled(schedule, invocation) {
+      return valueResponse(await call(scheduledEvent(schedule), invocation));
     },
   };
 }
@@ -1196,6 +1249,23 @@ function fetchAdapter(target, fn) {
     return { status: response.status, headers, body: Buffer.from(await response.arrayBuffer()) };
   }
 
+  // Cloudflare's ScheduledController. noRetry() marks the call, and only a
+  // failure of the call makes use of the mark (see runInvocation).
+  async function runScheduled(schedule, invocation) {
+    if (typeof target.scheduled !== 'function') {
+      throw new TypeError(`this module exports no scheduled() handler: add one to receive schedule ${JSON.stringify(schedule.name)}`);
+    }
+    const controller = {
+      scheduledTime: schedule.scheduledTime,
+      cron: schedule.cron,
+      type: 'scheduled',
+      noRetry() {
+        invocation.noRetry = true;
+      },
+    };
+    return valueResponse(await target.scheduled(controller, process.env, executionContext(invocation)));
+  }
+
   return {
     style: 'fetch',
     http: (request, invocation) => respond(request, invocation),
@@ -1212,6 +1282,7 @@ function fetchAdapter(target, fn) {
         },
         invocation,
       ),
+    scheduled: runScheduled,
   };
 }
 
@@ -1309,7 +1380,14 @@ function openwhiskAdapter(main, fn) {
       return webResponse(await activate(params(request), invocation, request));
     },
     async event(event, invocation) {
-      return jsonResponse(200, JSON.stringify(await activate(event, invocation, null)));
+      return valueResponse(await activate(event, invocation, null));
+    },
+    // As an alarm trigger fires an action: the trigger's payload is the
+    // params. A payload that is not a dictionary is wrapped in one.
+    async scheduled(schedule, invocation) {
+      const { payload } = schedule;
+      const params = payload === undefined ? {} : isPlainObject(payload) ? payload : { payload };
+      return valueResponse(await activate(params, invocation, null));
     },
   };
 }
@@ -1479,6 +1557,20 @@ function classAdapter(classes) {
       return respond(payload);
     },
     event: (event) => respond(event),
+    // A cron method, as Genezio calls one: with no arguments, or the
+    // schedule's payload as them. Not JSON-RPC: there is no caller to
+    // answer, so whatever the method throws fails the call.
+    async scheduled(schedule) {
+      const { name, method, payload } = schedule;
+      const target = method === null ? null : lookup(method);
+      if (target === null) {
+        const services = [...classes.keys()].join(', ');
+        const asked = method === null ? 'names no method' : `names ${JSON.stringify(method)}, which is not a method of this function`;
+        throw new TypeError(`schedule ${JSON.stringify(name)} ${asked}: a class service's schedule needs a "Class.method" of one of its services (${services})`);
+      }
+      const args = payload === undefined ? [] : Array.isArray(payload) ? payload : [payload];
+      return valueResponse(await target[1].apply(target[0], args));
+    },
   };
 }
 
@@ -1490,8 +1582,8 @@ function classAdapter(classes) {
 // cost (lazy loading, compilation) off the first request's path. Nothing
 // here touches the disk or the console, and it runs before `ready`.
 async function warmUp() {
-  const fn = { name: '', version: '', memoryMb: '' };
-  const invocation = { id: 0, deadline: Date.now() + 1000 };
+  const fn = { name: '', version: '', memoryMb: '', namespace: 'default' };
+  const invocation = { id: 0, deadline: Date.now() + 1000, background: [], noRetry: false };
   const request = normaliseRequest({
     method: 'POST',
     path: '/',
@@ -1505,6 +1597,8 @@ async function warmUp() {
     const mod = await import('data:text/javascript,export const handler = async () => ({ statusCode: 200, body: "" }); export class Warm { up() { return 1; } }');
     resultJson(0, await lambdaAdapter(mod.handler, fn).http(request, invocation));
     resultJson(0, await lambdaAdapter(mod.handler, fn).event({}, invocation));
+    const schedule = normaliseSchedule({ schedule: 'warm', cron: '* * * * *', scheduled_time_ms: Date.now(), method: 'Warm.up' }, 0);
+    resultJson(0, await lambdaAdapter(mod.handler, fn).scheduled(schedule, invocation));
     // The first Request or Response loads Node's fetch implementation,
     // tens of milliseconds: pay it here, not in a fetch handler's cold start.
     const fetchTarget = {
@@ -1512,11 +1606,16 @@ async function warmUp() {
         await req.text();
         return new Response('{}', { status: 200, headers: { 'content-type': 'application/json' } });
       },
+      scheduled() {},
     };
-    resultJson(0, await fetchAdapter(fetchTarget, fn).http(request, invocation));
+    const fetchStyle = fetchAdapter(fetchTarget, fn);
+    resultJson(0, await fetchStyle.http(request, invocation));
+    resultJson(0, await fetchStyle.scheduled(schedule, invocation));
     const rpc = '{"jsonrpc":"2.0","method":"Warm.up","params":[],"id":1}';
     detectStyle(mod, 'warm', fn);
-    resultJson(0, await classAdapter(new Map([['Warm', mod.Warm]])).http({ ...request, body: Buffer.from(rpc) }, invocation));
+    const services = classAdapter(new Map([['Warm', mod.Warm]]));
+    resultJson(0, await services.http({ ...request, body: Buffer.from(rpc) }, invocation));
+    resultJson(0, await services.scheduled(schedule, invocation));
   } catch {
     // Warming is an optimisation only; a failure here shows up for real,
     // with a proper error, when the function's own code runs.

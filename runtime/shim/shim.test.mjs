@@ -39,9 +39,18 @@ function frameDecoder(onFrame) {
   };
 }
 
+// Shims still running. A test that fails before its stop() leaves one
+// behind; without the kill below it would keep the test process alive.
+const liveShims = new Set();
+after(() => {
+  for (const shim of liveShims) shim.child.kill();
+});
+
 class Shim {
   constructor() {
     this.child = spawn(process.execPath, [SHIM], { stdio: ['ignore', 'pipe', 'pipe', 'pipe'] });
+    liveShims.add(this);
+    this.child.on('exit', () => liveShims.delete(this));
     this.stream = this.child.stdio[3];
     this.frames = []; // every frame received, in order
     this.unclaimed = []; // frames no waiter has taken yet
@@ -119,6 +128,10 @@ class Shim {
     return this.invoke({ event }, id);
   }
 
+  scheduled(fields, id) {
+    return this.invoke({ scheduled: scheduledPayload(fields) }, id);
+  }
+
   async stop() {
     this.stream.end();
     const exit = await this.exited;
@@ -131,6 +144,14 @@ class Shim {
 
 function httpRequest({ method = 'GET', path: p = '/', query = '', headers = [], body = '', host = 'demo.thaw.test', sourceIp = '203.0.113.7' } = {}) {
   return { method, path: p, query, headers, body: Buffer.from(body).toString('base64'), source_ip: sourceIp, host };
+}
+
+// 2026-12-03T08:00:00.456Z: the milliseconds show whether a style keeps them.
+const SCHEDULED_TIME_MS = Date.UTC(2026, 11, 3, 8, 0, 0, 456);
+
+// An invoke's `scheduled` field as the host sends it when a schedule fires.
+function scheduledPayload(fields = {}) {
+  return { schedule: 'nightly', cron: '*/5 * * * *', timezone: 'UTC', scheduled_time_ms: SCHEDULED_TIME_MS, invocation: 'a1b2c3d4e5f6a7b8c9d0e1f2', ...fields };
 }
 
 function header(reply, name) {
@@ -455,6 +476,71 @@ const fixtures = {
         function actionMain(params) { return { bundle: true, n: params.n ?? null }; }
         global.main = actionMain;
       })();
+    `,
+  }),
+  lambdaScheduled: fixture('lambda-scheduled', {
+    'package.json': '{}',
+    'index.js': `
+      exports.handler = function (event, context, callback) {
+        switch (event.detail.case) {
+          case 'throw': throw new Error('scheduled lambda failed');
+          case 'callback-error': setTimeout(() => callback(new Error('callback failed')), 1); return;
+          case 'succeed': context.succeed({ via: 'succeed' }); return;
+          case 'nothing': callback(); return;
+          default: setTimeout(() => callback(null, { event, functionName: context.functionName }), 1);
+        }
+      };
+    `,
+  }),
+  fetchScheduled: fixture('fetch-scheduled', {
+    // Cloudflare gives scheduled() no payload, so the cron string picks the case.
+    'index.mjs': `
+      export default {
+        async fetch() { return new Response('fetched'); },
+        async scheduled(controller, env, ctx) {
+          switch (controller.cron) {
+            case '0 1 * * *': throw new RangeError('scheduled fetch failed');
+            case '0 2 * * *': controller.noRetry(); throw new Error('do not retry me');
+            case '0 3 * * *': controller.noRetry(); return 'fine after all';
+            case '0 4 * * *':
+              ctx.waitUntil(new Promise((resolve) => setTimeout(resolve, 30)).then(() => console.log('scheduled work done')));
+              return;
+            default:
+              return {
+                controller: { ...controller, noRetry: typeof controller.noRetry },
+                envValue: env.FIXTURE_VALUE ?? null,
+                ctx: Object.keys(ctx).sort(),
+              };
+          }
+        },
+      };
+    `,
+  }),
+  classScheduled: fixture('class-scheduled', {
+    'index.mjs': `
+      class GenezioError extends Error {
+        constructor(message, code, info) { super(message); this.name = 'GenezioError'; this.code = code; this.info = info; }
+      }
+      export class Jobs {
+        constructor() { this.runs = 0; }
+        nightly(...args) { this.runs += 1; return { args, runs: this.runs }; }
+        quiet() {}
+        denied() { throw new GenezioError('not now', 403, { why: 'window' }); }
+        async broken() { throw new Error('job broke'); }
+        _hidden() { return 'hidden'; }
+      }
+      export class Reports { weekly() { return 'weekly'; } }
+    `,
+  }),
+  owScheduled: fixture('ow-scheduled', {
+    'index.mjs': `
+      export function main(params) {
+        if (params.fail) throw new Error('alarm action failed');
+        if (params.nothing) return;
+        if (params.string) return 'not a dictionary';
+        const env = (k) => process.env[k] ?? null;
+        return { params, activation: env('__OW_ACTIVATION_ID'), action: env('__OW_ACTION_NAME'), apiHost: env('__OW_API_HOST') };
+      }
     `,
   }),
 };
@@ -1278,6 +1364,209 @@ describe('openwhisk contract', () => {
     assert.deepEqual(json(await bundle.event({ n: 3 })), { bundle: true, n: 3 });
     await bundle.stop();
   });
+});
+
+// A scheduled call answers like an event: 200, JSON, the handler's value.
+function assertScheduledResult(result, value) {
+  assert.equal(result.reply.type, 'result', JSON.stringify(result.reply));
+  assert.equal(result.reply.status, 200);
+  assert.deepEqual(header(result.reply, 'content-type'), ['application/json']);
+  assert.deepEqual(json(result), value);
+}
+
+describe('scheduled calls: lambda style', () => {
+  let shim;
+  before(async () => {
+    shim = new Shim();
+    await shim.initOk(fixtures.lambdaScheduled, 'index.js', { namespace: 'team-a' });
+  });
+  after(() => shim.stop());
+
+  test('gets an EventBridge scheduled event with the payload as detail', async () => {
+    const result = await shim.scheduled({ payload: { case: 'event', n: 1 } });
+    assertScheduledResult(result, {
+      event: {
+        version: '0',
+        id: 'a1b2c3d4e5f6a7b8c9d0e1f2',
+        'detail-type': 'Scheduled Event',
+        source: 'aws.events',
+        account: 'team-a',
+        time: '2026-12-03T08:00:00Z',
+        region: 'thaw',
+        resources: ['thaw:schedule/team-a/demo/nightly'],
+        detail: { case: 'event', n: 1 },
+      },
+      functionName: 'demo',
+    });
+  });
+
+  test('detail is {} without a payload; callback, context.succeed and nothing answer as for events', async () => {
+    for (const fields of [{}, { payload: null, method: null }]) {
+      assert.deepEqual(json(await shim.scheduled(fields)).event.detail, {});
+    }
+    assertScheduledResult(await shim.scheduled({ payload: { case: 'succeed' } }), { via: 'succeed' });
+    assertScheduledResult(await shim.scheduled({ payload: { case: 'nothing' } }), null);
+  });
+
+  test('a throw or callback(err) is an error frame, and the runtime keeps serving', async () => {
+    const thrown = await shim.scheduled({ payload: { case: 'throw' } });
+    assert.equal(thrown.reply.type, 'error');
+    assert.equal(thrown.reply.message, 'scheduled lambda failed');
+    assert.equal(thrown.reply.no_retry, undefined);
+    const called = await shim.scheduled({ payload: { case: 'callback-error' } });
+    assert.equal(called.reply.type, 'error');
+    assert.equal(called.reply.message, 'callback failed');
+    assert.equal(json(await shim.event({ detail: { case: 'succeed' } })).via, 'succeed');
+  });
+});
+
+describe('scheduled calls: fetch style', () => {
+  test('scheduled(controller, env, ctx) gets Cloudflare\'s controller, the environment and an execution context', async () => {
+    const shim = new Shim();
+    await shim.initOk(fixtures.fetchScheduled, 'index.mjs', { env: { FIXTURE_VALUE: 'from-env' } });
+    assertScheduledResult(await shim.scheduled(), {
+      controller: { scheduledTime: SCHEDULED_TIME_MS, cron: '*/5 * * * *', type: 'scheduled', noRetry: 'function' },
+      envValue: 'from-env',
+      ctx: ['passThroughOnException', 'waitUntil'],
+    });
+    // The payload and the method are not part of Cloudflare's contract.
+    assert.equal(json(await shim.scheduled({ payload: { ignored: true }, method: 'X.y' })).controller.cron, '*/5 * * * *');
+    assert.equal((await shim.request({ path: '/' })).body.toString(), 'fetched');
+    await shim.stop();
+  });
+
+  test('a failure is an error frame; after noRetry() it carries no_retry: true', async () => {
+    const shim = new Shim();
+    await shim.initOk(fixtures.fetchScheduled, 'index.mjs');
+    const failed = await shim.scheduled({ cron: '0 1 * * *' });
+    assert.equal(failed.reply.type, 'error');
+    assert.equal(failed.reply.name, 'RangeError');
+    assert.equal(failed.reply.message, 'scheduled fetch failed');
+    assert.equal(failed.reply.no_retry, undefined);
+    const noRetry = await shim.scheduled({ cron: '0 2 * * *' });
+    assert.equal(noRetry.reply.type, 'error');
+    assert.equal(noRetry.reply.message, 'do not retry me');
+    assert.equal(noRetry.reply.no_retry, true);
+    // noRetry() only speaks about failures, and only of its own call.
+    const succeeded = await shim.scheduled({ cron: '0 3 * * *' });
+    assertScheduledResult(succeeded, 'fine after all');
+    assert.equal(succeeded.reply.no_retry, undefined);
+    assert.equal((await shim.scheduled({ cron: '0 1 * * *' })).reply.no_retry, undefined);
+    await shim.stop();
+  });
+
+  test('waitUntil keeps the call\'s work going after the answer, as for fetch', async () => {
+    const shim = new Shim();
+    await shim.initOk(fixtures.fetchScheduled, 'index.mjs', { features: ['background_done'] });
+    const result = await shim.scheduled({ cron: '0 4 * * *' }, 31);
+    assertScheduledResult(result, null);
+    assert.equal(result.reply.background, true);
+    const doneFrame = await shim.frame((f) => f.type === 'background_done' && f.id === 31, 'background_done');
+    assert.equal(doneFrame.timed_out, false);
+    const doneIndex = shim.frames.indexOf(doneFrame);
+    assert.ok(shim.frames.some((f, i) => f.type === 'log' && f.id === 31 && f.line === 'scheduled work done' && i < doneIndex));
+    await shim.stop();
+  });
+
+  test('a module without scheduled() fails the call and says what to add', async () => {
+    const shim = new Shim();
+    await shim.initOk(fixtures.fetch, 'index.mjs');
+    const { reply } = await shim.scheduled({ schedule: 'hourly' });
+    assert.equal(reply.type, 'error');
+    assert.equal(reply.message, 'this module exports no scheduled() handler: add one to receive schedule "hourly"');
+    await shim.stop();
+  });
+});
+
+describe('scheduled calls: class style', () => {
+  let shim;
+  before(async () => {
+    shim = new Shim();
+    await shim.initOk(fixtures.classScheduled, 'index.mjs');
+  });
+  after(() => shim.stop());
+
+  test('calls the named method: no arguments, the payload array as arguments, or the payload as one', async () => {
+    assertScheduledResult(await shim.scheduled({ method: 'Jobs.nightly' }), { args: [], runs: 1 });
+    assertScheduledResult(await shim.scheduled({ method: 'Jobs.nightly', payload: null }), { args: [], runs: 2 });
+    assert.deepEqual(json(await shim.scheduled({ method: 'Jobs.nightly', payload: [1, 'two', { three: 3 }] })).args, [1, 'two', { three: 3 }]);
+    assert.deepEqual(json(await shim.scheduled({ method: 'Jobs.nightly', payload: { since: 'yesterday' } })).args, [{ since: 'yesterday' }]);
+    assert.deepEqual(json(await shim.scheduled({ method: 'Jobs.nightly', payload: 'text' })).args, ['text']);
+    assert.deepEqual(json(await shim.scheduled({ method: 'Jobs.nightly', payload: false })).args, [false]);
+    assertScheduledResult(await shim.scheduled({ method: 'Jobs.quiet' }), null);
+    assertScheduledResult(await shim.scheduled({ method: 'Reports.weekly' }), 'weekly');
+    // The same instance as JSON-RPC calls use.
+    const rpc = await shim.event({ jsonrpc: '2.0', method: 'Jobs.nightly', params: [], id: 1 });
+    assert.equal(json(rpc).result.runs, 7);
+  });
+
+  test('a thrown error, GenezioError included, fails the call with an error frame', async () => {
+    const denied = await shim.scheduled({ method: 'Jobs.denied' });
+    assert.equal(denied.reply.type, 'error');
+    assert.equal(denied.reply.name, 'GenezioError');
+    assert.equal(denied.reply.message, 'not now');
+    const broken = await shim.scheduled({ method: 'Jobs.broken' });
+    assert.equal(broken.reply.type, 'error');
+    assert.equal(broken.reply.message, 'job broke');
+    assert.match(broken.reply.stack, /index\.mjs/);
+  });
+
+  test('a missing or unknown method is an error that names the services', async () => {
+    const missing = await shim.scheduled({});
+    assert.equal(missing.reply.type, 'error');
+    assert.equal(missing.reply.message, 'schedule "nightly" names no method: a class service\'s schedule needs a "Class.method" of one of its services (Jobs, Reports)');
+    for (const method of ['Jobs.monthly', 'Nope.nightly', 'Jobs._hidden', 'Jobs.constructor', 'nightly']) {
+      const { reply } = await shim.scheduled({ method });
+      assert.equal(reply.type, 'error', method);
+      assert.equal(reply.message, `schedule "nightly" names "${method}", which is not a method of this function: a class service's schedule needs a "Class.method" of one of its services (Jobs, Reports)`);
+    }
+  });
+});
+
+describe('scheduled calls: openwhisk style', () => {
+  let shim;
+  before(async () => {
+    shim = new Shim();
+    await shim.initOk(fixtures.owScheduled, 'index.mjs');
+  });
+  after(() => shim.stop());
+
+  test('main gets the payload as params, with the __OW_ variables set', async () => {
+    const result = await shim.scheduled({ payload: { table: 'events', days: 30 } }, 41);
+    assertScheduledResult(result, { params: { table: 'events', days: 30 }, activation: '41', action: '/default/demo', apiHost: null });
+    assert.deepEqual(json(await shim.scheduled({})).params, {});
+    assert.deepEqual(json(await shim.scheduled({ payload: null })).params, {});
+  });
+
+  test('a payload that is not a dictionary arrives as { payload }', async () => {
+    assert.deepEqual(json(await shim.scheduled({ payload: 'text' })).params, { payload: 'text' });
+    assert.deepEqual(json(await shim.scheduled({ payload: [1, 2] })).params, { payload: [1, 2] });
+    assert.deepEqual(json(await shim.scheduled({ payload: 0 })).params, { payload: 0 });
+  });
+
+  test('the dictionary rule applies, and a throw is an error frame', async () => {
+    assertScheduledResult(await shim.scheduled({ payload: { nothing: true } }), {});
+    const notDictionary = await shim.scheduled({ payload: { string: true } });
+    assert.equal(notDictionary.reply.type, 'error');
+    assert.equal(notDictionary.reply.message, 'The action did not return a dictionary.');
+    const failed = await shim.scheduled({ payload: { fail: true } });
+    assert.equal(failed.reply.type, 'error');
+    assert.equal(failed.reply.message, 'alarm action failed');
+  });
+});
+
+test('an invoke without request, event or scheduled, or with a malformed scheduled, is a clear error', async () => {
+  const shim = new Shim();
+  await shim.initOk(fixtures.lambdaCjs, 'index.cjs');
+  const neither = await shim.invoke({});
+  assert.equal(neither.reply.type, 'error');
+  assert.equal(neither.reply.message, 'invoke needs a "request", an "event" or a "scheduled" field');
+  for (const scheduled of ['nightly', { schedule: 'nightly' }, { schedule: 'nightly', scheduled_time_ms: 'soon' }, { scheduled_time_ms: 1 }]) {
+    const { reply } = await shim.invoke({ scheduled });
+    assert.equal(reply.type, 'error', JSON.stringify(scheduled));
+    assert.equal(reply.message, 'an invoke\'s "scheduled" field must be an object with a string "schedule" and a number "scheduled_time_ms"');
+  }
+  await shim.stop();
 });
 
 test('an uncaught exception is logged and ends the process with status 1', async () => {
