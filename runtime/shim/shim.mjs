@@ -566,7 +566,8 @@ function detectStyle(mod, entry, fn) {
   const handler = typeof mod.handler === 'function' ? mod.handler : typeof fallback?.handler === 'function' ? fallback.handler : null;
   if (handler) return lambdaAdapter(handler, fn);
 
-  if (fallback && typeof fallback.fetch === 'function') return fetchAdapter(fallback, fn);
+  // A Worker with only `scheduled` (a cron job) is fetch style too.
+  if (fallback && (typeof fallback.fetch === 'function' || typeof fallback.scheduled === 'function')) return fetchAdapter(fallback, fn);
 
   const main = typeof mod.main === 'function' ? mod.main : typeof fallback?.main === 'function' ? fallback.main : null;
   if (main) return openwhiskAdapter(main, fn);
@@ -593,7 +594,7 @@ function detectStyle(mod, entry, fn) {
 
   throw new InitFailure(
     `${entry} has no handler thaw recognises: it exports ${describeExports(mod)}; expected one of ` +
-      'a "handler" function (Lambda style), a default export with a "fetch" method (fetch style), ' +
+      'a "handler" function (Lambda style), a default export with a "fetch" or "scheduled" method (fetch style), ' +
       'a "main" function (OpenWhisk style, exported, declared at the top level of a script, or set as global.main), ' +
       'or one or more exported classes (class style)',
   );
@@ -1235,6 +1236,9 @@ function fetchAdapter(target, fn) {
       body: hasBody ? request.body : undefined,
       duplex: 'half',
     });
+    if (typeof target.fetch !== 'function') {
+      throw new TypeError('this module exports no fetch() handler, only scheduled(): it runs on its schedules, not for HTTP requests or events');
+    }
     const response = await target.fetch(req, process.env, executionContext(invocation));
     const isResponse =
       response instanceof Response ||

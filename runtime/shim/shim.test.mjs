@@ -516,6 +516,13 @@ const fixtures = {
       };
     `,
   }),
+  cronOnly: fixture('cron-only', {
+    'index.mjs': `
+      export default {
+        async scheduled(controller) { return { ran: controller.cron }; },
+      };
+    `,
+  }),
   classScheduled: fixture('class-scheduled', {
     'index.mjs': `
       class GenezioError extends Error {
@@ -1101,7 +1108,7 @@ describe('init errors', () => {
     assert.match(reply.message, /helper \(function\)/);
     assert.match(reply.message, /default \(object with name \(string\)\)/);
     assert.match(reply.message, /"handler" function/);
-    assert.match(reply.message, /"fetch" method/);
+    assert.match(reply.message, /"fetch" or "scheduled" method/);
     assert.match(reply.message, /"main" function/);
     assert.match(reply.message, /classes/);
     await shim.stop();
@@ -1465,6 +1472,17 @@ describe('scheduled calls: fetch style', () => {
     assert.equal(doneFrame.timed_out, false);
     const doneIndex = shim.frames.indexOf(doneFrame);
     assert.ok(shim.frames.some((f, i) => f.type === 'log' && f.id === 31 && f.line === 'scheduled work done' && i < doneIndex));
+    await shim.stop();
+  });
+
+  test('a module with only scheduled() is fetch style and refuses requests clearly', async () => {
+    const shim = new Shim();
+    const init = await shim.initOk(fixtures.cronOnly, 'index.mjs');
+    assert.equal(init.style, 'fetch');
+    assertScheduledResult(await shim.scheduled({ cron: '*/5 * * * *' }), { ran: '*/5 * * * *' });
+    const { reply } = await shim.request({ method: 'GET', path: '/' });
+    assert.equal(reply.type, 'error');
+    assert.match(reply.message, /exports no fetch\(\) handler, only scheduled\(\)/);
     await shim.stop();
   });
 

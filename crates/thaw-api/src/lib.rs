@@ -265,6 +265,54 @@ pub struct LogList {
     pub next: i64,
 }
 
+/// A cron schedule of a function and where it stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScheduleView {
+    pub name: String,
+    pub cron: String,
+    pub timezone: String,
+    /// The alias each tick calls.
+    pub alias: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+    /// `toml` (declared by the `thaw.toml` of the version `latest` points
+    /// at) or `api`.
+    pub origin: String,
+    pub created_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_tick_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_ms: Option<i64>,
+    /// Ticks that became calls.
+    pub fired: u64,
+    /// Ticks not run (passed while thaw was down, or refused by a full queue).
+    pub missed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScheduleList {
+    pub function: String,
+    pub schedules: Vec<ScheduleView>,
+}
+
+/// `POST .../schedules`: a schedule to add.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSchedule {
+    pub name: String,
+    pub cron: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+}
+
 /// What an async call's request is answered with (`202 Accepted`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallAccepted {

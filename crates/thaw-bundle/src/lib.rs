@@ -28,7 +28,10 @@ pub use entry::find_entry;
 pub use error::BundleError;
 pub use pack::{pack_dir, Packed};
 pub use seal::seal;
-pub use settings::{read_settings, Settings, DRIVERS, SETTINGS_FILE};
+pub use settings::{
+    read_settings, ScheduleSpec, Settings, DRIVERS, MAX_SCHEDULES, MAX_SCHEDULE_PAYLOAD,
+    SETTINGS_FILE,
+};
 pub use unpack::{unpack, Unpacked};
 
 /// Size limits for a bundle, applied the same way when packing and unpacking.

@@ -59,6 +59,101 @@ pub struct Settings {
     /// event, how each async call of this one ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<String>,
+    /// Cron schedules (`[[schedule]]`): the function is called at each
+    /// tick, through an alias, as an async call.
+    #[serde(default, rename = "schedule", skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<ScheduleSpec>,
+}
+
+/// One `[[schedule]]` of `thaw.toml`, or one made through the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// Names it among the function's schedules; `schedule-N` (its place in
+    /// the file, from 1) when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Five fields (minute hour day-of-month month day-of-week), or six
+    /// with a leading second; see docs/triggers.md.
+    pub cron: String,
+    /// An IANA time zone name; UTC when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// The alias each tick calls; `latest` when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// For class services: the `Class.method` each tick calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Given to the function with each tick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+}
+
+/// Schedules one function may have (thaw.toml and API together).
+pub const MAX_SCHEDULES: usize = 20;
+/// Largest payload of one schedule, as JSON.
+pub const MAX_SCHEDULE_PAYLOAD: usize = 16 * 1024;
+
+impl ScheduleSpec {
+    /// The name it goes by: its own, or `schedule-N` for the `index`th
+    /// (from 0) of a file.
+    pub fn name_at(&self, index: usize) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("schedule-{}", index + 1))
+    }
+
+    pub fn timezone(&self) -> &str {
+        self.timezone.as_deref().unwrap_or("UTC")
+    }
+
+    pub fn alias(&self) -> &str {
+        self.alias.as_deref().unwrap_or("latest")
+    }
+
+    /// Checks every field; the error says which schedule and what is wrong.
+    pub fn validate(&self, which: &str) -> Result<(), String> {
+        if let Some(name) = &self.name {
+            validate_name(name).map_err(|e| format!("{which}: `name`: {e}"))?;
+        }
+        thaw_cron::Cron::parse(&self.cron)
+            .map_err(|e| format!("{which}: `cron = {:?}`: {e}", self.cron))?;
+        thaw_cron::parse_time_zone(self.timezone())
+            .map_err(|e| format!("{which}: `timezone`: {e}"))?;
+        validate_name(self.alias()).map_err(|_| {
+            format!(
+                "{which}: `alias = {:?}` is not an alias name: lowercase letters, digits and '-', starting with a letter",
+                self.alias()
+            )
+        })?;
+        if let Some(method) = &self.method {
+            let ok = method.split_once('.').is_some_and(|(class, m)| {
+                let ident = |s: &str| {
+                    s.chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '$')
+                        && s.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+                };
+                ident(class) && ident(m)
+            });
+            if !ok {
+                return Err(format!(
+                    "{which}: `method = {method:?}` must name a class service's method as Class.method"
+                ));
+            }
+        }
+        if let Some(payload) = &self.payload {
+            let bytes = payload.to_string().len();
+            if bytes > MAX_SCHEDULE_PAYLOAD {
+                return Err(format!(
+                    "{which}: `payload` is {bytes} bytes as JSON; the limit is {MAX_SCHEDULE_PAYLOAD}"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The values `driver` may take in `thaw.toml`.
@@ -97,6 +192,7 @@ impl Default for Settings {
             driver: None,
             retries: default_retries(),
             destination: None,
+            schedules: Vec::new(),
         }
     }
 }
@@ -128,6 +224,22 @@ impl Settings {
                 return bad(format!(
                     "`destination = {destination:?}` names the function itself: its events would call it again"
                 ));
+            }
+        }
+        if self.schedules.len() > MAX_SCHEDULES {
+            return bad(format!(
+                "{} [[schedule]] entries; a function may have at most {MAX_SCHEDULES}",
+                self.schedules.len()
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, s) in self.schedules.iter().enumerate() {
+            let name = s.name_at(i);
+            if let Err(message) = s.validate(&format!("[[schedule]] `{name}`")) {
+                return bad(message);
+            }
+            if !names.insert(name.clone()) {
+                return bad(format!("two [[schedule]] entries are named `{name}`"));
             }
         }
         if let Some(entry) = &self.entry {

@@ -73,6 +73,7 @@ _PRIVATE_1 = ""
             driver: Some("microvm".into()),
             retries: 5,
             destination: Some("audit".into()),
+            schedules: Vec::new(),
         }
     );
     // Serde uses the TOML names, so settings survive a JSON round trip.

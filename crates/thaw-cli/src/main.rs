@@ -505,6 +505,13 @@ thaw invoke hello-service --data '{\"jsonrpc\":\"2.0\",\"method\":\"HelloWorldSe
         #[command(flatten)]
         remote: Remote,
     },
+    /// Cron schedules: call a function at each tick.
+    Schedule {
+        #[command(subcommand)]
+        cmd: triggers::ScheduleCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// The dead-letter queue: async calls whose every attempt failed.
     Dlq {
         #[command(subcommand)]
@@ -733,6 +740,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             remote,
         } => triggers::list(&client(&remote)?, &name, state.as_deref(), limit, json),
         Command::Dlq { cmd, remote } => triggers::dlq(&client(&remote)?, cmd),
+        Command::Schedule { cmd, remote } => triggers::schedule(&client(&remote)?, cmd),
         Command::Ls { json, remote } => ls(&client(&remote)?, json),
         Command::Logs {
             name,

@@ -1,10 +1,127 @@
 //! The CLI for calls without a waiting caller: async invocations, their
-//! status, and the dead-letter queue.
+//! status, the dead-letter queue, and cron schedules.
 
 use crate::client::Client;
 use anyhow::bail;
 use std::time::{Duration, Instant};
-use thaw_api::{utc_time, CallAccepted, CallIds, CallList, CallView, DeadLetters};
+use thaw_api::{
+    utc_time, CallAccepted, CallIds, CallList, CallView, DeadLetters, NewSchedule, Removed,
+    ScheduleList, ScheduleView,
+};
+
+#[derive(clap::Subcommand)]
+pub enum ScheduleCommand {
+    /// Call NAME on a cron schedule: each tick is an async call through an
+    /// alias, retried like any other.
+    #[command(
+        after_help = "Examples:\n  thaw schedule add reports --name nightly --cron '0 3 * * *' --timezone Europe/Paris\n  \
+                      thaw schedule add api --name warm --cron '*/5 * * * *' --payload '{\"ping\":true}'\n  \
+                      thaw schedule add billing --name close --cron '0 0 1 * *' --method Billing.closeMonth\n\n\
+                      CRON is five fields (minute hour day-of-month month day-of-week) or six with a leading second; \
+                      @hourly, @daily, @weekly, @monthly, @yearly also work. Schedules can also be declared in \
+                      thaw.toml as [[schedule]] entries (see docs/triggers.md)."
+    )]
+    Add {
+        name: String,
+        /// The schedule's name, unique among NAME's schedules.
+        #[arg(long = "name", value_name = "SCHEDULE")]
+        schedule: String,
+        #[arg(long)]
+        cron: String,
+        /// IANA time zone the cron expression is read in.
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+        /// The alias each tick calls.
+        #[arg(long, default_value = "latest")]
+        alias: String,
+        /// For class services: the Class.method each tick calls.
+        #[arg(long)]
+        method: Option<String>,
+        /// JSON given to the function with each tick.
+        #[arg(long)]
+        payload: Option<String>,
+    },
+    /// List NAME's schedules: when each fires next, how often it fired.
+    Ls {
+        name: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a schedule made with `thaw schedule add` (those of thaw.toml
+    /// go with the deploy that no longer declares them).
+    Rm { name: String, schedule: String },
+}
+
+pub fn schedule(c: &Client, cmd: ScheduleCommand) -> anyhow::Result<()> {
+    match cmd {
+        ScheduleCommand::Add {
+            name,
+            schedule,
+            cron,
+            timezone,
+            alias,
+            method,
+            payload,
+        } => {
+            let payload = payload
+                .map(|p| serde_json::from_str(&p))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--payload is not valid JSON: {e}"))?;
+            let req = NewSchedule {
+                name: schedule,
+                cron,
+                timezone: Some(timezone),
+                alias: Some(alias),
+                method,
+                payload,
+            };
+            let s: ScheduleView = c.post(&format!("{}/schedules", c.function_path(&name)), &req)?;
+            println!(
+                "schedule {} of {name}: `{}` ({}), next at {}",
+                s.name,
+                s.cron,
+                s.timezone,
+                s.next_ms
+                    .map(|t| format!("{} UTC", utc_time(t)))
+                    .unwrap_or_else(|| "never".into())
+            );
+            Ok(())
+        }
+        ScheduleCommand::Ls { name, json } => {
+            let list: ScheduleList = c.get(&format!("{}/schedules", c.function_path(&name)))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            if list.schedules.is_empty() {
+                println!("{name} has no schedules");
+                return Ok(());
+            }
+            println!("NAME             CRON                 TIME ZONE         ALIAS       NEXT (UTC)           FIRED  MISSED  FROM");
+            for s in &list.schedules {
+                println!(
+                    "{:<16} {:<20} {:<17} {:<11} {:<20} {:>5}  {:>6}  {}",
+                    s.name,
+                    s.cron,
+                    s.timezone,
+                    s.alias,
+                    s.next_ms.map(utc_time).unwrap_or_else(|| "never".into()),
+                    s.fired,
+                    s.missed,
+                    s.origin
+                );
+            }
+            Ok(())
+        }
+        ScheduleCommand::Rm { name, schedule } => {
+            let _: Removed =
+                c.delete(&format!("{}/schedules/{schedule}", c.function_path(&name)))?;
+            println!("schedule {schedule} of {name} removed");
+            Ok(())
+        }
+    }
+}
 
 #[derive(clap::Subcommand)]
 pub enum DlqCommand {

@@ -60,6 +60,14 @@ pub fn router(platform: Arc<Platform>) -> Router {
             .route(&format!("{f}/dlq/replay"), post(dead_letters::<true>))
             .route(&format!("{f}/dlq/purge"), post(dead_letters::<false>))
             .route(&format!("{prefix}/invocations/{{id}}"), get(get_call))
+            .route(
+                &format!("{f}/schedules"),
+                get(list_schedules).post(add_schedule),
+            )
+            .route(
+                &format!("{f}/schedules/{{schedule}}"),
+                axum::routing::delete(remove_schedule),
+            )
             .route(&format!("{f}/logs"), get(logs))
             .route(&format!("{f}/versions"), get(versions))
             .route(&format!("{f}/aliases"), get(aliases))
@@ -428,6 +436,24 @@ async fn list_calls(c: Call, ApiQuery(q): ApiQuery<CallParams>) -> Answer<view::
 async fn get_call(c: Call) -> Answer<view::CallView> {
     Ok(Json(
         c.p.call_record(&c.caller, c.namespace(), c.param("id"))
+            .await?,
+    ))
+}
+
+async fn list_schedules(c: Call) -> Answer<view::ScheduleList> {
+    Ok(Json(c.p.schedules(&c.caller, &c.function()).await?))
+}
+
+async fn add_schedule(c: Call, body: Body) -> Result<Response, ApiError> {
+    c.caller.allow(c.namespace(), Need::Deploy)?; // before reading the body
+    let req = json_body(body).await?;
+    let added = c.p.add_schedule(&c.caller, &c.function(), req).await?;
+    Ok((StatusCode::CREATED, Json(added)).into_response())
+}
+
+async fn remove_schedule(c: Call) -> Answer<view::Removed> {
+    Ok(Json(
+        c.p.remove_schedule(&c.caller, &c.function(), c.param("schedule"))
             .await?,
     ))
 }

@@ -31,6 +31,9 @@ struct TriggerMetrics {
     /// Attempts by how they ended.
     attempts: BTreeMap<&'static str, u64>,
     dead: u64,
+    /// Schedule ticks that became calls, and ticks missed.
+    fires: u64,
+    misses: u64,
 }
 
 #[derive(Default)]
@@ -76,6 +79,15 @@ impl Metrics {
             .attempts
             .entry(outcome)
             .or_default() += 1;
+    }
+
+    /// Counts a schedule's tick of `function`: whether it became a call,
+    /// and how many ticks before it were missed.
+    pub fn record_tick(&self, function: &FunctionId, fired: bool, missed: u64) {
+        let mut all = self.triggers.lock().unwrap();
+        let t = all.entry(function.clone()).or_default();
+        t.fires += u64::from(fired);
+        t.misses += missed;
     }
 
     /// Counts a call of `function` that went to its dead-letter queue.
@@ -156,6 +168,24 @@ fn render_triggers(
             "thaw_async_dead_lettered_total{{{}}} {}",
             fn_labels(name),
             t[*name].dead
+        );
+    }
+    out.push_str("# HELP thaw_schedule_fires_total Schedule ticks that became async calls.\n# TYPE thaw_schedule_fires_total counter\n");
+    for name in &names {
+        let _ = writeln!(
+            out,
+            "thaw_schedule_fires_total{{{}}} {}",
+            fn_labels(name),
+            t[*name].fires
+        );
+    }
+    out.push_str("# HELP thaw_schedule_misses_total Schedule ticks not run: passed while thaw was down (all but the last), or refused by a full queue.\n# TYPE thaw_schedule_misses_total counter\n");
+    for name in &names {
+        let _ = writeln!(
+            out,
+            "thaw_schedule_misses_total{{{}}} {}",
+            fn_labels(name),
+            t[*name].misses
         );
     }
 }

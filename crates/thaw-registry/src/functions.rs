@@ -445,6 +445,7 @@ impl Registry {
             "UPDATE functions SET updated_ms = ?2 WHERE id = ?1",
             params![function_row, now],
         )?;
+        crate::schedules::sync_toml_schedules(&tx, function_row, now)?;
         let pruned = tx.execute(
             "DELETE FROM versions WHERE function_id = ?1 AND live = 1
                AND id NOT IN (SELECT id FROM versions WHERE function_id = ?1 ORDER BY number DESC LIMIT ?2)
@@ -661,6 +662,9 @@ impl Registry {
                 now
             ],
         )?;
+        if alias == LATEST {
+            crate::schedules::sync_toml_schedules(&tx, function_row, now)?;
+        }
         tx.commit()?;
         Ok(Alias {
             name: alias.to_string(),

@@ -19,6 +19,7 @@
 mod calls;
 mod functions;
 mod logs;
+mod schedules;
 mod schema;
 mod secrets;
 mod tenancy;
@@ -32,6 +33,7 @@ pub use functions::{
     LATEST, VERSIONS_KEPT,
 };
 pub use logs::{LogQuery, LogRecord, BYTES_KEPT, LINES_KEPT, LINE_BYTES_STORED};
+pub use schedules::{Fired, Schedule};
 pub use secrets::{SecretCipher, SecretValues};
 pub use tenancy::{
     same_secret, KeyInfo, Namespace, NamespaceLimits, Role, DEFAULT_NAMESPACE, MAX_QUEUED,

@@ -1,6 +1,7 @@
-//! Operations on async calls: accept one, read one or a function's list,
-//! replay or purge dead letters. Each is checked against the caller's key
-//! and namespace like every other operation (`ops.rs`).
+//! Operations on async calls and schedules: accept a call, read one or a
+//! function's list, replay or purge dead letters; list, add and remove
+//! schedules. Each is checked against the caller's key and namespace like
+//! every other operation (`ops.rs`).
 
 use super::triggers::target_text;
 use super::Platform;
@@ -10,7 +11,7 @@ use crate::routes::Qualifier;
 use axum::http::StatusCode;
 use thaw_api as view;
 use thaw_protocol::Payload;
-use thaw_registry::{CallQuery, CallRecord, FunctionId, NewCall, RegistryError};
+use thaw_registry::{CallQuery, CallRecord, FunctionId, NewCall, RegistryError, Schedule};
 
 /// A call's status URL, from the server's base URL.
 pub fn call_url(base: &str, namespace: &str, id: &str) -> String {
@@ -49,6 +50,23 @@ fn call_view(c: CallRecord) -> view::CallView {
                 logs: a.logs,
             })
             .collect(),
+    }
+}
+
+fn schedule_view(s: Schedule) -> view::ScheduleView {
+    view::ScheduleView {
+        name: s.name,
+        cron: s.cron,
+        timezone: s.timezone,
+        alias: s.alias,
+        method: s.method,
+        payload: s.payload,
+        origin: s.origin,
+        created_ms: s.created_ms,
+        last_tick_ms: s.last_tick_ms,
+        next_ms: s.next_ms,
+        fired: s.fired,
+        missed: s.missed,
     }
 }
 
@@ -172,6 +190,59 @@ impl Platform {
             function: f.name.clone(),
             action: if replay { "replayed" } else { "purged" }.into(),
             count,
+        })
+    }
+
+    /// `f`'s schedules, those of its `thaw.toml` and those of the API.
+    pub async fn schedules(
+        &self,
+        caller: &Caller,
+        f: &FunctionId,
+    ) -> Result<view::ScheduleList, ApiError> {
+        caller.allow(&f.namespace, Need::Read)?;
+        let function = f.clone();
+        let list = self.blocking(move |r| r.schedules(&function)).await?;
+        Ok(view::ScheduleList {
+            function: f.name.clone(),
+            schedules: list.into_iter().map(schedule_view).collect(),
+        })
+    }
+
+    pub async fn add_schedule(
+        &self,
+        caller: &Caller,
+        f: &FunctionId,
+        req: view::NewSchedule,
+    ) -> Result<view::ScheduleView, ApiError> {
+        caller.allow(&f.namespace, Need::Deploy)?;
+        let spec = thaw_bundle::ScheduleSpec {
+            name: Some(req.name),
+            cron: req.cron,
+            timezone: req.timezone,
+            alias: req.alias,
+            method: req.method,
+            payload: req.payload,
+        };
+        let function = f.clone();
+        let added = self
+            .blocking(move |r| r.add_schedule(&function, &spec))
+            .await?;
+        self.async_wake.notify_one();
+        Ok(schedule_view(added))
+    }
+
+    pub async fn remove_schedule(
+        &self,
+        caller: &Caller,
+        f: &FunctionId,
+        name: &str,
+    ) -> Result<view::Removed, ApiError> {
+        caller.allow(&f.namespace, Need::Deploy)?;
+        let (function, schedule) = (f.clone(), name.to_string());
+        self.blocking(move |r| r.remove_schedule(&function, &schedule))
+            .await?;
+        Ok(view::Removed {
+            removed: name.to_string(),
         })
     }
 }

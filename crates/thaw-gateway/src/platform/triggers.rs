@@ -1,5 +1,9 @@
-//! Calls without a waiting caller: the worker that runs accepted async
-//! calls from the registry's queue.
+//! Calls without a waiting caller: the worker that fires cron schedules
+//! and runs accepted async calls from the registry's queue.
+//!
+//! Each turn, the worker first fires the schedules whose tick has come
+//! (`Registry::fire_schedules`: one async call per tick, accepted with the
+//! schedule moved on in one transaction), then takes due calls.
 //!
 //! The queue lives in the registry (`thaw-registry/src/calls.rs`): this
 //! worker claims what is due, runs each attempt through the same path as
@@ -38,8 +42,15 @@ fn qualifier_of(target: &str) -> Qualifier {
     parse_target(&format!("_@{target}")).1
 }
 
-/// The protocol payload a stored call carries.
-pub(crate) fn payload_of(kind: &str, payload: serde_json::Value) -> Result<Payload, String> {
+/// The protocol payload a stored call carries; `id` is the call's own.
+pub(crate) fn payload_of(
+    kind: &str,
+    mut payload: serde_json::Value,
+    id: &str,
+) -> Result<Payload, String> {
+    if kind == "scheduled" {
+        payload["invocation"] = id.into();
+    }
     match kind {
         "event" => Ok(Payload::Event(payload)),
         "request" => serde_json::from_value::<HttpRequest>(payload)
@@ -111,6 +122,17 @@ impl Platform {
             let mut last_prune = Instant::now() - Duration::from_secs(3600);
             loop {
                 let Some(p) = platform.upgrade() else { return };
+                let registry = p.registry.clone();
+                match tokio::task::spawn_blocking(move || registry.fire_schedules(now_ms())).await {
+                    Ok(Ok(fired)) => {
+                        for f in &fired {
+                            p.metrics
+                                .record_tick(&f.function, f.call.is_some(), f.missed);
+                        }
+                    }
+                    Ok(Err(e)) => tracing::error!("could not fire the schedules that are due: {e}"),
+                    Err(e) => tracing::error!("the schedule firer failed: {e}"),
+                }
                 let free = permits.available_permits();
                 let claimed = if free == 0 {
                     Vec::new()
@@ -157,11 +179,18 @@ impl Platform {
                     Duration::ZERO
                 } else {
                     let registry = p.registry.clone();
-                    let due = tokio::task::spawn_blocking(move || registry.next_call_due())
-                        .await
-                        .ok()
-                        .and_then(|r| r.ok())
-                        .flatten();
+                    let due = tokio::task::spawn_blocking(move || {
+                        let call = registry.next_call_due()?;
+                        let tick = registry.next_schedule_due()?;
+                        Ok::<_, thaw_registry::RegistryError>(match (call, tick) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        })
+                    })
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+                    .flatten();
                     match due {
                         Some(at) => Duration::from_millis((at - now_ms()).clamp(0, 1000) as u64),
                         None => IDLE_POLL,
@@ -235,7 +264,7 @@ impl Platform {
 
     async fn run_on(&self, route: &Route, c: &Claimed) -> Ran {
         let version = Some(route.version.number);
-        let payload = match payload_of(&c.kind, c.payload.clone()) {
+        let payload = match payload_of(&c.kind, c.payload.clone(), &c.id) {
             Ok(p) => p,
             Err(e) => {
                 return Ran {
@@ -372,9 +401,17 @@ mod tests {
 
     #[test]
     fn a_stored_call_of_an_unknown_kind_is_an_error_not_a_guess() {
-        assert!(payload_of("event", serde_json::json!({ "a": 1 })).is_ok());
-        assert!(payload_of("request", serde_json::json!({ "a": 1 })).is_err());
-        assert!(payload_of("telepathy", serde_json::Value::Null).is_err());
+        assert!(payload_of("event", serde_json::json!({ "a": 1 }), "x").is_ok());
+        assert!(payload_of("request", serde_json::json!({ "a": 1 }), "x").is_err());
+        assert!(payload_of("telepathy", serde_json::Value::Null, "x").is_err());
+        let tick = serde_json::json!({
+            "schedule": "s", "cron": "* * * * *", "timezone": "UTC",
+            "scheduled_time_ms": 60000, "invocation": "",
+        });
+        match payload_of("scheduled", tick, "abc") {
+            Ok(Payload::Scheduled(s)) => assert_eq!(s.invocation, "abc"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

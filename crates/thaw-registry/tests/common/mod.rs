@@ -14,8 +14,22 @@ pub fn open(dir: &Path) -> Registry {
 
 /// Deploys a one-file function answering `text` as `f`'s new `latest`.
 pub fn deploy(reg: &Registry, dir: &Path, f: &FunctionId, text: &str) -> Version {
+    deploy_with(reg, dir, f, text, None)
+}
+
+/// As [`deploy`], with a `thaw.toml`.
+pub fn deploy_with(
+    reg: &Registry,
+    dir: &Path,
+    f: &FunctionId,
+    text: &str,
+    toml: Option<&str>,
+) -> Version {
     let src = dir.join(format!("src-{}-{}-{text}", f.namespace, f.name));
     std::fs::create_dir_all(&src).unwrap();
+    if let Some(toml) = toml {
+        std::fs::write(src.join("thaw.toml"), toml).unwrap();
+    }
     std::fs::write(
         src.join("index.mjs"),
         format!("export const handler = async () => ({{ statusCode: 200, body: {text:?} }});\n"),
