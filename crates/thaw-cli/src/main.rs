@@ -536,6 +536,10 @@ thaw invoke hello-service --data '{\"jsonrpc\":\"2.0\",\"method\":\"HelloWorldSe
         /// How many of the newest lines to show first.
         #[arg(long, short = 'n', default_value_t = 100)]
         lines: u32,
+        /// Only one call's lines: an async call's id (each attempt's lines),
+        /// or the number a synchronous call's x-thaw-invocation header gave.
+        #[arg(long, value_name = "ID", conflicts_with = "follow")]
+        invocation: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -744,9 +748,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ls { json, remote } => ls(&client(&remote)?, json),
         Command::Logs {
             name,
+            invocation: Some(id),
+            lines,
+            remote,
+            ..
+        } => match id.parse::<u64>() {
+            Ok(n) => {
+                let c = client(&remote)?;
+                let list: thaw_api::LogList = c.get(&format!(
+                    "{}/logs?invocation={n}&limit={lines}",
+                    c.function_path(&name)
+                ))?;
+                print_logs(&list);
+                Ok(())
+            }
+            Err(_) => triggers::call_logs(&client(&remote)?, &name, &id),
+        },
+        Command::Logs {
+            name,
             follow,
             lines,
             remote,
+            ..
         } => logs(&client(&remote)?, &name, follow, lines),
         Command::Image(ImageCommand::Build {
             data_dir,

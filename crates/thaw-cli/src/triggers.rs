@@ -268,6 +268,36 @@ fn cut(text: &str, max: usize) -> String {
     format!("{}… ({} bytes)", &text[..end], text.len())
 }
 
+/// `thaw logs NAME --invocation ID` for an async call: each attempt's
+/// console lines, under a line saying which attempt.
+pub fn call_logs(c: &Client, name: &str, id: &str) -> anyhow::Result<()> {
+    let call: CallView = c.get(&c.call_path(id))?;
+    if call.function != name {
+        bail!(
+            "call {id} is a call of `{}`, not of `{name}`",
+            call.function
+        );
+    }
+    if call.history.is_empty() {
+        eprintln!("call {id} is {}: no attempt has ended yet", call.state);
+    }
+    for a in &call.history {
+        eprintln!(
+            "--- attempt {} ({}{}) at {} UTC",
+            a.number,
+            a.outcome,
+            a.version
+                .map(|v| format!(", version {v}"))
+                .unwrap_or_default(),
+            utc_time(a.started_ms)
+        );
+        for line in &a.logs {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
 /// `thaw invocations NAME`: its calls, newest first.
 pub fn list(
     c: &Client,

@@ -158,6 +158,18 @@ fn a_thousand_async_calls_survive_a_kill_and_all_are_accounted_for() {
         .iter()
         .any(|l| l.as_str().unwrap().contains("no luck")));
     assert_eq!(one["payload"], json!({ "n": n }));
+    // `thaw logs --invocation` takes the async call's id.
+    let out = p.thaw(&["logs", "job", "--invocation", id]);
+    assert!(out.status.success());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.contains(&format!("no luck with {n}")), "{stdout}");
+    assert!(
+        stderr.contains("--- attempt") && stderr.contains("handler_error"),
+        "{stderr}"
+    );
     assert_eq!(p.metric("thaw_async_pending{namespace=\"default\"}"), 0.0);
     assert_eq!(
         p.metric("thaw_async_dead_letters{namespace=\"default\"}"),
