@@ -256,3 +256,56 @@ fn entry_through_in_tree_symlink() {
         "main.js"
     );
 }
+
+#[test]
+fn schedules_are_read_and_checked() {
+    let s = Settings::from_toml(
+        r#"
+retries = 0
+[[schedule]]
+cron = "*/5 * * * *"
+[[schedule]]
+name = "nightly"
+cron = "0 3 * * *"
+timezone = "Europe/Paris"
+alias = "prod"
+method = "Jobs.nightly"
+payload = { days = 30, tags = ["a", "b"] }
+"#,
+    )
+    .unwrap();
+    assert_eq!(s.retries, 0);
+    assert_eq!(s.schedules.len(), 2);
+    assert_eq!(s.schedules[0].name_at(0), "schedule-1");
+    assert_eq!(s.schedules[0].timezone(), "UTC");
+    assert_eq!(s.schedules[0].alias(), "latest");
+    let nightly = &s.schedules[1];
+    assert_eq!(nightly.name_at(1), "nightly");
+    assert_eq!(
+        nightly.payload,
+        Some(serde_json::json!({ "days": 30, "tags": ["a", "b"] }))
+    );
+    // They survive the JSON the registry stores settings as.
+    let json = serde_json::to_string(&s).unwrap();
+    assert_eq!(serde_json::from_str::<Settings>(&json).unwrap(), s);
+
+    for (toml, needle) in [
+        ("[[schedule]]\ncron = \"61 * * * *\"\n", "`61` is out of range"),
+        ("[[schedule]]\ncron = \"* * * *\"\n", "schedule-1"),
+        ("[[schedule]]\ncron = \"0 0 30 2 *\"\n", "never"),
+        ("[[schedule]]\ncron = \"@reboot\"\n", "reboot"),
+        ("[[schedule]]\ncron = \"* * * * *\"\ntimezone = \"Mars/Olympus\"\n", "timezone"),
+        ("[[schedule]]\ncron = \"* * * * *\"\nalias = \"Prod\"\n", "not an alias name"),
+        ("[[schedule]]\ncron = \"* * * * *\"\nmethod = \"nightly\"\n", "Class.method"),
+        ("[[schedule]]\ncron = \"* * * * *\"\nevery = 5\n", "unknown field `every`"),
+        ("[[schedule]]\nname = \"a\"\ncron = \"@daily\"\n[[schedule]]\nname = \"a\"\ncron = \"@hourly\"\n", "two [[schedule]] entries are named `a`"),
+        ("retries = 11\n", "`retries = 11` is out of range"),
+        ("name = \"job\"\ndestination = \"job\"\n", "names the function itself"),
+        ("destination = \"Audit\"\n", "`destination`"),
+    ] {
+        let err = settings_err(toml);
+        assert!(err.contains(needle), "{toml}: {err}");
+    }
+    let many: String = (0..21).map(|_| "[[schedule]]\ncron = \"@daily\"\n").collect();
+    assert!(settings_err(&many).contains("at most 20"));
+}
