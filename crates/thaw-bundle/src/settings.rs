@@ -14,7 +14,7 @@ use crate::{validate_name, BundleError};
 pub const SETTINGS_FILE: &str = "thaw.toml";
 
 const TOML_HINT: &str =
-    "hint: memory, timeout, concurrency, keep_alive, max_instances and retries are whole numbers \
+    "hint: memory, timeout, concurrency, keep_alive, max_instances, min_instances and retries are whole numbers \
     (memory = 512); name, entry, driver, destination and every [env] value are quoted text (PORT = \"8080\")";
 
 /// A function's settings. Every key is optional in `thaw.toml`; missing ones
@@ -42,6 +42,11 @@ pub struct Settings {
     /// them and their concurrency wait in a bounded queue.
     #[serde(default = "default_max_instances")]
     pub max_instances: u32,
+    /// Instances kept bound and warm whatever the traffic (provisioned),
+    /// 0..=max_instances: never reclaimed for idleness, re-made after a
+    /// crash or a runtime upgrade.
+    #[serde(default)]
+    pub min_instances: u32,
     /// How long an idle instance stays warm, in seconds, 0..=86400.
     #[serde(rename = "keep_alive", default = "default_keep_alive")]
     pub keep_alive_s: u32,
@@ -188,6 +193,7 @@ impl Default for Settings {
             concurrency: default_concurrency(),
             keep_alive_s: default_keep_alive(),
             max_instances: default_max_instances(),
+            min_instances: 0,
             env: BTreeMap::new(),
             driver: None,
             retries: default_retries(),
@@ -267,6 +273,7 @@ impl Settings {
             ("keep_alive", "seconds", self.keep_alive_s, 0, 86400),
             ("max_instances", "instances", self.max_instances, 1, 1000),
             ("retries", "retries", self.retries, 0, 10),
+            ("min_instances", "instances", self.min_instances, 0, 1000),
         ];
         for (key, unit, value, min, max) in ranges {
             if !(min..=max).contains(&value) {
@@ -274,6 +281,12 @@ impl Settings {
                     "`{key} = {value}` is out of range: it must be between {min} and {max} ({unit})"
                 ));
             }
+        }
+        if self.min_instances > self.max_instances {
+            return bad(format!(
+                "`min_instances = {}` is more than `max_instances = {}`",
+                self.min_instances, self.max_instances
+            ));
         }
         for key in self.env.keys() {
             let mut chars = key.chars();

@@ -69,6 +69,7 @@ _PRIVATE_1 = ""
             concurrency: 8,
             keep_alive_s: 0,
             max_instances: 3,
+            min_instances: 0,
             env,
             driver: Some("microvm".into()),
             retries: 5,
@@ -306,6 +307,8 @@ payload = { days = 30, tags = ["a", "b"] }
         let err = settings_err(toml);
         assert!(err.contains(needle), "{toml}: {err}");
     }
-    let many: String = (0..21).map(|_| "[[schedule]]\ncron = \"@daily\"\n").collect();
+    let many: String = (0..21)
+        .map(|_| "[[schedule]]\ncron = \"@daily\"\n")
+        .collect();
     assert!(settings_err(&many).contains("at most 20"));
 }

@@ -313,3 +313,110 @@ fn the_host_budget_bounds_all_instances_together() {
         common::stderr_of(&out)
     );
 }
+
+/// The instance ids `name` answers with over `n` calls at once.
+fn ids_at_once(p: &Platform, name: &str, n: usize) -> std::collections::BTreeSet<String> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| s.spawn(|| call(p, name, "sleep=300")))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                let (status, id, start) = h.join().unwrap();
+                assert_eq!(status, 200);
+                assert_eq!(start, "warm", "a provisioned instance answered");
+                id
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn provisioned_instances_outlive_keep_alive_crashes_and_runtime_upgrades() {
+    let shim_dir = tempfile::tempdir().unwrap();
+    let shim = shim_dir.path().join("shim.mjs");
+    std::fs::copy(common::repo_root().join("runtime/shim/shim.mjs"), &shim).unwrap();
+    let p = Platform::start_with(&[
+        "--shim",
+        shim.to_str().unwrap(),
+        "--pause-idle-after-ms",
+        "200",
+    ]);
+    let code = PID.replace(
+        "export const handler = async (event) => {",
+        "export const handler = async (event) => {\n  if (event.queryStringParameters?.exit) process.exit(1);",
+    );
+    let dir = function_dir(&[
+        ("index.mjs", &code),
+        (
+            "thaw.toml",
+            "min_instances = 2\nmax_instances = 4\nkeep_alive = 1\n",
+        ),
+    ]);
+    p.deploy(dir.path(), "kept");
+    p.eventually(20, "two instances are up", || {
+        instances(&p, "kept")["idle"] == 2
+    });
+    // Past keep_alive and the pause delay: still two, not paused, warm.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(instances(&p, "kept")["idle"], 2);
+    assert_eq!(instances(&p, "kept")["paused"], 0);
+    let first = ids_at_once(&p, "kept", 2);
+    assert_eq!(first.len(), 2, "two instances served at once: {first:?}");
+
+    // One crashes (its process exits): the provisioner makes another.
+    let (status, ..) = call(&p, "kept", "exit=1");
+    assert_eq!(status, 502);
+    p.eventually(20, "a replacement is up", || {
+        let i = instances(&p, "kept");
+        i["idle"] == 2 && i["busy"] == 0
+    });
+    let after_crash = ids_at_once(&p, "kept", 2);
+    assert_eq!(after_crash.len(), 2);
+    assert_ne!(after_crash, first, "one of them is new");
+
+    // A runtime upgrade: two instances of the new runtime replace them.
+    let mut source = std::fs::read_to_string(&shim).unwrap();
+    source.push_str("\nglobalThis.THAW_TEST_RUNTIME = \"v2\";\n");
+    std::fs::write(&shim, source).unwrap();
+    p.thaw_ok(&["runtime", "upgrade"]);
+    p.eventually(30, "both are renewed", || {
+        let i = instances(&p, "kept");
+        i["idle"] == 2 && ids_at_once(&p, "kept", 2).is_disjoint(&after_crash)
+    });
+}
+
+#[test]
+fn readyz_waits_for_provisioned_instances() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let p = Platform::start_in(data.path(), &[]);
+        let _d = deploy_pid(&p, "kept", "min_instances = 2\nmemory = 128\n");
+        p.eventually(20, "ready", || {
+            http()
+                .get(format!("{}/readyz", p.server))
+                .send()
+                .unwrap()
+                .status()
+                == 200
+        });
+    }
+    // Restarted with room for one instance of it only: never ready, and
+    // /readyz says why; /healthz answers all the same.
+    let p = Platform::launch(data.path(), &[], &["--host-memory-mb", "200"]);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let r = http().get(format!("{}/readyz", p.server)).send().unwrap();
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["ready"], false);
+    assert!(v["waiting"].to_string().contains("min_instances"), "{v}");
+    assert_eq!(
+        http()
+            .get(format!("{}/healthz", p.server))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+}

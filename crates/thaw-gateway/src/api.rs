@@ -106,6 +106,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::disable());
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/v1/openapi.json", get(openapi))
         .merge(control)
         .merge(functions)
@@ -150,6 +151,19 @@ async fn authenticate(
             }
             resp
         }
+    }
+}
+
+/// `GET /readyz`: `200` once the pools are filled and provisioned
+/// instances started after a start (docs/scaling.md), else `503` with why.
+async fn readyz(State(p): State<Arc<Platform>>) -> Response {
+    match p.readiness() {
+        Ok(()) => (StatusCode::OK, Json(serde_json::json!({ "ready": true }))).into_response(),
+        Err(waiting) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "ready": false, "waiting": waiting })),
+        )
+            .into_response(),
     }
 }
 

@@ -273,6 +273,8 @@ pub struct Platform {
     opening_driver: tokio::sync::Mutex<()>,
     /// Wakes the async worker: a call was accepted or an attempt ended.
     async_wake: Arc<tokio::sync::Notify>,
+    /// Every provisioned floor was met once since start.
+    provisioned_once: std::sync::atomic::AtomicBool,
 }
 
 fn quota_of(limits: &thaw_registry::NamespaceLimits) -> Quota {
@@ -343,6 +345,7 @@ impl Platform {
             sink,
             opening_driver: tokio::sync::Mutex::new(()),
             async_wake: Arc::new(tokio::sync::Notify::new()),
+            provisioned_once: Default::default(),
         });
         // Functions deployed with another `driver` need its runtimes too.
         for (function, routes) in platform.routes.list(None) {
@@ -416,7 +419,14 @@ impl Platform {
                     );
                 }
             };
-            let replaced = if change.changed() { pool.flush() } else { 0 };
+            let replaced = if change.changed() {
+                // Provisioned instances run the old runtime: new ones
+                // replace them (the provisioner), then the old ones end.
+                self.scheduler.renew_provisioned();
+                pool.flush()
+            } else {
+                0
+            };
             tracing::info!(
                 "runtime of the {driver} driver: {} -> {} ({replaced} waiting runtimes replaced)",
                 change.before,
@@ -464,17 +474,92 @@ impl Platform {
                         let routes = p
                             .routes
                             .get(&thaw_registry::FunctionId::new(namespace, name))?;
-                        let route = routes
-                            .versions
-                            .values()
-                            .find(|r| r.version.id == version)
-                            .or_else(|| routes.latest())?;
-                        Some(route.spec.keep_alive)
+                        match routes.versions.values().find(|r| r.version.id == version) {
+                            Some(route) => Some((route.spec.keep_alive, route.spec.min_instances)),
+                            // Reached by number only: not provisioned.
+                            None => Some((routes.latest()?.spec.keep_alive, 0)),
+                        }
                     },
                     p.config.pause_idle_after,
                 );
             }
         });
+    }
+
+    /// Keeps every routed version's `min_instances` bound and warm: once
+    /// a second, starts what is missing (after a deploy, a crash, or a
+    /// runtime upgrade). The first round that finds every floor met makes
+    /// the platform ready ([`Platform::readiness`]), with the pools filled.
+    pub(crate) fn spawn_provisioner(self: &Arc<Self>) {
+        let platform = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            // A floor that cannot be met is said once, not every second.
+            let mut warned: std::collections::HashSet<(thaw_registry::FunctionId, i64)> =
+                Default::default();
+            loop {
+                tick.tick().await;
+                let Some(p) = platform.upgrade() else { return };
+                let mut met = true;
+                for (function, routes) in p.routes.list(None) {
+                    for route in routes.versions.values() {
+                        if route.spec.min_instances == 0 {
+                            continue;
+                        }
+                        let key = (function.clone(), route.version.number);
+                        match p.scheduler.provision(&route.spec).await {
+                            Ok(_) => {
+                                warned.remove(&key);
+                            }
+                            Err(e) => {
+                                met = false;
+                                if warned.insert(key) {
+                                    tracing::warn!(
+                                        "{function} version {}: min_instances = {} not met: {e}",
+                                        route.version.number,
+                                        route.spec.min_instances
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+                if met {
+                    p.provisioned_once
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
+            }
+        });
+    }
+
+    /// Whether this host is ready for traffic: every pool of pre-started
+    /// runtimes has once held its target, and every provisioned floor has
+    /// once been met since start. It stays ready after (a burst that takes
+    /// the pool's runtimes does not make it unready); the reasons when not.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut waiting = Vec::new();
+        for pool in self.scheduler.all_runtimes() {
+            if !pool.filled() {
+                let s = pool.snapshot();
+                waiting.push(format!(
+                    "the {} driver's pool: {} of {} runtimes started",
+                    pool.driver().name(),
+                    s.idle,
+                    s.target
+                ));
+            }
+        }
+        if !self
+            .provisioned_once
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            waiting.push("functions' min_instances: not all started yet".into());
+        }
+        if waiting.is_empty() {
+            Ok(())
+        } else {
+            Err(waiting)
+        }
     }
 }
 

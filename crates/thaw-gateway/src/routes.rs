@@ -33,6 +33,7 @@ impl Route {
             concurrency: s.concurrency,
             keep_alive: Duration::from_secs(s.keep_alive_s as u64),
             max_instances: s.max_instances,
+            min_instances: s.min_instances,
             driver: s.driver.clone(),
         };
         Route { version, spec }

@@ -104,6 +104,7 @@ pub async fn serve_with(config: Config, limits: ConnectionLimits) -> anyhow::Res
     let addr = listener.local_addr()?;
     platform.spawn_reaper();
     platform.spawn_async_worker();
+    platform.spawn_provisioner();
     eprintln!("{}", platform.started_line(addr));
     if !platform.can_build_typescript() {
         eprintln!("warning: esbuild not found: TypeScript deploys will fail until `cargo xtask setup` runs");

@@ -46,6 +46,9 @@ pub struct FunctionSpec {
     pub concurrency: u32,
     pub keep_alive: Duration,
     pub max_instances: u32,
+    /// Instances kept bound and warm whatever the traffic
+    /// ([`Scheduler::provision`]); the reaper never ends or pauses them.
+    pub min_instances: u32,
     /// The driver its instances run under (`Driver::name`); `None`: the
     /// scheduler's first.
     pub driver: Option<String>,
@@ -66,6 +69,7 @@ impl std::fmt::Debug for FunctionSpec {
             .field("concurrency", &self.concurrency)
             .field("keep_alive", &self.keep_alive)
             .field("max_instances", &self.max_instances)
+            .field("min_instances", &self.min_instances)
             .field("driver", &self.driver)
             .finish()
     }
@@ -204,6 +208,9 @@ struct Slot {
     inflight: u32,
     last_used: Instant,
     paused: bool,
+    /// The scheduler's generation when it started: one from before
+    /// [`Scheduler::renew_provisioned`] runs an older runtime.
+    generation: u64,
 }
 
 #[derive(Default)]
@@ -243,6 +250,9 @@ pub struct Scheduler {
     pools: Mutex<HashMap<PoolKey, Pool>>,
     quotas: RwLock<HashMap<String, Quota>>,
     next_id: AtomicU64,
+    /// Bumped when the runtime changes: provisioned instances started
+    /// before are replaced.
+    generation: AtomicU64,
 }
 
 /// Instances counted by what they are doing, for `thaw ls` and metrics.
@@ -276,6 +286,7 @@ impl Scheduler {
             pools: Mutex::new(HashMap::new()),
             quotas: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(seed),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -375,6 +386,45 @@ impl Scheduler {
         self.start_bound(&key, spec, 0).await.map(|_| ())
     }
 
+    /// Starts what `spec` lacks of its `min_instances`: instances of the
+    /// current runtime, alive or starting. Returns how many it started; a
+    /// namespace or host at its limit stops it with that error.
+    pub async fn provision(&self, spec: &FunctionSpec) -> Result<u32, InvokeError> {
+        let key = key_of(spec);
+        let mut started = 0;
+        loop {
+            {
+                let mut pools = self.pools.lock().unwrap();
+                let generation = self.generation.load(Ordering::Relaxed);
+                let have = pools.get(&key).map_or(0, |pool| {
+                    pool.starting
+                        + pool
+                            .slots
+                            .iter()
+                            .filter(|s| s.generation == generation && s.instance.is_alive())
+                            .count() as u32
+                });
+                if have >= spec.min_instances {
+                    return Ok(started);
+                }
+                self.make_room(&mut pools, spec)?;
+                let pool = pools.entry(key.clone()).or_default();
+                pool.retired = false;
+                pool.memory_mb = spec.memory_mb;
+                pool.starting += 1;
+            }
+            self.start_bound(&key, spec, 0).await?;
+            started += 1;
+        }
+    }
+
+    /// The runtime changed: provisioned instances of the old one are
+    /// replaced (new ones start at the next [`Scheduler::provision`]; the
+    /// old ones end once their replacements are up and they are idle).
+    pub fn renew_provisioned(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// What all instances together may hold, if bounded.
     pub fn host_budget(&self) -> Option<Quota> {
         self.config.host
@@ -460,16 +510,61 @@ impl Scheduler {
     /// Kills instances idle for longer than their function's keep-alive.
     /// Returns how many were reclaimed.
     /// Also pauses instances idle for longer than `pause_after`, when set.
+    /// `policy_of` gives a version's keep-alive and `min_instances`: that
+    /// many of its instances of the current runtime (the most recently
+    /// used) are neither ended nor paused; its instances of an older
+    /// runtime end as soon as they are idle and enough new ones are up.
     pub fn reap_idle(
         &self,
-        keep_alive_of: impl Fn(&str, &str, i64) -> Option<Duration>,
+        policy_of: impl Fn(&str, &str, i64) -> Option<(Duration, u32)>,
         pause_after: Option<Duration>,
     ) -> usize {
         let mut pools = self.pools.lock().unwrap();
         let mut reaped = 0;
+        let generation = self.generation.load(Ordering::Relaxed);
         pools.retain(|(namespace, name, version), pool| {
-            let keep_alive = keep_alive_of(namespace, name, *version).unwrap_or(Duration::ZERO);
+            let (keep_alive, min) =
+                policy_of(namespace, name, *version).unwrap_or((Duration::ZERO, 0));
+            let current = |s: &Slot| s.generation == generation && s.instance.is_alive();
+            // The provisioned floor: as many idle instances as busy ones
+            // leave to fill, those of the current runtime first, the most
+            // recently used first; an older runtime's count only until
+            // enough current ones are up.
+            let busy = pool
+                .slots
+                .iter()
+                .filter(|s| current(s) && s.inflight > 0)
+                .count() as u32;
+            let mut idle: Vec<(bool, Instant, usize)> = pool
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.inflight == 0 && s.instance.is_alive())
+                .map(|(i, s)| (s.generation == generation, s.last_used, i))
+                .collect();
+            idle.sort_unstable_by(|a, b| b.cmp(a));
+            let floor = min.saturating_sub(busy) as usize;
+            let mut kept = vec![false; pool.slots.len()];
+            for (_, _, i) in idle.into_iter().take(floor) {
+                kept[i] = true;
+            }
+            let renewed = min > 0 && pool.slots.iter().filter(|s| current(s)).count() as u32 >= min;
+            let mut index = 0;
             pool.slots.retain_mut(|slot| {
+                let provisioned = kept[index];
+                index += 1;
+                if provisioned {
+                    if slot.paused {
+                        slot.instance.resume();
+                        slot.paused = false;
+                    }
+                    return true;
+                }
+                if slot.inflight == 0 && renewed && slot.generation != generation {
+                    end_when_settled(slot.instance.clone());
+                    reaped += 1;
+                    return false;
+                }
                 if slot.inflight == 0 && slot.instance.background_pending() {
                     // Work after an answer keeps it busy; idle time starts
                     // when that work ends.
@@ -608,6 +703,7 @@ impl Scheduler {
                     inflight,
                     last_used: Instant::now(),
                     paused: false,
+                    generation: self.generation.load(Ordering::Relaxed),
                 });
                 if inflight == 0 {
                     pool.freed.notify_waiters();
@@ -827,6 +923,7 @@ mod tests {
             concurrency: 1,
             keep_alive: Duration::from_secs(1),
             max_instances: 1,
+            min_instances: 0,
             driver: None,
         };
         let shown = format!("{spec:?}");

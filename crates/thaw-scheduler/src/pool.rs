@@ -81,6 +81,8 @@ pub struct RuntimePool {
     failed: AtomicU64,
     runtime_bytes: AtomicU64,
     closed: std::sync::atomic::AtomicBool,
+    /// Set the first time as many runtimes waited as the target asked.
+    filled: std::sync::atomic::AtomicBool,
 }
 
 impl RuntimePool {
@@ -102,6 +104,7 @@ impl RuntimePool {
             failed: AtomicU64::new(0),
             runtime_bytes: AtomicU64::new(0),
             closed: Default::default(),
+            filled: Default::default(),
         })
     }
 
@@ -155,6 +158,13 @@ impl RuntimePool {
         let per_runtime = self.runtime_bytes.load(Ordering::Relaxed).max(1);
         let by_budget = (self.config.memory_budget / per_runtime) as usize;
         wanted.min(self.config.max_idle).min(by_budget.max(1))
+    }
+
+    /// Whether the pool has once held as many waiting runtimes as its
+    /// target: from then on a cold start finds one unless a burst took
+    /// them all (a readiness check for after start).
+    pub fn filled(&self) -> bool {
+        self.filled.load(Ordering::Acquire)
     }
 
     pub fn snapshot(&self) -> PoolSnapshot {
@@ -267,6 +277,9 @@ async fn refill_loop(pool: Weak<RuntimePool>) {
             let mut st = p.state.lock().unwrap();
             st.idle.retain(Instance::is_alive);
             let target = p.target(&st);
+            if st.idle.len() >= target {
+                p.filled.store(true, Ordering::Release);
+            }
             let have = st.idle.len() + st.starting;
             let room = p.config.parallel_starts.saturating_sub(st.starting);
             let n = target.saturating_sub(have).min(room);

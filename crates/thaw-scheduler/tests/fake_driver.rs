@@ -356,6 +356,7 @@ fn spec(namespace: &str, name: &str, version: i64) -> FunctionSpec {
         concurrency: 1,
         keep_alive: Duration::from_secs(60),
         max_instances: 16,
+        min_instances: 0,
         driver: None,
     }
 }
@@ -638,11 +639,11 @@ async fn reap_idle_with_zero_keep_alive_removes_idle_instances() {
     assert_eq!(scheduler.usage("a"), (2, 256));
 
     let hour = Duration::from_secs(3600);
-    assert_eq!(scheduler.reap_idle(|_, _, _| Some(hour), None), 0);
+    assert_eq!(scheduler.reap_idle(|_, _, _| Some((hour, 0)), None), 0);
     assert_eq!(driver.kills(), 0);
 
     let reaped = scheduler.reap_idle(
-        |_, name, _| Some(if name == "f" { Duration::ZERO } else { hour }),
+        |_, name, _| Some((if name == "f" { Duration::ZERO } else { hour }, 0)),
         None,
     );
     assert_eq!(reaped, 1);
@@ -667,7 +668,7 @@ async fn reap_idle_leaves_busy_instances_alone() {
     let f = spec("a", "f", 1);
     let (call, reaped) = tokio::join!(scheduler.invoke(&f, sleeping(300)), async {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        scheduler.reap_idle(|_, _, _| Some(Duration::ZERO), None)
+        scheduler.reap_idle(|_, _, _| Some((Duration::ZERO, 0)), None)
     });
     assert_eq!(reaped, 0);
     assert!(call.is_ok());
@@ -682,12 +683,12 @@ async fn reap_idle_pauses_and_a_call_resumes() {
     scheduler.invoke(&f, sleeping(0)).await.unwrap();
 
     let hour = Duration::from_secs(3600);
-    let reaped = scheduler.reap_idle(|_, _, _| Some(hour), Some(Duration::ZERO));
+    let reaped = scheduler.reap_idle(|_, _, _| Some((hour, 0)), Some(Duration::ZERO));
     assert_eq!(reaped, 0);
     assert_eq!(driver.pauses(), 1);
     assert_eq!(scheduler.stats("a", "f").paused, 1);
     // Already paused: not paused twice.
-    scheduler.reap_idle(|_, _, _| Some(hour), Some(Duration::ZERO));
+    scheduler.reap_idle(|_, _, _| Some((hour, 0)), Some(Duration::ZERO));
     assert_eq!(driver.pauses(), 1);
 
     let call = scheduler.invoke(&f, sleeping(0)).await.unwrap();
@@ -923,13 +924,16 @@ async fn work_after_an_answer_keeps_an_instance_from_pause_and_reaping() {
         .any(|x| x == thaw_protocol::FEATURE_BACKGROUND_DONE));
     // While the work runs, a zero keep-alive and pause delay touch nothing.
     assert_eq!(
-        scheduler.reap_idle(|_, _, _| Some(Duration::ZERO), Some(Duration::ZERO)),
+        scheduler.reap_idle(|_, _, _| Some((Duration::ZERO, 0)), Some(Duration::ZERO)),
         0
     );
     assert_eq!((driver.kills(), driver.pauses()), (0, 0));
     // Once the runtime says it ended, the instance is idle like any other.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(scheduler.reap_idle(|_, _, _| Some(Duration::ZERO), None), 1);
+    assert_eq!(
+        scheduler.reap_idle(|_, _, _| Some((Duration::ZERO, 0)), None),
+        1
+    );
     assert_eq!(driver.kills(), 1);
 }
 
@@ -976,4 +980,61 @@ async fn busy_instances_of_a_retired_version_still_count_against_the_quota() {
     assert_eq!(scheduler.usage("a").0, 0);
     assert_eq!(driver.kills(), 2);
     scheduler.invoke(&v2, sleeping(0)).await.unwrap();
+}
+
+#[tokio::test]
+async fn provisioned_instances_stay_warm_come_back_after_a_crash_and_are_renewed() {
+    let (driver, scheduler) = setup();
+    let mut f = spec("a", "f", 1);
+    f.min_instances = 2;
+    f.keep_alive = Duration::ZERO;
+    assert_eq!(scheduler.provision(&f).await.unwrap(), 2);
+    assert_eq!(scheduler.provision(&f).await.unwrap(), 0, "they are there");
+    let floor = |_: &str, _: &str, _: i64| Some((Duration::ZERO, 2));
+    // Past their keep-alive and the pause delay, they are neither ended nor paused.
+    assert_eq!(scheduler.reap_idle(floor, Some(Duration::ZERO)), 0);
+    assert_eq!(scheduler.stats("a", "f").idle, 2);
+    assert_eq!((driver.kills(), driver.pauses()), (0, 0));
+    // A call uses one of them warm.
+    assert!(!scheduler.invoke(&f, sleeping(0)).await.unwrap().cold);
+
+    // One crashes: the next round starts a replacement.
+    let crashed = driver
+        .runtimes
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| r.bound_to().is_some())
+        .cloned()
+        .unwrap();
+    crashed.exit.send_replace(Some(EXITED.to_string()));
+    let mut replaced = 0;
+    for _ in 0..100 {
+        replaced += scheduler.provision(&f).await.unwrap();
+        if replaced > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(replaced, 1);
+    scheduler.reap_idle(floor, None);
+    assert_eq!(scheduler.stats("a", "f").idle, 2);
+
+    // A runtime upgrade renews them: two new ones first, then the old end.
+    scheduler.renew_provisioned();
+    assert_eq!(
+        scheduler.reap_idle(floor, None),
+        0,
+        "not before their replacements"
+    );
+    assert_eq!(scheduler.provision(&f).await.unwrap(), 2);
+    assert_eq!(scheduler.reap_idle(floor, None), 2);
+    assert_eq!(scheduler.stats("a", "f").idle, 2);
+
+    // With no floor, keep-alive applies to them like any other.
+    assert_eq!(
+        scheduler.reap_idle(|_, _, _| Some((Duration::ZERO, 0)), None),
+        2
+    );
+    assert_eq!(scheduler.usage("a"), (0, 0));
 }

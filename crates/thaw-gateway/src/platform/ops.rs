@@ -452,6 +452,15 @@ impl Platform {
                         tree.settings.memory_mb, ns.name, ns.limits.max_memory_mb
                     )));
                 }
+                let (min, memory) = (tree.settings.min_instances, tree.settings.memory_mb);
+                if min > ns.limits.max_instances
+                    || u64::from(min) * u64::from(memory) > u64::from(ns.limits.max_memory_mb)
+                {
+                    return Err(RegistryError::LimitReached(format!(
+                        "the function asks for min_instances = {min} of {memory} MiB, more than namespace `{}` may hold at once (max_instances = {}, max_memory_mb = {})",
+                        ns.name, ns.limits.max_instances, ns.limits.max_memory_mb
+                    )));
+                }
                 Ok((tree, archive.len() as u64))
             })
             .await?;
