@@ -486,11 +486,10 @@ fn error_output(raw: &[u8], view: &BuildView) -> String {
     if text.len() <= MAX_OUTPUT {
         return text;
     }
-    let mut end = MAX_OUTPUT;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}\n… (more errors cut)", &text[..end])
+    format!(
+        "{}\n… (more errors cut)",
+        crate::text_prefix(&text, MAX_OUTPUT)
+    )
 }
 
 /// Finds an esbuild binary: `hint` if it exists; `$THAW_ESBUILD`; the

@@ -76,6 +76,19 @@ pub fn validate_name(name: &str) -> Result<(), BundleError> {
     }
 }
 
+/// `text`'s start, at most `max` bytes, cut at a character boundary: for
+/// bounding what a function or a tool wrote before it is kept or shown.
+pub fn text_prefix(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// The SHA-256 of an archive as lowercase hex; the same folder packs to the
 /// same archive, so this identifies a version's content.
 pub fn content_hash(archive: &[u8]) -> String {

@@ -261,11 +261,11 @@ fn cut(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &text[..end], text.len())
+    format!(
+        "{}… ({} bytes)",
+        thaw_bundle::text_prefix(text, max),
+        text.len()
+    )
 }
 
 /// `thaw logs NAME --invocation ID` for an async call: each attempt's

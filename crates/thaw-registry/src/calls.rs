@@ -226,16 +226,16 @@ fn new_public_id() -> String {
     hex::encode(rand::random::<[u8; 12]>())
 }
 
-/// Cuts `text` to `max` bytes at a character boundary.
+/// Cuts `text` to `max` bytes at a character boundary, marked.
 fn cut(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{} …[cut: {} bytes in all]", &text[..end], text.len())
+    format!(
+        "{} …[cut: {} bytes in all]",
+        thaw_bundle::text_prefix(text, max),
+        text.len()
+    )
 }
 
 /// `result`, or a note saying it was too long to keep.
@@ -595,14 +595,7 @@ impl Registry {
         query: &CallQuery,
     ) -> Result<Vec<CallRecord>, RegistryError> {
         let db = self.db.lock().unwrap();
-        let function_row: i64 = db
-            .query_row(
-                "SELECT id FROM functions WHERE namespace = ?1 AND name = ?2",
-                params![function.namespace, function.name],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| RegistryError::NotFound(function.name.clone()))?;
+        let function_row = Registry::existing_function_row(&db, function)?;
         let before: i64 = match &query.before {
             None => i64::MAX,
             Some(id) => db
@@ -673,14 +666,7 @@ impl Registry {
         let now = now_ms();
         let mut db = self.db.lock().unwrap();
         let tx = db.transaction()?;
-        let function_row: i64 = tx
-            .query_row(
-                "SELECT id FROM functions WHERE namespace = ?1 AND name = ?2",
-                params![function.namespace, function.name],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| RegistryError::NotFound(function.name.clone()))?;
+        let function_row = Registry::existing_function_row(&tx, function)?;
         let rows: Vec<i64> = match ids {
             None => {
                 let mut stmt = tx.prepare(

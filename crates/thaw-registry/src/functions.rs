@@ -220,6 +220,20 @@ impl Registry {
             .optional()?)
     }
 
+    /// The row of `f`, which must exist ([`RegistryError::NotFound`]).
+    pub(crate) fn existing_function_row(
+        db: &rusqlite::Connection,
+        f: &FunctionId,
+    ) -> Result<i64, RegistryError> {
+        db.query_row(
+            "SELECT id FROM functions WHERE namespace = ?1 AND name = ?2",
+            params![f.namespace, f.name],
+            |r| r.get(0),
+        )
+        .optional()?
+        .ok_or_else(|| RegistryError::NotFound(f.name.clone()))
+    }
+
     /// The version `latest` points at, secrets sealed.
     fn latest_row(
         tx: &Transaction<'_>,

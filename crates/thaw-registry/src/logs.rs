@@ -19,13 +19,9 @@ fn stored_line(line: &str) -> std::borrow::Cow<'_, str> {
     if line.len() <= LINE_BYTES_STORED {
         return line.into();
     }
-    let mut end = LINE_BYTES_STORED - 64;
-    while !line.is_char_boundary(end) {
-        end -= 1;
-    }
     format!(
         "{} …[thaw: line cut, {} bytes in all]",
-        &line[..end],
+        thaw_bundle::text_prefix(line, LINE_BYTES_STORED - 64),
         line.len()
     )
     .into()
@@ -143,14 +139,7 @@ impl Registry {
         q: &LogQuery,
     ) -> Result<Vec<LogRecord>, RegistryError> {
         let db = self.db.lock().unwrap();
-        let function: i64 = db
-            .query_row(
-                "SELECT id FROM functions WHERE namespace = ?1 AND name = ?2",
-                params![function.namespace, function.name],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| RegistryError::NotFound(function.name.clone()))?;
+        let function = Registry::existing_function_row(&db, function)?;
         let limit = q.limit.clamp(1, 10_000) as i64;
         let map = |r: &rusqlite::Row<'_>| {
             Ok(LogRecord {

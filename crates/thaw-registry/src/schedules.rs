@@ -212,14 +212,7 @@ impl Registry {
         let now = now_ms();
         let mut db = self.db.lock().unwrap();
         let tx = db.transaction()?;
-        let function_row: i64 = tx
-            .query_row(
-                "SELECT id FROM functions WHERE namespace = ?1 AND name = ?2",
-                params![function.namespace, function.name],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| RegistryError::NotFound(function.name.clone()))?;
+        let function_row = Registry::existing_function_row(&tx, function)?;
         let (count, taken): (i64, bool) = tx.query_row(
             "SELECT COUNT(*), COALESCE(SUM(name = ?2), 0) > 0 FROM schedules WHERE function_id = ?1",
             params![function_row, name],

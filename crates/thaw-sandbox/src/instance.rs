@@ -60,17 +60,7 @@ pub(crate) fn mark_cut(line: &mut String, total: usize) {
     line.push_str(&format!(" …[thaw: line cut, {total} bytes in all]"));
 }
 
-/// `text`'s start, at most `max` bytes (at a character boundary).
-fn prefix(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
+use thaw_bundle::text_prefix as prefix;
 
 /// Lines (and their bytes, as written) that did not reach the log.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
