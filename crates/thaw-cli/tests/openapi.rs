@@ -3,7 +3,8 @@
 //! server answers with (2xx and errors alike) matches the schema the
 //! document gives for that path, method and status. Request bodies are
 //! held to it too: one the server takes must match the document, one it
-//! refuses as `bad_json` must not.
+//! refuses as `bad_json` must not; and every query or header parameter
+//! sent is one the operation documents.
 //!
 //! The schemas are checked by a small validator written here (the subset
 //! of JSON Schema the document uses: `type`, `enum`, `properties`,
@@ -292,11 +293,31 @@ fn the_validator_rejects_what_does_not_match_and_says_where() {
         .unwrap_err()
         .starts_with("$.logs[0].stream: "));
 
+    // An async call in a list: no payload, no attempts; a state it may be in.
+    let call = json!({
+        "id": "3f2a9c0e1b7d4a5f6e8c9b0a", "namespace": "default", "function": "report",
+        "target": "latest", "kind": "event", "origin": "api", "state": "queued",
+        "attempts": 0, "max_attempts": 4, "created_ms": 1, "updated_ms": 1, "next_attempt_ms": 1
+    });
+    assert!(check("CallList", json!({ "calls": [call.clone()] })).is_ok());
+    let mut lost = call;
+    lost["state"] = json!("lost");
+    assert!(check("CallView", lost)
+        .unwrap_err()
+        .starts_with("$.state: "));
+
     // Request bodies: unknown fields are refused, as the server does.
     assert!(check("SetAlias", json!({ "version": 2 })).is_ok());
     assert!(check("SetAlias", json!({ "version": 2, "extra": true })).is_err());
     assert!(check("Rollback", json!({})).is_ok());
     assert!(check("LimitsPatch", json!({ "max_functions": null })).is_ok());
+    assert!(check("CallIds", json!({})).is_ok());
+    assert!(check("CallIds", json!({ "ids": null })).is_ok());
+    assert!(check("CallIds", json!({ "ids": [7] }))
+        .unwrap_err()
+        .starts_with("$.ids[0]: "));
+    assert!(check("NewSchedule", json!({ "name": "n", "cron": "@daily" })).is_ok());
+    assert!(check("NewSchedule", json!({ "cron": "@daily" })).is_err());
 }
 
 /// Every `$ref` in `v`, with where it is.
@@ -447,13 +468,24 @@ enum Body {
 struct Answer {
     status: u16,
     json: Value,
+    headers: reqwest::header::HeaderMap,
 }
 
 impl Answer {
     fn code(&self) -> &str {
         self.json["error"]["code"].as_str().unwrap_or("")
     }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
 }
+
+/// The header that asks `POST .../invoke` to run the event later.
+const ASYNC: &[(&str, &str)] = &[("x-thaw-invoke", "async")];
 
 /// Calls the API and holds each answer to the document.
 struct Checker<'a> {
@@ -492,6 +524,20 @@ impl<'a> Checker<'a> {
         path: &str,
         body: Body,
     ) -> Answer {
+        self.call_with(token, method, template, path, &[], body)
+    }
+
+    /// `call`, sending `headers` too: each must be a header parameter the
+    /// operation documents.
+    fn call_with(
+        &mut self,
+        token: Option<&str>,
+        method: &str,
+        template: &str,
+        path: &str,
+        request_headers: &[(&str, &str)],
+        body: Body,
+    ) -> Answer {
         let what = format!("{method} {path}");
         let (bare, query) = path.split_once('?').unwrap_or((path, ""));
         assert!(
@@ -501,8 +547,9 @@ impl<'a> Checker<'a> {
         let op = self.doc["paths"][template][method.to_lowercase()].clone();
         assert!(op.is_object(), "the document has no {method} {template}");
 
-        // The query parameters sent are documented ones.
+        // The query and header parameters sent are documented ones.
         let mut query_params = BTreeSet::new();
+        let mut header_params = BTreeSet::new();
         let item_params = self.doc["paths"][template]["parameters"]
             .as_array()
             .cloned()
@@ -512,8 +559,15 @@ impl<'a> Checker<'a> {
             .chain(op["parameters"].as_array().into_iter().flatten())
         {
             let p = deref(&self.doc, p);
-            if p["in"] == "query" {
-                query_params.insert(p["name"].as_str().unwrap().to_string());
+            let name = p["name"].as_str().unwrap().to_string();
+            match p["in"].as_str() {
+                Some("query") => {
+                    query_params.insert(name);
+                }
+                Some("header") => {
+                    header_params.insert(name.to_ascii_lowercase());
+                }
+                _ => {}
             }
         }
         for pair in query.split('&').filter(|s| !s.is_empty()) {
@@ -528,6 +582,13 @@ impl<'a> Checker<'a> {
             Method::from_bytes(method.as_bytes()).unwrap(),
             format!("{}{path}", self.p.server),
         );
+        for (name, value) in request_headers {
+            assert!(
+                header_params.contains(&name.to_ascii_lowercase()),
+                "{what}: `{name}` is not a documented header parameter"
+            );
+            request = request.header(*name, *value);
+        }
         if let Some(t) = token {
             request = request.bearer_auth(t);
         }
@@ -667,7 +728,11 @@ impl<'a> Checker<'a> {
         }
         self.statuses
             .insert((method.to_lowercase(), template.to_string(), status));
-        Answer { status, json }
+        Answer {
+            status,
+            json,
+            headers,
+        }
     }
 
     /// `call`, insisting on one status.
@@ -680,7 +745,22 @@ impl<'a> Checker<'a> {
         path: &str,
         body: Body,
     ) -> Answer {
-        let a = self.call(token, method, template, path, body);
+        self.expect_with(token, status, method, template, path, &[], body)
+    }
+
+    /// `call_with`, insisting on one status.
+    #[allow(clippy::too_many_arguments)]
+    fn expect_with(
+        &mut self,
+        token: Option<&str>,
+        status: u16,
+        method: &str,
+        template: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Body,
+    ) -> Answer {
+        let a = self.call_with(token, method, template, path, headers, body);
         assert_eq!(a.status, status, "{method} {path}: {}", a.json);
         a
     }
@@ -695,18 +775,44 @@ export const handler = async (event) => {
 };
 "#;
 
+/// A function's folder with these files, as `thaw deploy` packs it.
+fn pack(files: &[(&str, &str)]) -> Vec<u8> {
+    let dir = function_dir(files);
+    thaw_bundle::pack_dir(dir.path(), &thaw_bundle::Limits::default())
+        .expect("packs")
+        .archive
+}
+
 fn archive(version: &str) -> Vec<u8> {
-    let dir = function_dir(&[
+    pack(&[
         ("index.mjs", HANDLER),
         (
             "version.mjs",
             &format!("export const VERSION = \"{version}\";"),
         ),
-    ]);
-    thaw_bundle::pack_dir(dir.path(), &thaw_bundle::Limits::default())
-        .expect("packs")
-        .archive
+    ])
 }
+
+/// `job`: the same handler, never retried (a call that throws is a dead
+/// letter at once), with a schedule in its `thaw.toml`.
+fn job_archive() -> Vec<u8> {
+    pack(&[
+        ("index.mjs", HANDLER),
+        ("version.mjs", "export const VERSION = \"job\";"),
+        (
+            "thaw.toml",
+            "retries = 0\n\n[[schedule]]\nname = \"yearly\"\ncron = \"@yearly\"\n",
+        ),
+    ])
+}
+
+/// Holds its one call long enough for a second to find the queue full.
+const SLEEPER: &str = r#"
+export const handler = async () => {
+  await new Promise((resolve) => setTimeout(resolve, 20000));
+  return {};
+};
+"#;
 
 /// Every function route but the removals, on function `api` under
 /// `prefix` (`/v1` or `/v1/namespaces/team-a`), whose template is `tprefix`.
@@ -1227,6 +1333,443 @@ fn exercise_function(c: &mut Checker, token: &str, prefix: &str, tprefix: &str) 
     );
 }
 
+/// Polls the call at `path` (an instance of `template`) until its state
+/// is `state`; every answer on the way is checked too.
+fn wait_for_state(
+    c: &mut Checker,
+    token: Option<&str>,
+    template: &str,
+    path: &str,
+    state: &str,
+) -> Answer {
+    let start = Instant::now();
+    loop {
+        let call = c.expect(token, 200, "GET", template, path, Body::None);
+        if call.json["state"] == state {
+            return call;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{path} never became {state}: {}",
+            call.json
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Async calls, dead letters and schedules, on function `job` under
+/// `prefix` (as `exercise_function`). Returns the id of a call that
+/// succeeded.
+fn exercise_triggers(c: &mut Checker, token: &str, prefix: &str, tprefix: &str) -> String {
+    let t = Some(token);
+    let f = format!("{prefix}/functions/job");
+    let nope = format!("{prefix}/functions/nope");
+    let tf = format!("{tprefix}/functions/{{name}}");
+    let ti = format!("{tf}/invoke");
+    let tcall = format!("{tprefix}/invocations/{{id}}");
+    c.expect(
+        t,
+        200,
+        "PUT",
+        &tf,
+        &f,
+        Body::Raw("application/gzip", job_archive()),
+    );
+
+    // Async calls: accepted at once, with where to follow them.
+    let accepted = c.expect_with(
+        t,
+        202,
+        "POST",
+        &ti,
+        &format!("{f}/invoke"),
+        ASYNC,
+        Body::Json(json!({ "name": "later" })),
+    );
+    let ok = accepted.json["id"].as_str().unwrap().to_string();
+    assert_eq!(accepted.json["state"], "queued", "{}", accepted.json);
+    assert_eq!(accepted.header("location"), accepted.json["status_url"]);
+    assert_eq!(accepted.header("x-thaw-invocation"), ok);
+    assert_eq!(accepted.header("preference-applied"), "");
+    let failing = c.expect_with(
+        t,
+        202,
+        "POST",
+        &ti,
+        &format!("{f}/invoke"),
+        &[("prefer", "respond-async")],
+        Body::Json(json!({ "fail": true })),
+    );
+    assert_eq!(failing.header("preference-applied"), "respond-async");
+    let failing = failing.json["id"].as_str().unwrap().to_string();
+    for missing in [format!("{f}@nope/invoke"), format!("{nope}/invoke")] {
+        c.expect_with(t, 404, "POST", &ti, &missing, ASYNC, Body::None);
+    }
+
+    // Each call's state, attempts and result; the status URL works.
+    let done = wait_for_state(
+        c,
+        t,
+        &tcall,
+        &format!("{prefix}/invocations/{ok}"),
+        "succeeded",
+    );
+    assert_eq!(done.json["kind"], "event", "{}", done.json);
+    assert_eq!(done.json["origin"], "api", "{}", done.json);
+    assert_eq!(done.json["payload"], json!({ "name": "later" }));
+    assert_eq!(done.json["result"]["version"], "job", "{}", done.json);
+    assert_eq!(done.json["history"][0]["outcome"], "ok", "{}", done.json);
+    let status_path = accepted.json["status_url"]
+        .as_str()
+        .unwrap()
+        .strip_prefix(c.p.server.as_str())
+        .unwrap()
+        .to_string();
+    c.expect(
+        t,
+        200,
+        "GET",
+        "/v1/namespaces/{ns}/invocations/{id}",
+        &status_path,
+        Body::None,
+    );
+    let failing_path = format!("{prefix}/invocations/{failing}");
+    let dead = wait_for_state(c, t, &tcall, &failing_path, "dead");
+    assert_eq!(dead.json["attempts"], 1, "retries = 0: {}", dead.json);
+    assert_eq!(dead.json["history"][0]["outcome"], "handler_error");
+    assert!(
+        dead.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("asked to fail"),
+        "{}",
+        dead.json
+    );
+    c.expect(
+        t,
+        404,
+        "GET",
+        &tcall,
+        &format!("{prefix}/invocations/0123456789abcdef01234567"),
+        Body::None,
+    );
+
+    // A function's calls: newest first, by state, a page at a time.
+    let tl = format!("{tf}/invocations");
+    let all = c.expect(t, 200, "GET", &tl, &format!("{f}/invocations"), Body::None);
+    let ids: Vec<&str> = all.json["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|call| call["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [failing.as_str(), ok.as_str()], "{}", all.json);
+    assert!(
+        all.json["calls"][0].get("payload").is_none(),
+        "{}",
+        all.json
+    );
+    let dead_ones = c.expect(
+        t,
+        200,
+        "GET",
+        &tl,
+        &format!("{f}/invocations?state=dead"),
+        Body::None,
+    );
+    assert_eq!(dead_ones.json["calls"][0]["id"], failing.as_str());
+    assert_eq!(dead_ones.json["calls"].as_array().unwrap().len(), 1);
+    let page = c.expect(
+        t,
+        200,
+        "GET",
+        &tl,
+        &format!("{f}/invocations?state=succeeded&limit=1"),
+        Body::None,
+    );
+    assert_eq!(page.json["next"], ok.as_str(), "{}", page.json);
+    let rest = c.expect(
+        t,
+        200,
+        "GET",
+        &tl,
+        &format!("{f}/invocations?state=succeeded&before={ok}"),
+        Body::None,
+    );
+    assert_eq!(rest.json, json!({ "calls": [] }));
+    let bad = c.expect(
+        t,
+        400,
+        "GET",
+        &tl,
+        &format!("{f}/invocations?state=lost"),
+        Body::None,
+    );
+    assert_eq!(bad.code(), "bad_query");
+    c.expect(
+        t,
+        400,
+        "GET",
+        &tl,
+        &format!("{f}/invocations?limit=lots"),
+        Body::None,
+    );
+    c.expect(
+        t,
+        404,
+        "GET",
+        &tl,
+        &format!("{f}/invocations?before=0123456789abcdef01234567"),
+        Body::None,
+    );
+    c.expect(
+        t,
+        404,
+        "GET",
+        &tl,
+        &format!("{nope}/invocations"),
+        Body::None,
+    );
+
+    // Dead letters: only dead ones are replayed or purged, those named or all.
+    let replay = format!("{tf}/dlq/replay");
+    let purge = format!("{tf}/dlq/purge");
+    for action in ["replay", "purge"] {
+        let template = &format!("{tf}/dlq/{action}");
+        let path = format!("{f}/dlq/{action}");
+        let not_dead = c.expect(
+            t,
+            409,
+            "POST",
+            template,
+            &path,
+            Body::Json(json!({ "ids": [ok] })),
+        );
+        assert_eq!(not_dead.code(), "conflict");
+        c.expect(
+            t,
+            404,
+            "POST",
+            template,
+            &path,
+            Body::Json(json!({ "ids": ["0123456789abcdef01234567"] })),
+        );
+        c.expect(
+            t,
+            400,
+            "POST",
+            template,
+            &path,
+            Body::Json(json!({ "ids": "all" })),
+        );
+        c.expect(
+            t,
+            400,
+            "POST",
+            template,
+            &path,
+            Body::Json(json!({ "calls": [failing] })),
+        );
+        c.expect(
+            t,
+            404,
+            "POST",
+            template,
+            &format!("{nope}/dlq/{action}"),
+            Body::None,
+        );
+    }
+    let replayed = c.expect(
+        t,
+        200,
+        "POST",
+        &replay,
+        &format!("{f}/dlq/replay"),
+        Body::Json(json!({ "ids": [failing] })),
+    );
+    assert_eq!(
+        replayed.json,
+        json!({ "function": "job", "action": "replayed", "count": 1 })
+    );
+    let again = wait_for_state(c, t, &tcall, &failing_path, "dead");
+    assert_eq!(
+        again.json["history"].as_array().unwrap().len(),
+        2,
+        "{}",
+        again.json
+    );
+    let all_replayed = c.expect(
+        t,
+        200,
+        "POST",
+        &replay,
+        &format!("{f}/dlq/replay"),
+        Body::None,
+    );
+    assert_eq!(all_replayed.json["count"], 1, "{}", all_replayed.json);
+    wait_for_state(c, t, &tcall, &failing_path, "dead");
+    let purged = c.expect(
+        t,
+        200,
+        "POST",
+        &purge,
+        &format!("{f}/dlq/purge"),
+        Body::Json(json!({ "ids": [failing] })),
+    );
+    assert_eq!(
+        purged.json,
+        json!({ "function": "job", "action": "purged", "count": 1 })
+    );
+    c.expect(t, 404, "GET", &tcall, &failing_path, Body::None);
+    for (template, action) in [(&purge, "purge"), (&replay, "replay")] {
+        let none = c.expect(
+            t,
+            200,
+            "POST",
+            template,
+            &format!("{f}/dlq/{action}"),
+            Body::None,
+        );
+        assert_eq!(none.json["count"], 0, "{}", none.json);
+    }
+
+    // Schedules: thaw.toml's, and those of the API.
+    let ts = format!("{tf}/schedules");
+    let tone = format!("{tf}/schedules/{{schedule}}");
+    let listed = c.expect(t, 200, "GET", &ts, &format!("{f}/schedules"), Body::None);
+    assert_eq!(listed.json["schedules"][0]["name"], "yearly");
+    assert_eq!(listed.json["schedules"][0]["origin"], "toml");
+    let added = c.expect(
+        t,
+        201,
+        "POST",
+        &ts,
+        &format!("{f}/schedules"),
+        Body::Json(json!({
+            "name": "new-year", "cron": "0 0 1 1 *", "timezone": "Europe/Paris",
+            "alias": "latest", "method": null, "payload": { "greeting": "happy new year" }
+        })),
+    );
+    assert_eq!(added.json["origin"], "api", "{}", added.json);
+    assert!(added.json["next_ms"].is_i64(), "{}", added.json);
+    for (status, body) in [
+        (400, json!({ "name": "bad", "cron": "61 * * * *" })),
+        (400, json!({ "name": "bad", "cron": "0 0 30 2 *" })),
+        (
+            400,
+            json!({ "name": "bad", "cron": "@daily", "timezone": "Mars/Olympus" }),
+        ),
+        (
+            400,
+            json!({ "name": "bad", "cron": "@daily", "colour": "red" }),
+        ),
+        (400, json!({ "cron": "@daily" })),
+        (409, json!({ "name": "new-year", "cron": "@daily" })),
+    ] {
+        c.expect(
+            t,
+            status,
+            "POST",
+            &ts,
+            &format!("{f}/schedules"),
+            Body::Json(body),
+        );
+    }
+    c.expect(
+        t,
+        404,
+        "POST",
+        &ts,
+        &format!("{nope}/schedules"),
+        Body::Json(json!({ "name": "daily", "cron": "@daily" })),
+    );
+    let both = c.expect(t, 200, "GET", &ts, &format!("{f}/schedules"), Body::None);
+    assert_eq!(
+        both.json["schedules"].as_array().unwrap().len(),
+        2,
+        "{}",
+        both.json
+    );
+    c.expect(t, 404, "GET", &ts, &format!("{nope}/schedules"), Body::None);
+    let removed = c.expect(
+        t,
+        200,
+        "DELETE",
+        &tone,
+        &format!("{f}/schedules/new-year"),
+        Body::None,
+    );
+    assert_eq!(removed.json["removed"], "new-year");
+    c.expect(
+        t,
+        404,
+        "DELETE",
+        &tone,
+        &format!("{f}/schedules/new-year"),
+        Body::None,
+    );
+    let declared = c.expect(
+        t,
+        409,
+        "DELETE",
+        &tone,
+        &format!("{f}/schedules/yearly"),
+        Body::None,
+    );
+    assert!(
+        declared.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("thaw.toml"),
+        "{}",
+        declared.json
+    );
+    c.expect(
+        t,
+        404,
+        "DELETE",
+        &tone,
+        &format!("{nope}/schedules/yearly"),
+        Body::None,
+    );
+    ok
+}
+
+/// A namespace whose queue holds one unfinished async call: the next is
+/// refused with `429 queue_full`, naming the limit.
+fn fill_a_queue(c: &mut Checker, token: &str) {
+    let t = Some(token);
+    c.expect(
+        t,
+        201,
+        "POST",
+        "/v1/namespaces",
+        "/v1/namespaces",
+        Body::Json(json!({ "name": "busy", "limits": { "max_queued": 1 } })),
+    );
+    c.expect(
+        t,
+        200,
+        "PUT",
+        "/v1/namespaces/{ns}/functions/{name}",
+        "/v1/namespaces/busy/functions/sleeper",
+        Body::Raw("application/gzip", pack(&[("index.mjs", SLEEPER)])),
+    );
+    let ti = "/v1/namespaces/{ns}/functions/{name}/invoke";
+    let f = "/v1/namespaces/busy/functions/sleeper/invoke";
+    c.expect_with(t, 202, "POST", ti, f, ASYNC, Body::None);
+    let full = c.expect_with(t, 429, "POST", ti, f, ASYNC, Body::None);
+    assert_eq!(full.code(), "queue_full", "{}", full.json);
+    assert!(
+        full.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_queued"),
+        "{}",
+        full.json
+    );
+}
+
 /// The removals of the function routes, last.
 fn remove_function(c: &mut Checker, token: &str, prefix: &str, tprefix: &str) {
     let t = Some(token);
@@ -1308,6 +1851,7 @@ fn every_operation_is_routed_and_every_answer_matches_the_document() {
             .replace("{name}", "probe-none")
             .replace("{alias}", "probe-none")
             .replace("{id}", "probe-none")
+            .replace("{schedule}", "probe-none")
             .replace("{key}", "PROBE_NONE");
         c.call(a, &method.to_uppercase(), &template, &path, Body::None);
     }
@@ -1548,6 +2092,14 @@ fn every_operation_is_routed_and_every_answer_matches_the_document() {
         "/v1/namespaces/{ns}",
     );
     exercise_function(&mut c, &admin, "/v1", "/v1");
+    let team_call = exercise_triggers(
+        &mut c,
+        &admin,
+        "/v1/namespaces/team-a",
+        "/v1/namespaces/{ns}",
+    );
+    let default_call = exercise_triggers(&mut c, &admin, "/v1", "/v1");
+    fill_a_queue(&mut c, &admin);
     c.expect(
         a,
         404,
@@ -1678,6 +2230,79 @@ fn every_operation_is_routed_and_every_answer_matches_the_document() {
         Body::None,
     );
 
+    // Any key of a namespace follows its calls: an invoke key makes them
+    // and reads them back, but needs more for schedules and dead letters.
+    let later = c.expect_with(
+        i,
+        202,
+        "POST",
+        "/v1/functions/{name}/invoke",
+        "/v1/functions/job/invoke",
+        ASYNC,
+        Body::Json(json!("by key")),
+    );
+    let call = |id: &str| format!("/v1/invocations/{id}");
+    let later = later.json["id"].as_str().unwrap().to_string();
+    for id in [&later, &team_call] {
+        c.expect(i, 200, "GET", "/v1/invocations/{id}", &call(id), Body::None);
+    }
+    let calls = "/v1/functions/{name}/invocations";
+    let job_calls = "/v1/functions/job/invocations";
+    c.expect(i, 200, "GET", calls, job_calls, Body::None);
+    c.expect(r, 200, "GET", calls, job_calls, Body::None);
+    let schedules = "/v1/functions/{name}/schedules";
+    let job_schedules = "/v1/functions/job/schedules";
+    c.expect(r, 200, "GET", schedules, job_schedules, Body::None);
+    c.expect(i, 403, "GET", schedules, job_schedules, Body::None);
+    c.expect(
+        r,
+        403,
+        "POST",
+        schedules,
+        job_schedules,
+        Body::Json(json!({ "name": "daily", "cron": "@daily" })),
+    );
+    c.expect(
+        i,
+        403,
+        "DELETE",
+        "/v1/functions/{name}/schedules/{schedule}",
+        "/v1/functions/job/schedules/yearly",
+        Body::None,
+    );
+    for action in ["replay", "purge"] {
+        let template = format!("/v1/functions/{{name}}/dlq/{action}");
+        let path = format!("/v1/functions/job/dlq/{action}");
+        c.expect(r, 403, "POST", &template, &path, Body::None);
+        c.expect(i, 403, "POST", &template, &path, Body::None);
+    }
+    // Ids name nothing outside their namespace: another namespace's call
+    // is not found by a key's own route, and its namespace is forbidden.
+    c.expect(
+        d,
+        404,
+        "GET",
+        "/v1/invocations/{id}",
+        &call(&default_call),
+        Body::None,
+    );
+    c.expect(
+        d,
+        403,
+        "GET",
+        "/v1/namespaces/{ns}/invocations/{id}",
+        &format!("/v1/namespaces/default/invocations/{default_call}"),
+        Body::None,
+    );
+    c.expect(
+        d,
+        200,
+        "GET",
+        "/v1/namespaces/{ns}/invocations/{id}",
+        &format!("/v1/namespaces/team-a/invocations/{team_call}"),
+        Body::None,
+    );
+
     // Metrics and the runtime.
     c.expect(a, 200, "GET", "/metrics", "/metrics", Body::None);
     c.expect(
@@ -1719,6 +2344,60 @@ fn every_operation_is_routed_and_every_answer_matches_the_document() {
         "/v1/namespaces/{ns}",
     );
     remove_function(&mut c, &admin, "/v1", "/v1");
+    for (prefix, tprefix) in [
+        ("/v1/namespaces/team-a", "/v1/namespaces/{ns}"),
+        ("/v1", "/v1"),
+    ] {
+        c.expect(
+            a,
+            200,
+            "DELETE",
+            &format!("{tprefix}/functions/{{name}}"),
+            &format!("{prefix}/functions/job"),
+            Body::None,
+        );
+    }
+    // A function's calls go with it.
+    c.expect(
+        a,
+        404,
+        "GET",
+        "/v1/invocations/{id}",
+        &format!("/v1/invocations/{default_call}"),
+        Body::None,
+    );
+    c.expect(
+        a,
+        404,
+        "GET",
+        "/v1/namespaces/{ns}/invocations/{id}",
+        &format!("/v1/namespaces/team-a/invocations/{team_call}"),
+        Body::None,
+    );
+    c.expect(
+        a,
+        409,
+        "DELETE",
+        "/v1/namespaces/{ns}",
+        "/v1/namespaces/busy",
+        Body::None,
+    );
+    c.expect(
+        a,
+        200,
+        "DELETE",
+        "/v1/namespaces/{ns}/functions/{name}",
+        "/v1/namespaces/busy/functions/sleeper",
+        Body::None,
+    );
+    c.expect(
+        a,
+        200,
+        "DELETE",
+        "/v1/namespaces/{ns}",
+        "/v1/namespaces/busy",
+        Body::None,
+    );
     let revoked = c.expect(
         a,
         200,

@@ -391,10 +391,10 @@ async fn remove_function(c: Call) -> Answer<view::Removed> {
 }
 
 /// `POST .../functions/{name}/invoke`: the body is the event, any JSON
-/// value; `{name}` may carry a qualifier (`api@prod`, `api@7`).
-/// `POST .../invoke`: runs the event now and answers with the outcome, or,
-/// asked with `x-thaw-invoke: async` or `Prefer: respond-async`, stores it
-/// to run later and answers `202` with the call's id.
+/// value; `{name}` may carry a qualifier (`api@prod`, `api@7`). Runs the
+/// event now and answers with the outcome, or, asked with `x-thaw-invoke:
+/// async` or `Prefer: respond-async`, stores it to run later and answers
+/// `202` with the call's id, as a function URL does.
 async fn invoke(c: Call, headers: axum::http::HeaderMap, body: Body) -> Result<Response, ApiError> {
     let (f, qualifier) = c.target();
     let bytes = read_body(body, c.p.max_request_bytes(), "the event").await?;
@@ -405,17 +405,12 @@ async fn invoke(c: Call, headers: axum::http::HeaderMap, body: Body) -> Result<R
             ApiError::bad_request("bad_json", format!("the event is not valid JSON: {e}"))
         })?
     };
-    if crate::function_route::wants_async(&headers).is_some() {
+    if let Some(prefer) = crate::function_route::wants_async(&headers) {
         let payload = thaw_protocol::Payload::Event(event);
         let accepted =
             c.p.enqueue_call(Some(&c.caller), &f, &qualifier, payload, &c.base)
                 .await?;
-        let location = accepted.status_url.clone();
-        let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
-        if let Ok(url) = header::HeaderValue::from_str(&location) {
-            response.headers_mut().insert(header::LOCATION, url);
-        }
-        return Ok(response);
+        return Ok(crate::function_route::accepted_response(&accepted, prefer));
     }
     Ok(Json(c.p.invoke(&c.caller, &f, &qualifier, event).await?).into_response())
 }

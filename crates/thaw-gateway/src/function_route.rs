@@ -130,21 +130,7 @@ async fn serve(
                 &format!("http://{host}"),
             )
             .await?;
-        let mut response = (StatusCode::ACCEPTED, axum::Json(&accepted)).into_response();
-        let h = response.headers_mut();
-        if let Ok(url) = HeaderValue::from_str(&accepted.status_url) {
-            h.insert(header::LOCATION, url);
-        }
-        if let Ok(id) = HeaderValue::from_str(&accepted.id) {
-            h.insert("x-thaw-invocation", id);
-        }
-        if prefer {
-            h.insert(
-                "preference-applied",
-                HeaderValue::from_static("respond-async"),
-            );
-        }
-        return Ok(response);
+        return Ok(accepted_response(&accepted, prefer));
     }
 
     let inv = match p.call(&route, payload).await {
@@ -179,6 +165,28 @@ async fn serve(
         .headers_mut()
         .insert("x-thaw-version", HeaderValue::from(route.version.number));
     Ok(response)
+}
+
+/// The `202` of a call accepted to run later, here and through `POST
+/// .../invoke`: the status URL in `Location`, the call's id in
+/// `x-thaw-invocation`, and `Preference-Applied` when it was asked for
+/// with `Prefer: respond-async` (`prefer`).
+pub(crate) fn accepted_response(accepted: &thaw_api::CallAccepted, prefer: bool) -> Response {
+    let mut response = (StatusCode::ACCEPTED, axum::Json(accepted)).into_response();
+    let h = response.headers_mut();
+    if let Ok(url) = HeaderValue::from_str(&accepted.status_url) {
+        h.insert(header::LOCATION, url);
+    }
+    if let Ok(id) = HeaderValue::from_str(&accepted.id) {
+        h.insert("x-thaw-invocation", id);
+    }
+    if prefer {
+        h.insert(
+            "preference-applied",
+            HeaderValue::from_static("respond-async"),
+        );
+    }
+    response
 }
 
 /// Whether the request asks to run later: `Some(true)` through `Prefer:
