@@ -225,7 +225,7 @@ impl Registry {
             )));
         }
         if count as usize >= MAX_SCHEDULES {
-            return Err(RegistryError::LimitReached(format!(
+            return Err(RegistryError::Invalid(format!(
                 "`{}` has {count} schedules, the most a function may have",
                 function.name
             )));
