@@ -306,6 +306,8 @@ payload = { days = 30, tags = ["a", "b"] }
         let err = settings_err(toml);
         assert!(err.contains(needle), "{toml}: {err}");
     }
-    let many: String = (0..21).map(|_| "[[schedule]]\ncron = \"@daily\"\n").collect();
+    let many: String = (0..21)
+        .map(|_| "[[schedule]]\ncron = \"@daily\"\n")
+        .collect();
     assert!(settings_err(&many).contains("at most 20"));
 }
