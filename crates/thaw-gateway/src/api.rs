@@ -111,6 +111,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .merge(control)
         .merge(functions)
+        .merge(crate::ui::router())
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
