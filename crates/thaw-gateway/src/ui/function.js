@@ -340,8 +340,9 @@ export async function functionPage(page, main) {
   parts.schedules = schedules(page, path);
   parts.dead = deadLetters(page, path);
   fill(main, title, parts.overview.el,
-    page.can.invoke ? invokeForm(page, path, parts.logs) : null,
-    parts.logs.el, parts.versions.el, parts.secrets.el, parts.schedules.el, parts.dead.el);
+    h('div', { class: page.can.invoke ? 'pair' : '' },
+      page.can.invoke ? invokeForm(page, path, parts.logs) : null, parts.logs.el),
+    parts.versions.el, parts.secrets.el, parts.schedules.el, parts.dead.el);
   const sections = Object.values(parts);
   const results = await Promise.allSettled(sections.map((s) => s.load()));
   results.forEach((r, i) => {
