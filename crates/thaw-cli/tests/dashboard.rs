@@ -116,6 +116,7 @@ fn the_dashboard_shows_each_key_what_it_may_see_and_runs_nothing_it_shows() {
     p.thaw_ok(&["ns", "create", "team-b"]);
     let deploy = new_key(&p, "team-a", "ci", "deploy");
     let read = new_key(&p, "team-a", "viewer", "read");
+    let invoke = new_key(&p, "team-a", "caller", "invoke");
     let other = function_dir(&[(
         "index.mjs",
         "export const handler = async () => ({ statusCode: 200, body: 'b' });",
@@ -158,6 +159,38 @@ fn the_dashboard_shows_each_key_what_it_may_see_and_runs_nothing_it_shows() {
     p.eventually(60, "a dead letter", || {
         dead_letters(&p, &deploy, "failing") == 1
     });
+    // The charts' figures, for a key of the namespace only.
+    let stats = |key: &str, ns: &str, name: &str| {
+        http()
+            .get(format!(
+                "{}/v1/namespaces/{ns}/functions/{name}/stats",
+                p.server
+            ))
+            .bearer_auth(key)
+            .send()
+            .unwrap()
+    };
+    let hour: Value = stats(&read, "team-a", "hello").json().unwrap();
+    let minutes = hour["minutes"].as_array().unwrap();
+    assert_eq!(minutes.len(), 60, "{hour}");
+    let calls: u64 = minutes.iter().map(|m| m["calls"].as_u64().unwrap()).sum();
+    assert_eq!(calls, 5, "{hour}");
+    assert!(minutes[59]["p99_ms"].as_f64().unwrap() > 0.0, "{hour}");
+    assert_eq!(stats(&read, "team-b", "other").status(), 403);
+    assert_eq!(stats(&read, "team-a", "nothing").status(), 404);
+    // The host, for the admin only.
+    let host = |key: &str| {
+        http()
+            .get(format!("{}/v1/platform", p.server))
+            .bearer_auth(key)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(host(&deploy).status(), 403);
+    let host: Value = host(&p.token()).json().unwrap();
+    assert_eq!(host["hosts"], 1, "{host}");
+    assert_eq!(host["namespaces"], 3, "{host}");
+
     let fresh = function_dir(&[(
         "index.mjs",
         "export const handler = async () => ({ statusCode: 200, body: 'fresh' });",
@@ -172,6 +205,7 @@ fn the_dashboard_shows_each_key_what_it_may_see_and_runs_nothing_it_shows() {
         .env("THAW_BIN", THAW)
         .env("DEPLOY_KEY", &deploy)
         .env("READ_KEY", &read)
+        .env("INVOKE_KEY", &invoke)
         .env("ADMIN_TOKEN", p.token())
         .env("FRESH_DIR", fresh.path())
         .env("XSS", XSS)

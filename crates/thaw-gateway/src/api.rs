@@ -581,5 +581,5 @@ async fn stats(c: Call) -> Answer<view::FunctionStats> {
 
 /// `GET /v1/platform`: the host, its budget and its pools (admin).
 async fn platform_view(c: Call) -> Answer<view::PlatformView> {
-    Ok(Json(c.p.platform(&c.caller).await?))
+    Ok(Json(c.p.host(&c.caller).await?))
 }

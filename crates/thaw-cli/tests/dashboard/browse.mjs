@@ -3,8 +3,8 @@
 // namespaces, keys and functions, and reads this script's last line:
 // a JSON summary of what it saw. Any failed check throws (exit 1).
 //
-// Environment: THAW_SERVER, THAW_BIN, DEPLOY_KEY and READ_KEY (namespace
-// team-a), ADMIN_TOKEN, FRESH_DIR (a function to deploy from the CLI),
+// Environment: THAW_SERVER, THAW_BIN, DEPLOY_KEY, READ_KEY and INVOKE_KEY
+// (namespace team-a), ADMIN_TOKEN, FRESH_DIR (a function to deploy from the CLI),
 // XSS (the markup the function logs), SCREENSHOTS (a folder).
 
 import { chromium } from 'playwright-core';
@@ -23,7 +23,9 @@ function need(name) {
 const server = need('THAW_SERVER');
 const shots = need('SCREENSHOTS');
 const xss = need('XSS');
-const keys = { deploy: need('DEPLOY_KEY'), read: need('READ_KEY'), admin: need('ADMIN_TOKEN') };
+const keys = {
+  deploy: need('DEPLOY_KEY'), read: need('READ_KEY'), invoke: need('INVOKE_KEY'), admin: need('ADMIN_TOKEN'),
+};
 const WAIT = { timeout: 30_000 };
 
 fs.mkdirSync(shots, { recursive: true });
@@ -173,6 +175,18 @@ try {
   });
   assert.deepEqual(seen.read_key_refused,
     { rollback: 403, code: 'forbidden', secret: 403, cookies: '', local: 0 });
+
+  // An invoke key reads nothing: it names a function and calls it.
+  await signOut();
+  await signIn(keys.invoke);
+  await page.fill('#function-name', 'hello');
+  await page.click('main form button[type=submit]');
+  await page.fill('#invoke-event', '{"who":"caller"}');
+  await page.click('#invoke');
+  await page.locator('#invoke-status', { hasText: 'status 200' }).waitFor(WAIT);
+  for (const part of ['#logs', '#versions', '#secrets', '#dead-letters']) {
+    assert.equal(await page.locator(part).count(), 0, `an invoke key is shown ${part}`);
+  }
 
   // The admin: every namespace, and the platform.
   await signOut();

@@ -26,7 +26,7 @@ impl Platform {
 
     /// The host: its driver, its budget and what instances hold of it,
     /// and each driver's pool of pre-started runtimes.
-    pub async fn platform(&self, caller: &Caller) -> Result<view::PlatformView, ApiError> {
+    pub async fn host(&self, caller: &Caller) -> Result<view::PlatformView, ApiError> {
         caller.allow("", Need::Admin)?;
         let namespaces = self.blocking(|r| r.namespaces()).await?;
         let in_use = namespaces

@@ -35,7 +35,7 @@ function card(ns, f, stats) {
 
 // What an `invoke` key can do: call a function it knows the name of.
 function invokeOnly(page, main) {
-  const name = h('input', { id: 'function-name', required: true, pattern: '[a-z0-9-]+', placeholder: 'api' });
+  const name = h('input', { id: 'function-name', required: true, pattern: '[a-z0-9\\-]+', placeholder: 'api' });
   const form = h('form', { class: 'card' },
     h('p', {}, 'An invoke key calls functions and reads nothing: name the function to call.'),
     h('label', { for: 'function-name' }, 'Function'), name,
