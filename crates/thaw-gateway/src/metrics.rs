@@ -16,6 +16,12 @@ const BUCKETS: &[f64] = &[
     30.0,
 ];
 
+/// The histogram bucket a latency of `secs` falls in; `None` past the
+/// largest bound.
+fn bucket_of(secs: f64) -> Option<usize> {
+    BUCKETS.iter().position(|b| secs <= *b)
+}
+
 #[derive(Default)]
 struct FunctionMetrics {
     outcomes: BTreeMap<&'static str, u64>,
@@ -67,7 +73,7 @@ impl Metrics {
             m.buckets = vec![0; BUCKETS.len()];
         }
         let secs = took.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+        if let Some(i) = bucket_of(secs) {
             m.buckets[i] += 1;
         }
         m.sum += secs;
@@ -163,10 +169,7 @@ impl LastHour {
         slot.calls = slot.calls.saturating_add(1);
         slot.errors = slot.errors.saturating_add(u32::from(!ok));
         slot.cold = slot.cold.saturating_add(u32::from(cold));
-        let bucket = BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(BUCKETS.len());
+        let bucket = bucket_of(secs).unwrap_or(BUCKETS.len());
         slot.latency[bucket] = slot.latency[bucket].saturating_add(1);
     }
 

@@ -135,6 +135,15 @@ try {
   assert.ok(!(await page.content()).includes('value-never-shown-1234'), 'the secret value is on the page');
   assert.equal(await page.inputValue('#secret-value'), '');
 
+  // A schedule is added, then removed.
+  await page.fill('#schedule-name', 'nightly');
+  await page.fill('#schedule-cron', '0 3 * * *');
+  await page.fill('#schedule-timezone', 'Europe/Paris');
+  await page.click('#schedule-form button');
+  await page.locator('#schedules td', { hasText: 'Europe/Paris' }).waitFor(WAIT);
+  await page.click('#schedules button:text("Delete")');
+  await page.locator('#schedules', { hasText: 'No schedules.' }).waitFor(WAIT);
+
   // A dead letter is replayed.
   await page.goto(`${server}/ui/#/ns/team-a/fn/failing`);
   await page.locator('#dead-letters code').first().waitFor(WAIT);

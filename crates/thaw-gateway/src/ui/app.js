@@ -14,6 +14,8 @@ const main = document.getElementById('main');
 // GET /v1/whoami of the key in this tab: {role, namespace, name}.
 let me = null;
 let current = null;
+// Bumped by each `show`: one that was overtaken while it waited draws nothing.
+let turns = 0;
 
 // What a role may do, as the API decides it (docs/api.md): the dashboard
 // only leaves out what would be refused.
@@ -139,6 +141,7 @@ function signIn(message) {
 }
 
 async function show() {
+  const turn = ++turns;
   current?.leave();
   if (!session.key()) return signIn();
   if (!me) {
@@ -148,6 +151,7 @@ async function show() {
       session.forget();
       return signIn(e.message);
     }
+    if (turn !== turns) return;
   }
   const page = new Page(parseRoute());
   current = page;
