@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 /// Debian packages thaw needs beyond a stock machine with Rust and Node:
 /// QEMU for the `microvm` driver, erofs-utils to make the read-only code
-/// images it attaches to VMs, and what building the guest kernel from
+/// images it attaches to VMs, what building the guest kernel from
 /// `linux-source` runs (thaw_microvm::KERNEL_BUILD_PACKAGES; xtask does not
 /// link thaw-microvm, so the list is repeated here and a test of
-/// thaw-microvm checks that it is).
+/// thaw-microvm checks that it is), and chromium, the browser the
+/// dashboard's test drives.
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "erofs-utils",
@@ -26,6 +27,7 @@ const APT_PACKAGES: &[&str] = &[
     "flex",
     "libelf-dev",
     "xz-utils",
+    "chromium",
 ];
 /// Packages the microVM image build fetches with `apt-get download`: the
 /// package lists must know them.
@@ -122,8 +124,9 @@ fn setup() -> anyhow::Result<()> {
         None => bail!("thaw needs Node.js 20 or newer on PATH; none was found"),
     }
     // runtime/: esbuild, for TypeScript deploys. bench/: workerd and Deno,
-    // the peers `thaw bench` measures thaw against.
-    for folder in ["runtime", "bench"] {
+    // the peers `thaw bench` measures thaw against. The dashboard's test:
+    // playwright-core, which drives the chromium installed above.
+    for folder in ["runtime", "bench", "crates/thaw-cli/tests/dashboard"] {
         let dir = root().join(folder);
         let stamp = dir.join("node_modules/.package-lock.json");
         let fresh = std::fs::metadata(&stamp)

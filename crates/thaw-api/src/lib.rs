@@ -428,6 +428,78 @@ pub struct InvokeResult {
     pub error: Option<HandlerErrorView>,
 }
 
+/// One minute of a function's calls (`GET {F}/stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MinuteStats {
+    /// When the minute began, in milliseconds since the epoch.
+    pub start_ms: i64,
+    pub calls: u32,
+    /// Calls that did not end `ok`: the handler threw, timed out, crashed,
+    /// or thaw refused or could not run them.
+    pub errors: u32,
+    /// Calls that started their instance.
+    pub cold: u32,
+    /// Latency from arrival to answer, estimated from a histogram; none
+    /// in a minute without calls.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// A function's last hour, kept in memory since `thaw up` started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionStats {
+    pub namespace: String,
+    pub function: String,
+    /// 60 minutes, oldest first; the last one is the minute now.
+    pub minutes: Vec<MinuteStats>,
+}
+
+/// A driver's pool of pre-started runtimes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuntimePoolView {
+    pub driver: String,
+    /// Runtimes waiting, bound to no function, and starting.
+    pub idle: usize,
+    pub starting: usize,
+    /// Runtimes the pool aims to keep waiting.
+    pub target: usize,
+    /// Cold starts served from the pool, and those that started Node
+    /// themselves.
+    pub hits: u64,
+    pub misses: u64,
+    pub started: u64,
+    pub failed: u64,
+    /// Measured memory (PSS) of one waiting runtime, 0 before the first.
+    pub runtime_bytes: u64,
+}
+
+/// Instances and their memory limits, added up.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Usage {
+    pub instances: u64,
+    pub memory_mb: u64,
+}
+
+/// `GET /v1/platform`: the host thaw runs on and what it holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlatformView {
+    /// thaw's version.
+    pub version: String,
+    /// Hosts serving this registry: one today.
+    pub hosts: u32,
+    /// The platform's driver and how it runs (`process`, `microvm, kvm`).
+    pub driver: String,
+    pub jailed: bool,
+    /// What all instances together may hold (`thaw up --host-memory-mb`,
+    /// `--host-pids`), and what they hold now.
+    pub budget: Usage,
+    pub in_use: Usage,
+    pub namespaces: usize,
+    pub functions: usize,
+    /// The platform's driver's pool first.
+    pub pools: Vec<RuntimePoolView>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Removed {
     pub removed: String,

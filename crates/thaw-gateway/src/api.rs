@@ -49,6 +49,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/keys", get(list_keys).post(create_key))
         .route("/v1/keys/{id}", axum::routing::delete(revoke_key))
         .route("/v1/runtime/upgrade", post(upgrade_runtime))
+        .route("/v1/platform", get(platform_view))
         .route("/metrics", get(all_metrics));
     for prefix in ["/v1", "/v1/namespaces/{ns}"] {
         let f = format!("{prefix}/functions/{{name}}");
@@ -69,6 +70,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
                 axum::routing::delete(remove_schedule),
             )
             .route(&format!("{f}/logs"), get(logs))
+            .route(&format!("{f}/stats"), get(stats))
             .route(&format!("{f}/versions"), get(versions))
             .route(&format!("{f}/aliases"), get(aliases))
             .route(
@@ -110,6 +112,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .merge(control)
         .merge(functions)
+        .merge(crate::ui::router())
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -578,4 +581,14 @@ async fn unset_value<const SECRET: bool>(c: Call) -> Answer<view::FunctionView> 
 /// `POST /v1/runtime/upgrade`: see `Platform::upgrade_runtime`.
 async fn upgrade_runtime(c: Call) -> Answer<view::RuntimeUpgradeView> {
     Ok(Json(c.p.upgrade_runtime_op(&c.caller).await?))
+}
+
+/// `GET {F}/stats`: the last hour, minute by minute (the dashboard's charts).
+async fn stats(c: Call) -> Answer<view::FunctionStats> {
+    Ok(Json(c.p.stats(&c.caller, &c.function())?))
+}
+
+/// `GET /v1/platform`: the host, its budget and its pools (admin).
+async fn platform_view(c: Call) -> Answer<view::PlatformView> {
+    Ok(Json(c.p.host(&c.caller).await?))
 }

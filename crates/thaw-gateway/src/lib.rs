@@ -23,6 +23,7 @@ mod openapi;
 mod platform;
 mod routes;
 mod server;
+mod ui;
 
 pub use platform::{build_microvm_runtime, Config, DriverKind, HostBudget, JailMode, Platform};
 pub use server::{serve, serve_with, ConnectionLimits};

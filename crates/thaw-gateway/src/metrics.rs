@@ -1,5 +1,6 @@
 //! `/metrics` in the Prometheus text format (version 0.0.4), every series
-//! labelled with its function's namespace.
+//! labelled with its function's namespace; and the last hour of each
+//! function minute by minute (`{F}/stats`, the dashboard's charts).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -15,6 +16,12 @@ const BUCKETS: &[f64] = &[
     30.0,
 ];
 
+/// The histogram bucket a latency of `secs` falls in; `None` past the
+/// largest bound.
+fn bucket_of(secs: f64) -> Option<usize> {
+    BUCKETS.iter().position(|b| secs <= *b)
+}
+
 #[derive(Default)]
 struct FunctionMetrics {
     outcomes: BTreeMap<&'static str, u64>,
@@ -23,6 +30,8 @@ struct FunctionMetrics {
     buckets: Vec<u64>,
     sum: f64,
     count: u64,
+    /// The last hour, minute by minute.
+    recent: LastHour,
 }
 
 /// Async calls and schedules of one function.
@@ -64,11 +73,25 @@ impl Metrics {
             m.buckets = vec![0; BUCKETS.len()];
         }
         let secs = took.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+        if let Some(i) = bucket_of(secs) {
             m.buckets[i] += 1;
         }
         m.sum += secs;
         m.count += 1;
+        let minute = thaw_registry::now_ms().div_euclid(60_000);
+        m.recent
+            .record(minute, outcome == "ok", cold == Some(true), secs);
+    }
+
+    /// `function`'s last hour, a minute a row, oldest first, ending with
+    /// the minute `now_ms` falls in.
+    pub fn last_hour(&self, function: &FunctionId, now_ms: i64) -> Vec<thaw_api::MinuteStats> {
+        let all = self.functions.lock().unwrap();
+        let minute = now_ms.div_euclid(60_000);
+        match all.get(function) {
+            Some(m) => m.recent.window(minute),
+            None => LastHour::default().window(minute),
+        }
     }
 
     /// Counts one attempt of an async call of `function`.
@@ -104,6 +127,100 @@ impl Metrics {
         self.functions.lock().unwrap().remove(function);
         self.triggers.lock().unwrap().remove(function);
     }
+}
+
+/// Minutes the dashboard's charts span.
+const MINUTES: usize = 60;
+
+/// One minute of one function: its calls, and their latencies in the
+/// buckets of [`BUCKETS`] (the last slot past the largest bound).
+#[derive(Clone, Copy, Default)]
+struct Minute {
+    /// Minutes since the epoch this slot holds; another value: empty.
+    minute: i64,
+    calls: u32,
+    errors: u32,
+    cold: u32,
+    latency: [u32; BUCKETS.len() + 1],
+}
+
+/// A ring of the last [`MINUTES`] minutes: slot `minute % MINUTES` holds
+/// that minute until it comes round again an hour later, so a function's
+/// figures take the same few kilobytes however many calls it serves, and
+/// minutes without a call cost nothing to skip.
+#[derive(Default)]
+struct LastHour {
+    /// Allocated at the first call.
+    slots: Option<Box<[Minute; MINUTES]>>,
+}
+
+impl LastHour {
+    fn record(&mut self, minute: i64, ok: bool, cold: bool, secs: f64) {
+        let slots = self
+            .slots
+            .get_or_insert_with(|| Box::new([Minute::default(); MINUTES]));
+        let slot = &mut slots[minute.rem_euclid(MINUTES as i64) as usize];
+        if slot.minute != minute {
+            *slot = Minute {
+                minute,
+                ..Minute::default()
+            };
+        }
+        slot.calls = slot.calls.saturating_add(1);
+        slot.errors = slot.errors.saturating_add(u32::from(!ok));
+        slot.cold = slot.cold.saturating_add(u32::from(cold));
+        let bucket = bucket_of(secs).unwrap_or(BUCKETS.len());
+        slot.latency[bucket] = slot.latency[bucket].saturating_add(1);
+    }
+
+    /// The hour ending with `now` (minutes since the epoch), oldest first.
+    fn window(&self, now: i64) -> Vec<thaw_api::MinuteStats> {
+        (now - MINUTES as i64 + 1..=now)
+            .map(|minute| {
+                let held = self
+                    .slots
+                    .as_ref()
+                    .map(|s| s[minute.rem_euclid(MINUTES as i64) as usize])
+                    .filter(|m| m.minute == minute);
+                let m = held.unwrap_or_default();
+                thaw_api::MinuteStats {
+                    start_ms: minute * 60_000,
+                    calls: m.calls,
+                    errors: m.errors,
+                    cold: m.cold,
+                    p50_ms: quantile(&m.latency, 0.5).map(|s| s * 1000.0),
+                    p99_ms: quantile(&m.latency, 0.99).map(|s| s * 1000.0),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The `q` quantile (0 to 1) of latencies counted in [`BUCKETS`], in
+/// seconds: found in the bucket where it falls, and placed within it as
+/// if that bucket's calls were spread evenly between its bounds (as
+/// Prometheus' `histogram_quantile` does). Past the largest bound, that
+/// bound. `None` without calls.
+fn quantile(latency: &[u32; BUCKETS.len() + 1], q: f64) -> Option<f64> {
+    let total: u64 = latency.iter().map(|n| u64::from(*n)).sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let mut below = 0u64;
+    for (i, n) in latency.iter().enumerate() {
+        let n = u64::from(*n);
+        if n > 0 && (below + n) as f64 >= rank {
+            let Some(upper) = BUCKETS.get(i) else {
+                return BUCKETS.last().copied();
+            };
+            let lower = if i == 0 { 0.0 } else { BUCKETS[i - 1] };
+            let within = ((rank - below as f64) / n as f64).clamp(0.0, 1.0);
+            return Some(lower + (upper - lower) * within);
+        }
+        below += n;
+    }
+    BUCKETS.last().copied()
 }
 
 /// The async queue's figures: per namespace from the registry (`queues`,
@@ -316,4 +433,85 @@ pub fn render(
         pool.idle, pool.starting, pool.target, pool.hits, pool.misses, pool.started, pool.failed, pool.runtime_bytes
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: f64 = 0.001;
+
+    #[test]
+    fn a_minute_counts_its_calls_errors_and_cold_starts() {
+        let mut hour = LastHour::default();
+        assert!(hour.slots.is_none(), "nothing is held before a call");
+        hour.record(1000, true, true, 3.0 * MS);
+        hour.record(1000, false, false, 3.0 * MS);
+        hour.record(1000, true, false, 3.0 * MS);
+        hour.record(1001, true, false, 0.1 * MS);
+        let w = hour.window(1001);
+        assert_eq!(w.len(), MINUTES);
+        let (before, now) = (&w[MINUTES - 2], &w[MINUTES - 1]);
+        assert_eq!((before.calls, before.errors, before.cold), (3, 1, 1));
+        assert_eq!(before.start_ms, 1000 * 60_000);
+        assert_eq!((now.calls, now.errors, now.cold), (1, 0, 0));
+        assert_eq!(now.start_ms, 1001 * 60_000);
+        for quiet in &w[..MINUTES - 2] {
+            assert_eq!(quiet.calls, 0);
+            assert_eq!((quiet.p50_ms, quiet.p99_ms), (None, None));
+        }
+    }
+
+    #[test]
+    fn minutes_older_than_an_hour_are_forgotten_as_their_slot_comes_round() {
+        let mut hour = LastHour::default();
+        hour.record(1000, true, false, MS);
+        // Still within the hour that ends 59 minutes later.
+        assert_eq!(hour.window(1059)[0].calls, 1);
+        // An hour on, the minute is out of the window, though still held.
+        assert!(hour.window(1060).iter().all(|m| m.calls == 0));
+        // A call an hour later takes the same slot, starting from zero.
+        hour.record(1060, false, true, MS);
+        let now = hour.window(1060)[MINUTES - 1];
+        assert_eq!((now.calls, now.errors, now.cold), (1, 1, 1));
+        // And the window reads minutes, not slots: an earlier hour sees
+        // nothing of it.
+        assert!(hour.window(1030).iter().all(|m| m.calls == 0));
+    }
+
+    #[test]
+    fn quantiles_are_placed_within_their_bucket() {
+        let mut latency = [0u32; BUCKETS.len() + 1];
+        assert_eq!(quantile(&latency, 0.5), None);
+        // 100 calls between 1 ms and 2.5 ms (bucket 3): the median halfway.
+        latency[3] = 100;
+        let p50 = quantile(&latency, 0.5).unwrap();
+        assert!((p50 - 1.75 * MS).abs() < 1e-9, "{p50}");
+        let p99 = quantile(&latency, 0.99).unwrap();
+        assert!((p99 - 2.485 * MS).abs() < 1e-9, "{p99}");
+        // One slow call in a hundred lands p99 in its bucket, not p50.
+        latency[3] = 98;
+        latency[8] = 2; // 50 ms to 100 ms
+        assert!(quantile(&latency, 0.5).unwrap() < 2.5 * MS);
+        let p99 = quantile(&latency, 0.99).unwrap();
+        assert!(p99 > 50.0 * MS && p99 <= 100.0 * MS, "{p99}");
+        // Past the largest bound: that bound.
+        let mut slow = [0u32; BUCKETS.len() + 1];
+        slow[BUCKETS.len()] = 5;
+        assert_eq!(quantile(&slow, 0.5), Some(30.0));
+    }
+
+    #[test]
+    fn the_last_hour_is_forgotten_with_the_function() {
+        let metrics = Metrics::default();
+        let f = FunctionId::new("team", "api");
+        metrics.record(&f, "ok", Some(true), Duration::from_millis(2));
+        let now = thaw_registry::now_ms();
+        let calls: u32 = metrics.last_hour(&f, now).iter().map(|m| m.calls).sum();
+        assert_eq!(calls, 1);
+        metrics.forget(&f);
+        let hour = metrics.last_hour(&f, now);
+        assert_eq!(hour.len(), MINUTES);
+        assert!(hour.iter().all(|m| m.calls == 0));
+    }
 }

@@ -7,6 +7,7 @@
 
 mod calls;
 mod ops;
+mod stats;
 mod triggers;
 
 pub use ops::DeployOptions;

@@ -1,0 +1,80 @@
+//! What the dashboard reads beside the other views: a function's last
+//! hour minute by minute (`GET {F}/stats`), and the host with its pools
+//! (`GET /v1/platform`, admin only). Checked against the caller like every
+//! operation (`ops.rs`).
+
+use super::Platform;
+use crate::auth::{Caller, Need};
+use crate::errors::ApiError;
+use thaw_api as view;
+use thaw_registry::FunctionId;
+
+impl Platform {
+    /// `f`'s calls over the last hour: counted since `thaw up` started,
+    /// forgotten with the function.
+    pub fn stats(&self, caller: &Caller, f: &FunctionId) -> Result<view::FunctionStats, ApiError> {
+        caller.allow(&f.namespace, Need::Read)?;
+        if self.routes.get(f).is_none() {
+            return Err(ApiError::not_found(&f.name));
+        }
+        Ok(view::FunctionStats {
+            namespace: f.namespace.clone(),
+            function: f.name.clone(),
+            minutes: self.metrics.last_hour(f, thaw_registry::now_ms()),
+        })
+    }
+
+    /// The host: its driver, its budget and what instances hold of it,
+    /// and each driver's pool of pre-started runtimes.
+    pub async fn host(&self, caller: &Caller) -> Result<view::PlatformView, ApiError> {
+        caller.allow("", Need::Admin)?;
+        let namespaces = self.blocking(|r| r.namespaces()).await?;
+        let in_use = namespaces
+            .iter()
+            .map(|ns| self.scheduler.usage(&ns.name))
+            .fold(view::Usage::default(), |sum, (instances, memory_mb)| {
+                view::Usage {
+                    instances: sum.instances + u64::from(instances),
+                    memory_mb: sum.memory_mb + memory_mb,
+                }
+            });
+        let budget = self
+            .scheduler
+            .host_budget()
+            .map(|q| view::Usage {
+                instances: u64::from(q.max_instances),
+                memory_mb: q.max_memory_mb,
+            })
+            .unwrap_or_default();
+        let pools = self
+            .scheduler
+            .all_runtimes()
+            .iter()
+            .map(|pool| {
+                let s = pool.snapshot();
+                view::RuntimePoolView {
+                    driver: pool.driver().name().to_string(),
+                    idle: s.idle,
+                    starting: s.starting,
+                    target: s.target,
+                    hits: s.hits,
+                    misses: s.misses,
+                    started: s.started,
+                    failed: s.failed,
+                    runtime_bytes: s.runtime_bytes,
+                }
+            })
+            .collect();
+        Ok(view::PlatformView {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            hosts: 1,
+            driver: self.driver_summary.clone(),
+            jailed: self.jailed,
+            budget,
+            in_use,
+            namespaces: namespaces.len(),
+            functions: self.routes.list(None).len(),
+            pools,
+        })
+    }
+}
