@@ -26,6 +26,10 @@ const METHODS: &[&str] = &[
     "get", "put", "post", "delete", "patch", "head", "options", "trace",
 ];
 
+/// The routes that need no token: this document, and readiness (which a
+/// load balancer asks).
+const OPEN: &[&str] = &["/v1/openapi.json", "/readyz"];
+
 // ---- the validator ----
 
 /// `path` with one more object member.
@@ -405,13 +409,15 @@ fn the_document_is_well_formed() {
                 r["description"].is_string(),
                 "{what} {status}: no description"
             );
-            if status.starts_with('4') || status.starts_with('5') {
+            // Not ready is an answer of `/readyz`, not an error.
+            let not_ready = path == "/readyz" && status == "503";
+            if (status.starts_with('4') || status.starts_with('5')) && !not_ready {
                 let schema = &r["content"]["application/json"]["schema"];
                 assert_eq!(schema, &schema_ref("ErrorBody"), "{what} {status}");
             }
         }
-        // Only the document itself is open.
-        if path == "/v1/openapi.json" {
+        // Only the document itself and readiness are open.
+        if OPEN.contains(&path.as_str()) {
             assert_eq!(op["security"], json!([]), "{what}");
         } else {
             assert!(
@@ -1127,6 +1133,19 @@ fn exercise_function(c: &mut Checker, token: &str, prefix: &str, tprefix: &str) 
         Body::None,
     );
 
+    // Stats: the four calls that ran (one threw) are in the last hour.
+    let tst = format!("{tf}/stats");
+    let stats = c.expect(t, 200, "GET", &tst, &format!("{f}/stats"), Body::None);
+    assert_last_hour(&stats.json, 4, 1);
+    c.expect(
+        t,
+        404,
+        "GET",
+        &tst,
+        &format!("{prefix}/functions/nope/stats"),
+        Body::None,
+    );
+
     // Rollback: latest 2 -> 1 (empty body), back to 2, an alias that is not.
     let tr = format!("{tf}/rollback");
     let back = c.expect(t, 200, "POST", &tr, &format!("{f}/rollback"), Body::None);
@@ -1331,6 +1350,39 @@ fn exercise_function(c: &mut Checker, token: &str, prefix: &str, tprefix: &str) 
         &format!("{f}/secrets/API_KEY"),
         Body::None,
     );
+}
+
+/// Checks a function's last hour (`GET {F}/stats`): minutes a minute
+/// apart, at least `calls` calls and `errors` errors in all, latencies in
+/// every minute with calls and none in those without (a `thaw up` younger
+/// than an hour has some).
+fn assert_last_hour(stats: &Value, calls: u64, errors: u64) {
+    let minutes = stats["minutes"].as_array().unwrap();
+    let (mut counted, mut failed, mut quiet) = (0, 0, 0);
+    for (i, m) in minutes.iter().enumerate() {
+        if i > 0 {
+            let step =
+                m["start_ms"].as_i64().unwrap() - minutes[i - 1]["start_ms"].as_i64().unwrap();
+            assert_eq!(step, 60_000, "{stats}");
+        }
+        let n = m["calls"].as_u64().unwrap();
+        let errors = m["errors"].as_u64().unwrap();
+        assert!(errors <= n && m["cold"].as_u64().unwrap() <= n, "{m}");
+        counted += n;
+        failed += errors;
+        if n == 0 {
+            quiet += 1;
+            assert!(m["p50_ms"].is_null() && m["p99_ms"].is_null(), "{m}");
+        } else {
+            let (p50, p99) = (m["p50_ms"].as_f64(), m["p99_ms"].as_f64());
+            assert!(
+                matches!((p50, p99), (Some(p50), Some(p99)) if 0.0 < p50 && p50 <= p99),
+                "{m}"
+            );
+        }
+    }
+    assert!(counted >= calls && failed >= errors, "{stats}");
+    assert!(quiet > 0, "no minute without calls: {stats}");
 }
 
 /// Polls the call at `path` (an instance of `template`) until its state
@@ -1841,6 +1893,30 @@ fn every_operation_is_routed_and_every_answer_matches_the_document() {
         Body::None,
     );
 
+    // Readiness, without a token: not ready (and why) until the pools are
+    // filled, then ready; every answer on the way is checked.
+    let start = Instant::now();
+    loop {
+        let ready = c.call(None, "GET", "/readyz", "/readyz", Body::None);
+        if ready.status == 200 {
+            assert_eq!(ready.json, json!({ "ready": true }));
+            break;
+        }
+        assert_eq!(ready.status, 503, "{}", ready.json);
+        assert_eq!(ready.json["ready"], false, "{}", ready.json);
+        assert!(
+            !ready.json["waiting"].as_array().unwrap().is_empty(),
+            "{}",
+            ready.json
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never ready: {}",
+            ready.json
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     // Every operation of the document is routed: called with the admin
     // token on objects that do not exist (and no body), each answers with
     // something the document lists, never the `no_route` fallback or 405.
@@ -2163,6 +2239,20 @@ fn every_operation_is_routed_and_every_answer_matches_the_document() {
         Body::None,
     );
     c.expect(r, 403, "GET", "/metrics", "/metrics", Body::None);
+    c.expect(r, 403, "GET", "/v1/platform", "/v1/platform", Body::None);
+    let stats = "/v1/functions/{name}/stats";
+    let api_stats = "/v1/functions/api/stats";
+    let own_stats = c.expect(r, 200, "GET", stats, api_stats, Body::None);
+    assert_eq!(own_stats.json["namespace"], "team-a", "{}", own_stats.json);
+    assert_last_hour(&own_stats.json, 4, 1);
+    c.expect(
+        r,
+        403,
+        "GET",
+        "/v1/namespaces/{ns}/functions/{name}/stats",
+        "/v1/namespaces/default/functions/api/stats",
+        Body::None,
+    );
     c.expect(
         r,
         200,
@@ -2204,7 +2294,10 @@ fn every_operation_is_routed_and_every_answer_matches_the_document() {
         "/v1/functions/api/logs",
         Body::None,
     );
+    c.expect(i, 403, "GET", stats, api_stats, Body::None);
     let d = Some(deployer.as_str());
+    c.expect(d, 200, "GET", stats, api_stats, Body::None);
+    c.expect(d, 403, "GET", "/v1/platform", "/v1/platform", Body::None);
     c.expect(
         d,
         200,
@@ -2314,6 +2407,38 @@ fn every_operation_is_routed_and_every_answer_matches_the_document() {
         Body::None,
     );
     c.expect(None, 401, "GET", "/metrics", "/metrics", Body::None);
+    let host = c.expect(a, 200, "GET", "/v1/platform", "/v1/platform", Body::None);
+    assert_eq!(host.json["hosts"], 1, "{}", host.json);
+    let namespaces = c.expect(
+        a,
+        200,
+        "GET",
+        "/v1/namespaces",
+        "/v1/namespaces",
+        Body::None,
+    );
+    assert_eq!(
+        host.json["namespaces"],
+        namespaces.json["namespaces"].as_array().unwrap().len(),
+        "{}",
+        host.json
+    );
+    // api and job in team-a and default, sleeper in busy.
+    assert_eq!(host.json["functions"], 5, "{}", host.json);
+    let driver = host.json["driver"].as_str().unwrap();
+    assert_eq!(
+        host.json["pools"][0]["driver"],
+        driver.split(',').next().unwrap(),
+        "the platform's driver's pool first: {}",
+        host.json
+    );
+    assert!(
+        host.json["in_use"]["memory_mb"].as_u64().unwrap()
+            <= host.json["budget"]["memory_mb"].as_u64().unwrap(),
+        "{}",
+        host.json
+    );
+    c.expect(None, 401, "GET", "/v1/platform", "/v1/platform", Body::None);
     let upgraded = c.expect(
         a,
         200,
