@@ -230,3 +230,54 @@ pub fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of the second shape, as the release that wrote it left it:
+    /// its tables, the `default` namespace, a tenant and a function.
+    fn second_shape() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(TABLES).unwrap();
+        conn.execute_batch(
+            "INSERT INTO namespaces VALUES ('default', 1, 10000, 10000, 1048576, 67108864);
+             INSERT INTO namespaces VALUES ('team-a', 1, 100, 32, 8192, 67108864);
+             INSERT INTO functions (namespace, name, created_ms, updated_ms) VALUES ('team-a', 'api', 1, 1);
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+        conn
+    }
+
+    #[test]
+    fn the_second_shape_gains_calls_schedules_and_queue_bounds() {
+        let mut conn = second_shape();
+        migrate(&mut conn).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, CURRENT);
+        let bound = |ns: &str| -> i64 {
+            conn.query_row(
+                "SELECT max_queued FROM namespaces WHERE name = ?1",
+                params![ns],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!((bound("default"), bound("team-a")), (100_000, 10_000));
+        for table in ["calls", "call_attempts", "schedules"] {
+            let n: i64 = conn
+                .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, 0, "{table} exists and is empty");
+        }
+        let functions: i64 = conn
+            .query_row("SELECT COUNT(*) FROM functions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(functions, 1, "what was there stays");
+        // Opening it again changes nothing.
+        migrate(&mut conn).unwrap();
+    }
+}
