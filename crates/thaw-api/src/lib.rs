@@ -498,7 +498,21 @@ pub struct PlatformView {
     pub functions: usize,
     /// The platform's driver's pool first.
     pub pools: Vec<RuntimePoolView>,
+    /// The last `thaw bench` report run on this host, if one was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bench: Option<BenchReport>,
 }
+
+/// A `thaw bench` report as it was written (markdown), and when.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub written_ms: i64,
+    pub markdown: String,
+}
+
+/// Where in a data directory `thaw bench` keeps a copy of its report for
+/// the dashboard's platform page.
+pub const BENCH_REPORT: &str = "bench/report.md";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Removed {

@@ -865,11 +865,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             o.command_line = thaw_bench::command_line(std::env::args());
             let written = thaw_bench::run(&o)?;
             println!("{}", written.markdown.display());
+            keep_bench_report(&written.markdown);
             if let Some(chart) = written.chart {
                 println!("{}", chart.display());
             }
             Ok(())
         }
+    }
+}
+
+/// Copies a bench report into this host's data directory (THAW_DATA_DIR or
+/// the default), where the dashboard's platform page shows it. A data
+/// directory that does not exist is not made for it.
+fn keep_bench_report(report: &Path) {
+    let data_dir = std::env::var_os("THAW_DATA_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(default_data_dir);
+    if !data_dir.is_dir() {
+        return;
+    }
+    let kept = data_dir.join(thaw_api::BENCH_REPORT);
+    let copied = kept
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|_| std::fs::copy(report, &kept));
+    match copied {
+        Ok(_) => eprintln!(
+            "a copy for the dashboard's platform page: {}",
+            kept.display()
+        ),
+        Err(e) => eprintln!("warning: could not keep a copy in {}: {e}", kept.display()),
     }
 }
 

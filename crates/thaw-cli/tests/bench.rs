@@ -62,7 +62,14 @@ fn bench(args: &[&str], out: &Path, env: &[(&str, &Path)]) -> String {
 fn quick_bench_writes_a_row_of_figures_per_system() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("b.md");
-    let stderr = bench(&["--quick", "--skip", "microvm"], &out, &[]);
+    // The data directory of this host, where a copy of the report is kept
+    // for the dashboard.
+    let data = tempfile::tempdir().unwrap();
+    let stderr = bench(
+        &["--quick", "--skip", "microvm"],
+        &out,
+        &[("THAW_DATA_DIR", data.path())],
+    );
     assert!(
         stderr.contains("[bench] thaw (Lambda handler) cold: first call 3/3"),
         "{stderr}"
@@ -72,6 +79,11 @@ fn quick_bench_writes_a_row_of_figures_per_system() {
     assert!(
         md.contains("thaw bench --quick --skip microvm --out"),
         "the exact command is in the report"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("bench/report.md")).unwrap(),
+        md,
+        "a copy is kept in the data directory"
     );
     assert!(section(&md, "microVM driver: boot against restore")
         .contains("Not measured (skipped: --skip microvm)."));

@@ -259,3 +259,27 @@ fn the_dashboard_shows_each_key_what_it_may_see_and_runs_nothing_it_shows() {
     let secrets = thaw_as(&p, &read, &["secret", "ls", "hello"]);
     assert!(secrets.contains("API_TOKEN"), "{secrets}");
 }
+
+#[test]
+fn the_platform_view_carries_the_last_bench_report_for_the_admin_only() {
+    let p = Platform::start();
+    let platform = |token: &str| {
+        http()
+            .get(format!("{}/v1/platform", p.server))
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+    };
+    let v: Value = platform(&p.token()).json().unwrap();
+    assert!(v.get("bench").is_none(), "no report yet: {v}");
+    // What `thaw bench` keeps in the data directory (tests/bench.rs).
+    let report = "# thaw benchmarks\n\n| system | p50 |\n| <b>thaw</b> | 1 ms |\n";
+    std::fs::create_dir_all(p.data_dir.join("bench")).unwrap();
+    std::fs::write(p.data_dir.join("bench/report.md"), report).unwrap();
+    let v: Value = platform(&p.token()).json().unwrap();
+    assert_eq!(v["bench"]["markdown"], report);
+    assert!(v["bench"]["written_ms"].as_i64().unwrap() > 0);
+    p.thaw_ok(&["ns", "create", "team-a"]);
+    let key = new_key(&p, "team-a", "viewer", "read");
+    assert_eq!(platform(&key).status(), 403);
+}

@@ -75,6 +75,27 @@ impl Platform {
             namespaces: namespaces.len(),
             functions: self.routes.list(None).len(),
             pools,
+            bench: self.bench_report(),
+        })
+    }
+
+    /// The copy of the last `thaw bench` report in the data directory
+    /// (`view::BENCH_REPORT`), at most 256 KiB of it.
+    fn bench_report(&self) -> Option<view::BenchReport> {
+        use std::io::Read as _;
+        let path = self.config.data_dir.join(view::BENCH_REPORT);
+        let file = std::fs::File::open(&path).ok()?;
+        let written_ms = file
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut bytes = Vec::new();
+        file.take(256 * 1024).read_to_end(&mut bytes).ok()?;
+        Some(view::BenchReport {
+            written_ms,
+            markdown: String::from_utf8_lossy(&bytes).into_owned(),
         })
     }
 }

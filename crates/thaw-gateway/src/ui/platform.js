@@ -57,6 +57,18 @@ function namespaces(list) {
       h('tbody', {}, rows)));
 }
 
+function bench(report) {
+  const section = h('section', { class: 'card', id: 'bench' }, h('h2', {}, 'Benchmarks'));
+  if (!report) {
+    section.append(h('p', { class: 'muted' }, 'No `thaw bench` report on this host yet: run `thaw bench` where this data directory is, and its figures appear here.'));
+    return section;
+  }
+  section.append(
+    h('p', { class: 'muted' }, `The last \`thaw bench\` run on this host, written ${when(report.written_ms)}:`),
+    h('pre', { class: 'output report' }, report.markdown));
+  return section;
+}
+
 export async function platformPage(page, main) {
   if (!page.can.admin) {
     fill(main, h('p', { class: 'notice error' }, 'The platform page needs the admin token.'));
@@ -67,7 +79,7 @@ export async function platformPage(page, main) {
   const load = async () => {
     try {
       const [p, ns] = await Promise.all([api('GET', '/v1/platform'), api('GET', '/v1/namespaces')]);
-      if (page.alive) fill(body, host(p), pools(p), namespaces(ns.namespaces));
+      if (page.alive) fill(body, host(p), pools(p), namespaces(ns.namespaces), bench(p.bench));
     } catch (e) {
       if (page.alive) fill(body, failure(e));
     }
