@@ -366,19 +366,36 @@ impl Registry {
     }
 
     /// Takes up to `limit` calls whose time has come, oldest first, and
-    /// marks them running with their attempt counted.
-    pub fn claim_calls(&self, now: i64, limit: u32) -> Result<Vec<Claimed>, RegistryError> {
+    /// marks them running with their attempt counted. No namespace gets
+    /// more than `per_namespace` running at once, so that one tenant's
+    /// backlog does not hold every attempt while another's calls wait.
+    pub fn claim_calls(
+        &self,
+        now: i64,
+        limit: u32,
+        per_namespace: u32,
+    ) -> Result<Vec<Claimed>, RegistryError> {
         let mut db = self.db.lock().unwrap();
         let tx = db.transaction()?;
         let claimed: Vec<Claimed> = {
             let mut stmt = tx.prepare(
-                "SELECT c.id, c.public_id, f.namespace, f.name, c.target, c.kind, c.payload, c.origin,
-                        c.attempts, c.max_attempts
-                 FROM calls c JOIN functions f ON f.id = c.function_id
-                 WHERE c.state IN ('queued', 'failed') AND c.run_at_ms <= ?1
-                 ORDER BY c.run_at_ms, c.id LIMIT ?2",
+                "WITH running AS (
+                     SELECT f.namespace AS ns, COUNT(*) AS n
+                     FROM calls c JOIN functions f ON f.id = c.function_id
+                     WHERE c.state = 'running' GROUP BY f.namespace
+                 ), due AS (
+                     SELECT c.id, c.public_id, f.namespace AS ns, f.name, c.target, c.kind, c.payload,
+                            c.origin, c.attempts, c.max_attempts, c.run_at_ms,
+                            ROW_NUMBER() OVER (PARTITION BY f.namespace ORDER BY c.run_at_ms, c.id) AS place
+                     FROM calls c JOIN functions f ON f.id = c.function_id
+                     WHERE c.state IN ('queued', 'failed') AND c.run_at_ms <= ?1
+                 )
+                 SELECT due.id, public_id, due.ns, name, target, kind, payload, origin, attempts, max_attempts
+                 FROM due LEFT JOIN running ON running.ns = due.ns
+                 WHERE due.place + COALESCE(running.n, 0) <= ?3
+                 ORDER BY run_at_ms, due.id LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![now, limit], |r| {
+            let rows = stmt.query_map(params![now, limit, per_namespace], |r| {
                 let payload: String = r.get(6)?;
                 Ok(Claimed {
                     row: r.get(0)?,

@@ -59,18 +59,18 @@ fn a_failing_call_is_retried_with_backoff_then_dead_lettered_and_replayed() {
 
     let mut now = thaw_registry::now_ms();
     for n in 1..=3u32 {
-        let claimed = reg.claim_calls(now, 10).unwrap();
+        let claimed = reg.claim_calls(now, 10, 100).unwrap();
         assert_eq!(claimed.len(), 1, "attempt {n} is due");
         assert_eq!(claimed[0].attempt, n);
         assert_eq!(reg.call("default", &id).unwrap().state, CallState::Running);
         // Nothing more to take while it runs.
-        assert!(reg.claim_calls(now, 10).unwrap().is_empty());
+        assert!(reg.claim_calls(now, 10, 100).unwrap().is_empty());
         let state = fail(&reg, &claimed[0], now);
         if n < 3 {
             assert_eq!(state, CallState::Failed);
             // Not before its backoff.
             assert!(reg
-                .claim_calls(now + backoff_ms(n) - 1, 10)
+                .claim_calls(now + backoff_ms(n) - 1, 10, 100)
                 .unwrap()
                 .is_empty());
             now += backoff_ms(n);
@@ -85,7 +85,10 @@ fn a_failing_call_is_retried_with_backoff_then_dead_lettered_and_replayed() {
     assert_eq!(dead.history[2].error.as_deref(), Some("boom 3"));
     assert_eq!(dead.history[1].logs, vec!["attempt 2".to_string()]);
     assert_eq!(dead.payload, Some(json!({ "n": 1 })));
-    assert!(reg.claim_calls(now + 3_600_000, 10).unwrap().is_empty());
+    assert!(reg
+        .claim_calls(now + 3_600_000, 10, 100)
+        .unwrap()
+        .is_empty());
 
     let listed = reg
         .calls(
@@ -102,7 +105,7 @@ fn a_failing_call_is_retried_with_backoff_then_dead_lettered_and_replayed() {
 
     // Replaying puts it back with its retries renewed; its history stays.
     assert_eq!(reg.replay_dead(&f, None).unwrap(), 1);
-    let c = reg.claim_calls(thaw_registry::now_ms(), 10).unwrap();
+    let c = reg.claim_calls(thaw_registry::now_ms(), 10, 100).unwrap();
     assert_eq!(c.len(), 1);
     assert_eq!(c[0].attempt, 1);
     let end = AttemptEnd::Succeeded {
@@ -130,7 +133,7 @@ fn no_retry_and_purge() {
     let f = FunctionId::new("default", "job");
     deploy(&reg, dir.path(), &f, "v1");
     let id = reg.enqueue(&call(&f, 1)).unwrap();
-    let c = reg.claim_calls(thaw_registry::now_ms(), 1).unwrap();
+    let c = reg.claim_calls(thaw_registry::now_ms(), 1, 100).unwrap();
     let end = AttemptEnd::Failed {
         outcome: "handler_error".into(),
         error: "do not retry me".into(),
@@ -164,7 +167,7 @@ fn a_call_running_when_thaw_stopped_is_run_again_without_losing_a_retry() {
         let reg = open(dir.path());
         deploy(&reg, dir.path(), &f, "v1");
         let id = reg.enqueue(&call(&f, 1)).unwrap();
-        let c = reg.claim_calls(thaw_registry::now_ms(), 10).unwrap();
+        let c = reg.claim_calls(thaw_registry::now_ms(), 10, 100).unwrap();
         assert_eq!(c.len(), 1);
         id
         // Dropped mid-attempt, as a kill would leave it.
@@ -175,7 +178,7 @@ fn a_call_running_when_thaw_stopped_is_run_again_without_losing_a_retry() {
     assert_eq!(again.state, CallState::Queued);
     assert_eq!(again.attempts, 0);
     assert_eq!(again.history[0].outcome, "interrupted");
-    let c = reg.claim_calls(thaw_registry::now_ms(), 10).unwrap();
+    let c = reg.claim_calls(thaw_registry::now_ms(), 10, 100).unwrap();
     assert_eq!(c[0].attempt, 1, "the interrupted attempt did not count");
 }
 
@@ -187,15 +190,15 @@ fn a_deferred_attempt_does_not_count() {
     deploy(&reg, dir.path(), &f, "v1");
     let id = reg.enqueue(&call(&f, 1)).unwrap();
     let now = thaw_registry::now_ms();
-    let c = reg.claim_calls(now, 10).unwrap();
+    let c = reg.claim_calls(now, 10, 100).unwrap();
     let end = AttemptEnd::Deferred {
         reason: "no room".into(),
         after_ms: 500,
     };
     reg.finish_attempt(&c[0], &attempt(&c[0], "deferred", now), &end, None)
         .unwrap();
-    assert!(reg.claim_calls(now + 499, 10).unwrap().is_empty());
-    let c = reg.claim_calls(now + 500, 10).unwrap();
+    assert!(reg.claim_calls(now + 499, 10, 100).unwrap().is_empty());
+    let c = reg.claim_calls(now + 500, 10, 100).unwrap();
     assert_eq!(c[0].attempt, 1);
     assert_eq!(reg.call("default", &id).unwrap().history.len(), 1);
 }
@@ -255,7 +258,7 @@ fn a_dedup_key_is_accepted_once_and_a_destination_hears_the_end() {
     tick.dedup = Some("schedule:1:1000".into());
     let id = reg.enqueue(&tick).unwrap();
     assert_eq!(reg.enqueue(&tick).unwrap(), id);
-    let c = reg.claim_calls(thaw_registry::now_ms(), 10).unwrap();
+    let c = reg.claim_calls(thaw_registry::now_ms(), 10, 100).unwrap();
     assert_eq!(c.len(), 1);
     let destination = Destination {
         function: "audit".into(),
@@ -269,7 +272,7 @@ fn a_dedup_key_is_accepted_once_and_a_destination_hears_the_end() {
         .unwrap()
         .unwrap();
     assert!(done.destination_sent);
-    let sent = reg.claim_calls(thaw_registry::now_ms(), 10).unwrap();
+    let sent = reg.claim_calls(thaw_registry::now_ms(), 10, 100).unwrap();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].function, audit);
     assert_eq!(sent[0].origin, "destination");
@@ -285,4 +288,36 @@ fn a_dedup_key_is_accepted_once_and_a_destination_hears_the_end() {
         .unwrap()
         .unwrap();
     assert!(!again.destination_sent);
+}
+
+#[test]
+fn one_namespace_backlog_does_not_take_every_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(dir.path());
+    reg.create_namespace("busy", NamespaceLimits::tenant())
+        .unwrap();
+    reg.create_namespace("quiet", NamespaceLimits::tenant())
+        .unwrap();
+    let busy = FunctionId::new("busy", "job");
+    let quiet = FunctionId::new("quiet", "job");
+    deploy(&reg, dir.path(), &busy, "busy");
+    deploy(&reg, dir.path(), &quiet, "quiet");
+    for n in 0..50 {
+        reg.enqueue(&call(&busy, n)).unwrap();
+    }
+    reg.enqueue(&call(&quiet, 0)).unwrap();
+    let now = thaw_registry::now_ms();
+    let first = reg.claim_calls(now, 10, 4).unwrap();
+    let of = |c: &[Claimed], ns: &str| c.iter().filter(|c| c.function.namespace == ns).count();
+    assert_eq!((of(&first, "busy"), of(&first, "quiet")), (4, 1));
+    // The busy namespace's four still run: nothing more for it.
+    let second = reg.claim_calls(now, 10, 4).unwrap();
+    assert!(second.is_empty(), "{}", second.len());
+    let end = AttemptEnd::Succeeded {
+        result: json!(null),
+    };
+    reg.finish_attempt(&first[0], &attempt(&first[0], "ok", now), &end, None)
+        .unwrap();
+    let third = reg.claim_calls(now, 10, 4).unwrap();
+    assert_eq!(third.len(), 1, "one more once one ended");
 }

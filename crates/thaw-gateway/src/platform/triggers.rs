@@ -25,6 +25,9 @@ use thaw_scheduler::InvokeError;
 /// Attempts running at once across the platform. Each waits in its
 /// function's own queue like an HTTP call when the function is busy.
 pub const ASYNC_CONCURRENCY: usize = 64;
+/// Of those, what one namespace may hold: another's calls still find room
+/// when one has a backlog.
+const ASYNC_PER_NAMESPACE: u32 = 32;
 /// How long an attempt that found no room waits before it is tried again.
 const DEFERRED_MS: i64 = 1000;
 /// The worker looks at the queue at least this often.
@@ -139,7 +142,7 @@ impl Platform {
                 } else {
                     let registry = p.registry.clone();
                     match tokio::task::spawn_blocking(move || {
-                        registry.claim_calls(now_ms(), free as u32)
+                        registry.claim_calls(now_ms(), free as u32, ASYNC_PER_NAMESPACE)
                     })
                     .await
                     {
