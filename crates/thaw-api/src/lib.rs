@@ -436,6 +436,8 @@ pub struct Removed {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DriverUpgrade {
     pub driver: String,
+    /// The Node line of the pool (`node22`): one pool per driver and line.
+    pub runtime: String,
     pub before: String,
     pub after: String,
     pub changed: bool,
