@@ -467,6 +467,7 @@ concurrency = 1       # requests one instance serves at once\n  \
 keep_alive = 300      # seconds an idle instance stays warm\n  \
 max_instances = 16    # instances at once; more calls queue\n  \
 driver = \"microvm\"    # or \"process\"; default: thaw up --driver\n  \
+runtime = \"node22\"    # the Node line (thaw runtime install node22); default: thaw up --node's\n  \
 [env]\n  \
 GREETING = \"hi\"\n\n\
 node_modules is uploaded when present; list paths to leave out in .thawignore (gitignore syntax).\n\

@@ -295,6 +295,21 @@ fn functions_run_on_the_node_lines_installed_from_a_registry() {
     let err = stderr_of(&out);
     assert!(err.contains("thaw runtime install node26"), "{err}");
 
+    // A microVM's guest holds the default line alone: refused before any
+    // VM is made.
+    let in_vm = function_dir(&[
+        ("index.mjs", REPORTS_ITS_NODE),
+        ("thaw.toml", "runtime = \"node22\"\ndriver = \"microvm\"\n"),
+    ]);
+    let out = p.thaw(&["deploy", in_vm.path().to_str().unwrap(), "--name", "in-vm"]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(&format!("the microvm driver runs {host_line} only"))
+            && err.contains("driver = \"process\""),
+        "{err}"
+    );
+
     // A new release of a line, installed while the platform runs, serves
     // the line's new instances after `thaw runtime upgrade`.
     let newer = bump_patch(&node22.version);

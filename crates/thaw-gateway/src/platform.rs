@@ -458,7 +458,20 @@ impl Platform {
     /// a release of it needs no restart).
     fn node_of(&self, kind: DriverKind, line: &str) -> Result<NodeBinary, ApiError> {
         if line == self.default_line.name() {
-            return Ok(default_node(&self.config));
+            let node = default_node(&self.config);
+            // Functions pinned to the default line must not move to
+            // another major version with a host's package upgrade.
+            let found = thaw_node::version_of(&node.path).map_err(|e| e.to_string());
+            return match found {
+                Ok(version) if version.line() == self.default_line => Ok(node),
+                Ok(version) => Err(format!(
+                    "{} is Node {version} now, and this platform's default line is {}: the default line cannot change while thaw runs; restart thaw up",
+                    node.path.display(),
+                    self.default_line
+                )),
+                Err(e) => Err(e),
+            }
+            .map_err(|e| invoke_error(&InvokeError::Unavailable(e)));
         }
         let refused = |code, message: String| ApiError::bad_request(code, message);
         let parsed =
