@@ -984,7 +984,10 @@ fn runtime_ls(data_dir: &Path, node: &Path) -> anyhow::Result<()> {
             v.line().name(),
             v.to_string(),
             "default (thaw up --node)".into(),
-            which_node(node),
+            thaw_sandbox::which(node)
+                .unwrap_or_else(|| node.to_path_buf())
+                .display()
+                .to_string(),
         ]),
         Err(e) => eprintln!("warning: no default line: {e}"),
     }
@@ -1028,22 +1031,6 @@ fn runtime_ls(data_dir: &Path, node: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Where a program named like `node` is on `PATH`, for showing.
-fn which_node(node: &Path) -> String {
-    if node.components().count() > 1 {
-        return node.display().to_string();
-    }
-    std::env::var_os("PATH")
-        .and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join(node))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| node.to_path_buf())
-        .display()
-        .to_string()
 }
 
 fn client(remote: &Remote) -> anyhow::Result<Client> {

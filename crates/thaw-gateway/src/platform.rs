@@ -346,6 +346,18 @@ impl Platform {
                 )
             })?;
         let jails = Jails::default();
+        let lines: Vec<String> = thaw_node::serving(&thaw_node::runtimes_dir(&config.data_dir))
+            .iter()
+            .map(|i| format!("{} ({})", i.version.line(), i.version))
+            .collect();
+        tracing::info!(
+            "Node lines: {default_line} by default (--node), installed: {}",
+            if lines.is_empty() {
+                "none".to_string()
+            } else {
+                lines.join(", ")
+            }
+        );
         let opened = open_driver(
             config.driver,
             &config,
@@ -898,6 +910,25 @@ fn runtime_shim(config: &Config) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pools_only_some_functions_use_are_small() {
+        let base = PoolConfig {
+            min_idle: 2,
+            max_idle: 16,
+            memory_budget: 512 << 20,
+            parallel_starts: 2,
+        };
+        let main = pool_config(DriverKind::Process, &base, false);
+        assert_eq!((main.min_idle, main.memory_budget), (2, 512 << 20));
+        let line = pool_config(DriverKind::Process, &base, true);
+        assert_eq!(
+            (line.min_idle, line.max_idle, line.memory_budget),
+            (1, 16, 128 << 20)
+        );
+        let vm = pool_config(DriverKind::Microvm, &base, true);
+        assert_eq!((vm.min_idle, vm.parallel_starts), (1, 1));
+    }
 
     #[test]
     fn the_host_budget_counts_pids_by_instance() {

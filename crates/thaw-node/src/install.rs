@@ -300,8 +300,9 @@ fn unpack(
 ) -> Result<Installation, NodeError> {
     std::fs::create_dir_all(runtimes_dir)
         .map_err(|e| NodeError::io(format!("cannot create {}", runtimes_dir.display()), e))?;
+    remove_abandoned_installs(runtimes_dir);
     let name = dir_name(&release.version);
-    let staging = runtimes_dir.join(format!(".install-{name}-{}", std::process::id()));
+    let staging = runtimes_dir.join(format!("{STAGING_PREFIX}{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     let result = unpack_into(release, tarball, &staging).and_then(|kept| {
         let target = runtimes_dir.join(&name);
@@ -327,6 +328,28 @@ fn unpack(
     });
     let _ = std::fs::remove_dir_all(&staging);
     result
+}
+
+/// Names the hidden directory an install unpacks in: this, the version's
+/// directory name, `-` and the installing process's id.
+const STAGING_PREFIX: &str = ".install-";
+
+/// Removes what installs killed before their end left (their process is
+/// gone); an install under way is left alone.
+fn remove_abandoned_installs(runtimes_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(runtimes_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(STAGING_PREFIX)) else {
+            continue;
+        };
+        let pid = rest.rsplit('-').next().and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Unpacks into `staging/archive` with every check of a hostile archive
@@ -488,6 +511,26 @@ mod tests {
         let all: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(all.len(), 1);
         assert_eq!(crate::installed(dir.path()), [i]);
+    }
+
+    #[test]
+    fn what_a_killed_install_left_is_removed_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        // No process has this id (above the kernel's largest pid_max).
+        let abandoned = dir.path().join(".install-node-22.0.1-4194305");
+        let running = dir
+            .path()
+            .join(format!(".install-node-22.0.2-{}", std::process::id()));
+        for d in [&abandoned, &running] {
+            std::fs::create_dir_all(d.join("archive")).unwrap();
+        }
+        let tgz = tarball(&[
+            ("package/package.json", MANIFEST, 0o644),
+            ("package/bin/node", "x", 0o755),
+        ]);
+        unpack(&release(""), &tgz, dir.path()).unwrap();
+        assert!(!abandoned.exists());
+        assert!(running.exists());
     }
 
     #[test]

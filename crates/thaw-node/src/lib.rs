@@ -160,6 +160,18 @@ pub fn newest(runtimes_dir: &Path, line: Line) -> Option<Installed> {
         .rfind(|i| i.version.line() == line)
 }
 
+/// The version that serves each line installed, by line.
+pub fn serving(runtimes_dir: &Path) -> Vec<Installed> {
+    let mut newest: Vec<Installed> = Vec::new();
+    for i in installed(runtimes_dir) {
+        match newest.last_mut() {
+            Some(last) if last.version.line() == i.version.line() => *last = i,
+            _ => newest.push(i),
+        }
+    }
+    newest
+}
+
 /// The version a `node` binary says it is (`node --version`); `node` is a
 /// path or a program found on `PATH`.
 pub fn version_of(node: &Path) -> Result<Version, NodeError> {
@@ -245,6 +257,11 @@ mod tests {
             super::newest(dir.path(), Line::parse("node26").unwrap()),
             None
         );
+        let serving: Vec<String> = serving(dir.path())
+            .iter()
+            .map(|i| i.version.to_string())
+            .collect();
+        assert_eq!(serving, ["22.11.0", "24.1.0"]);
         assert!(installed(&dir.path().join("missing")).is_empty());
     }
 }
