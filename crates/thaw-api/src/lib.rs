@@ -458,6 +458,8 @@ pub struct FunctionStats {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RuntimePoolView {
     pub driver: String,
+    /// The Node line its runtimes run (`node22`).
+    pub runtime: String,
     /// Runtimes waiting, bound to no function, and starting.
     pub idle: usize,
     pub starting: usize,
@@ -522,6 +524,8 @@ pub struct Removed {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DriverUpgrade {
     pub driver: String,
+    /// The Node line of the pool (`node22`): one pool per driver and line.
+    pub runtime: String,
     pub before: String,
     pub after: String,
     pub changed: bool,

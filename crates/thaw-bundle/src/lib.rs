@@ -29,7 +29,7 @@ pub use error::BundleError;
 pub use pack::{pack_dir, Packed};
 pub use seal::seal;
 pub use settings::{
-    read_settings, ScheduleSpec, Settings, DRIVERS, MAX_SCHEDULES, MAX_SCHEDULE_PAYLOAD,
+    read_settings, ScheduleSpec, Settings, DRIVERS, MAX_SCHEDULES, MAX_SCHEDULE_PAYLOAD, RUNTIMES,
     SETTINGS_FILE,
 };
 pub use unpack::{unpack, Unpacked};

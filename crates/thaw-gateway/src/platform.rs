@@ -3,7 +3,8 @@
 //! [`Platform`] keeps its parts private; what callers can do with it are
 //! the operations in `platform/ops.rs` (deploy, rollback, invoke ...),
 //! each checked against the caller's key. This file opens it: the data
-//! directory, the drivers and their pools of runtimes.
+//! directory, the drivers and their pools of runtimes, one per driver and
+//! Node line.
 
 mod calls;
 mod ops;
@@ -12,6 +13,7 @@ mod triggers;
 
 pub use ops::DeployOptions;
 
+use crate::errors::{invoke_error, ApiError};
 use crate::logsink::RegistryLogSink;
 use crate::metrics::Metrics;
 use crate::routes::{FunctionRoutes, RouteTable};
@@ -21,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use thaw_bundle::Limits;
+use thaw_node::Line;
 use thaw_registry::Registry;
 use thaw_sandbox::{
     Driver, JailSettings, JailedBuild, LogSink, ProcessDriver, ProcessDriverConfig,
@@ -65,7 +68,7 @@ pub struct Config {
 }
 
 /// The sandbox every runtime of this platform runs in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DriverKind {
     /// A jailed Node process per instance.
     Process,
@@ -169,6 +172,31 @@ fn build_sandbox(
     })))
 }
 
+/// The jails of each driver's runtimes, prepared once per start. A second
+/// pool of a driver (another Node line) shares the first one's jails: the
+/// same directory and range of uids, and one numbering, so that no two
+/// live runtimes share a jail id or a uid, and opening it does not take
+/// the first pool's live jails for left-overs of an earlier run.
+#[derive(Default)]
+struct Jails {
+    prepared: std::sync::Mutex<std::collections::HashMap<DriverKind, Option<JailSettings>>>,
+    /// Numbers every process runtime, whichever its line.
+    process_numbering: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Jails {
+    /// `kind`'s jail settings (`None`: unjailed), prepared at the first call.
+    fn settings(&self, config: &Config, kind: DriverKind) -> anyhow::Result<Option<JailSettings>> {
+        let mut prepared = self.prepared.lock().unwrap();
+        if let Some(settings) = prepared.get(&kind) {
+            return Ok(settings.clone());
+        }
+        let settings = jail_settings(config, kind)?;
+        prepared.insert(kind, settings.clone());
+        Ok(settings)
+    }
+}
+
 fn jail_settings(config: &Config, kind: DriverKind) -> anyhow::Result<Option<JailSettings>> {
     if config.jail == JailMode::Off {
         return Ok(None);
@@ -239,10 +267,12 @@ impl Config {
     }
 }
 
-/// What `Platform::upgrade_runtime` did for one driver.
+/// What `Platform::upgrade_runtime` did for one pool of runtimes.
 #[derive(Debug)]
 pub struct RuntimeUpgrade {
     pub driver: &'static str,
+    /// The pool's Node line.
+    pub runtime: String,
     pub change: thaw_sandbox::RuntimeChange,
     /// Waiting runtimes of the old runtime that were killed.
     pub replaced: usize,
@@ -269,8 +299,13 @@ pub struct Platform {
     driver_summary: String,
     /// The runtime shim every driver runs (replaced by `upgrade_runtime`).
     shim: RwLock<PathBuf>,
+    /// The Node line of `--node`: functions that name none run on it.
+    default_line: Line,
     sink: Arc<dyn LogSink>,
-    /// Held while a function's own driver is being opened.
+    /// Every driver's jails (prepared by the first pool of that driver).
+    jails: Jails,
+    /// Held while a pool of runtimes is being opened (a function's own
+    /// driver or line) or upgraded.
     opening_driver: tokio::sync::Mutex<()>,
     /// Wakes the async worker: a call was accepted or an attempt ended.
     async_wake: Arc<tokio::sync::Notify>,
@@ -303,10 +338,39 @@ impl Platform {
         }
         let token = registry.token(config.token.clone())?;
         let shim = runtime_shim(&config)?;
-        let opened = open_driver(config.driver, &config, &shim).await?;
+        let default_line = thaw_node::version_of(&config.node)
+            .map(|v| v.line())
+            .with_context(|| {
+                format!(
+                    "cannot tell which Node line {} is (set --node or THAW_NODE to Node.js 20 or newer)",
+                    config.node.display()
+                )
+            })?;
+        let jails = Jails::default();
+        let lines: Vec<String> = thaw_node::serving(&thaw_node::runtimes_dir(&config.data_dir))
+            .iter()
+            .map(|i| format!("{} ({})", i.version.line(), i.version))
+            .collect();
+        tracing::info!(
+            "Node lines: {default_line} by default (--node), installed: {}",
+            if lines.is_empty() {
+                "none".to_string()
+            } else {
+                lines.join(", ")
+            }
+        );
+        let opened = open_driver(
+            config.driver,
+            &config,
+            &jails,
+            &shim,
+            &default_node(&config),
+        )
+        .await?;
         let sink: Arc<dyn LogSink> = Arc::new(RegistryLogSink::start(registry.clone()));
         let runtimes = RuntimePool::new(
             opened.driver,
+            default_line.name(),
             sink.clone(),
             pool_config(config.driver, &config.pool, false),
         );
@@ -343,48 +407,56 @@ impl Platform {
             jailed: opened.jailed,
             driver_summary: opened.summary,
             shim: RwLock::new(shim),
+            default_line,
+            jails,
             sink,
             opening_driver: tokio::sync::Mutex::new(()),
             async_wake: Arc::new(tokio::sync::Notify::new()),
             provisioned_once: Default::default(),
         });
-        // Functions deployed with another `driver` need its runtimes too.
+        // Functions deployed with another `driver` or `runtime` need its
+        // runtimes too.
         for (function, routes) in platform.routes.list(None) {
             for route in routes.versions.values() {
-                if let Err(e) = platform.ensure_driver(&route.spec).await {
-                    eprintln!("warning: {function} cannot be served until this is fixed: {e}");
+                if let Err(e) = platform.ensure_runtimes(&route.spec).await {
+                    eprintln!(
+                        "warning: {function} cannot be served until this is fixed: {}",
+                        e.message
+                    );
                 }
             }
         }
         Ok(platform)
     }
 
-    /// Opens the driver `spec` names if this platform does not run it yet
-    /// (a function's `driver` in thaw.toml), with a pool of its own.
-    async fn ensure_driver(&self, spec: &FunctionSpec) -> Result<(), InvokeError> {
-        let Some(name) = spec.driver.as_deref() else {
-            return Ok(());
-        };
-        if self.scheduler.has_driver(Some(name)) {
+    /// Opens the pool of runtimes `spec` runs on if this platform has none
+    /// yet: the driver and Node line it names in thaw.toml (`driver`,
+    /// `runtime`), with a small pool of its own. A line that is not
+    /// installed, or that its driver cannot run, is refused with what to do.
+    async fn ensure_runtimes(&self, spec: &FunctionSpec) -> Result<(), ApiError> {
+        if self.scheduler.has_runtimes(spec) {
             return Ok(());
         }
         let _opening = self.opening_driver.lock().await;
-        if self.scheduler.has_driver(Some(name)) {
+        if self.scheduler.has_runtimes(spec) {
             return Ok(());
         }
-        let kind = DriverKind::from_name(name).ok_or_else(|| {
-            InvokeError::Unavailable(format!("this platform has no driver {name:?}"))
-        })?;
+        let (driver, line) = self.scheduler.runtime_of(spec);
+        let unavailable = |message: String| invoke_error(&InvokeError::Unavailable(message));
+        let kind = DriverKind::from_name(&driver)
+            .ok_or_else(|| unavailable(format!("this platform has no driver {driver:?}")))?;
+        let node = self.node_of(kind, &line)?;
         let shim = self.shim.read().unwrap().clone();
-        let opened = open_driver(kind, &self.config, &shim).await.map_err(|e| {
-            InvokeError::Unavailable(format!("could not start the {name} driver: {e:#}"))
-        })?;
+        let opened = open_driver(kind, &self.config, &self.jails, &shim, &node)
+            .await
+            .map_err(|e| unavailable(format!("could not start the {driver} driver: {e:#}")))?;
         eprintln!(
-            "functions with driver = {name:?} run under {}",
+            "functions with driver = {driver:?} and runtime = {line:?} run under {}",
             opened.summary
         );
         let runtimes = RuntimePool::new(
             opened.driver,
+            line,
             self.sink.clone(),
             pool_config(kind, &self.config.pool, true),
         );
@@ -393,12 +465,63 @@ impl Platform {
         Ok(())
     }
 
-    /// Switches every driver to the runtime on the host now (the shim:
-    /// `--shim`'s file read again, or the built-in one; Node; for VMs the
-    /// image and template made from them). Where it changed, waiting
-    /// runtimes are replaced; bound ones keep serving their function and
-    /// drain as they go idle (keep_alive), and the instances that follow
-    /// them start from the new runtime. No function is redeployed.
+    /// The `node` a pool of `kind` runs for `line`: `--node` for the
+    /// default line, else the newest release of the line installed under
+    /// the data directory, looked up anew each time (installing a line or
+    /// a release of it needs no restart).
+    fn node_of(&self, kind: DriverKind, line: &str) -> Result<NodeBinary, ApiError> {
+        if line == self.default_line.name() {
+            let node = default_node(&self.config);
+            // Functions pinned to the default line must not move to
+            // another major version with a host's package upgrade.
+            let found = thaw_node::version_of(&node.path).map_err(|e| e.to_string());
+            return match found {
+                Ok(version) if version.line() == self.default_line => Ok(node),
+                Ok(version) => Err(format!(
+                    "{} is Node {version} now, and this platform's default line is {}: the default line cannot change while thaw runs; restart thaw up",
+                    node.path.display(),
+                    self.default_line
+                )),
+                Err(e) => Err(e),
+            }
+            .map_err(|e| invoke_error(&InvokeError::Unavailable(e)));
+        }
+        let refused = |code, message: String| ApiError::bad_request(code, message);
+        let parsed =
+            Line::parse(line).map_err(|e| refused("runtime_unsupported", e.to_string()))?;
+        if kind == DriverKind::Microvm {
+            return Err(refused(
+                "runtime_unsupported",
+                format!(
+                    "runtime = {line:?}: the microvm driver runs {} only, the Node its guest image holds (thaw up --node); use driver = \"process\" for {line}, or leave runtime out",
+                    self.default_line
+                ),
+            ));
+        }
+        let runtimes_dir = thaw_node::runtimes_dir(&self.config.data_dir);
+        let installed = thaw_node::newest(&runtimes_dir, parsed).ok_or_else(|| {
+            refused(
+                "runtime_not_installed",
+                format!(
+                    "runtime = {line:?} is not installed on this platform (its default is {}): run `thaw runtime install {line}` on its host, then deploy again",
+                    self.default_line
+                ),
+            )
+        })?;
+        Ok(NodeBinary {
+            path: installed.node,
+            in_jail: Some(PathBuf::from(LINE_NODE_IN_JAIL)),
+        })
+    }
+
+    /// Switches every pool to the runtime on the host now (the shim:
+    /// `--shim`'s file read again, or the built-in one; its line's Node:
+    /// `--node` found again, or the newest release of the line installed;
+    /// for VMs the image and template made from them). Where it changed,
+    /// waiting runtimes are replaced; bound ones keep serving their
+    /// function and drain as they go idle (keep_alive), and the instances
+    /// that follow them start from the new runtime. No function is
+    /// redeployed.
     pub async fn upgrade_runtime(&self) -> anyhow::Result<Vec<RuntimeUpgrade>> {
         let _opening = self.opening_driver.lock().await;
         let shim = runtime_shim(&self.config)?;
@@ -406,12 +529,25 @@ impl Platform {
         let mut done: Vec<RuntimeUpgrade> = Vec::new();
         for pool in self.scheduler.all_runtimes() {
             let driver = pool.driver().name();
-            let change = match pool.driver().upgrade_runtime(&shim).await {
+            let runtime = pool.runtime().to_string();
+            let kind = DriverKind::from_name(driver).unwrap_or(self.config.driver);
+            let upgraded = match self.node_of(kind, &runtime) {
+                Ok(node) => pool
+                    .driver()
+                    .upgrade_runtime(&shim, &node.path)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.message),
+            };
+            let change = match upgraded {
                 Ok(change) => change,
                 Err(e) => {
-                    let upgraded: Vec<&str> = done.iter().map(|u| u.driver).collect();
+                    let upgraded: Vec<String> = done
+                        .iter()
+                        .map(|u| format!("{} {}", u.driver, u.runtime))
+                        .collect();
                     anyhow::bail!(
-                        "the {driver} driver: {e} (drivers upgraded before it: {})",
+                        "the {driver} driver's {runtime} runtimes: {e} (upgraded before them: {})",
                         if upgraded.is_empty() {
                             "none".to_string()
                         } else {
@@ -429,12 +565,13 @@ impl Platform {
                 0
             };
             tracing::info!(
-                "runtime of the {driver} driver: {} -> {} ({replaced} waiting runtimes replaced)",
+                "{runtime} runtime of the {driver} driver: {} -> {} ({replaced} waiting runtimes replaced)",
                 change.before,
                 change.after
             );
             done.push(RuntimeUpgrade {
                 driver,
+                runtime,
                 change,
                 replaced,
             });
@@ -543,8 +680,9 @@ impl Platform {
             if !pool.filled() {
                 let s = pool.snapshot();
                 waiting.push(format!(
-                    "the {} driver's pool: {} of {} runtimes started",
+                    "the {} driver's {} pool: {} of {} runtimes started",
                     pool.driver().name(),
+                    pool.runtime(),
                     s.idle,
                     s.target
                 ));
@@ -575,6 +713,27 @@ impl DriverKind {
     }
 }
 
+/// Where a line's binary appears inside a runtime's jail: one fixed path,
+/// so that no mount names the data directory (the default line's `node`
+/// stays at its host path).
+const LINE_NODE_IN_JAIL: &str = "/usr/local/bin/node";
+
+/// The `node` a pool runs.
+struct NodeBinary {
+    /// On the host: a program on `PATH` or a path.
+    path: PathBuf,
+    /// Where a jail shows it; `None`: at its host path.
+    in_jail: Option<PathBuf>,
+}
+
+/// The default line's `node`: `--node`, found on `PATH` anew.
+fn default_node(config: &Config) -> NodeBinary {
+    NodeBinary {
+        path: thaw_sandbox::which(&config.node).unwrap_or_else(|| config.node.clone()),
+        in_jail: None,
+    }
+}
+
 /// A driver ready to start runtimes.
 struct OpenedDriver {
     driver: Arc<dyn Driver>,
@@ -583,17 +742,23 @@ struct OpenedDriver {
     summary: String,
 }
 
+/// Opens a driver of `kind` whose runtimes run `node` (the process
+/// driver's; a VM's Node is the guest image's, made from `config.node`).
 async fn open_driver(
     kind: DriverKind,
     config: &Config,
+    jails: &Jails,
     shim: &Path,
+    node: &NodeBinary,
 ) -> anyhow::Result<OpenedDriver> {
     Ok(match kind {
         DriverKind::Process => {
-            let jail = jail_settings(config, DriverKind::Process)?;
+            let jail = jails.settings(config, DriverKind::Process)?;
             let jailed = jail.is_some();
             let driver = ProcessDriver::new(ProcessDriverConfig {
-                node: config.node.clone(),
+                node: node.path.clone(),
+                node_in_jail: node.in_jail.clone(),
+                numbering: jails.process_numbering.clone(),
                 shim: shim.to_path_buf(),
                 // TypeScript is bundled with inline source maps: stack
                 // traces then point at the user's .ts lines.
@@ -607,7 +772,7 @@ async fn open_driver(
             }
         }
         DriverKind::Microvm => {
-            let driver = open_microvm(config, shim.to_path_buf()).await?;
+            let driver = open_microvm(config, jails, shim.to_path_buf()).await?;
             let jailed = driver.is_jailed();
             let summary = format!(
                 "microvm, {}",
@@ -625,17 +790,21 @@ async fn open_driver(
     })
 }
 
-/// The pool settings for a driver's runtimes; `extra` for a driver only
-/// some functions use (thaw.toml's `driver`).
+/// The pool settings for a driver's runtimes; `extra` for a pool only
+/// some functions use (thaw.toml's `driver` or `runtime`): at most one
+/// runtime waits while nothing cold-starts, and its runtimes together
+/// get a quarter of the memory budget (the pool still grows with the rate
+/// of cold starts, as every pool does).
 fn pool_config(kind: DriverKind, base: &PoolConfig, extra: bool) -> PoolConfig {
     let mut pool = base.clone();
     if kind == DriverKind::Microvm {
         // A restore takes a core for a while under TCG: one at a time, so
         // that refilling never crowds out calls being served.
         pool.parallel_starts = 1;
-        if extra {
-            pool.min_idle = pool.min_idle.min(1);
-        }
+    }
+    if extra {
+        pool.min_idle = pool.min_idle.min(1);
+        pool.memory_budget /= 4;
     }
     pool
 }
@@ -643,6 +812,7 @@ fn pool_config(kind: DriverKind, base: &PoolConfig, extra: bool) -> PoolConfig {
 /// The microvm driver, with its set-up shown on stderr step by step.
 async fn open_microvm(
     config: &Config,
+    jails: &Jails,
     shim: PathBuf,
 ) -> anyhow::Result<thaw_microvm::MicrovmDriver> {
     let run_dir = {
@@ -674,7 +844,7 @@ async fn open_microvm(
             )
         })?,
         run_dir,
-        jail: jail_settings(config, DriverKind::Microvm)?,
+        jail: jails.settings(config, DriverKind::Microvm)?,
         kernel: config.guest_kernel.clone(),
     };
     let driver = thaw_microvm::MicrovmDriver::open(
@@ -704,7 +874,7 @@ pub async fn build_microvm_runtime(config: Config) -> anyhow::Result<String> {
         )
     })?;
     let shim = runtime_shim(&config)?;
-    let driver = open_microvm(&config, shim).await?;
+    let driver = open_microvm(&config, &Jails::default(), shim).await?;
     let template = driver.template();
     Ok(format!(
         "image {} (kernel {}, initramfs {} MiB), {} template in {}",
@@ -741,6 +911,25 @@ fn runtime_shim(config: &Config) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pools_only_some_functions_use_are_small() {
+        let base = PoolConfig {
+            min_idle: 2,
+            max_idle: 16,
+            memory_budget: 512 << 20,
+            parallel_starts: 2,
+        };
+        let main = pool_config(DriverKind::Process, &base, false);
+        assert_eq!((main.min_idle, main.memory_budget), (2, 512 << 20));
+        let line = pool_config(DriverKind::Process, &base, true);
+        assert_eq!(
+            (line.min_idle, line.max_idle, line.memory_budget),
+            (1, 16, 128 << 20)
+        );
+        let vm = pool_config(DriverKind::Microvm, &base, true);
+        assert_eq!((vm.min_idle, vm.parallel_starts), (1, 1));
+    }
 
     #[test]
     fn the_host_budget_counts_pids_by_instance() {

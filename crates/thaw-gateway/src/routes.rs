@@ -35,6 +35,7 @@ impl Route {
             max_instances: s.max_instances,
             min_instances: s.min_instances,
             driver: s.driver.clone(),
+            runtime: s.runtime.clone(),
         };
         Route { version, spec }
     }

@@ -169,15 +169,16 @@ impl MicrovmDriver {
             .clone()
     }
 
-    /// Rebuilds the image from what is on the host now, with `shim`, and
-    /// restores new VMs from its template; VMs already running keep the
-    /// memory they were restored from (their own descriptor of it).
-    async fn upgrade(&self, shim: &Path) -> Result<RuntimeChange, MicrovmError> {
+    /// Rebuilds the image from what is on the host now, with `shim` and
+    /// `node`, and restores new VMs from its template; VMs already running
+    /// keep the memory they were restored from (their own descriptor of it).
+    async fn upgrade(&self, shim: &Path, node: &Path) -> Result<RuntimeChange, MicrovmError> {
         let _one_at_a_time = self.upgrading.lock().await;
         let before = self.template().image.id.clone();
         let config = {
             let mut config = self.config.lock().unwrap_or_else(|e| e.into_inner());
             config.shim = shim.to_path_buf();
+            config.node = node.to_path_buf();
             config.clone()
         };
         let mut opts = self.opts.clone();
@@ -377,9 +378,10 @@ impl Driver for MicrovmDriver {
     fn upgrade_runtime<'a>(
         &'a self,
         shim: &'a Path,
+        node: &'a Path,
     ) -> BoxFuture<'a, Result<RuntimeChange, SandboxError>> {
         Box::pin(async move {
-            self.upgrade(shim)
+            self.upgrade(shim, node)
                 .await
                 .map_err(|e| SandboxError::Start(format!("could not upgrade the runtime: {e}")))
         })

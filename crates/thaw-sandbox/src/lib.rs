@@ -75,13 +75,16 @@ pub trait Driver: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<String, SandboxError>>;
 
     /// Makes the runtimes started from now on run the runtime that is on
-    /// the host now: the shim at `shim`, the host's Node, and for VMs the
-    /// image and template made from them. Runtimes already started keep
-    /// theirs (the platform lets bound ones drain and replaces waiting
-    /// ones). May take long (a VM template boots once).
+    /// the host now: the shim at `shim`, the `node` binary at `node` (a
+    /// program on `PATH` or a path: the platform finds the newest release
+    /// of the pool's line), and for VMs the image and template made from
+    /// them. Runtimes already started keep theirs (the platform lets bound
+    /// ones drain and replaces waiting ones). May take long (a VM template
+    /// boots once).
     fn upgrade_runtime<'a>(
         &'a self,
         shim: &'a Path,
+        node: &'a Path,
     ) -> BoxFuture<'a, Result<RuntimeChange, SandboxError>>;
 }
 

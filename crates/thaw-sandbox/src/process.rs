@@ -35,8 +35,16 @@ const OUTPUT_QUEUE: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct ProcessDriverConfig {
-    /// The `node` binary.
+    /// The `node` binary: a program on `PATH` or a path.
     pub node: PathBuf,
+    /// Where `node` appears inside a jail: a fixed path for a binary kept
+    /// under thaw's data directory, so that no mount names it; `None`: at
+    /// its own path, beside the libraries it loads.
+    pub node_in_jail: Option<PathBuf>,
+    /// Numbers the runtimes it starts (their jail ids and uids): drivers
+    /// that share jail settings must share it, so that no two live
+    /// runtimes share a jail or a uid.
+    pub numbering: Arc<AtomicU64>,
     /// The runtime shim, `shim.mjs`.
     pub shim: PathBuf,
     /// Extra flags for `node`, before the shim's path.
@@ -76,7 +84,6 @@ pub struct ProcessDriver {
     config: ProcessDriverConfig,
     /// What runtimes start from now; replaced by `upgrade_runtime`.
     files: std::sync::RwLock<Arc<RuntimeFiles>>,
-    next_instance: AtomicU64,
 }
 
 /// The files one runtime is started from.
@@ -84,17 +91,26 @@ struct RuntimeFiles {
     /// `node`, resolved on PATH when jailed (it is bound at that path).
     node: PathBuf,
     shim: PathBuf,
-    /// Host paths Node needs inside a jail (itself, its loader, libraries).
+    /// Host paths Node needs inside a jail (itself, its loader, libraries),
+    /// each at its own path.
     node_binds: Vec<PathBuf>,
+    /// `node` bound at another path inside a jail (`node_in_jail`).
+    moved_node: Option<(PathBuf, PathBuf)>,
 }
 
 impl RuntimeFiles {
-    fn find(node: &Path, shim: &Path, jailed: bool) -> Result<RuntimeFiles, SandboxError> {
+    fn find(
+        node: &Path,
+        shim: &Path,
+        jailed: bool,
+        node_in_jail: Option<&Path>,
+    ) -> Result<RuntimeFiles, SandboxError> {
         if !jailed {
             return Ok(RuntimeFiles {
                 node: node.to_path_buf(),
                 shim: shim.to_path_buf(),
                 node_binds: Vec::new(),
+                moved_node: None,
             });
         }
         let node = which(node).ok_or_else(|| {
@@ -103,13 +119,24 @@ impl RuntimeFiles {
                 node.display()
             ))
         })?;
-        let node_binds =
+        let mut node_binds =
             thaw_jail::program_binds(&node).map_err(|e| SandboxError::Start(e.to_string()))?;
+        // The binary comes first; its loader and libraries stay where
+        // they are looked for.
+        let moved_node = node_in_jail.map(|inside| (node_binds.remove(0), inside.to_path_buf()));
         Ok(RuntimeFiles {
             node,
             shim: shim.to_path_buf(),
             node_binds,
+            moved_node,
         })
+    }
+
+    /// The path a jailed runtime runs `node` from.
+    fn node_inside(&self) -> &Path {
+        self.moved_node
+            .as_ref()
+            .map_or(self.node.as_path(), |(_, inside)| inside.as_path())
     }
 
     /// Names this runtime: the shim's path (thaw writes each shim under a
@@ -133,11 +160,15 @@ impl RuntimeFiles {
 
 impl ProcessDriver {
     pub fn new(config: ProcessDriverConfig) -> Result<Self, SandboxError> {
-        let files = RuntimeFiles::find(&config.node, &config.shim, config.jail.is_some())?;
+        let files = RuntimeFiles::find(
+            &config.node,
+            &config.shim,
+            config.jail.is_some(),
+            config.node_in_jail.as_deref(),
+        )?;
         Ok(ProcessDriver {
             files: std::sync::RwLock::new(Arc::new(files)),
             config,
-            next_instance: AtomicU64::new(0),
         })
     }
 
@@ -157,14 +188,16 @@ impl ProcessDriver {
             cmd.args(&self.config.node_args).arg(&files.shim);
             return Ok((cmd, None));
         };
-        let n = self.next_instance.fetch_add(1, Ordering::Relaxed);
+        let n = self.config.numbering.fetch_add(1, Ordering::Relaxed);
         let shim_dir = files.shim.parent().unwrap_or(Path::new("/"));
         let shim_name = files.shim.file_name().unwrap_or_default();
         let config = thaw_jail::JailConfig {
             id: format!("i{}-{n}", std::process::id()),
             state_dir: jail.state_dir.clone(),
             ro_binds: files.node_binds.clone(),
-            binds: vec![(shim_dir.to_path_buf(), PathBuf::from(JAIL_RUNTIME_DIR))],
+            binds: std::iter::once((shim_dir.to_path_buf(), PathBuf::from(JAIL_RUNTIME_DIR)))
+                .chain(files.moved_node.clone())
+                .collect(),
             writable_binds: Vec::new(),
             devices: Vec::new(),
             own_seccomp: false,
@@ -181,7 +214,7 @@ impl ProcessDriver {
                 .to_string_lossy()
                 .into_owned(),
         );
-        let argv = thaw_jail::command_args(&config, &files.node, &args)
+        let argv = thaw_jail::command_args(&config, files.node_inside(), &args)
             .map_err(|e| SandboxError::Start(e.to_string()))?;
         let mut cmd = Command::new(&jail.exe);
         cmd.args(argv);
@@ -231,7 +264,7 @@ impl ProcessDriver {
         let mut child = cmd.spawn().map_err(|e| {
             SandboxError::Start(format!(
                 "could not run {}: {e} (is Node.js 20 installed? set THAW_NODE to its path)",
-                self.config.node.display()
+                self.files().node.display()
             ))
         })?;
         drop(runtime_fd);
@@ -274,10 +307,16 @@ impl Driver for ProcessDriver {
     fn upgrade_runtime<'a>(
         &'a self,
         shim: &'a Path,
+        node: &'a Path,
     ) -> BoxFuture<'a, Result<RuntimeChange, SandboxError>> {
         Box::pin(async move {
             let before = self.files().identity();
-            let files = RuntimeFiles::find(&self.config.node, shim, self.config.jail.is_some())?;
+            let files = RuntimeFiles::find(
+                node,
+                shim,
+                self.config.jail.is_some(),
+                self.config.node_in_jail.as_deref(),
+            )?;
             let after = files.identity();
             *self.files.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(files);
             Ok(RuntimeChange { before, after })

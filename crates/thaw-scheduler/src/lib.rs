@@ -52,6 +52,9 @@ pub struct FunctionSpec {
     /// The driver its instances run under (`Driver::name`); `None`: the
     /// scheduler's first.
     pub driver: Option<String>,
+    /// The runtime its instances run ([`RuntimePool::runtime`], a Node line
+    /// such as `node22`); `None`: the scheduler's first.
+    pub runtime: Option<String>,
 }
 
 /// `env` holds the function's secrets: Debug prints its names alone.
@@ -71,6 +74,7 @@ impl std::fmt::Debug for FunctionSpec {
             .field("max_instances", &self.max_instances)
             .field("min_instances", &self.min_instances)
             .field("driver", &self.driver)
+            .field("runtime", &self.runtime)
             .finish()
     }
 }
@@ -243,8 +247,9 @@ fn key_of(spec: &FunctionSpec) -> PoolKey {
 }
 
 pub struct Scheduler {
-    /// One pool of pre-started runtimes per driver; the first is the
-    /// platform's, used by functions that name none.
+    /// One pool of pre-started runtimes per driver and runtime; the first
+    /// is the platform's, whose driver and runtime serve functions that
+    /// name none.
     runtimes: RwLock<Vec<Arc<RuntimePool>>>,
     config: SchedulerConfig,
     pools: Mutex<HashMap<PoolKey, Pool>>,
@@ -296,7 +301,7 @@ impl Scheduler {
     }
 
     /// The pool of pre-started runtimes behind cold starts of functions
-    /// that name no driver.
+    /// that name no driver and no runtime.
     pub fn runtimes(&self) -> Arc<RuntimePool> {
         self.runtimes.read().unwrap()[0].clone()
     }
@@ -306,22 +311,38 @@ impl Scheduler {
         self.runtimes.read().unwrap().clone()
     }
 
-    /// Lets functions whose `driver` is `runtimes`' driver run.
+    /// Lets functions whose driver and runtime are `runtimes`' run.
     pub fn add_runtimes(&self, runtimes: Arc<RuntimePool>) {
         self.runtimes.write().unwrap().push(runtimes);
     }
 
-    /// Whether functions with this `driver` can run here.
-    pub fn has_driver(&self, driver: Option<&str>) -> bool {
-        self.runtimes_for(driver).is_some()
+    /// The driver and runtime `spec` runs on: its own, or the platform's
+    /// where it names none.
+    pub fn runtime_of(&self, spec: &FunctionSpec) -> (String, String) {
+        let first = self.runtimes();
+        (
+            spec.driver
+                .clone()
+                .unwrap_or_else(|| first.driver().name().to_string()),
+            spec.runtime
+                .clone()
+                .unwrap_or_else(|| first.runtime().to_string()),
+        )
     }
 
-    fn runtimes_for(&self, driver: Option<&str>) -> Option<Arc<RuntimePool>> {
-        let all = self.runtimes.read().unwrap();
-        match driver {
-            None => Some(all[0].clone()),
-            Some(name) => all.iter().find(|r| r.driver().name() == name).cloned(),
-        }
+    /// Whether this scheduler has a pool for `spec`'s driver and runtime.
+    pub fn has_runtimes(&self, spec: &FunctionSpec) -> bool {
+        self.runtimes_for(spec).is_some()
+    }
+
+    fn runtimes_for(&self, spec: &FunctionSpec) -> Option<Arc<RuntimePool>> {
+        let (driver, runtime) = self.runtime_of(spec);
+        self.runtimes
+            .read()
+            .unwrap()
+            .iter()
+            .find(|r| r.driver().name() == driver && r.runtime() == runtime)
+            .cloned()
     }
 
     /// Runs one call of `spec` with `payload`.
@@ -719,10 +740,10 @@ impl Scheduler {
 
     async fn start_and_init(&self, spec: &FunctionSpec) -> Result<Instance, InvokeError> {
         let began = Instant::now();
-        let runtimes = self.runtimes_for(spec.driver.as_deref()).ok_or_else(|| {
+        let runtimes = self.runtimes_for(spec).ok_or_else(|| {
+            let (driver, runtime) = self.runtime_of(spec);
             InvokeError::Unavailable(format!(
-                "this platform runs no {:?} runtimes",
-                spec.driver.as_deref().unwrap_or_default()
+                "this platform runs no {runtime} runtimes under the {driver} driver"
             ))
         })?;
         let (instance, from_pool) = runtimes
@@ -925,6 +946,7 @@ mod tests {
             max_instances: 1,
             min_instances: 0,
             driver: None,
+            runtime: None,
         };
         let shown = format!("{spec:?}");
         assert!(

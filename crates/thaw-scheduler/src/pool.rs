@@ -71,6 +71,8 @@ struct State {
 
 pub struct RuntimePool {
     driver: Arc<dyn Driver>,
+    /// What its runtimes run, beside the driver: a Node line (`node22`).
+    runtime: String,
     sink: Arc<dyn LogSink>,
     config: PoolConfig,
     state: Mutex<State>,
@@ -86,9 +88,18 @@ pub struct RuntimePool {
 }
 
 impl RuntimePool {
-    pub fn new(driver: Arc<dyn Driver>, sink: Arc<dyn LogSink>, config: PoolConfig) -> Arc<Self> {
+    /// A pool of `driver`'s runtimes of `runtime` (a Node line, `node22`:
+    /// the scheduler picks the pool by driver and runtime, and does not
+    /// look further into either).
+    pub fn new(
+        driver: Arc<dyn Driver>,
+        runtime: impl Into<String>,
+        sink: Arc<dyn LogSink>,
+        config: PoolConfig,
+    ) -> Arc<Self> {
         Arc::new(RuntimePool {
             driver,
+            runtime: runtime.into(),
             sink,
             config,
             state: Mutex::new(State {
@@ -110,6 +121,11 @@ impl RuntimePool {
 
     pub fn driver(&self) -> &Arc<dyn Driver> {
         &self.driver
+    }
+
+    /// The Node line its runtimes run (`node22`).
+    pub fn runtime(&self) -> &str {
+        &self.runtime
     }
 
     /// A started runtime for a cold start: from the pool when one waits,

@@ -160,6 +160,7 @@ impl Driver for FakeDriver {
     fn upgrade_runtime<'a>(
         &'a self,
         _shim: &'a Path,
+        _node: &'a Path,
     ) -> BoxFuture<'a, Result<RuntimeChange, SandboxError>> {
         Box::pin(async {
             Ok(RuntimeChange {
@@ -332,6 +333,7 @@ fn setup_with(config: SchedulerConfig) -> (Arc<FakeDriver>, Scheduler) {
     let driver = Arc::new(FakeDriver::default());
     let runtimes = RuntimePool::new(
         driver.clone(),
+        "node20",
         Arc::new(NullSink),
         PoolConfig {
             min_idle: 0,
@@ -358,6 +360,7 @@ fn spec(namespace: &str, name: &str, version: i64) -> FunctionSpec {
         max_instances: 16,
         min_instances: 0,
         driver: None,
+        runtime: None,
     }
 }
 
@@ -423,6 +426,63 @@ async fn a_warm_instance_is_reused() {
     let stats = scheduler.stats("a", "f");
     assert_eq!((stats.busy, stats.idle, stats.starting), (0, 1, 0));
     assert_eq!(scheduler.usage("a"), (1, 128));
+}
+
+#[tokio::test]
+async fn a_function_runs_on_the_pool_of_its_runtime_line() {
+    let (default_line, scheduler) = setup();
+    let node22 = Arc::new(FakeDriver::default());
+    let pool = |driver: &Arc<FakeDriver>, line: &str| {
+        RuntimePool::new(
+            driver.clone(),
+            line,
+            Arc::new(NullSink),
+            PoolConfig {
+                min_idle: 0,
+                max_idle: 0,
+                memory_budget: u64::MAX,
+                parallel_starts: 1,
+            },
+        )
+    };
+    let on = |line: Option<&str>, name: &str| FunctionSpec {
+        runtime: line.map(String::from),
+        ..spec("a", name, 1)
+    };
+    assert!(scheduler.has_runtimes(&on(None, "f")));
+    // The first pool's line is the default, named or not.
+    assert!(scheduler.has_runtimes(&on(Some("node20"), "f")));
+    assert!(!scheduler.has_runtimes(&on(Some("node22"), "g")));
+    let missing = scheduler
+        .invoke(&on(Some("node22"), "g"), sleeping(0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&missing, InvokeError::Unavailable(m) if m.contains("no node22 runtimes under the fake driver")),
+        "{missing:?}"
+    );
+
+    scheduler.add_runtimes(pool(&node22, "node22"));
+    assert_eq!(
+        scheduler.runtime_of(&on(Some("node22"), "g")),
+        ("fake".to_string(), "node22".to_string())
+    );
+    scheduler
+        .invoke(&on(Some("node22"), "g"), sleeping(0))
+        .await
+        .unwrap();
+    scheduler.invoke(&on(None, "f"), sleeping(0)).await.unwrap();
+    scheduler
+        .invoke(&on(Some("node20"), "h"), sleeping(0))
+        .await
+        .unwrap();
+    assert_eq!((default_line.starts(), node22.starts()), (2, 1));
+    assert_eq!(node22.last_init().unwrap().function, "g");
+    let other_driver = FunctionSpec {
+        driver: Some("microvm".into()),
+        ..on(Some("node22"), "k")
+    };
+    assert!(!scheduler.has_runtimes(&other_driver));
 }
 
 #[tokio::test]

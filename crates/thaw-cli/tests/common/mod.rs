@@ -283,7 +283,7 @@ pub fn upgrade_runtime_while_serving(p: &Platform, shim: &Path, driver: &str) {
     std::fs::write(shim, source).unwrap();
     let out = p.thaw_ok(&["runtime", "upgrade"]);
     assert!(
-        out.contains(&format!("{driver}: ")) && out.contains(" -> "),
+        out.contains(&format!("{driver} node")) && out.contains(" -> "),
         "{out}"
     );
 
@@ -299,7 +299,10 @@ pub fn upgrade_runtime_while_serving(p: &Platform, shim: &Path, driver: &str) {
     assert_eq!(body("rt-fresh"), "v2");
 
     let again = p.thaw_ok(&["runtime", "upgrade"]);
-    assert!(again.contains(&format!("{driver}: unchanged")), "{again}");
+    assert!(
+        again.starts_with(&format!("{driver} node")) && again.contains(": unchanged"),
+        "{again}"
+    );
 }
 
 /// Calls `name` at `path`, which goes past its memory limit of `mb` MiB:

@@ -130,10 +130,11 @@ impl Platform {
 
     pub(crate) fn started_line(&self, addr: SocketAddr) -> String {
         format!(
-            "thaw is up on http://{addr}  (data: {}, driver: {}{}, functions: {})",
+            "thaw is up on http://{addr}  (data: {}, driver: {}{}, runtime: {}, functions: {})",
             self.config.data_dir.display(),
             self.driver_summary,
             if self.jailed { ", jailed" } else { "" },
+            self.default_line,
             self.routes.list(None).len()
         )
     }
@@ -515,24 +516,28 @@ impl Platform {
     /// lock.
     async fn release(&self, version: Version, promote: bool) -> Result<(), ApiError> {
         let route = Route::new(version.clone());
-        let loaded = match self.ensure_driver(&route.spec).await {
-            Ok(()) => self.scheduler.start_idle(&route.spec).await,
+        let loaded = match self.ensure_runtimes(&route.spec).await {
+            Ok(()) => self
+                .scheduler
+                .start_idle(&route.spec)
+                .await
+                .map_err(|e| match e {
+                    InvokeError::InitFailed { message, stack } => ApiError::bad_request(
+                        "init_failed",
+                        format!(
+                            "the code failed to load, so the previous version keeps serving: {message}"
+                        ),
+                    )
+                    .with(serde_json::json!({ "stack": stack })),
+                    other => invoke_error(&other),
+                }),
             Err(e) => Err(e),
         };
         if let Err(e) = loaded {
             self.scheduler.retire_version(version.id);
             let discarded = version.clone();
             let _ = self.blocking(move |r| r.discard_version(&discarded)).await;
-            return Err(match e {
-                InvokeError::InitFailed { message, stack } => ApiError::bad_request(
-                    "init_failed",
-                    format!(
-                        "the code failed to load, so the previous version keeps serving: {message}"
-                    ),
-                )
-                .with(serde_json::json!({ "stack": stack })),
-                other => invoke_error(&other),
-            });
+            return Err(e);
         }
         let activated = version.clone();
         self.blocking(move |r| {
@@ -781,9 +786,7 @@ impl Platform {
                 let (function, n) = (f.clone(), *n);
                 let version = self.blocking(move |r| r.version(&function, n)).await?;
                 let route = Route::new(version);
-                self.ensure_driver(&route.spec)
-                    .await
-                    .map_err(|e| invoke_error(&e))?;
+                self.ensure_runtimes(&route.spec).await?;
                 Ok(Arc::new(route))
             }
         }
@@ -947,6 +950,7 @@ impl Platform {
                 .iter()
                 .map(|u| view::DriverUpgrade {
                     driver: u.driver.to_string(),
+                    runtime: u.runtime.clone(),
                     before: u.change.before.clone(),
                     after: u.change.after.clone(),
                     changed: u.change.changed(),

@@ -54,6 +54,7 @@ impl Platform {
                 let s = pool.snapshot();
                 view::RuntimePoolView {
                     driver: pool.driver().name().to_string(),
+                    runtime: pool.runtime().to_string(),
                     idle: s.idle,
                     starting: s.starting,
                     target: s.target,

@@ -26,7 +26,7 @@ function pools(p) {
   const rows = p.pools.map((x) => {
     const takes = x.hits + x.misses;
     return h('tr', {},
-      h('td', {}, x.driver),
+      h('td', {}, `${x.driver} · ${x.runtime}`),
       h('td', {}, `${x.idle} waiting, ${x.starting} starting (target ${x.target})`),
       h('td', {}, takes ? `${((100 * x.hits) / takes).toFixed(1)} % of ${takes}` : '—'),
       h('td', {}, `${x.started} started, ${x.failed} failed`),
@@ -35,7 +35,7 @@ function pools(p) {
   return h('section', { class: 'card', id: 'pools' },
     h('h2', {}, 'Pools of pre-started runtimes'),
     h('table', {},
-      h('thead', {}, h('tr', {}, ['Driver', 'Runtimes', 'Cold starts from the pool', 'Starts', 'One runtime (PSS)']
+      h('thead', {}, h('tr', {}, ['Driver · Node', 'Runtimes', 'Cold starts from the pool', 'Starts', 'One runtime (PSS)']
         .map((t) => h('th', {}, t)))),
       h('tbody', {}, rows)));
 }
