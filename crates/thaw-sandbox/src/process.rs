@@ -9,7 +9,14 @@
 //! namespaces, a read-only root holding only Node and the shim, its own
 //! uid and cgroup; the function's code is attached at `/code` when the
 //! runtime is bound, and its memory limit is set then.
+//!
+//! Jailed, the shim's directory and each code tree are mounted from EROFS
+//! images on loop devices (`image.rs`), so that `/proc/self/mountinfo`
+//! inside names no path of the data directory; where the host cannot make
+//! images (no `mkfs.erofs`, no loop devices) they are bound from the data
+//! directory instead, and [`ProcessDriver::without_images`] says why.
 
+use crate::image::{hold_image, CodeImages};
 use crate::instance::{cut_line, mark_cut, RawLine, RuntimeProcess, MAX_LINE_BYTES};
 use crate::{BoxFuture, Driver, Instance, LogSink, RuntimeChange, SandboxError};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -37,7 +44,9 @@ const OUTPUT_QUEUE: usize = 64;
 pub struct ProcessDriverConfig {
     /// The `node` binary.
     pub node: PathBuf,
-    /// The runtime shim, `shim.mjs`.
+    /// The runtime shim, `shim.mjs`, in a directory of its own (thaw
+    /// writes it to `DATA_DIR/runtime/<hash>/`): jails see that directory,
+    /// made an image beside it (`<hash>.erofs`) where the host can.
     pub shim: PathBuf,
     /// Extra flags for `node`, before the shim's path.
     pub node_args: Vec<String>,
@@ -77,6 +86,18 @@ pub struct ProcessDriver {
     /// What runtimes start from now; replaced by `upgrade_runtime`.
     files: std::sync::RwLock<Arc<RuntimeFiles>>,
     next_instance: AtomicU64,
+    /// How jails get the shim and the code; `None` unjailed.
+    trees: Option<Trees>,
+}
+
+/// How a jailed runtime gets its trees: the shim's directory and the
+/// function's code.
+enum Trees {
+    /// Mounted from images on loop devices: no host path shows inside.
+    Images(CodeImages),
+    /// Bound from the data directory, because this host cannot make
+    /// images (why).
+    Bound(String),
 }
 
 /// The files one runtime is started from.
@@ -86,6 +107,8 @@ struct RuntimeFiles {
     shim: PathBuf,
     /// Host paths Node needs inside a jail (itself, its loader, libraries).
     node_binds: Vec<PathBuf>,
+    /// The shim's directory as an image, when jails mount it from one.
+    shim_image: Option<Arc<thaw_jail::Image>>,
 }
 
 impl RuntimeFiles {
@@ -95,6 +118,7 @@ impl RuntimeFiles {
                 node: node.to_path_buf(),
                 shim: shim.to_path_buf(),
                 node_binds: Vec::new(),
+                shim_image: None,
             });
         }
         let node = which(node).ok_or_else(|| {
@@ -109,7 +133,13 @@ impl RuntimeFiles {
             node,
             shim: shim.to_path_buf(),
             node_binds,
+            shim_image: None,
         })
+    }
+
+    /// The directory the shim is in, which jails see at `/runtime`.
+    fn shim_dir(&self) -> &Path {
+        self.shim.parent().unwrap_or(Path::new("/"))
     }
 
     /// Names this runtime: the shim's path (thaw writes each shim under a
@@ -132,13 +162,36 @@ impl RuntimeFiles {
 }
 
 impl ProcessDriver {
+    /// Jailed, it first tries to make the shim directory's image: if that
+    /// fails, this host cannot make images, and every tree is bound.
     pub fn new(config: ProcessDriverConfig) -> Result<Self, SandboxError> {
-        let files = RuntimeFiles::find(&config.node, &config.shim, config.jail.is_some())?;
+        let mut files = RuntimeFiles::find(&config.node, &config.shim, config.jail.is_some())?;
+        let trees = config
+            .jail
+            .as_ref()
+            .map(|_| match hold_image(files.shim_dir()) {
+                Ok(image) => {
+                    files.shim_image = Some(Arc::new(image));
+                    Trees::Images(CodeImages::default())
+                }
+                Err(e) => Trees::Bound(e.to_string()),
+            });
         Ok(ProcessDriver {
             files: std::sync::RwLock::new(Arc::new(files)),
             config,
             next_instance: AtomicU64::new(0),
+            trees,
         })
+    }
+
+    /// Why jails bind the shim and the code from the data directory (and
+    /// so see its paths in `/proc/self/mountinfo`) rather than mount them
+    /// from images; `None` when they mount images, or run unjailed.
+    pub fn without_images(&self) -> Option<&str> {
+        match &self.trees {
+            Some(Trees::Bound(why)) => Some(why),
+            _ => None,
+        }
     }
 
     fn files(&self) -> Arc<RuntimeFiles> {
@@ -149,23 +202,38 @@ impl ProcessDriver {
         self.config.jail.is_some()
     }
 
-    /// The command that starts one runtime, and its jail if it has one.
-    fn runtime_command(&self) -> Result<(Command, Option<thaw_jail::JailConfig>), SandboxError> {
+    /// The command that starts one runtime, its jail if it has one, and
+    /// the files it starts from.
+    fn runtime_command(&self) -> Result<RuntimeCommand, SandboxError> {
         let files = self.files();
         let Some(jail) = &self.config.jail else {
             let mut cmd = Command::new(&files.node);
             cmd.args(&self.config.node_args).arg(&files.shim);
-            return Ok((cmd, None));
+            return Ok(RuntimeCommand {
+                cmd,
+                jail: None,
+                files,
+            });
         };
         let n = self.next_instance.fetch_add(1, Ordering::Relaxed);
-        let shim_dir = files.shim.parent().unwrap_or(Path::new("/"));
         let shim_name = files.shim.file_name().unwrap_or_default();
+        let (binds, images) = match &files.shim_image {
+            Some(image) => (Vec::new(), vec![image.mount_at(JAIL_RUNTIME_DIR)]),
+            None => (
+                vec![(
+                    files.shim_dir().to_path_buf(),
+                    PathBuf::from(JAIL_RUNTIME_DIR),
+                )],
+                Vec::new(),
+            ),
+        };
         let config = thaw_jail::JailConfig {
             id: format!("i{}-{n}", std::process::id()),
             state_dir: jail.state_dir.clone(),
             ro_binds: files.node_binds.clone(),
-            binds: vec![(shim_dir.to_path_buf(), PathBuf::from(JAIL_RUNTIME_DIR))],
+            binds,
             writable_binds: Vec::new(),
+            images,
             devices: Vec::new(),
             own_seccomp: false,
             own_cgroup: true,
@@ -185,7 +253,11 @@ impl ProcessDriver {
             .map_err(|e| SandboxError::Start(e.to_string()))?;
         let mut cmd = Command::new(&jail.exe);
         cmd.args(argv);
-        Ok((cmd, Some(config)))
+        Ok(RuntimeCommand {
+            cmd,
+            jail: Some(config),
+            files,
+        })
     }
 
     async fn start_process(&self, sink: Arc<dyn LogSink>) -> Result<Instance, SandboxError> {
@@ -194,7 +266,11 @@ impl ProcessDriver {
         let runtime_fd: OwnedFd = runtime_end.into();
         let raw = runtime_fd.as_raw_fd();
 
-        let (mut cmd, jail) = self.runtime_command()?;
+        let RuntimeCommand {
+            mut cmd,
+            jail,
+            files,
+        } = self.runtime_command()?;
         cmd.env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", "/tmp")
@@ -255,6 +331,7 @@ impl ProcessDriver {
             child: tokio::sync::Mutex::new(child),
             reaped: AtomicBool::new(false),
             jail,
+            _files: files,
             memory_mb: AtomicU32::new(0),
             cleaned: AtomicBool::new(false),
         });
@@ -276,8 +353,22 @@ impl Driver for ProcessDriver {
         shim: &'a Path,
     ) -> BoxFuture<'a, Result<RuntimeChange, SandboxError>> {
         Box::pin(async move {
-            let before = self.files().identity();
-            let files = RuntimeFiles::find(&self.config.node, shim, self.config.jail.is_some())?;
+            let current = self.files();
+            let before = current.identity();
+            let mut files =
+                RuntimeFiles::find(&self.config.node, shim, self.config.jail.is_some())?;
+            if let Some(Trees::Images(_)) = &self.trees {
+                files.shim_image = if files.shim_dir() == current.shim_dir() {
+                    current.shim_image.clone()
+                } else {
+                    let dir = files.shim_dir().to_path_buf();
+                    let image = tokio::task::spawn_blocking(move || hold_image(&dir))
+                        .await
+                        .map_err(|e| SandboxError::Start(format!("making the shim's image: {e}")))?
+                        .map_err(|e| SandboxError::Start(format!("the shim's image: {e}")))?;
+                    Some(Arc::new(image))
+                };
+            }
             let after = files.identity();
             *self.files.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(files);
             Ok(RuntimeChange { before, after })
@@ -307,7 +398,15 @@ impl Driver for ProcessDriver {
             let failed = |what: &str, e: thaw_jail::JailError| {
                 SandboxError::Start(format!("could not {what}: {e}"))
             };
-            thaw_jail::attach(jail, host_dir).map_err(|e| failed("attach the code", e))?;
+            let image = match &self.trees {
+                Some(Trees::Images(images)) => images.get(host_dir).await,
+                _ => None,
+            };
+            match &image {
+                Some(image) => thaw_jail::attach_image(jail, image),
+                None => thaw_jail::attach(jail, host_dir),
+            }
+            .map_err(|e| failed("attach the code", e))?;
             let cgroup = thaw_jail::Cgroup::for_instance(&jail.id)
                 .map_err(|e| failed("find the cgroup", e))?;
             cgroup
@@ -320,6 +419,27 @@ impl Driver for ProcessDriver {
             Ok(JAIL_CODE_DIR.to_string())
         })
     }
+
+    fn prepare_code<'a>(&'a self, host_dir: &'a Path) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(Trees::Images(images)) = &self.trees {
+                images.get(host_dir).await;
+            }
+        })
+    }
+
+    fn forget_code(&self, host_dir: &Path) {
+        if let Some(Trees::Images(images)) = &self.trees {
+            images.forget(host_dir);
+        }
+    }
+}
+
+/// What [`ProcessDriver::runtime_command`] makes.
+struct RuntimeCommand {
+    cmd: Command,
+    jail: Option<thaw_jail::JailConfig>,
+    files: Arc<RuntimeFiles>,
 }
 
 /// Finds a program the way a shell would (for binding it into a jail, or
@@ -443,6 +563,9 @@ struct NodeProcess {
     child: tokio::sync::Mutex<Child>,
     reaped: AtomicBool,
     jail: Option<thaw_jail::JailConfig>,
+    /// What it was started from. Holds the shim's image: the jail mounts
+    /// it by device name, which must not name another image meanwhile.
+    _files: Arc<RuntimeFiles>,
     /// The memory limit set when bound, for explaining an OOM kill.
     memory_mb: AtomicU32,
     cleaned: AtomicBool,

@@ -305,6 +305,15 @@ impl Scheduler {
         self.runtimes_for(driver).is_some()
     }
 
+    /// Gets ready ahead of its first cold start what attaching `spec`'s
+    /// code needs from its driver (the process driver's image of the
+    /// tree), so that after a restart no call waits for it.
+    pub async fn prepare(&self, spec: &FunctionSpec) {
+        if let Some(runtimes) = self.runtimes_for(spec.driver.as_deref()) {
+            runtimes.driver().prepare_code(&spec.code_dir).await;
+        }
+    }
+
     fn runtimes_for(&self, driver: Option<&str>) -> Option<Arc<RuntimePool>> {
         let all = self.runtimes.read().unwrap();
         match driver {
