@@ -13,8 +13,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Debian packages thaw needs beyond a stock machine with Rust and Node:
-/// QEMU for the `microvm` driver, erofs-utils to make the read-only code
-/// images it attaches to VMs, what building the guest kernel from
+/// QEMU for the `microvm` driver, erofs-utils to make the read-only images
+/// of code and the runtime that jails mount and VMs attach, and what
+/// building the guest kernel from
 /// `linux-source` runs (thaw_microvm::KERNEL_BUILD_PACKAGES; xtask does not
 /// link thaw-microvm, so the list is repeated here and a test of
 /// thaw-microvm checks that it is), and chromium, the browser the

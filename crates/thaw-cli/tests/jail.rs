@@ -48,6 +48,8 @@ export const handler = async () => {
     kill_host: attempt(() => process.kill(Number(env.THAW_PID), "SIGKILL")),
     uid: process.getuid(),
     init_cmdline: attempt(() => fs.readFileSync("/proc/1/cmdline", "latin1")),
+    mountinfo: attempt(() => fs.readFileSync("/proc/self/mountinfo", "utf8")),
+    mounts: attempt(() => fs.readFileSync("/proc/self/mounts", "utf8")),
     constrained_memory: process.constrainedMemory(),
     cgroup_write: attempt(() => fs.writeFileSync(
       fs.existsSync("/sys/fs/cgroup/memory") ? "/sys/fs/cgroup/memory/memory.limit_in_bytes" : "/sys/fs/cgroup/memory.max",
@@ -58,6 +60,17 @@ export const handler = async () => {
   return { statusCode: 200, body: JSON.stringify(out) };
 };
 "#;
+
+/// Every `thaw up` these tests start gives its instances the same uids
+/// (each counts from the first of thaw's range), and the fork bomb fills
+/// its instance's uid up to `RLIMIT_NPROC`, which counts that uid's
+/// processes on the whole host: while it runs, a runtime of another
+/// platform with that uid could not start. So the fork bomb runs alone.
+static UIDS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn sharing_uids() -> std::sync::RwLockReadGuard<'static, ()> {
+    UIDS.read().unwrap_or_else(|e| e.into_inner())
+}
 
 fn port_of(server: &str) -> String {
     server.rsplit(':').next().unwrap().to_string()
@@ -80,6 +93,7 @@ fn thaw_pid(p: &Platform) -> String {
 
 #[test]
 fn a_function_sees_none_of_the_host_and_cannot_change_its_code() {
+    let _uids = sharing_uids();
     let p = Platform::start_with(&["--jail", "on"]);
     // Another function's code, which the probe must not reach.
     let other = function_dir(&[("index.mjs", "export const main = () => ({ secret: 42 });")]);
@@ -150,6 +164,27 @@ fn a_function_sees_none_of_the_host_and_cannot_change_its_code() {
         v["api_port"]["ok"], false,
         "the platform's API is out of reach"
     );
+    // The mount tables name no path of the data directory, nor anything
+    // shaped like its layout: the code and the shim are filesystems of
+    // their own (each line shows `/`), not binds of host directories.
+    let data_dir = p.data_dir.display().to_string();
+    for table in ["mountinfo", "mounts"] {
+        let text = v[table]["value"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}", v[table]));
+        for hidden in [data_dir.as_str(), "/jails/", "/code/", "/runtime/"] {
+            assert!(
+                !text.contains(hidden),
+                "/proc/self/{table} shows {hidden}:\n{text}"
+            );
+        }
+    }
+    let mountinfo = v["mountinfo"]["value"].as_str().unwrap();
+    let code = mountinfo
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some("/code"))
+        .unwrap();
+    assert!(code.contains(" - erofs /dev/loop"), "{code}");
 
     // The neighbour still serves, and its code is intact.
     let n: Value = http()
@@ -163,6 +198,7 @@ fn a_function_sees_none_of_the_host_and_cannot_change_its_code() {
 
 #[test]
 fn an_instance_past_its_memory_limit_is_killed_with_an_error_naming_the_limit() {
+    let _uids = sharing_uids();
     let p = Platform::start_with(&["--jail", "on"]);
     let hog = function_dir(&[
         (
@@ -182,6 +218,7 @@ fn an_instance_past_its_memory_limit_is_killed_with_an_error_naming_the_limit() 
 
 #[test]
 fn fork_bombs_spinning_and_filling_tmp_hit_their_limits_and_others_keep_serving() {
+    let _uids = UIDS.write().unwrap_or_else(|e| e.into_inner());
     let p = Platform::start_with(&["--jail", "on"]);
     let bomb = function_dir(&[(
         "index.mjs",
@@ -269,6 +306,189 @@ fn fork_bombs_spinning_and_filling_tmp_hit_their_limits_and_others_keep_serving(
     );
 }
 
+/// The loop devices bound to a file under `dir` (`loopN`).
+fn loops_backed_by(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let backing = std::fs::read_to_string(entry.path().join("loop/backing_file"));
+        if backing.is_ok_and(|file| std::path::Path::new(file.trim()).starts_with(dir)) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// The lines of the host's mount table whose mount point is under `dir`.
+fn host_mounts_under(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|at| std::path::Path::new(at).starts_with(dir))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// Code attached to instances of `data_dir`: erofs mounts on attach points.
+fn attached_images(data_dir: &std::path::Path) -> Vec<String> {
+    host_mounts_under(&data_dir.join("jails"))
+        .into_iter()
+        .filter(|l| l.contains(" - erofs "))
+        .collect()
+}
+
+#[test]
+fn removing_a_function_ends_its_instances_and_lets_go_of_its_code_image() {
+    let _uids = sharing_uids();
+    let p = Platform::start_with(&["--jail", "on"]);
+    let d = function_dir(&[("index.mjs", "export const main = () => ({ up: true });")]);
+    p.deploy(d.path(), "short-lived");
+    let v: Value = http()
+        .get(p.url("short-lived", "/"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v["up"], true);
+    let code = p.data_dir.join("code");
+    assert_eq!(
+        loops_backed_by(&code).len(),
+        1,
+        "its code is on a loop device"
+    );
+    assert!(!attached_images(&p.data_dir).is_empty(), "and attached");
+
+    p.thaw_ok(&["rm", "short-lived"]);
+    p.eventually(20, "its instance ended and its image went", || {
+        attached_images(&p.data_dir).is_empty() && loops_backed_by(&code).is_empty()
+    });
+    let left: Vec<_> = std::fs::read_dir(&code).unwrap().flatten().collect();
+    assert!(left.is_empty(), "its code and image are removed: {left:?}");
+    // The runtime's own image stays for the runtimes still to come.
+    assert_eq!(loops_backed_by(&p.data_dir.join("runtime")).len(), 1);
+}
+
+#[test]
+fn nothing_stays_mounted_or_on_a_loop_device_after_thaw_is_killed_and_started_again() {
+    let _uids = sharing_uids();
+    let data = tempfile::tempdir().unwrap();
+    let mut p = Platform::launch(data.path(), &[], &["--jail", "on"]);
+    let d = function_dir(&[("index.mjs", "export const main = () => ({ up: true });")]);
+    p.deploy(d.path(), "survivor");
+    let call = |p: &Platform| -> Value {
+        let text = http()
+            .get(p.url("survivor", "/"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+    let v = call(&p);
+    assert_eq!(v["up"], true, "{v}");
+    let (code, runtime) = (data.path().join("code"), data.path().join("runtime"));
+    let before: Vec<String> = std::fs::read_dir(data.path().join("jails"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!before.is_empty());
+    assert_eq!(loops_backed_by(&code).len(), 1);
+    p.kill();
+    // Each jail unmounts its attach point as thaw dies: the attached code
+    // and its loop device go with thaw, before any restart.
+    p.eventually(
+        10,
+        "the code's mount and loop device went with thaw",
+        || attached_images(data.path()).is_empty() && loops_backed_by(&code).is_empty(),
+    );
+
+    // The next start removes the rest: the instances' directories, and the
+    // attach point of one that was starting as thaw died.
+    let p = Platform::launch(data.path(), &[], &["--jail", "on"]);
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for id in &before {
+        assert!(
+            !host.contains(&format!("/jails/{id}/")),
+            "instance {id} of the killed thaw is still mounted:\n{}",
+            host_mounts_under(data.path()).join("\n")
+        );
+        assert!(!data.path().join("jails").join(id).exists(), "{id}");
+    }
+    p.eventually(10, "the killed thaw's runtime image is free", || {
+        loops_backed_by(&runtime).len() == 1
+    });
+    // The routed version's image is held again before a call needs it.
+    p.eventually(10, "the code's image is held again", || {
+        loops_backed_by(&code).len() == 1
+    });
+
+    // And the function serves again, from its image.
+    let v = call(&p);
+    assert_eq!(v["up"], true, "{v}");
+    assert_eq!(loops_backed_by(&code).len(), 1);
+}
+
+#[test]
+fn without_mkfs_erofs_code_is_bound_after_one_warning_and_still_serves() {
+    let _uids = sharing_uids();
+    // A PATH with Node and ldd, and no mkfs.erofs.
+    let bin = tempfile::tempdir().unwrap();
+    for tool in ["node", "ldd"] {
+        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+            .map(|dir| dir.join(tool))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("{tool} on PATH"));
+        std::os::unix::fs::symlink(found, bin.path().join(tool)).unwrap();
+    }
+    let data = tempfile::tempdir().unwrap();
+    let p = Platform::launch(
+        data.path(),
+        &[("PATH", bin.path().to_str().unwrap())],
+        &["--jail", "on"],
+    );
+    let warnings: Vec<&String> = p
+        .startup
+        .iter()
+        .filter(|l| l.contains("/proc/self/mountinfo"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{:?}", p.startup);
+    assert!(
+        warnings[0].starts_with("warning: ") && warnings[0].contains("erofs-utils"),
+        "{}",
+        warnings[0]
+    );
+
+    let d = function_dir(&[(
+        "index.mjs",
+        r#"import fs from "node:fs";
+           export const handler = async () => {
+             let write = "ok";
+             try { fs.writeFileSync("/code/index.mjs", "x"); } catch (e) { write = e.code; }
+             const mountinfo = fs.readFileSync("/proc/self/mountinfo", "utf8");
+             return { statusCode: 200, body: JSON.stringify({ write, mountinfo }) };
+           };"#,
+    )]);
+    p.deploy(d.path(), "bound");
+    let v: Value = http()
+        .get(p.url("bound", "/"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v["write"], "EROFS");
+    // What is lost: the code's host path shows; the attach point's does not.
+    let mountinfo = v["mountinfo"].as_str().unwrap();
+    let code = data.path().join("code").display().to_string();
+    assert!(mountinfo.contains(&code), "{mountinfo}");
+    assert!(!mountinfo.contains("/jails/"), "{mountinfo}");
+    assert!(loops_backed_by(data.path()).is_empty());
+}
+
 /// Processes of every jail in `data_dir`: those whose cgroup names one of
 /// the instance ids under `data_dir/jails`.
 fn jailed_processes(data_dir: &std::path::Path) -> Vec<u32> {
@@ -308,6 +528,7 @@ fn alive(pid: u32) -> bool {
 
 #[test]
 fn instances_paused_ones_included_end_when_thaw_is_killed() {
+    let _uids = sharing_uids();
     let mut p = Platform::start_with(&["--jail", "on", "--pause-idle-after-ms", "200"]);
     let d = function_dir(&[(
         "index.mjs",
@@ -354,5 +575,14 @@ fn instances_paused_ones_included_end_when_thaw_is_killed() {
     // Not a timing assertion: a generous bound against a hang.
     p.eventually(30, "every jailed process ended with thaw", || {
         !jailed_processes(&p.data_dir).iter().any(|pid| alive(*pid))
+    });
+    // What a killed thaw leaves of its instances (their directories, and a
+    // mount of one that was starting as thaw died) goes at its next start:
+    // start it once, so that the test leaves nothing behind, and let its
+    // pool settle before stopping it.
+    let again = Platform::launch(&p.data_dir, &[], &["--jail", "on"]);
+    again.eventually(30, "the restarted pool settled", || {
+        again.metric("thaw_pool_runtimes{state=\"starting\"}") == 0.0
+            && again.metric("thaw_pool_runtimes{state=\"idle\"}") >= 1.0
     });
 }

@@ -165,9 +165,14 @@ fn runtimes_listing(data_dir: &Path) -> Vec<String> {
     names
 }
 
-const REPORTS_ITS_NODE: &str = r#"export const handler = async () => ({
+const REPORTS_ITS_NODE: &str = r#"import fs from "node:fs";
+export const handler = async () => ({
     statusCode: 200,
-    body: JSON.stringify({ version: process.version, execPath: process.execPath }),
+    body: JSON.stringify({
+        version: process.version,
+        execPath: process.execPath,
+        mountinfo: fs.readFileSync("/proc/self/mountinfo", "utf8"),
+    }),
 });"#;
 
 #[test]
@@ -280,9 +285,14 @@ fn functions_run_on_the_node_lines_installed_from_a_registry() {
     assert_eq!(answer("on-24")["version"], format!("v{}", node24.version));
     assert_eq!(answer("on-default")["version"], host_version);
     if p.up_line.contains("jailed") {
-        // A line's binary is bound at one fixed path: the jail's mounts do
-        // not name the data directory.
-        assert_eq!(answer("on-22")["execPath"], "/usr/local/bin/node");
+        // A line's directory is mounted from an image at one fixed path:
+        // the jail's mounts do not name the data directory.
+        let on_22 = answer("on-22");
+        assert_eq!(on_22["execPath"], "/opt/node/bin/node");
+        let mounts = on_22["mountinfo"].as_str().unwrap();
+        let data = p.data_dir.to_string_lossy().to_string();
+        assert!(!mounts.contains(&data), "{mounts}");
+        assert!(!mounts.contains("/runtimes/"), "{mounts}");
     }
 
     // A line that is not installed: the deploy says how to install it.

@@ -332,7 +332,7 @@ impl Platform {
                 )
             })?,
         );
-        let removed = registry.collect_garbage()?;
+        let removed = registry.collect_garbage()?.removed;
         if removed > 0 {
             tracing::info!("removed {removed} unused bundles and code trees");
         }
@@ -426,6 +426,21 @@ impl Platform {
                 }
             }
         }
+        // What the first cold start of each routed version would otherwise
+        // wait for (the process driver's image of its code), in the
+        // background.
+        let routed: Vec<_> = platform
+            .routes
+            .list(None)
+            .into_iter()
+            .flat_map(|(_, routes)| routes.versions.values().cloned().collect::<Vec<_>>())
+            .collect();
+        let scheduler = platform.scheduler.clone();
+        tokio::spawn(async move {
+            for route in &routed {
+                scheduler.prepare(&route.spec).await;
+            }
+        });
         Ok(platform)
     }
 
@@ -577,6 +592,16 @@ impl Platform {
             });
         }
         Ok(done)
+    }
+
+    /// Tells every driver that the code trees the registry just removed are
+    /// gone, so that what they hold for them (images on loop devices) goes.
+    fn forget_code(&self, garbage: &thaw_registry::Garbage) {
+        for pool in self.scheduler.all_runtimes() {
+            for tree in &garbage.code_trees {
+                pool.driver().forget_code(tree);
+            }
+        }
     }
 
     /// Ends every runtime and removes what their jails left on the host.
@@ -765,6 +790,12 @@ async fn open_driver(
                 node_args: vec!["--enable-source-maps".into()],
                 jail,
             })?;
+            if let Some(why) = driver.without_images() {
+                eprintln!(
+                    "warning: code and the runtime are bound from the data directory, so functions \
+                     can read its paths in /proc/self/mountinfo: {why}"
+                );
+            }
             OpenedDriver {
                 driver: Arc::new(driver),
                 jailed,

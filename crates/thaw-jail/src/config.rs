@@ -31,6 +31,11 @@ pub struct JailConfig {
     /// makes them writable by `uid`.
     #[serde(default)]
     pub writable_binds: Vec<(PathBuf, PathBuf)>,
+    /// Filesystem images the host holds on loop devices ([`crate::Image`]),
+    /// each mounted read-only, nosuid and nodev inside. Unlike a bind's,
+    /// their lines in the jail's `/proc/self/mountinfo` name no host path.
+    #[serde(default)]
+    pub images: Vec<ImageMount>,
     /// Extra host devices, by name in `/dev` (`kvm`): each gets a node of
     /// the instance's own (same device numbers, owned by `uid`, mode
     /// 0600) at `/dev/<name>`, beside the jail's own null, zero, full,
@@ -56,6 +61,16 @@ pub struct JailConfig {
     pub uid: u32,
     pub gid: u32,
     pub limits: Limits,
+}
+
+/// One of [`JailConfig::images`]: the filesystem `fstype` on the block
+/// device `device` (`/dev/loopN`), mounted at `at` inside. Made by
+/// [`crate::Image::mount_at`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageMount {
+    pub device: PathBuf,
+    pub fstype: String,
+    pub at: PathBuf,
 }
 
 /// Resource limits of one instance.
@@ -130,6 +145,27 @@ impl JailConfig {
                 }
                 inside_path(&format!("{what} target"), inside)?;
             }
+        }
+        for image in &self.images {
+            let device_ok = image.device.starts_with("/dev")
+                && image
+                    .device
+                    .components()
+                    .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+            let fstype_ok = !image.fstype.is_empty()
+                && image.fstype.len() <= 32
+                && image
+                    .fstype
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            if !device_ok || !fstype_ok {
+                return Err(bad(format!(
+                    "image {} ({:?}) must be a block device under /dev and a filesystem type of [a-z0-9]",
+                    image.device.display(),
+                    image.fstype
+                )));
+            }
+            inside_path("image mount point", &image.at)?;
         }
         for name in &self.devices {
             let ok = !name.is_empty()
@@ -231,6 +267,11 @@ mod tests {
             ro_binds: vec!["/usr/bin/node".into()],
             binds: vec![("/opt/shim".into(), "/runtime".into())],
             writable_binds: vec![("/var/lib/thaw/vms/vm-1".into(), "/run/vm".into())],
+            images: vec![ImageMount {
+                device: "/dev/loop3".into(),
+                fstype: "erofs".into(),
+                at: "/lib/extra".into(),
+            }],
             devices: vec!["kvm".into()],
             own_seccomp: false,
             own_cgroup: false,
@@ -251,7 +292,7 @@ mod tests {
 
     #[test]
     fn rejects_what_would_escape_or_collide() {
-        let cases: [fn(&mut JailConfig); 18] = [
+        let cases: [fn(&mut JailConfig); 22] = [
             |c| c.id = "../x".into(),
             |c| c.id = "A".into(),
             |c| c.id = "-x".into(),
@@ -264,6 +305,10 @@ mod tests {
             |c| c.binds.push(("rel".into(), "/x".into())),
             |c| c.writable_binds.push(("/x".into(), "/proc/x".into())),
             |c| c.writable_binds.push(("rel".into(), "/x".into())),
+            |c| c.images[0].device = "/tmp/code.erofs".into(),
+            |c| c.images[0].device = "/dev/../tmp/x".into(),
+            |c| c.images[0].fstype = "erofs,ro".into(),
+            |c| c.images[0].at = "/proc/x".into(),
             |c| c.devices.push("../sda".into()),
             |c| c.devices.push(String::new()),
             |c| c.uid = 0,

@@ -5,16 +5,19 @@
 //! instance (v2, or v1) for memory, CPU, pids, IO and freezing; rlimits; an
 //! unprivileged uid with every capability gone and no_new_privs; and a
 //! seccomp allowlist. It owns the per-instance directories under
-//! `state_dir`, the per-instance cgroups, and attaching code into a running
-//! jail. It must stay small, libc-level and auditable: it knows nothing of
-//! Node, QEMU or thaw's protocol, starts no threads, and touches no host
-//! state besides its own directories, cgroups and mounts. The `thaw` binary
+//! `state_dir`, the per-instance cgroups, attaching code into a running
+//! jail, and the filesystem images ([`Image`]) jails mount instead of
+//! binding host directories. It must stay small, libc-level and auditable:
+//! it knows nothing of Node, QEMU or thaw's protocol, starts no threads,
+//! and touches no host state besides its own directories, cgroups, mounts
+//! and the loop devices of the images it holds. The `thaw` binary
 //! calls [`run_from_args`] for its hidden `__jail` subcommand before doing
 //! anything else; the host uses the rest of this API. See docs/security.md.
 
 mod cgroup;
 mod config;
 mod error;
+mod image;
 mod mounts;
 mod privs;
 mod run;
@@ -22,9 +25,10 @@ mod seccomp;
 mod sys;
 
 pub use cgroup::{Cgroup, CgroupVersion};
-pub use config::{JailConfig, Limits};
+pub use config::{ImageMount, JailConfig, Limits};
 pub use error::JailError;
-pub use mounts::{attach, detach};
+pub use image::Image;
+pub use mounts::{attach, attach_image, detach};
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -200,6 +204,7 @@ pub fn cleanup_stale(state_dir: &Path) -> Result<usize, JailError> {
             ro_binds: Vec::new(),
             binds: Vec::new(),
             writable_binds: Vec::new(),
+            images: Vec::new(),
             devices: Vec::new(),
             own_seccomp: false,
             own_cgroup: false,
@@ -276,6 +281,7 @@ mod tests {
             ro_binds: vec!["/usr/bin/node".into()],
             binds: vec![],
             writable_binds: vec![],
+            images: Vec::new(),
             devices: vec![],
             own_seccomp: true,
             own_cgroup: false,

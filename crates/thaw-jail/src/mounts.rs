@@ -5,19 +5,22 @@
 //! - `root/`: an empty directory; inside the jail's mount namespace a tmpfs
 //!   is mounted on it, filled with read-only binds, and pivot_root'ed into.
 //!   The host never sees anything in it.
-//! - `attach/`: bound onto itself and made a shared mount in the host's
-//!   namespace. The jail's namespace is a slave of the host's, and binds this
-//!   directory at the attach point, so whatever the host later mounts on
-//!   `attach/` propagates into the jail (and nothing the jail mounts ever
-//!   propagates out).
+//! - `attach/`: a tmpfs of one inode (its empty root), made a shared mount
+//!   in the host's namespace. The jail's namespace is a slave of the host's,
+//!   and binds this tmpfs at the attach point, so whatever the host later
+//!   mounts on `attach/` propagates into the jail (and nothing the jail
+//!   mounts ever propagates out). Being a filesystem of its own, its line in
+//!   the jail's `/proc/self/mountinfo` shows its root, `/`, where a bind of
+//!   a host directory would show that directory's host path.
 
+use crate::config::ImageMount;
 use crate::error::Context as _;
 use crate::sys::{self, cvt, mount, umount_detach};
-use crate::{JailConfig, JailError};
+use crate::{Image, JailConfig, JailError};
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, DirEntryExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// Device nodes a Node process needs; bound from the host's /dev.
@@ -25,6 +28,9 @@ const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 /// Size of the tmpfs holding the root's mount points and /etc files.
 const ROOT_TMPFS: &str = "size=1m,nr_inodes=4096,mode=0755";
 const DEV_TMPFS: &str = "size=64k,nr_inodes=64,mode=0755";
+/// The attach point's tmpfs: room for its root directory and nothing else,
+/// which is also how [`is_attached`] tells it from attached code.
+const ATTACH_TMPFS: &str = "size=4k,nr_inodes=1,mode=0755";
 /// Hostname inside every jail: nothing of the host's.
 pub(crate) const HOSTNAME: &str = "thaw";
 
@@ -51,7 +57,7 @@ impl InstanceDirs {
 }
 
 /// Host side, before the jail's namespaces exist: creates the instance's
-/// directories and makes `attach/` a shared mount point.
+/// directories and mounts the attach point's tmpfs on `attach/`, shared.
 pub(crate) fn prepare_host_dirs(config: &JailConfig) -> Result<(), JailError> {
     let dirs = InstanceDirs::new(config);
     fs::create_dir_all(&config.state_dir)
@@ -62,16 +68,18 @@ pub(crate) fn prepare_host_dirs(config: &JailConfig) -> Result<(), JailError> {
             .create(d)
             .context(|| format!("create {}", d.display()))?;
     }
-    // The jail's uid must be able to reach the attach point through the
-    // bind; nothing else of the instance dir is reachable from inside.
-    fs::set_permissions(&dirs.attach, fs::Permissions::from_mode(0o755))
-        .context(|| format!("chmod {}", dirs.attach.display()))?;
     for name in &config.devices {
         make_device_node(config, &dirs, name)?;
     }
     let a = &dirs.attach;
-    mount(Some(a), a, None, libc::MS_BIND, None)
-        .context(|| format!("bind {} onto itself", a.display()))?;
+    mount(
+        Some(Path::new("tmpfs")),
+        a,
+        Some("tmpfs"),
+        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some(ATTACH_TMPFS),
+    )
+    .context(|| format!("mount the attach point's tmpfs on {}", a.display()))?;
     // Private first, so the shared mount gets a peer group of its own rather
     // than joining whatever group the state dir's mount is in.
     mount(None, a, None, libc::MS_PRIVATE, None)
@@ -116,7 +124,7 @@ fn make_device_node(config: &JailConfig, dirs: &InstanceDirs, name: &str) -> Res
 /// is reported, never deleted recursively (it could be someone's code).
 pub(crate) fn remove_host_dirs(config: &JailConfig) -> Result<(), JailError> {
     let dirs = InstanceDirs::new(config);
-    // Code mount, then the self-bind; a bounded loop in case of stacking.
+    // Code mount, then the tmpfs; a bounded loop in case of stacking.
     for _ in 0..16 {
         match umount_detach(&dirs.attach) {
             Ok(()) => continue,
@@ -183,16 +191,30 @@ pub(crate) fn build_root(config: &JailConfig) -> Result<(), JailError> {
     // these writes going through it.
     write_etc(&inside(Path::new("/etc")), config)?;
 
-    let mut binds: Vec<(PathBuf, PathBuf)> = config
+    let mut read_only: Vec<(&Path, ReadOnly)> = config
         .ro_binds
         .iter()
-        .map(|p| (p.clone(), p.clone()))
-        .chain(config.binds.iter().cloned())
+        .map(|p| (p.as_path(), ReadOnly::Bind(p)))
+        .chain(
+            config
+                .binds
+                .iter()
+                .map(|(host, at)| (at.as_path(), ReadOnly::Bind(host))),
+        )
+        .chain(
+            config
+                .images
+                .iter()
+                .map(|image| (image.at.as_path(), ReadOnly::Image(image))),
+        )
         .collect();
-    // Parents before children, so a nested bind lands on top of its parent's.
-    binds.sort_by(|a, b| a.1.cmp(&b.1));
-    for (host, at) in &binds {
-        bind_read_only(host, &inside(at), BindKind::Code)?;
+    // Parents before children, so a nested mount lands on top of its parent's.
+    read_only.sort_by(|a, b| a.0.cmp(b.0));
+    for (at, source) in read_only {
+        match source {
+            ReadOnly::Bind(host) => bind_read_only(host, &inside(at), BindKind::Code)?,
+            ReadOnly::Image(image) => mount_image(image, &inside(at))?,
+        }
     }
     for (host, at) in &config.writable_binds {
         bind_writable(host, &inside(at))?;
@@ -312,6 +334,37 @@ fn mount_own_cgroup(at: &Path, config: &JailConfig) -> Result<(), JailError> {
     }
 }
 
+/// Where a read-only tree of the jail's root comes from.
+enum ReadOnly<'a> {
+    /// A host file or directory.
+    Bind(&'a Path),
+    /// A filesystem image the host holds on a loop device.
+    Image(&'a ImageMount),
+}
+
+/// Mounts the image's filesystem from its device (the superblock the
+/// host's [`Image`] holds), read-only, nosuid and nodev, at `at`, and cuts
+/// it from the host's propagation as binds are.
+fn mount_image(image: &ImageMount, at: &Path) -> Result<(), JailError> {
+    mkdir_p(at)?;
+    mount(
+        Some(&image.device),
+        at,
+        Some(&image.fstype),
+        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+        None,
+    )
+    .context(|| {
+        format!(
+            "mount the {} image on {} (does the host still hold it?)",
+            image.fstype,
+            image.device.display()
+        )
+    })?;
+    mount(None, at, None, libc::MS_PRIVATE, None)
+        .context(|| format!("make {} private", at.display()))
+}
+
 #[derive(Clone, Copy)]
 enum BindKind {
     /// Programs, libraries, code: executable, never setuid or devices.
@@ -426,9 +479,9 @@ fn write_etc(etc: &Path, config: &JailConfig) -> Result<(), JailError> {
 // numbers but not these constants.
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
 
 #[repr(C)]
 struct MountAttr {
@@ -439,7 +492,9 @@ struct MountAttr {
 }
 
 /// Makes `host_dir` appear read-only at the attach point of the running jail
-/// of `config.id`, without copying anything.
+/// of `config.id`, without copying anything. Inside, the mount's line in
+/// `/proc/self/mountinfo` names `host_dir` (its path within the host's
+/// filesystem); [`attach_image`] shows no host path.
 ///
 /// The directory is cloned into a detached mount (open_tree), made read-only,
 /// nosuid and nodev while still detached (mount_setattr), then moved onto the
@@ -525,36 +580,76 @@ pub fn attach(config: &JailConfig, host_dir: &Path) -> Result<(), JailError> {
     Ok(())
 }
 
+/// Makes the filesystem of `image` appear read-only at the attach point of
+/// the running jail of `config.id`: a new mount of the superblock the
+/// image holds (nothing is read or copied), made on the instance's shared
+/// `attach/`, from which the kernel propagates it into the jail. Inside,
+/// its line in `/proc/self/mountinfo` shows `/` on the image's loop device,
+/// no host path.
+///
+/// The mount is read-only, nosuid and nodev from its creation (`mount(2)`
+/// sets a new mount's flags before it is attached, and propagated copies
+/// take them), on a read-only filesystem on a read-only device: the jail
+/// never sees a writable moment.
+pub fn attach_image(config: &JailConfig, image: &Image) -> Result<(), JailError> {
+    config.validate()?;
+    let dirs = InstanceDirs::new(config);
+    if is_attached(&dirs, config)? {
+        return Err(JailError::AlreadyAttached(config.id.clone()));
+    }
+    mount(
+        Some(image.device()),
+        &dirs.attach,
+        Some(image.fstype()),
+        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+        None,
+    )
+    .context(|| {
+        format!(
+            "attach the image on {} at {}",
+            image.device().display(),
+            dirs.attach.display()
+        )
+    })
+}
+
 /// Removes attached code from the instance's jail, if any (the jail's attach
 /// point is empty again).
 pub fn detach(config: &JailConfig) -> Result<(), JailError> {
     config.validate()?;
     let dirs = InstanceDirs::new(config);
     match is_attached(&dirs, config) {
-        Ok(true) => {
-            umount_detach(&dirs.attach).context(|| format!("unmount {}", dirs.attach.display()))
-        }
+        Ok(true) => match umount_detach(&dirs.attach) {
+            Ok(()) => Ok(()),
+            // Nothing mounted there at all: the jail was never set up.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+            Err(e) => Err(JailError::os(
+                format!("unmount {}", dirs.attach.display()),
+                e,
+            )),
+        },
         Ok(false) | Err(JailError::NoJail(_)) => Ok(()),
         Err(e) => Err(e),
     }
 }
 
-/// Whether something is mounted on top of the instance's `attach/`
-/// self-bind: the directory entry's inode (readdir does not cross mounts)
-/// differs from what a stat through the mount sees.
+/// Whether code is mounted on the instance's `attach/`: the top mount there
+/// is then not the attach point's own tmpfs. That one is told apart by
+/// holding room for one inode, its empty root; no code tree is such a
+/// filesystem (a tree holds at least its entry file).
 fn is_attached(dirs: &InstanceDirs, config: &JailConfig) -> Result<bool, JailError> {
-    let entry_ino = match fs::read_dir(&dirs.dir) {
-        Ok(entries) => entries
-            .filter_map(Result::ok)
-            .find(|e| e.file_name() == "attach")
-            .map(|e| e.ino()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(JailError::os(format!("read {}", dirs.dir.display()), e)),
+    let top = match sys::statfs(&dirs.attach) {
+        Ok(top) => top,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(JailError::NoJail(config.id.clone()))
+        }
+        Err(e) => {
+            return Err(JailError::os(
+                format!("statfs {}", dirs.attach.display()),
+                e,
+            ))
+        }
     };
-    let Some(entry_ino) = entry_ino else {
-        return Err(JailError::NoJail(config.id.clone()));
-    };
-    let parent = fs::metadata(&dirs.dir).context(|| format!("stat {}", dirs.dir.display()))?;
-    let seen = fs::metadata(&dirs.attach).context(|| format!("stat {}", dirs.attach.display()))?;
-    Ok(seen.ino() != entry_ino || seen.dev() != parent.dev())
+    let attach_point = top.f_type == libc::TMPFS_MAGIC && top.f_files == 1;
+    Ok(!attach_point)
 }

@@ -16,7 +16,9 @@
 //! outer process, which is not in the cgroup, asks for a catchable signal
 //! when the host dies ([`HOST_GONE`]), and its handler thaws the cgroup and
 //! kills init: a paused instance ends with the host too, not at the next
-//! start.
+//! start. The handler also unmounts the instance's attach point on the host,
+//! so that what the host attached there (code on a loop device) goes with
+//! the host as well.
 
 use crate::cgroup::Cgroup;
 use crate::error::Context as _;
@@ -63,8 +65,13 @@ const HOST_GONE: libc::c_int = libc::SIGPWR;
 /// bytes that thaw it, set before [`HOST_GONE`]'s handler is installed.
 static THAW: std::sync::OnceLock<(CString, &'static [u8])> = std::sync::OnceLock::new();
 
-/// The host died: thaw the instance and kill init (and so the namespace).
-/// Only async-signal-safe calls: open, write, close, kill, _exit.
+/// The instance's attach point on the host (NUL-terminated), unmounted by
+/// [`HOST_GONE`]'s handler, set before it is installed.
+static ATTACH: std::sync::OnceLock<CString> = std::sync::OnceLock::new();
+
+/// The host died: thaw the instance, kill init (and so the namespace) and
+/// unmount the attach point: the code attached on it, then its own tmpfs.
+/// Only async-signal-safe calls: open, write, close, kill, umount2, _exit.
 extern "C" fn on_host_gone(_: libc::c_int) {
     if let Some((path, value)) = THAW.get() {
         // SAFETY: a NUL-terminated path and a valid buffer; plain syscalls.
@@ -80,6 +87,16 @@ extern "C" fn on_host_gone(_: libc::c_int) {
     if pid > 0 {
         // SAFETY: kill is async-signal-safe.
         unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    if let Some(attach) = ATTACH.get() {
+        for _ in 0..2 {
+            // SAFETY: a NUL-terminated path; umount2 is async-signal-safe.
+            let r =
+                unsafe { libc::umount2(attach.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) };
+            if r != 0 {
+                break;
+            }
+        }
     }
     // SAFETY: _exit is async-signal-safe; nothing is left to flush.
     unsafe { libc::_exit(128 + libc::SIGKILL) };
@@ -193,6 +210,10 @@ pub(crate) fn outer(
     let thaw_file = CString::new(thaw_file.as_os_str().as_bytes())
         .map_err(|_| JailError::Usage("a cgroup path holds a NUL byte".into()))?;
     let _ = THAW.set((thaw_file, thaw_value.as_bytes()));
+    let attach = mounts::InstanceDirs::new(config).attach;
+    let attach = CString::new(attach.as_os_str().as_bytes())
+        .map_err(|_| JailError::Usage("the state dir holds a NUL byte".into()))?;
+    let _ = ATTACH.set(attach);
     sys::set_signal_handler(HOST_GONE, Some(on_host_gone))
         .context(|| "install the host-death handler".into())?;
     sys::prctl(libc::PR_SET_PDEATHSIG, HOST_GONE as libc::c_ulong)

@@ -62,6 +62,129 @@ pub(crate) fn umount_detach(target: &Path) -> io::Result<()> {
         .map(drop)
 }
 
+/// statfs(2): what filesystem `path` is on, with its counts and mount flags.
+pub(crate) fn statfs(path: &Path) -> io::Result<libc::statfs> {
+    let path = cstring(path)?;
+    // SAFETY: a zeroed statfs is a valid out buffer for the call to fill.
+    let mut out: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out pointer.
+    cvt(unsafe { libc::statfs(path.as_ptr(), &mut out) })?;
+    Ok(out)
+}
+
+// Loop devices (linux/loop.h; LOOP_CONFIGURE is Linux 5.8). libc has neither
+// the ioctls nor the structs.
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+/// The device refuses writes.
+pub(crate) const LO_FLAGS_READ_ONLY: u32 = 1;
+/// The device lets go of its file when its last user closes it.
+pub(crate) const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+/// The number of a loop device bound to no file (`/dev/loopN`), made if
+/// none is free. Another process may take it before we bind it.
+pub(crate) fn loop_free_device(control: &OwnedFd) -> io::Result<u32> {
+    // SAFETY: LOOP_CTL_GET_FREE takes no argument.
+    let n = cvt(unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) })?;
+    Ok(n as u32)
+}
+
+/// Binds the loop device open at `device` to `file`, whole, with `flags`
+/// (`LO_FLAGS_*`). EBUSY: someone else bound it first.
+pub(crate) fn loop_configure(device: &OwnedFd, file: &OwnedFd, flags: u32) -> io::Result<()> {
+    // SAFETY: all-zero is a valid loop_config (no offset, no size limit,
+    // default block size); the fields that matter are set below.
+    let mut config: LoopConfig = unsafe { std::mem::zeroed() };
+    config.fd = file.as_raw_fd() as u32;
+    config.info.lo_flags = flags;
+    // SAFETY: `config` is a valid loop_config that outlives the call.
+    cvt(unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CONFIGURE, &config) }).map(drop)
+}
+
+// The new mount API's filesystem contexts (Linux 5.2). libc has the
+// syscall numbers but not these constants.
+const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+
+fn owned_fd(ret: libc::c_long) -> io::Result<OwnedFd> {
+    let fd = cvt_long(ret)?;
+    // SAFETY: the syscall returned a fresh descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// A new filesystem of type `fstype` mounted nowhere, made from `source`
+/// (a block device) read-only: a detached mount with `attrs`
+/// (`MOUNT_ATTR_*`). It is freed with the descriptor unless moved
+/// somewhere. A superblock already made from `source` is shared.
+pub(crate) fn mount_detached(fstype: &str, source: &Path, attrs: u64) -> io::Result<OwnedFd> {
+    let fstype = cstring(fstype)?;
+    let source = cstring(source)?;
+    let (key_source, key_ro) = (c"source", c"ro");
+    // SAFETY: a NUL-terminated name; the result is a new descriptor.
+    let context =
+        owned_fd(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })?;
+    let fs = context.as_raw_fd();
+    // SAFETY: `fs` is a filesystem context; keys and values are
+    // NUL-terminated strings, and the flag and command take no value.
+    unsafe {
+        cvt_long(libc::syscall(
+            libc::SYS_fsconfig,
+            fs,
+            FSCONFIG_SET_STRING,
+            key_source.as_ptr(),
+            source.as_ptr(),
+            0,
+        ))?;
+        // Read-only from the start: the device is opened for reading only.
+        cvt_long(libc::syscall(
+            libc::SYS_fsconfig,
+            fs,
+            FSCONFIG_SET_FLAG,
+            key_ro.as_ptr(),
+            std::ptr::null::<libc::c_char>(),
+            0,
+        ))?;
+        cvt_long(libc::syscall(
+            libc::SYS_fsconfig,
+            fs,
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_char>(),
+            0,
+        ))?;
+    }
+    // SAFETY: plain syscall on the context; the result is a new descriptor.
+    owned_fd(unsafe { libc::syscall(libc::SYS_fsmount, fs, FSMOUNT_CLOEXEC, attrs) })
+}
+
 pub(crate) fn pivot_root(new_root: &Path, put_old: &Path) -> io::Result<()> {
     let new_root = cstring(new_root)?;
     let put_old = cstring(put_old)?;

@@ -11,8 +11,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use thaw_jail::{
-    attach, cleanup_instance, command_args, detach, program_binds, Cgroup, JailConfig, JailError,
-    Limits,
+    attach, attach_image, cleanup_instance, command_args, detach, program_binds, Cgroup, Image,
+    JailConfig, JailError, Limits,
 };
 
 const NODE: &str = "/usr/bin/node";
@@ -41,6 +41,7 @@ fn setup(name: &str, n: u32, limits: Limits) -> Setup {
         ro_binds,
         binds: vec![(PROBE_ON_HOST.into(), PROBE.into())],
         writable_binds: vec![],
+        images: Vec::new(),
         devices: vec![],
         own_seccomp: false,
         own_cgroup: true,
@@ -612,6 +613,142 @@ fn attach_makes_code_appear_read_only_in_a_running_jail() {
     attach(&s.config, code.path()).unwrap();
     cleanup_instance(&s.config).unwrap();
     running.finish(Duration::from_secs(5));
+}
+
+/// An EROFS image of a tree holding `files`, built with `mkfs.erofs`
+/// (erofs-utils), as thaw builds them.
+fn erofs_image(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let tree = dir.join(name);
+    std::fs::create_dir(&tree).unwrap();
+    for (file, text) in files {
+        std::fs::write(tree.join(file), text).unwrap();
+    }
+    let image = dir.join(format!("{name}.erofs"));
+    let out = Command::new("mkfs.erofs")
+        .args(["--quiet", "--all-root", "-T0"])
+        .arg(&image)
+        .arg(&tree)
+        .output()
+        .expect("mkfs.erofs runs (install erofs-utils)");
+    assert!(out.status.success(), "{out:?}");
+    image
+}
+
+/// The loop device `/dev/loopN` is bound to a file.
+fn loop_bound(device: &Path) -> bool {
+    let name = device.file_name().unwrap().to_string_lossy();
+    Path::new("/sys/block")
+        .join(&*name)
+        .join("loop/backing_file")
+        .exists()
+}
+
+#[test]
+fn images_mounted_and_attached_show_no_host_path_and_let_their_loop_devices_go() {
+    let mut s = setup("image", 18, Limits::default());
+    let images = tempfile::Builder::new()
+        .prefix("thaw-jail-images-")
+        .tempdir()
+        .unwrap();
+    let runtime = erofs_image(images.path(), "runtime", &[("shim.txt", "the shim")]);
+    let code = erofs_image(
+        images.path(),
+        "code",
+        &[("hello.txt", "hello from an image")],
+    );
+    let runtime = Image::open(&runtime, "erofs").unwrap();
+    let code = Image::open(&code, "erofs").unwrap();
+    let devices = [runtime.device().to_path_buf(), code.device().to_path_buf()];
+    assert!(devices.iter().all(|d| loop_bound(d)), "{devices:?}");
+    s.config.images = vec![runtime.mount_at("/runtime")];
+    let running = Running::start(jail_command(
+        &s.config,
+        NODE,
+        &[
+            "-e",
+            r#"
+        const fs = require('fs');
+        const tryIt = (f) => { try { f(); return 'ok'; } catch (e) { return e.code; } };
+        console.log('waiting ' + JSON.stringify(fs.readdirSync('/code')));
+        const poll = setInterval(() => {
+            if (!fs.existsSync('/code/hello.txt')) return;
+            clearInterval(poll);
+            console.log(JSON.stringify({
+                shim: fs.readFileSync('/runtime/shim.txt', 'utf8'),
+                code: fs.readFileSync('/code/hello.txt', 'utf8'),
+                writeCode: tryIt(() => fs.writeFileSync('/code/hello.txt', 'x')),
+                writeRuntime: tryIt(() => fs.writeFileSync('/runtime/new', 'x')),
+                mountinfo: fs.readFileSync('/proc/self/mountinfo', 'utf8'),
+                mounts: fs.readFileSync('/proc/self/mounts', 'utf8'),
+            }));
+            const gone = setInterval(() => {
+                if (fs.existsSync('/code/hello.txt')) return;
+                clearInterval(gone);
+                console.log('detached');
+            }, 2);
+        }, 2);
+        "#,
+        ],
+    ));
+    assert_eq!(running.line(Duration::from_secs(10)), "waiting []");
+    let started = Instant::now();
+    attach_image(&s.config, &code).unwrap();
+    eprintln!("attach_image took {:?}", started.elapsed());
+    assert!(matches!(
+        attach_image(&s.config, &code),
+        Err(JailError::AlreadyAttached(_))
+    ));
+
+    let v: serde_json::Value =
+        serde_json::from_str(&running.line(Duration::from_secs(10))).unwrap();
+    assert_eq!(v["shim"], "the shim");
+    assert_eq!(v["code"], "hello from an image");
+    assert_eq!(v["writeCode"], "EROFS");
+    assert_eq!(v["writeRuntime"], "EROFS");
+    let mountinfo = v["mountinfo"].as_str().unwrap();
+    eprintln!("{mountinfo}");
+    for hidden in [
+        s.config.state_dir.display().to_string(),
+        images.path().display().to_string(),
+    ] {
+        for table in ["mountinfo", "mounts"] {
+            let text = v[table].as_str().unwrap();
+            assert!(!text.contains(&hidden), "{table} shows {hidden}: {text}");
+        }
+    }
+    // Each tree is the root of its own filesystem: `/`, on its loop device.
+    for (at, device) in [("/runtime", &devices[0]), ("/code", &devices[1])] {
+        let line = mountinfo
+            .lines()
+            .rfind(|l| l.split(' ').nth(4) == Some(at))
+            .unwrap_or_else(|| panic!("no mount at {at}: {mountinfo}"));
+        assert_eq!(line.split(' ').nth(3), Some("/"), "{line}");
+        let source = line.split(" - ").nth(1).unwrap();
+        assert_eq!(
+            source.split(' ').nth(1),
+            Some(device.to_str().unwrap()),
+            "{line}"
+        );
+    }
+
+    detach(&s.config).unwrap();
+    detach(&s.config).unwrap();
+    assert_eq!(running.line(Duration::from_secs(10)), "detached");
+    attach_image(&s.config, &code).unwrap();
+    cleanup_instance(&s.config).unwrap();
+    running.finish(Duration::from_secs(5));
+
+    // Nothing of the instance is left mounted on the host, and once thaw
+    // lets go of the images their loop devices are free again.
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let state = s.config.state_dir.display().to_string();
+    assert!(!host.contains(&state), "{host}");
+    drop((runtime, code));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while devices.iter().any(|d| loop_bound(d)) {
+        assert!(Instant::now() < deadline, "still bound: {devices:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]

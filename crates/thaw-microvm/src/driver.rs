@@ -34,9 +34,10 @@ use thaw_sandbox::{
 };
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use crate::code::pad_code_image;
 use crate::{
     build_code_image, build_image, probe_accel, Accel, AccelProbe, BuildProgress, GuestKernel,
-    ImageOptions, MicrovmError, Template, Vm, VmJail, VmOptions, CODE_FSTYPE,
+    ImageOptions, MicrovmError, Template, Vm, VmJail, VmOptions, CODE_DRIVE_BYTES, CODE_FSTYPE,
 };
 
 /// Niceness of a VM being restored for the pool; `attach` sets 0, so that
@@ -231,19 +232,25 @@ impl MicrovmDriver {
         Instance::connect(reader, writer, Box::new(process), output, sink).await
     }
 
-    /// The EROFS image of `tree`, built once and kept beside it as
-    /// `<tree>.erofs` (written under a temporary name, then renamed).
+    /// The EROFS image of `tree`, built once and kept beside it
+    /// (`thaw_sandbox::image_path`, shared with the process driver), padded
+    /// to the code drive.
     async fn code_image(&self, tree: &Path) -> Result<PathBuf, SandboxError> {
-        let mut name = tree.as_os_str().to_owned();
-        name.push(".erofs");
-        let image = PathBuf::from(name);
+        let image = thaw_sandbox::image_path(tree);
         let _building = self.building.lock().await;
-        if !image.exists() {
+        let ready = std::fs::metadata(&image).is_ok_and(|m| m.len() == CODE_DRIVE_BYTES);
+        if !ready {
             let (tree, out) = (tree.to_path_buf(), image.clone());
-            tokio::task::spawn_blocking(move || build_code_image(&tree, &out))
-                .await
-                .map_err(|e| SandboxError::Start(format!("building the code image: {e}")))?
-                .map_err(|e| SandboxError::Start(e.to_string()))?;
+            tokio::task::spawn_blocking(move || {
+                if out.exists() {
+                    pad_code_image(&out)
+                } else {
+                    build_code_image(&tree, &out)
+                }
+            })
+            .await
+            .map_err(|e| SandboxError::Start(format!("building the code image: {e}")))?
+            .map_err(|e| SandboxError::Start(e.to_string()))?;
         }
         Ok(image)
     }

@@ -203,6 +203,7 @@ impl VmJail {
             ro_binds: self.binds.clone(),
             binds: vec![(image.dir.clone(), PathBuf::from(JAIL_IMAGE_DIR))],
             writable_binds: vec![(dir.to_path_buf(), PathBuf::from(JAIL_RUN_DIR))],
+            images: Vec::new(),
             devices: match accel {
                 Accel::Kvm => vec!["kvm".into()],
                 Accel::Tcg => Vec::new(),

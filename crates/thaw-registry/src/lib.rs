@@ -240,41 +240,54 @@ impl Registry {
     /// Deletes bundles and code trees that no kept version refers to, and
     /// staging directories left by an interrupted deploy. Call it when no
     /// deploy is running: at start-up, or under the platform's deploy lock.
-    pub fn collect_garbage(&self) -> Result<usize, RegistryError> {
+    /// Says which code trees went, for the drivers to let go of them.
+    pub fn collect_garbage(&self) -> Result<Garbage, RegistryError> {
         let used: std::collections::HashSet<String> = {
             let db = self.db.lock().unwrap();
             let mut stmt = db.prepare("SELECT DISTINCT bundle FROM versions")?;
             let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
             rows.collect::<Result<_, _>>()?
         };
-        let mut removed = 0;
+        let mut garbage = Garbage::default();
         for sub in ["code", "bundles"] {
             let dir = self.root.join(sub);
             for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
                 let entry = entry.map_err(io_err(&dir))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
-                // `<hash>.erofs` is the microvm driver's image of a code
-                // tree: it lives and goes with the tree.
-                let hash = name
-                    .trim_end_matches(".tar.gz")
-                    .trim_end_matches(".json")
-                    .trim_end_matches(".erofs")
-                    .to_string();
-                if used.contains(&hash) {
+                // Everything named `<hash>` or `<hash>.<something>` lives
+                // and goes with that bundle: its archive (`.tar.gz`), its
+                // tree and the tree's metadata (`.json`), the tree's image
+                // (`.erofs`) and one being built beside it. Staging
+                // directories (`.staging-...`) belong to no bundle.
+                let hash = name.split('.').next().unwrap_or_default();
+                if used.contains(hash) {
                     continue;
                 }
                 let path = entry.path();
                 if path.is_dir() {
                     unseal_for_removal(&path);
                     let _ = fs::remove_dir_all(&path);
+                    if sub == "code" && !hash.is_empty() {
+                        garbage.code_trees.push(path);
+                    }
                 } else {
                     let _ = fs::remove_file(&path);
                 }
-                removed += 1;
+                garbage.removed += 1;
             }
         }
-        Ok(removed)
+        Ok(garbage)
     }
+}
+
+/// What [`Registry::collect_garbage`] removed.
+#[derive(Debug, Default)]
+pub struct Garbage {
+    /// The code trees that went (each a [`CodeTree::dir`]).
+    pub code_trees: Vec<PathBuf>,
+    /// How many entries went in all: trees, their metadata and images,
+    /// bundles, leftovers.
+    pub removed: usize,
 }
 
 /// A sealed tree has read-only directories, which `remove_dir_all` cannot

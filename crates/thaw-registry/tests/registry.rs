@@ -171,7 +171,12 @@ fn old_versions_are_pruned_but_not_those_an_alias_points_at() {
     reg.remove_alias(&f, "pinned").unwrap();
     assert_eq!(reg.activate(&v, true).unwrap(), 2, "versions 1 and 7");
     assert!(first.code_dir.is_dir());
-    assert!(reg.collect_garbage().unwrap() > 0);
+    let garbage = reg.collect_garbage().unwrap();
+    assert!(garbage.removed > 0);
+    assert!(
+        garbage.code_trees.contains(&first.code_dir),
+        "{garbage:?} names the tree it removed"
+    );
     assert!(
         !first.code_dir.exists(),
         "the code only version 1 used is freed"

@@ -105,6 +105,7 @@ impl BuildSandbox for JailedBuild {
                 job.out_dir.to_path_buf(),
                 Path::new(INSIDE_BUNDLE).join(thaw_bundle::BUILD_DIR),
             )],
+            images: Vec::new(),
             devices: Vec::new(),
             own_seccomp: false,
             own_cgroup: false,

@@ -8,17 +8,20 @@
 //! its own Node process talking over a socketpair; the `microvm` driver
 //! (in thaw-microvm, which builds on this crate) runs each in a QEMU
 //! microVM restored from a snapshot. [`JailedBuild`] runs the TypeScript
-//! build (esbuild) in the same jail, seeing only the bundle.
+//! build (esbuild) in the same jail, seeing only the bundle. Both drivers
+//! turn code trees into EROFS images ([`build_erofs_image`]).
 //!
 //! This crate must not know about HTTP, the registry or scheduling policy:
 //! it starts, talks to and kills sandboxed programs, nothing more.
 
 mod build_jail;
+mod image;
 mod instance;
 mod process;
 mod shim;
 
 pub use build_jail::JailedBuild;
+pub use image::{build_erofs_image, image_path, ImageError, IMAGE_FSTYPE};
 pub use instance::{
     Binding, Instance, InvokeOutcome, LogLine, LogSink, Reply, RuntimeProcess, CALL_LOG_BYTES,
     CALL_LOG_LINES, INSTANCE_LOG_BYTES_PER_SEC, INSTANCE_LOG_LINES_PER_SEC, MAX_LINE_BYTES,
@@ -86,6 +89,23 @@ pub trait Driver: Send + Sync + 'static {
         shim: &'a Path,
         node: &'a Path,
     ) -> BoxFuture<'a, Result<RuntimeChange, SandboxError>>;
+
+    /// Gets ready what attaching the code tree at `host_dir` needs, ahead
+    /// of its first attach (the process driver holds its image). Never
+    /// fails: a problem shows when the tree is attached.
+    fn prepare_code<'a>(&'a self, host_dir: &'a Path) -> BoxFuture<'a, ()> {
+        let _ = host_dir;
+        Box::pin(async {})
+    }
+
+    /// The code tree at `host_dir` is gone (no version uses it any more):
+    /// lets go of what the driver holds for it (the process driver's
+    /// mounted image). Instances that still have it keep it until they
+    /// end. A tree stored again at the same path has the same content: its
+    /// path names it.
+    fn forget_code(&self, host_dir: &Path) {
+        let _ = host_dir;
+    }
 }
 
 /// What [`Driver::upgrade_runtime`] did: the runtime's identity before and

@@ -9,7 +9,14 @@
 //! namespaces, a read-only root holding only Node and the shim, its own
 //! uid and cgroup; the function's code is attached at `/code` when the
 //! runtime is bound, and its memory limit is set then.
+//!
+//! Jailed, the shim's directory and each code tree are mounted from EROFS
+//! images on loop devices (`image.rs`), so that `/proc/self/mountinfo`
+//! inside names no path of the data directory; where the host cannot make
+//! images (no `mkfs.erofs`, no loop devices) they are bound from the data
+//! directory instead, and [`ProcessDriver::without_images`] says why.
 
+use crate::image::{hold_image, CodeImages, ImageError};
 use crate::instance::{cut_line, mark_cut, RawLine, RuntimeProcess, MAX_LINE_BYTES};
 use crate::{BoxFuture, Driver, Instance, LogSink, RuntimeChange, SandboxError};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -45,7 +52,9 @@ pub struct ProcessDriverConfig {
     /// that share jail settings must share it, so that no two live
     /// runtimes share a jail or a uid.
     pub numbering: Arc<AtomicU64>,
-    /// The runtime shim, `shim.mjs`.
+    /// The runtime shim, `shim.mjs`, in a directory of its own (thaw
+    /// writes it to `DATA_DIR/runtime/<hash>/`): jails see that directory,
+    /// made an image beside it (`<hash>.erofs`) where the host can.
     pub shim: PathBuf,
     /// Extra flags for `node`, before the shim's path.
     pub node_args: Vec<String>,
@@ -79,11 +88,25 @@ impl JailSettings {
 /// Where the shim and the code appear inside a jail.
 const JAIL_RUNTIME_DIR: &str = "/runtime";
 const JAIL_CODE_DIR: &str = "/code";
+/// Where an installed Node line's directory appears inside a jail.
+const JAIL_NODE_DIR: &str = "/opt/node";
 
 pub struct ProcessDriver {
     config: ProcessDriverConfig,
     /// What runtimes start from now; replaced by `upgrade_runtime`.
     files: std::sync::RwLock<Arc<RuntimeFiles>>,
+    /// How jails get the shim and the code; `None` unjailed.
+    trees: Option<Trees>,
+}
+
+/// How a jailed runtime gets its trees: the shim's directory and the
+/// function's code.
+enum Trees {
+    /// Mounted from images on loop devices: no host path shows inside.
+    Images(CodeImages),
+    /// Bound from the data directory, because this host cannot make
+    /// images (why).
+    Bound(String),
 }
 
 /// The files one runtime is started from.
@@ -96,6 +119,12 @@ struct RuntimeFiles {
     node_binds: Vec<PathBuf>,
     /// `node` bound at another path inside a jail (`node_in_jail`).
     moved_node: Option<(PathBuf, PathBuf)>,
+    /// The shim's directory as an image, when jails mount it from one.
+    shim_image: Option<Arc<thaw_jail::Image>>,
+    /// A moved `node`'s directory (an installed Node line, kept under the
+    /// data directory) as an image, mounted at [`JAIL_NODE_DIR`] instead
+    /// of binding the binary, so that no mount names the data directory.
+    node_image: Option<Arc<thaw_jail::Image>>,
 }
 
 impl RuntimeFiles {
@@ -111,6 +140,8 @@ impl RuntimeFiles {
                 shim: shim.to_path_buf(),
                 node_binds: Vec::new(),
                 moved_node: None,
+                shim_image: None,
+                node_image: None,
             });
         }
         let node = which(node).ok_or_else(|| {
@@ -129,14 +160,49 @@ impl RuntimeFiles {
             shim: shim.to_path_buf(),
             node_binds,
             moved_node,
+            shim_image: None,
+            node_image: None,
         })
     }
 
     /// The path a jailed runtime runs `node` from.
-    fn node_inside(&self) -> &Path {
+    fn node_inside(&self) -> PathBuf {
+        if self.node_image.is_some() {
+            if let Some(name) = self.node.file_name() {
+                return Path::new(JAIL_NODE_DIR).join("bin").join(name);
+            }
+        }
         self.moved_node
             .as_ref()
-            .map_or(self.node.as_path(), |(_, inside)| inside.as_path())
+            .map_or(self.node.clone(), |(_, inside)| inside.clone())
+    }
+
+    /// The directory of a moved `node` (`<line>/bin/node` → `<line>`).
+    fn moved_node_dir(&self) -> Option<PathBuf> {
+        let (host, _) = self.moved_node.as_ref()?;
+        Some(host.parent()?.parent()?.to_path_buf())
+    }
+
+    /// Holds the images of the shim's directory and of a moved `node`'s,
+    /// reusing those of `current` that did not change.
+    fn hold_images(&mut self, current: Option<&RuntimeFiles>) -> Result<(), ImageError> {
+        self.shim_image = match current.filter(|c| c.shim_dir() == self.shim_dir()) {
+            Some(c) if c.shim_image.is_some() => c.shim_image.clone(),
+            _ => Some(Arc::new(hold_image(self.shim_dir())?)),
+        };
+        self.node_image = match self.moved_node_dir() {
+            None => None,
+            Some(dir) => match current.filter(|c| c.moved_node_dir().as_ref() == Some(&dir)) {
+                Some(c) if c.node_image.is_some() => c.node_image.clone(),
+                _ => Some(Arc::new(hold_image(&dir)?)),
+            },
+        };
+        Ok(())
+    }
+
+    /// The directory the shim is in, which jails see at `/runtime`.
+    fn shim_dir(&self) -> &Path {
+        self.shim.parent().unwrap_or(Path::new("/"))
     }
 
     /// Names this runtime: the shim's path (thaw writes each shim under a
@@ -159,17 +225,34 @@ impl RuntimeFiles {
 }
 
 impl ProcessDriver {
+    /// Jailed, it first tries to make the shim directory's image: if that
+    /// fails, this host cannot make images, and every tree is bound.
     pub fn new(config: ProcessDriverConfig) -> Result<Self, SandboxError> {
-        let files = RuntimeFiles::find(
+        let mut files = RuntimeFiles::find(
             &config.node,
             &config.shim,
             config.jail.is_some(),
             config.node_in_jail.as_deref(),
         )?;
+        let trees = config.jail.as_ref().map(|_| match files.hold_images(None) {
+            Ok(()) => Trees::Images(CodeImages::default()),
+            Err(e) => Trees::Bound(e.to_string()),
+        });
         Ok(ProcessDriver {
             files: std::sync::RwLock::new(Arc::new(files)),
             config,
+            trees,
         })
+    }
+
+    /// Why jails bind the shim and the code from the data directory (and
+    /// so see its paths in `/proc/self/mountinfo`) rather than mount them
+    /// from images; `None` when they mount images, or run unjailed.
+    pub fn without_images(&self) -> Option<&str> {
+        match &self.trees {
+            Some(Trees::Bound(why)) => Some(why),
+            _ => None,
+        }
     }
 
     fn files(&self) -> Arc<RuntimeFiles> {
@@ -180,25 +263,42 @@ impl ProcessDriver {
         self.config.jail.is_some()
     }
 
-    /// The command that starts one runtime, and its jail if it has one.
-    fn runtime_command(&self) -> Result<(Command, Option<thaw_jail::JailConfig>), SandboxError> {
+    /// The command that starts one runtime, its jail if it has one, and
+    /// the files it starts from.
+    fn runtime_command(&self) -> Result<RuntimeCommand, SandboxError> {
         let files = self.files();
         let Some(jail) = &self.config.jail else {
             let mut cmd = Command::new(&files.node);
             cmd.args(&self.config.node_args).arg(&files.shim);
-            return Ok((cmd, None));
+            return Ok(RuntimeCommand {
+                cmd,
+                jail: None,
+                files,
+            });
         };
         let n = self.config.numbering.fetch_add(1, Ordering::Relaxed);
-        let shim_dir = files.shim.parent().unwrap_or(Path::new("/"));
         let shim_name = files.shim.file_name().unwrap_or_default();
+        let (mut binds, mut images) = match &files.shim_image {
+            Some(image) => (Vec::new(), vec![image.mount_at(JAIL_RUNTIME_DIR)]),
+            None => (
+                vec![(
+                    files.shim_dir().to_path_buf(),
+                    PathBuf::from(JAIL_RUNTIME_DIR),
+                )],
+                Vec::new(),
+            ),
+        };
+        match &files.node_image {
+            Some(image) => images.push(image.mount_at(JAIL_NODE_DIR)),
+            None => binds.extend(files.moved_node.clone()),
+        }
         let config = thaw_jail::JailConfig {
             id: format!("i{}-{n}", std::process::id()),
             state_dir: jail.state_dir.clone(),
             ro_binds: files.node_binds.clone(),
-            binds: std::iter::once((shim_dir.to_path_buf(), PathBuf::from(JAIL_RUNTIME_DIR)))
-                .chain(files.moved_node.clone())
-                .collect(),
+            binds,
             writable_binds: Vec::new(),
+            images,
             devices: Vec::new(),
             own_seccomp: false,
             own_cgroup: true,
@@ -214,11 +314,15 @@ impl ProcessDriver {
                 .to_string_lossy()
                 .into_owned(),
         );
-        let argv = thaw_jail::command_args(&config, files.node_inside(), &args)
+        let argv = thaw_jail::command_args(&config, &files.node_inside(), &args)
             .map_err(|e| SandboxError::Start(e.to_string()))?;
         let mut cmd = Command::new(&jail.exe);
         cmd.args(argv);
-        Ok((cmd, Some(config)))
+        Ok(RuntimeCommand {
+            cmd,
+            jail: Some(config),
+            files,
+        })
     }
 
     async fn start_process(&self, sink: Arc<dyn LogSink>) -> Result<Instance, SandboxError> {
@@ -227,7 +331,11 @@ impl ProcessDriver {
         let runtime_fd: OwnedFd = runtime_end.into();
         let raw = runtime_fd.as_raw_fd();
 
-        let (mut cmd, jail) = self.runtime_command()?;
+        let RuntimeCommand {
+            mut cmd,
+            jail,
+            files,
+        } = self.runtime_command()?;
         cmd.env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", "/tmp")
@@ -288,6 +396,7 @@ impl ProcessDriver {
             child: tokio::sync::Mutex::new(child),
             reaped: AtomicBool::new(false),
             jail,
+            _files: files,
             memory_mb: AtomicU32::new(0),
             cleaned: AtomicBool::new(false),
         });
@@ -310,13 +419,22 @@ impl Driver for ProcessDriver {
         node: &'a Path,
     ) -> BoxFuture<'a, Result<RuntimeChange, SandboxError>> {
         Box::pin(async move {
-            let before = self.files().identity();
-            let files = RuntimeFiles::find(
+            let current = self.files();
+            let before = current.identity();
+            let mut files = RuntimeFiles::find(
                 node,
                 shim,
                 self.config.jail.is_some(),
                 self.config.node_in_jail.as_deref(),
             )?;
+            if let Some(Trees::Images(_)) = &self.trees {
+                files = tokio::task::spawn_blocking(move || {
+                    files.hold_images(Some(&current)).map(|()| files)
+                })
+                .await
+                .map_err(|e| SandboxError::Start(format!("making the runtime's images: {e}")))?
+                .map_err(|e| SandboxError::Start(format!("the runtime's images: {e}")))?;
+            }
             let after = files.identity();
             *self.files.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(files);
             Ok(RuntimeChange { before, after })
@@ -346,7 +464,15 @@ impl Driver for ProcessDriver {
             let failed = |what: &str, e: thaw_jail::JailError| {
                 SandboxError::Start(format!("could not {what}: {e}"))
             };
-            thaw_jail::attach(jail, host_dir).map_err(|e| failed("attach the code", e))?;
+            let image = match &self.trees {
+                Some(Trees::Images(images)) => images.get(host_dir).await,
+                _ => None,
+            };
+            match &image {
+                Some(image) => thaw_jail::attach_image(jail, image),
+                None => thaw_jail::attach(jail, host_dir),
+            }
+            .map_err(|e| failed("attach the code", e))?;
             let cgroup = thaw_jail::Cgroup::for_instance(&jail.id)
                 .map_err(|e| failed("find the cgroup", e))?;
             cgroup
@@ -359,6 +485,27 @@ impl Driver for ProcessDriver {
             Ok(JAIL_CODE_DIR.to_string())
         })
     }
+
+    fn prepare_code<'a>(&'a self, host_dir: &'a Path) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(Trees::Images(images)) = &self.trees {
+                images.get(host_dir).await;
+            }
+        })
+    }
+
+    fn forget_code(&self, host_dir: &Path) {
+        if let Some(Trees::Images(images)) = &self.trees {
+            images.forget(host_dir);
+        }
+    }
+}
+
+/// What [`ProcessDriver::runtime_command`] makes.
+struct RuntimeCommand {
+    cmd: Command,
+    jail: Option<thaw_jail::JailConfig>,
+    files: Arc<RuntimeFiles>,
 }
 
 /// Finds a program the way a shell would (for binding it into a jail, or
@@ -482,6 +629,9 @@ struct NodeProcess {
     child: tokio::sync::Mutex<Child>,
     reaped: AtomicBool,
     jail: Option<thaw_jail::JailConfig>,
+    /// What it was started from. Holds the shim's image: the jail mounts
+    /// it by device name, which must not name another image meanwhile.
+    _files: Arc<RuntimeFiles>,
     /// The memory limit set when bound, for explaining an OOM kill.
     memory_mb: AtomicU32,
     cleaned: AtomicBool,

@@ -330,6 +330,15 @@ impl Scheduler {
         )
     }
 
+    /// Gets ready ahead of its first cold start what attaching `spec`'s
+    /// code needs from its driver (the process driver's image of the
+    /// tree), so that after a restart no call waits for it.
+    pub async fn prepare(&self, spec: &FunctionSpec) {
+        if let Some(runtimes) = self.runtimes_for(spec) {
+            runtimes.driver().prepare_code(&spec.code_dir).await;
+        }
+    }
+
     /// Whether this scheduler has a pool for `spec`'s driver and runtime.
     pub fn has_runtimes(&self, spec: &FunctionSpec) -> bool {
         self.runtimes_for(spec).is_some()

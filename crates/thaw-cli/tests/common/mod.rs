@@ -16,6 +16,8 @@ pub struct Platform {
     pub server: String,
     /// `thaw up`'s "thaw is up on ..." line.
     pub up_line: String,
+    /// What `thaw up` wrote to stderr before that line (its warnings).
+    pub startup: Vec<String>,
     pub data_dir: PathBuf,
     _owned_dir: Option<tempfile::TempDir>,
     env: Vec<(String, String)>,
@@ -58,22 +60,26 @@ impl Platform {
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut sent = false;
+            let mut startup = Some(Vec::new());
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if !sent && line.starts_with("thaw is up on ") {
-                    let _ = tx.send(line);
-                    sent = true;
-                    continue;
+                if line.starts_with("thaw is up on ") {
+                    if let Some(before) = startup.take() {
+                        let _ = tx.send((line, before));
+                        continue;
+                    }
                 }
                 eprintln!("[thaw up] {line}");
+                if let Some(before) = startup.as_mut() {
+                    before.push(line);
+                }
             }
         });
         // Long enough for the microvm driver's first start from an empty
         // cache (the guest kernel compiled from source, the image, the
         // template): a guard against a hang, not a timing assertion. A thaw
         // that exits ends the wait at once.
-        let up_line = rx
+        let (up_line, startup) = rx
             .recv_timeout(Duration::from_secs(3600))
             .expect("thaw up announces its address");
         let server = up_line["thaw is up on ".len()..]
@@ -85,6 +91,7 @@ impl Platform {
             child,
             server,
             up_line,
+            startup,
             data_dir: data_dir.to_path_buf(),
             _owned_dir: None,
             env: env

@@ -540,15 +540,17 @@ impl Platform {
             return Err(e);
         }
         let activated = version.clone();
-        self.blocking(move |r| {
-            // Under the deploy lock no code is being stored: the code only
-            // pruned versions used can go now.
-            if r.activate(&activated, promote)? > 0 {
-                r.collect_garbage()?;
-            }
-            Ok(())
-        })
-        .await?;
+        let garbage = self
+            .blocking(move |r| {
+                // Under the deploy lock no code is being stored: the code
+                // only pruned versions used can go now.
+                if r.activate(&activated, promote)? > 0 {
+                    return r.collect_garbage();
+                }
+                Ok(Default::default())
+            })
+            .await?;
+        self.forget_code(&garbage);
         self.refresh(&version.function).await
     }
 
@@ -572,10 +574,21 @@ impl Platform {
         caller.allow(&f.namespace, Need::Deploy)?;
         let _changing = self.deploy_lock.lock().await;
         let function = f.clone();
-        self.blocking(move |r| r.remove(&function)).await?;
+        // Under the deploy lock no code is being stored: the code only this
+        // function used can go with it.
+        let garbage = self
+            .blocking(move |r| {
+                r.remove(&function)?;
+                Ok(r.collect_garbage().unwrap_or_else(|e| {
+                    tracing::warn!("could not remove the code of a removed function: {e}");
+                    Default::default()
+                }))
+            })
+            .await?;
         self.routes.remove(f);
         self.metrics.forget(f);
         self.scheduler.retire(&f.namespace, &f.name, &[]);
+        self.forget_code(&garbage);
         Ok(view::Removed {
             removed: f.name.clone(),
         })
