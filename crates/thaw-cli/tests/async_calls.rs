@@ -296,21 +296,7 @@ fn a_tenant_cannot_see_or_replay_another_tenants_calls_and_its_queue_is_bounded(
         p.thaw_ok(&["ns", "create", ns]);
     }
     p.thaw_ok(&["ns", "set", "team-a", "--max-queued", "3"]);
-    let key = |ns: &str, role: &str| -> String {
-        let out = p.thaw_ok(&[
-            "key",
-            "create",
-            "--namespace",
-            ns,
-            "--role",
-            role,
-            &format!("{ns}-{role}"),
-        ]);
-        out.split_whitespace()
-            .find(|w| w.starts_with("thawk_"))
-            .unwrap()
-            .to_string()
-    };
+    let key = |ns: &str, role: &str| p.new_key(ns, &format!("{ns}-{role}"), role);
     let (a_deploy, a_invoke, b_deploy) = (
         key("team-a", "deploy"),
         key("team-a", "invoke"),

@@ -36,19 +36,6 @@ export const handler = async (event) => {{
     )])
 }
 
-fn new_key(p: &Platform, namespace: &str, name: &str, role: &str) -> String {
-    let args = [
-        "key",
-        "create",
-        "--namespace",
-        namespace,
-        name,
-        "--role",
-        role,
-    ];
-    p.thaw_ok(&args).trim().to_string()
-}
-
 fn thaw_as(p: &Platform, key: &str, args: &[&str]) -> String {
     let out = p.cli().env("THAW_TOKEN", key).args(args).output().unwrap();
     assert!(
@@ -114,9 +101,9 @@ fn the_dashboard_shows_each_key_what_it_may_see_and_runs_nothing_it_shows() {
     // Two tenants; team-a has a deploy key and a read key.
     p.thaw_ok(&["ns", "create", "team-a"]);
     p.thaw_ok(&["ns", "create", "team-b"]);
-    let deploy = new_key(&p, "team-a", "ci", "deploy");
-    let read = new_key(&p, "team-a", "viewer", "read");
-    let invoke = new_key(&p, "team-a", "caller", "invoke");
+    let deploy = p.new_key("team-a", "ci", "deploy");
+    let read = p.new_key("team-a", "viewer", "read");
+    let invoke = p.new_key("team-a", "caller", "invoke");
     let other = function_dir(&[(
         "index.mjs",
         "export const handler = async () => ({ statusCode: 200, body: 'b' });",
@@ -280,6 +267,6 @@ fn the_platform_view_carries_the_last_bench_report_for_the_admin_only() {
     assert_eq!(v["bench"]["markdown"], report);
     assert!(v["bench"]["written_ms"].as_i64().unwrap() > 0);
     p.thaw_ok(&["ns", "create", "team-a"]);
-    let key = new_key(&p, "team-a", "viewer", "read");
+    let key = p.new_key("team-a", "viewer", "read");
     assert_eq!(platform(&key).status(), 403);
 }

@@ -25,21 +25,6 @@ fn thaw_as_ok(p: &Platform, key: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// A new key of `namespace` with `role`, as `thaw key create` prints it.
-fn new_key(p: &Platform, namespace: &str, name: &str, role: &str) -> String {
-    p.thaw_ok(&[
-        "key",
-        "create",
-        "--namespace",
-        namespace,
-        name,
-        "--role",
-        role,
-    ])
-    .trim()
-    .to_string()
-}
-
 /// A function answering `marker` and whether its secret is set.
 fn marked(marker: &str) -> tempfile::TempDir {
     function_dir(&[(
@@ -78,10 +63,10 @@ fn tenants_reach_only_their_own_namespace_and_roles_hold() {
     let p = Platform::start();
     p.thaw_ok(&["ns", "create", "team-a"]);
     p.thaw_ok(&["ns", "create", "team-b"]);
-    let deploy_a = new_key(&p, "team-a", "ci", "deploy");
-    let deploy_b = new_key(&p, "team-b", "ci", "deploy");
-    let invoke_a = new_key(&p, "team-a", "caller", "invoke");
-    let read_a = new_key(&p, "team-a", "viewer", "read");
+    let deploy_a = p.new_key("team-a", "ci", "deploy");
+    let deploy_b = p.new_key("team-b", "ci", "deploy");
+    let invoke_a = p.new_key("team-a", "caller", "invoke");
+    let read_a = p.new_key("team-a", "viewer", "read");
     assert!(deploy_a.starts_with("thawk_"), "{deploy_a}");
 
     let a_url = thaw_as_ok(
@@ -366,7 +351,7 @@ fn tally(url: &str, n: usize) -> HashMap<String, usize> {
 fn versions_aliases_splits_and_rollback_under_load() {
     let p = Platform::start();
     p.thaw_ok(&["ns", "create", "team-a"]);
-    let key = new_key(&p, "team-a", "ci", "deploy");
+    let key = p.new_key("team-a", "ci", "deploy");
     let secret = "correct-horse-battery-staple-7f3a";
     let deploy = |marker: &str| {
         thaw_as_ok(
@@ -570,8 +555,8 @@ fn a_namespace_past_its_limits_gets_429_while_another_keeps_serving() {
         "4096",
     ]);
     p.thaw_ok(&["ns", "create", "other"]);
-    let small = new_key(&p, "small", "ci", "deploy");
-    let other = new_key(&p, "other", "ci", "deploy");
+    let small = p.new_key("small", "ci", "deploy");
+    let other = p.new_key("other", "ci", "deploy");
     let slow = function_dir(&[(
         "index.mjs",
         "export const handler = async () => { await new Promise(r => setTimeout(r, 1500)); return 'slow'; };",

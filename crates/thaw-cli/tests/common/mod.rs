@@ -135,6 +135,22 @@ impl Platform {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// A new key of `namespace` named `name` with `role`, as `thaw key
+    /// create` prints it.
+    pub fn new_key(&self, namespace: &str, name: &str, role: &str) -> String {
+        self.thaw_ok(&[
+            "key",
+            "create",
+            "--namespace",
+            namespace,
+            name,
+            "--role",
+            role,
+        ])
+        .trim()
+        .to_string()
+    }
+
     pub fn deploy(&self, dir: &Path, name: &str) -> String {
         self.thaw_ok(&["deploy", dir.to_str().unwrap(), "--name", name])
             .trim()
