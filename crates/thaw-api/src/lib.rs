@@ -505,6 +505,15 @@ pub struct PlatformView {
     pub bench: Option<BenchReport>,
 }
 
+/// `GET /readyz`: whether this host is ready for traffic, and if not what
+/// it waits for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Readiness {
+    pub ready: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<String>,
+}
+
 /// A `thaw bench` report as it was written (markdown), and when.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchReport {

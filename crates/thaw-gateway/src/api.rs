@@ -160,14 +160,23 @@ async fn authenticate(
 /// `GET /readyz`: `200` once the pools are filled and provisioned
 /// instances started after a start (docs/scaling.md), else `503` with why.
 async fn readyz(State(p): State<Arc<Platform>>) -> Response {
-    match p.readiness() {
-        Ok(()) => (StatusCode::OK, Json(serde_json::json!({ "ready": true }))).into_response(),
+    let (status, view) = match p.readiness() {
+        Ok(()) => (
+            StatusCode::OK,
+            view::Readiness {
+                ready: true,
+                waiting: Vec::new(),
+            },
+        ),
         Err(waiting) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "ready": false, "waiting": waiting })),
-        )
-            .into_response(),
-    }
+            view::Readiness {
+                ready: false,
+                waiting,
+            },
+        ),
+    };
+    (status, Json(view)).into_response()
 }
 
 async fn openapi() -> Response {
