@@ -177,11 +177,25 @@ fn build_sandbox(
 /// same directory and range of uids, and one numbering, so that no two
 /// live runtimes share a jail id or a uid, and opening it does not take
 /// the first pool's live jails for left-overs of an earlier run.
-#[derive(Default)]
 struct Jails {
     prepared: std::sync::Mutex<std::collections::HashMap<DriverKind, Option<JailSettings>>>,
     /// Numbers every process runtime, whichever its line.
     process_numbering: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for Jails {
+    /// The numbering starts at a random place in the uid range: a uid's
+    /// process limit counts across the host, so two `thaw up` on one host
+    /// (or test platforms side by side) rarely give their runtimes the
+    /// same uid.
+    fn default() -> Jails {
+        Jails {
+            prepared: Default::default(),
+            process_numbering: Arc::new(std::sync::atomic::AtomicU64::new(u64::from(
+                rand::random::<u16>(),
+            ))),
+        }
+    }
 }
 
 impl Jails {
