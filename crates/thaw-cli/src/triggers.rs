@@ -22,10 +22,12 @@ pub enum ScheduleCommand {
                       thaw.toml as [[schedule]] entries (see docs/triggers.md)."
     )]
     Add {
+        /// The function to call.
         name: String,
         /// The schedule's name, unique among NAME's schedules.
         #[arg(long = "name", value_name = "SCHEDULE")]
         schedule: String,
+        /// When it fires: a cron expression (see below).
         #[arg(long)]
         cron: String,
         /// IANA time zone the cron expression is read in.
@@ -43,6 +45,7 @@ pub enum ScheduleCommand {
     },
     /// List NAME's schedules: when each fires next, how often it fired.
     Ls {
+        /// The function.
         name: String,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -50,7 +53,12 @@ pub enum ScheduleCommand {
     },
     /// Remove a schedule made with `thaw schedule add` (those of thaw.toml
     /// go with the deploy that no longer declares them).
-    Rm { name: String, schedule: String },
+    Rm {
+        /// The function.
+        name: String,
+        /// The schedule's name.
+        schedule: String,
+    },
 }
 
 pub fn schedule(c: &Client, cmd: ScheduleCommand) -> anyhow::Result<()> {
@@ -127,13 +135,19 @@ pub fn schedule(c: &Client, cmd: ScheduleCommand) -> anyhow::Result<()> {
 pub enum DlqCommand {
     /// List NAME's dead letters: async calls whose every attempt failed.
     Ls {
+        /// The function.
         name: String,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Show one dead letter: its input, each attempt's error and console lines.
-    Show { name: String, id: String },
+    Show {
+        /// The function.
+        name: String,
+        /// The call's id.
+        id: String,
+    },
     /// Run dead letters again (those named, or every one), their retries
     /// renewed, on the version their alias points at now.
     #[command(
@@ -141,10 +155,17 @@ pub enum DlqCommand {
                       thaw dlq replay api 3f2a9c0e1b7d4a5f6e8c9b0a\n\n\
                       Fix the bug first (`thaw deploy`): a replay runs the code `latest` (or the call's alias) points at now."
     )]
-    Replay { name: String, ids: Vec<String> },
+    Replay {
+        /// The function.
+        name: String,
+        /// Calls to replay; none: every dead letter.
+        ids: Vec<String>,
+    },
     /// Forget dead letters: those named, or every one with --all.
     Purge {
+        /// The function.
         name: String,
+        /// Calls to forget.
         ids: Vec<String>,
         /// Purge every dead letter of NAME.
         #[arg(long)]
