@@ -73,6 +73,8 @@ struct Ran {
     outcome: &'static str,
     version: Option<i64>,
     run_id: Option<u64>,
+    /// Whether it started its instance; `None` when it reached none.
+    cold: Option<bool>,
     logs: Vec<String>,
 }
 
@@ -219,6 +221,7 @@ impl Platform {
                     outcome: e.code,
                     version: None,
                     run_id: None,
+                    cold: None,
                     logs: Vec::new(),
                 },
                 None,
@@ -226,8 +229,7 @@ impl Platform {
             Ok(route) => (self.run_on(&route, &c).await, Some(route)),
         };
         if let Some(route) = &route {
-            let cold = None;
-            self.record(route, ran.outcome, cold, started.elapsed());
+            self.record(route, ran.outcome, ran.cold, started.elapsed());
         }
         let attempt = Attempt {
             number: c.attempt,
@@ -279,6 +281,7 @@ impl Platform {
                     outcome: "error",
                     version,
                     run_id: None,
+                    cold: None,
                     logs: Vec::new(),
                 }
             }
@@ -308,6 +311,7 @@ impl Platform {
                     outcome: code,
                     version,
                     run_id: None,
+                    cold: None,
                     logs,
                 };
             }
@@ -346,6 +350,7 @@ impl Platform {
             outcome,
             version,
             run_id: Some(inv.id),
+            cold: Some(inv.cold),
             logs,
         }
     }
