@@ -30,6 +30,9 @@ const APT_PACKAGES: &[&str] = &[
     "libelf-dev",
     "xz-utils",
     "chromium",
+    // The tests' scratch database servers (initdb and postgres, run by
+    // thaw-testpg; no cluster of the package's own is used).
+    "postgresql",
 ];
 /// Packages the microVM image build fetches with `apt-get download`: the
 /// package lists must know them.
@@ -217,6 +220,16 @@ fn cargo() -> Command {
     c
 }
 
+/// End-to-end test files run a second time on PostgreSQL.
+const POSTGRES_PASS: &[&str] = &[
+    "deploy",
+    "tenancy",
+    "async_calls",
+    "schedules",
+    "contracts",
+    "log_bounds",
+];
+
 fn test() -> anyhow::Result<()> {
     setup()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
@@ -229,6 +242,13 @@ fn test() -> anyhow::Result<()> {
         "warnings",
     ]))?;
     run(cargo().args(["test", "--workspace"]))?;
+    // The control plane once more with every registry in PostgreSQL: the
+    // same tests, the engine a cluster uses (the registry's own tests run
+    // on both engines in the pass above).
+    run(cargo()
+        .args(["test", "-p", "thaw-cli"])
+        .args(POSTGRES_PASS.iter().flat_map(|t| ["--test", t]))
+        .env("THAW_TEST_DATABASE", "postgres"))?;
     run(Command::new("node")
         .args(["--test", "runtime/shim/"])
         .current_dir(root()))?;

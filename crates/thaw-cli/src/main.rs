@@ -441,13 +441,25 @@ thaw key create --namespace team-a ci --role deploy --expires-in-days 90"
 enum Command {
     /// Run the platform in the foreground (API, gateway, registry, runtimes).
     #[command(
-        after_help = "Examples:\n  thaw up\n  thaw up --data-dir /var/lib/thaw --listen 0.0.0.0:8787\n  thaw up --driver microvm\n\n\
-The API token is THAW_TOKEN when set; otherwise one is created on first start and kept in DATA_DIR/token."
+        after_help = "Examples:\n  thaw up\n  thaw up --data-dir /var/lib/thaw --listen 0.0.0.0:8787\n  thaw up --driver microvm\n  \
+THAW_SECRETS_KEY=$(cat /etc/thaw/secrets.key) thaw up --database postgres://thaw@db.internal/thaw\n\n\
+The API token is THAW_TOKEN when set; otherwise one is created on first start and kept in DATA_DIR/token \
+(with --database postgres://..., in the database, sealed with THAW_SECRETS_KEY, so every worker shares it)."
     )]
     Up {
         /// Where functions, code and logs are kept [default: $XDG_DATA_HOME/thaw or ~/.local/share/thaw]
         #[arg(long, env = "THAW_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Where the registry's records are: `sqlite` (a file in the data
+        /// directory, for one host) or a PostgreSQL URL shared by every
+        /// worker (needs THAW_SECRETS_KEY, the same on each; see docs/cluster.md)
+        #[arg(
+            long,
+            env = "THAW_DATABASE_URL",
+            default_value = "sqlite",
+            hide_env_values = true
+        )]
+        database: String,
         /// Address to serve the API and functions on.
         #[arg(long, env = "THAW_LISTEN", default_value = DEFAULT_LISTEN)]
         listen: SocketAddr,
@@ -739,11 +751,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up {
             data_dir,
+            database,
             listen,
             node,
             tuning,
         } => up(
             data_dir.unwrap_or_else(default_data_dir),
+            thaw_registry::Database::parse(Some(&database))?,
             listen,
             node,
             tuning,
@@ -1406,7 +1420,13 @@ fn remote_config(r: &Remote) -> client::RemoteConfig {
     }
 }
 
-fn up(data_dir: PathBuf, listen: SocketAddr, node: PathBuf, t: Tuning) -> anyhow::Result<()> {
+fn up(
+    data_dir: PathBuf,
+    database: thaw_registry::Database,
+    listen: SocketAddr,
+    node: PathBuf,
+    t: Tuning,
+) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("THAW_LOG")
@@ -1417,6 +1437,7 @@ fn up(data_dir: PathBuf, listen: SocketAddr, node: PathBuf, t: Tuning) -> anyhow
     let mut config = thaw_gateway::Config::new(data_dir, listen);
     config.token = std::env::var("THAW_TOKEN").ok();
     config.secrets_key = std::env::var("THAW_SECRETS_KEY").ok();
+    config.database = database;
     config.node = node;
     config.esbuild = std::env::var_os("THAW_ESBUILD").map(PathBuf::from);
     // A waiting VM holds ~90 MiB and took a core for a while to restore.

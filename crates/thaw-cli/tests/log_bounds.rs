@@ -26,7 +26,16 @@ fn written_length(line: &str) -> u64 {
         .unwrap_or(line.len() as u64)
 }
 
+/// The registry's bytes: its SQLite file, or its PostgreSQL database.
 fn on_disk(p: &Platform) -> u64 {
+    if let Some(url) = common::test_database(&p.data_dir) {
+        let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let bytes: i64 = db
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .unwrap()
+            .get(0);
+        return bytes as u64;
+    }
     ["thaw.db", "thaw.db-wal"]
         .iter()
         .map(|f| {

@@ -87,6 +87,14 @@ impl From<RegistryError> for ApiError {
             RegistryError::LimitReached(m) => {
                 ApiError::new(StatusCode::FORBIDDEN, "namespace_limit", m)
             }
+            RegistryError::Unavailable(m) => {
+                tracing::error!("{m}");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "registry_unavailable",
+                    "thaw cannot reach its database right now: try again shortly",
+                )
+            }
             // The bundle's own I/O failures are the host's problem, and their
             // messages name host paths: not for the caller.
             RegistryError::Bundle(b) if b.code() == "io_error" => ApiError::internal(b),

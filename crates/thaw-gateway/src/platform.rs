@@ -41,6 +41,9 @@ pub struct Config {
     /// `THAW_SECRETS_KEY`, when set: the key secrets are encrypted with
     /// (64 hex digits); else `DATA_DIR/secrets.key`.
     pub secrets_key: Option<String>,
+    /// Where the registry's records are: `thaw.db` in the data directory,
+    /// or a PostgreSQL database shared by several workers.
+    pub database: thaw_registry::Database,
     pub node: PathBuf,
     /// Where esbuild is, if not found by itself.
     pub esbuild: Option<PathBuf>,
@@ -264,6 +267,7 @@ impl Config {
             listen,
             token: None,
             secrets_key: None,
+            database: thaw_registry::Database::Sqlite,
             node: PathBuf::from("node"),
             esbuild: None,
             limits: Limits::default(),
@@ -334,23 +338,53 @@ fn quota_of(limits: &thaw_registry::NamespaceLimits) -> Quota {
     }
 }
 
+/// What the platform starts from: the registry, the admin token, the
+/// namespaces and what is routable.
+type Opened = (
+    Arc<Registry>,
+    String,
+    Vec<thaw_registry::Namespace>,
+    Vec<thaw_registry::Routable>,
+);
+
+fn open_registry(config: &Config) -> anyhow::Result<Opened> {
+    let registry = Arc::new(
+        Registry::open_with(
+            &config.data_dir,
+            &config.database,
+            config.secrets_key.as_deref(),
+        )
+        .with_context(|| match &config.database {
+            thaw_registry::Database::Sqlite => format!(
+                "could not open the data directory {}",
+                config.data_dir.display()
+            ),
+            thaw_registry::Database::Postgres(url) => format!(
+                "could not open the registry in {}",
+                thaw_registry::redact_database_url(url)
+            ),
+        })?,
+    );
+    let removed = registry.collect_garbage()?.removed;
+    if removed > 0 {
+        tracing::info!("removed {removed} unused bundles and code trees");
+    }
+    let token = registry.token(config.token.clone())?;
+    let namespaces = registry.namespaces()?;
+    let routable = registry.routable()?;
+    Ok((registry, token, namespaces, routable))
+}
+
 impl Platform {
     /// Opens the data directory and gets everything ready to serve; with
     /// the microvm driver that includes the guest image and the template.
     pub async fn open(config: Config) -> anyhow::Result<Arc<Platform>> {
-        let registry = Arc::new(
-            Registry::open(&config.data_dir, config.secrets_key.as_deref()).with_context(|| {
-                format!(
-                    "could not open the data directory {}",
-                    config.data_dir.display()
-                )
-            })?,
-        );
-        let removed = registry.collect_garbage()?.removed;
-        if removed > 0 {
-            tracing::info!("removed {removed} unused bundles and code trees");
-        }
-        let token = registry.token(config.token.clone())?;
+        let (registry, token, namespaces, routable) = {
+            let config = config.clone();
+            // The registry blocks (PostgreSQL's client has its own
+            // runtime): never on the async threads.
+            tokio::task::spawn_blocking(move || open_registry(&config)).await??
+        };
         let shim = runtime_shim(&config)?;
         let default_line = thaw_node::version_of(&config.node)
             .map(|v| v.line())
@@ -401,11 +435,11 @@ impl Platform {
         let scheduler = Arc::new(Scheduler::new(runtimes, scheduler_config));
         let esbuild = thaw_bundle::find_esbuild(config.esbuild.as_deref());
         let build = build_sandbox(&config, opened.jailed)?;
-        for ns in registry.namespaces()? {
+        for ns in namespaces {
             scheduler.set_quota(&ns.name, quota_of(&ns.limits));
         }
         let routes = RouteTable::default();
-        for r in registry.routable()? {
+        for r in routable {
             routes.set(r.function, FunctionRoutes::new(r.aliases, r.versions));
         }
         let platform = Arc::new(Platform {

@@ -16,8 +16,8 @@
 //! [`Registry::recover_calls`] puts such calls back in the queue at the next
 //! start, without counting the interrupted attempt against the retries.
 
+use crate::db::{params, Kind, Row, Tx};
 use crate::{now_ms, FunctionId, Registry, RegistryError};
-use rusqlite::{params, OptionalExtension, Row, Transaction};
 use serde::{Deserialize, Serialize};
 
 /// Retries when `thaw.toml` says nothing: three attempts in all.
@@ -272,11 +272,11 @@ fn kept_logs(lines: &[String]) -> String {
 const CALL_COLUMNS: &str = "c.id, c.public_id, f.namespace, f.name, c.target, c.kind, c.origin, c.state, \
      c.attempts, c.max_attempts, c.created_ms, c.updated_ms, c.run_at_ms, c.finished_ms, c.result, c.error, c.payload";
 
-fn call_row(r: &Row<'_>) -> rusqlite::Result<(i64, CallRecord)> {
+fn call_row(r: &Row) -> Result<(i64, CallRecord), RegistryError> {
     let state: String = r.get(7)?;
     let state = CallState::parse(&state).unwrap_or(CallState::Queued);
-    let json = |i: usize| -> rusqlite::Result<Option<serde_json::Value>> {
-        Ok(r.get::<_, Option<String>>(i)?
+    let json = |i: usize| -> Result<Option<serde_json::Value>, RegistryError> {
+        Ok(r.get::<Option<String>>(i)?
             .and_then(|t| serde_json::from_str(&t).ok()))
     };
     Ok((
@@ -307,29 +307,29 @@ fn call_row(r: &Row<'_>) -> rusqlite::Result<(i64, CallRecord)> {
     ))
 }
 
-fn attempts_of(tx: &rusqlite::Connection, row: i64) -> Result<Vec<Attempt>, RegistryError> {
-    let mut stmt = tx.prepare(
+fn attempts_of(tx: &mut Tx<'_>, row: i64) -> Result<Vec<Attempt>, RegistryError> {
+    tx.map(
         "SELECT number, version, run_id, started_ms, finished_ms, outcome, error, logs
          FROM call_attempts WHERE call_id = ?1 ORDER BY number",
-    )?;
-    let rows = stmt.query_map(params![row], |r| {
-        let logs: String = r.get(7)?;
-        Ok(Attempt {
-            number: r.get(0)?,
-            version: r.get(1)?,
-            run_id: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
-            started_ms: r.get(3)?,
-            finished_ms: r.get(4)?,
-            outcome: r.get(5)?,
-            error: r.get(6)?,
-            logs: serde_json::from_str(&logs).unwrap_or_default(),
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        params![row],
+        |r| {
+            let logs: String = r.get(7)?;
+            Ok(Attempt {
+                number: r.get(0)?,
+                version: r.get(1)?,
+                run_id: r.get::<Option<i64>>(2)?.map(|v| v as u64),
+                started_ms: r.get(3)?,
+                finished_ms: r.get(4)?,
+                outcome: r.get(5)?,
+                error: r.get(6)?,
+                logs: serde_json::from_str(&logs).unwrap_or_default(),
+            })
+        },
+    )
 }
 
 fn insert_attempt(
-    tx: &Transaction<'_>,
+    tx: &mut Tx<'_>,
     row: i64,
     attempt: &Attempt,
     logs: &[String],
@@ -358,11 +358,8 @@ impl Registry {
     /// [`RegistryError::LimitReached`]; a `dedup` key seen before returns
     /// the call it named.
     pub fn enqueue(&self, call: &NewCall) -> Result<String, RegistryError> {
-        let mut db = self.db.lock().unwrap();
-        let tx = db.transaction()?;
-        let id = enqueue_in(&tx, call, now_ms())?;
-        tx.commit()?;
-        Ok(id)
+        self.db
+            .run(Kind::Write, |tx| enqueue_in(tx, call, now_ms()))
     }
 
     /// Takes up to `limit` calls whose time has come, oldest first, and
@@ -375,10 +372,8 @@ impl Registry {
         limit: u32,
         per_namespace: u32,
     ) -> Result<Vec<Claimed>, RegistryError> {
-        let mut db = self.db.lock().unwrap();
-        let tx = db.transaction()?;
-        let claimed: Vec<Claimed> = {
-            let mut stmt = tx.prepare(
+        self.db.run(Kind::Queue, |tx| {
+            let candidates: Vec<Claimed> = tx.map(
                 "WITH running AS (
                      SELECT f.namespace AS ns, COUNT(*) AS n
                      FROM calls c JOIN functions f ON f.id = c.function_id
@@ -394,8 +389,8 @@ impl Registry {
                  FROM due LEFT JOIN running ON running.ns = due.ns
                  WHERE due.place + COALESCE(running.n, 0) <= ?3
                  ORDER BY run_at_ms, due.id LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![now, limit, per_namespace], |r| {
+                params![now, limit, per_namespace],
+                |r| {
                 let payload: String = r.get(6)?;
                 Ok(Claimed {
                     row: r.get(0)?,
@@ -408,31 +403,58 @@ impl Registry {
                     kind: r.get(5)?,
                     payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
                     origin: r.get(7)?,
-                    attempt: r.get::<_, u32>(8)? + 1,
+                    attempt: r.get::<u32>(8)? + 1,
                     max_attempts: r.get(9)?,
                     started_ms: now,
                 })
             })?;
-            rows.collect::<Result<_, _>>()?
-        };
-        for c in &claimed {
-            tx.execute(
-                "UPDATE calls SET state = 'running', attempts = attempts + 1, updated_ms = ?2 WHERE id = ?1",
-                params![c.row, now],
-            )?;
-        }
-        tx.commit()?;
-        Ok(claimed)
+            if candidates.is_empty() {
+                return Ok(candidates);
+            }
+            // Another worker may have taken some of them since: those it
+            // holds are skipped, those it finished are no longer due.
+            let rows = candidates
+                .iter()
+                .map(|c| c.row.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let lock = tx.skip_locked();
+            let free: std::collections::HashMap<i64, u32> = tx
+                .map(
+                    &format!(
+                        "SELECT id, attempts FROM calls
+                         WHERE id IN ({rows}) AND state IN ('queued', 'failed') AND run_at_ms <= ?1{lock}"
+                    ),
+                    params![now],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?
+                .into_iter()
+                .collect();
+            let mut claimed = Vec::with_capacity(free.len());
+            for mut c in candidates {
+                let Some(attempts) = free.get(&c.row) else {
+                    continue;
+                };
+                c.attempt = attempts + 1;
+                tx.execute(
+                    "UPDATE calls SET state = 'running', attempts = attempts + 1, updated_ms = ?2 WHERE id = ?1",
+                    params![c.row, now],
+                )?;
+                claimed.push(c);
+            }
+            Ok(claimed)
+        })
     }
 
     /// When the next queued or failed call may run, if any waits.
     pub fn next_call_due(&self) -> Result<Option<i64>, RegistryError> {
-        let db = self.db.lock().unwrap();
-        Ok(db.query_row(
-            "SELECT MIN(run_at_ms) FROM calls WHERE state IN ('queued', 'failed')",
-            [],
-            |r| r.get(0),
-        )?)
+        self.db.run(Kind::Read, |tx| {
+            tx.one(
+                "SELECT MIN(run_at_ms) FROM calls WHERE state IN ('queued', 'failed')",
+                params![],
+                |r| r.get(0),
+            )
+        })
     }
 
     /// Records the end of `claimed`'s attempt and moves the call on: done,
@@ -447,15 +469,12 @@ impl Registry {
         destination: Option<&Destination>,
     ) -> Result<Option<Finished>, RegistryError> {
         let now = attempt.finished_ms;
-        let mut db = self.db.lock().unwrap();
-        let tx = db.transaction()?;
-        let exists: Option<String> = tx
-            .query_row(
-                "SELECT state FROM calls WHERE id = ?1",
-                params![claimed.row],
-                |r| r.get(0),
-            )
-            .optional()?;
+        self.db.run(Kind::Write, |tx| {
+        let exists: Option<String> = tx.opt(
+            "SELECT state FROM calls WHERE id = ?1",
+            params![claimed.row],
+            |r| r.get(0),
+        )?;
         if exists.is_none() {
             return Ok(None);
         }
@@ -468,7 +487,7 @@ impl Registry {
         let attempt = &recorded;
         let state = match end {
             AttemptEnd::Succeeded { result } => {
-                insert_attempt(&tx, claimed.row, attempt, &attempt.logs)?;
+                insert_attempt(tx, claimed.row, attempt, &attempt.logs)?;
                 tx.execute(
                     "UPDATE calls SET state = 'succeeded', updated_ms = ?2, finished_ms = ?2,
                          result = ?3, error = NULL WHERE id = ?1",
@@ -477,7 +496,7 @@ impl Registry {
                 CallState::Succeeded
             }
             AttemptEnd::Failed { error, retry, .. } => {
-                insert_attempt(&tx, claimed.row, attempt, &attempt.logs)?;
+                insert_attempt(tx, claimed.row, attempt, &attempt.logs)?;
                 let error = cut(error, 8192);
                 if *retry && claimed.attempt < claimed.max_attempts {
                     tx.execute(
@@ -501,13 +520,13 @@ impl Registry {
                 }
             }
             AttemptEnd::Deferred { after_ms, .. } => {
-                insert_attempt(&tx, claimed.row, attempt, &[])?;
+                insert_attempt(tx, claimed.row, attempt, &[])?;
                 tx.execute(
-                    "UPDATE calls SET state = 'queued', attempts = MAX(attempts - 1, 0), updated_ms = ?2,
-                         run_at_ms = ?3 WHERE id = ?1",
+                    "UPDATE calls SET state = 'queued',
+                         attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,
+                         updated_ms = ?2, run_at_ms = ?3 WHERE id = ?1",
                     params![claimed.row, now, now + after_ms],
                 )?;
-                tx.commit()?;
                 return Ok(Some(Finished {
                     state: CallState::Queued,
                     destination_sent: false,
@@ -534,7 +553,7 @@ impl Registry {
                 max_attempts: d.max_attempts,
                 dedup: Some(format!("destination:{}", claimed.id)),
             };
-            match enqueue_in(&tx, &call, now) {
+            match enqueue_in(tx, &call, now) {
                 Ok(_) => destination_sent = true,
                 Err(e) => tracing::warn!(
                     "the outcome of call {} of {} could not go to its destination `{}`: {e}",
@@ -544,11 +563,11 @@ impl Registry {
                 ),
             }
         }
-        tx.commit()?;
         Ok(Some(Finished {
             state,
             destination_sent,
         }))
+        })
     }
 
     /// At start: calls left `running` by a thaw that stopped go back to the
@@ -556,53 +575,51 @@ impl Registry {
     /// count against its retries. Returns how many.
     pub fn recover_calls(&self) -> Result<usize, RegistryError> {
         let now = now_ms();
-        let mut db = self.db.lock().unwrap();
-        let tx = db.transaction()?;
-        let rows: Vec<(i64, i64)> = {
-            let mut stmt =
-                tx.prepare("SELECT id, updated_ms FROM calls WHERE state = 'running'")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        for (row, started) in &rows {
-            let attempt = Attempt {
-                number: 0,
-                version: None,
-                run_id: None,
-                started_ms: *started,
-                finished_ms: now,
-                outcome: "interrupted".into(),
-                error: Some("thaw stopped during this attempt; it does not count".into()),
-                logs: Vec::new(),
-            };
-            insert_attempt(&tx, *row, &attempt, &[])?;
-            tx.execute(
-                "UPDATE calls SET state = 'queued', attempts = MAX(attempts - 1, 0), updated_ms = ?2,
-                     run_at_ms = ?2 WHERE id = ?1",
-                params![row, now],
+        self.db.run(Kind::Write, |tx| {
+            let rows: Vec<(i64, i64)> = tx.map(
+                "SELECT id, updated_ms FROM calls WHERE state = 'running'",
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-        }
-        tx.commit()?;
-        Ok(rows.len())
+            for (row, started) in &rows {
+                let attempt = Attempt {
+                    number: 0,
+                    version: None,
+                    run_id: None,
+                    started_ms: *started,
+                    finished_ms: now,
+                    outcome: "interrupted".into(),
+                    error: Some("thaw stopped during this attempt; it does not count".into()),
+                    logs: Vec::new(),
+                };
+                insert_attempt(tx, *row, &attempt, &[])?;
+                tx.execute(
+                    "UPDATE calls SET state = 'queued',
+                     attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,
+                     updated_ms = ?2, run_at_ms = ?2 WHERE id = ?1",
+                    params![row, now],
+                )?;
+            }
+            Ok(rows.len())
+        })
     }
 
     /// One call of `namespace`, with its attempts and payload.
     pub fn call(&self, namespace: &str, id: &str) -> Result<CallRecord, RegistryError> {
-        let db = self.db.lock().unwrap();
-        let found = db
-            .query_row(
+        self.db.run(Kind::Read, |tx| {
+            let found = tx.opt(
                 &format!(
                     "SELECT {CALL_COLUMNS} FROM calls c JOIN functions f ON f.id = c.function_id
                      WHERE c.public_id = ?1 AND f.namespace = ?2"
                 ),
                 params![id, namespace],
                 call_row,
-            )
-            .optional()?;
-        let (row, mut call) =
-            found.ok_or_else(|| RegistryError::NoSuch(format!("no call with id `{id}`")))?;
-        call.history = attempts_of(&db, row)?;
-        Ok(call)
+            )?;
+            let (row, mut call) =
+                found.ok_or_else(|| RegistryError::NoSuch(format!("no call with id `{id}`")))?;
+            call.history = attempts_of(tx, row)?;
+            Ok(call)
+        })
     }
 
     /// `function`'s calls, newest first, without payloads or attempts.
@@ -611,40 +628,38 @@ impl Registry {
         function: &FunctionId,
         query: &CallQuery,
     ) -> Result<Vec<CallRecord>, RegistryError> {
-        let db = self.db.lock().unwrap();
-        let function_row = Registry::existing_function_row(&db, function)?;
-        let before: i64 = match &query.before {
-            None => i64::MAX,
-            Some(id) => db
-                .query_row(
-                    "SELECT id FROM calls WHERE public_id = ?1 AND function_id = ?2",
-                    params![id, function_row],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .ok_or_else(|| RegistryError::NoSuch(format!("no call with id `{id}`")))?,
-        };
-        let mut stmt = db.prepare(&format!(
-            "SELECT {CALL_COLUMNS} FROM calls c JOIN functions f ON f.id = c.function_id
-             WHERE c.function_id = ?1 AND c.id < ?2 AND (?3 IS NULL OR c.state = ?3)
-             ORDER BY c.id DESC LIMIT ?4"
-        ))?;
-        let rows = stmt.query_map(
-            params![
-                function_row,
-                before,
-                query.state.map(CallState::as_str),
-                query.limit.clamp(1, 1000)
-            ],
-            call_row,
-        )?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (_, mut call) = row?;
-            call.payload = None;
-            out.push(call);
-        }
-        Ok(out)
+        self.db.run(Kind::Read, |tx| {
+            let function_row = Registry::existing_function_row(tx, function)?;
+            let before: i64 = match &query.before {
+                None => i64::MAX,
+                Some(id) => tx
+                    .opt(
+                        "SELECT id FROM calls WHERE public_id = ?1 AND function_id = ?2",
+                        params![id, function_row],
+                        |r| r.get(0),
+                    )?
+                    .ok_or_else(|| RegistryError::NoSuch(format!("no call with id `{id}`")))?,
+            };
+            tx.map(
+                &format!(
+                    "SELECT {CALL_COLUMNS} FROM calls c JOIN functions f ON f.id = c.function_id
+                     WHERE c.function_id = ?1 AND c.id < ?2
+                       AND (CAST(?3 AS TEXT) IS NULL OR c.state = ?3)
+                     ORDER BY c.id DESC LIMIT ?4"
+                ),
+                params![
+                    function_row,
+                    before,
+                    query.state.map(CallState::as_str),
+                    query.limit.clamp(1, 1000)
+                ],
+                |r| {
+                    let (_, mut call) = call_row(r)?;
+                    call.payload = None;
+                    Ok(call)
+                },
+            )
+        })
     }
 
     /// Puts dead letters of `function` back in the queue (those named, or
@@ -678,138 +693,127 @@ impl Registry {
         &self,
         function: &FunctionId,
         ids: Option<&[String]>,
-        each: impl Fn(&Transaction<'_>, i64, i64) -> rusqlite::Result<usize>,
+        each: impl Fn(&mut Tx<'_>, i64, i64) -> Result<usize, RegistryError>,
     ) -> Result<usize, RegistryError> {
         let now = now_ms();
-        let mut db = self.db.lock().unwrap();
-        let tx = db.transaction()?;
-        let function_row = Registry::existing_function_row(&tx, function)?;
-        let rows: Vec<i64> = match ids {
-            None => {
-                let mut stmt = tx.prepare(
+        self.db.run(Kind::Write, |tx| {
+            let function_row = Registry::existing_function_row(tx, function)?;
+            let rows: Vec<i64> = match ids {
+                None => tx.map(
                     "SELECT id FROM calls WHERE function_id = ?1 AND state = 'dead' ORDER BY id",
-                )?;
-                let rows = stmt.query_map(params![function_row], |r| r.get(0))?;
-                rows.collect::<Result<_, _>>()?
-            }
-            Some(ids) => {
-                let mut rows = Vec::new();
-                for id in ids {
-                    let row: Option<(i64, String)> = tx
-                        .query_row(
+                    params![function_row],
+                    |r| r.get(0),
+                )?,
+                Some(ids) => {
+                    let mut rows = Vec::new();
+                    for id in ids {
+                        let row: Option<(i64, String)> = tx.opt(
                             "SELECT id, state FROM calls WHERE function_id = ?1 AND public_id = ?2",
                             params![function_row, id],
                             |r| Ok((r.get(0)?, r.get(1)?)),
-                        )
-                        .optional()?;
-                    match row {
-                        None => {
-                            return Err(RegistryError::NoSuch(format!(
-                                "`{}` has no call with id `{id}`",
-                                function.name
-                            )))
+                        )?;
+                        match row {
+                            None => {
+                                return Err(RegistryError::NoSuch(format!(
+                                    "`{}` has no call with id `{id}`",
+                                    function.name
+                                )))
+                            }
+                            Some((_, state)) if state != "dead" => {
+                                return Err(RegistryError::Conflict(format!(
+                                    "call `{id}` is {state}, not in the dead-letter queue"
+                                )))
+                            }
+                            Some((row, _)) => rows.push(row),
                         }
-                        Some((_, state)) if state != "dead" => {
-                            return Err(RegistryError::Conflict(format!(
-                                "call `{id}` is {state}, not in the dead-letter queue"
-                            )))
-                        }
-                        Some((row, _)) => rows.push(row),
                     }
+                    rows
                 }
-                rows
+            };
+            for row in &rows {
+                each(tx, *row, now)?;
             }
-        };
-        for row in &rows {
-            each(&tx, *row, now)?;
-        }
-        tx.commit()?;
-        Ok(rows.len())
+            Ok(rows.len())
+        })
     }
 
     /// Per namespace: unfinished calls, the oldest one's age, dead letters.
     pub fn queue_depths(&self) -> Result<Vec<QueueDepth>, RegistryError> {
-        let db = self.db.lock().unwrap();
-        let mut stmt = db.prepare(
-            "SELECT f.namespace,
-                    SUM(c.state IN ('queued', 'running', 'failed')),
-                    MIN(CASE WHEN c.state IN ('queued', 'running', 'failed') THEN c.created_ms END),
-                    SUM(c.state = 'dead')
-             FROM calls c JOIN functions f ON f.id = c.function_id
-             GROUP BY f.namespace ORDER BY f.namespace",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(QueueDepth {
-                namespace: r.get(0)?,
-                pending: r.get::<_, i64>(1)? as u64,
-                oldest_created_ms: r.get(2)?,
-                dead: r.get::<_, i64>(3)? as u64,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.db.run(Kind::Read, |tx| {
+            tx.map(
+                "SELECT f.namespace,
+                        COUNT(*) FILTER (WHERE c.state IN ('queued', 'running', 'failed')),
+                        MIN(CASE WHEN c.state IN ('queued', 'running', 'failed') THEN c.created_ms END),
+                        COUNT(*) FILTER (WHERE c.state = 'dead')
+                 FROM calls c JOIN functions f ON f.id = c.function_id
+                 GROUP BY f.namespace ORDER BY f.namespace",
+                params![],
+                |r| {
+                    Ok(QueueDepth {
+                        namespace: r.get(0)?,
+                        pending: r.get::<i64>(1)? as u64,
+                        oldest_created_ms: r.get(2)?,
+                        dead: r.get::<i64>(3)? as u64,
+                    })
+                },
+            )
+        })
     }
 
     /// Forgets finished calls past their retention; returns how many.
     pub fn prune_calls(&self, now: i64) -> Result<usize, RegistryError> {
-        let mut db = self.db.lock().unwrap();
-        let tx = db.transaction()?;
-        let mut n = tx.execute(
-            "DELETE FROM calls WHERE (state = 'succeeded' AND finished_ms < ?1)
+        self.db.run(Kind::Write, |tx| {
+            let mut n = tx.execute(
+                "DELETE FROM calls WHERE (state = 'succeeded' AND finished_ms < ?1)
                 OR (state = 'dead' AND finished_ms < ?2)",
-            params![now - SUCCEEDED_KEPT_MS, now - DEAD_KEPT_MS],
-        )?;
-        for state in ["succeeded", "dead"] {
-            let crowded: Vec<i64> = {
-                let mut stmt = tx.prepare(
+                params![now - SUCCEEDED_KEPT_MS, now - DEAD_KEPT_MS],
+            )?;
+            for state in ["succeeded", "dead"] {
+                let crowded: Vec<i64> = tx.map(
                     "SELECT function_id FROM calls WHERE state = ?1
-                     GROUP BY function_id HAVING COUNT(*) > ?2",
+                 GROUP BY function_id HAVING COUNT(*) > ?2",
+                    params![state, FINISHED_KEPT_PER_FUNCTION],
+                    |r| r.get(0),
                 )?;
-                let rows =
-                    stmt.query_map(params![state, FINISHED_KEPT_PER_FUNCTION], |r| r.get(0))?;
-                rows.collect::<Result<_, _>>()?
-            };
-            for function_row in crowded {
-                n += tx.execute(
-                    "DELETE FROM calls WHERE function_id = ?1 AND state = ?2 AND id <= (
+                for function_row in crowded {
+                    n += tx.execute(
+                        "DELETE FROM calls WHERE function_id = ?1 AND state = ?2 AND id <= (
                        SELECT id FROM calls WHERE function_id = ?1 AND state = ?2
                        ORDER BY id DESC LIMIT 1 OFFSET ?3)",
-                    params![function_row, state, FINISHED_KEPT_PER_FUNCTION],
-                )?;
+                        params![function_row, state, FINISHED_KEPT_PER_FUNCTION],
+                    )?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(n)
+            Ok(n)
+        })
     }
 }
 
 /// Accepts `call` inside `tx` (see [`Registry::enqueue`]).
 pub(crate) fn enqueue_in(
-    tx: &Transaction<'_>,
+    tx: &mut Tx<'_>,
     call: &NewCall,
     now: i64,
 ) -> Result<String, RegistryError> {
     if let Some(key) = &call.dedup {
-        let seen: Option<String> = tx
-            .query_row(
-                "SELECT public_id FROM calls WHERE dedup = ?1",
-                params![key],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let seen: Option<String> = tx.opt(
+            "SELECT public_id FROM calls WHERE dedup = ?1",
+            params![key],
+            |r| r.get(0),
+        )?;
         if let Some(id) = seen {
             return Ok(id);
         }
     }
     let (function_row, max_queued): (i64, i64) = tx
-        .query_row(
+        .opt(
             "SELECT f.id, n.max_queued FROM functions f JOIN namespaces n ON n.name = f.namespace
              WHERE f.namespace = ?1 AND f.name = ?2",
             params![call.function.namespace, call.function.name],
             |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?
+        )?
         .ok_or_else(|| RegistryError::NotFound(call.function.name.clone()))?;
-    let pending: i64 = tx.query_row(
+    let pending: i64 = tx.one(
         "SELECT COUNT(*) FROM calls c JOIN functions f ON f.id = c.function_id
          WHERE f.namespace = ?1 AND c.state IN ('queued', 'running', 'failed')",
         params![call.function.namespace],

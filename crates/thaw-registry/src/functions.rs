@@ -11,9 +11,9 @@
 //! percentage. The newest [`VERSIONS_KEPT`] versions of each function are
 //! kept, and any version an alias points at.
 
+use crate::db::{params, Kind, Row, Tx};
 use crate::secrets::{SecretEntry, SecretValues};
 use crate::{now_ms, CodeTree, Registry, RegistryError};
-use rusqlite::{params, OptionalExtension, Row, Transaction};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -170,9 +170,11 @@ struct VersionRow {
     sealed: Option<Vec<u8>>,
 }
 
-fn version_row(r: &Row<'_>) -> rusqlite::Result<VersionRow> {
+fn version_row(r: &Row) -> Result<VersionRow, RegistryError> {
     let corrupt = |i, e: serde_json::Error| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+        RegistryError::Corrupt(format!(
+            "column {i} of a version is not the JSON it should be: {e}"
+        ))
     };
     let settings: String = r.get(6)?;
     let env: String = r.get(7)?;
@@ -189,7 +191,7 @@ fn version_row(r: &Row<'_>) -> rusqlite::Result<VersionRow> {
             settings: serde_json::from_str(&settings).map_err(|e| corrupt(6, e))?,
             env: serde_json::from_str(&env).map_err(|e| corrupt(7, e))?,
             secrets: SecretValues::default(),
-            archive_bytes: r.get::<_, i64>(9)? as u64,
+            archive_bytes: r.get::<i64>(9)? as u64,
             deployed_by: r.get(10)?,
             cause: r.get(11)?,
             created_ms: r.get(12)?,
@@ -210,46 +212,33 @@ impl Registry {
         Ok(v)
     }
 
-    fn function_row(tx: &Transaction<'_>, f: &FunctionId) -> Result<Option<i64>, RegistryError> {
-        Ok(tx
-            .query_row(
-                "SELECT id FROM functions WHERE namespace = ?1 AND name = ?2",
-                params![f.namespace, f.name],
-                |r| r.get(0),
-            )
-            .optional()?)
-    }
-
-    /// The row of `f`, which must exist ([`RegistryError::NotFound`]).
-    pub(crate) fn existing_function_row(
-        db: &rusqlite::Connection,
-        f: &FunctionId,
-    ) -> Result<i64, RegistryError> {
-        db.query_row(
+    fn function_row(tx: &mut Tx<'_>, f: &FunctionId) -> Result<Option<i64>, RegistryError> {
+        tx.opt(
             "SELECT id FROM functions WHERE namespace = ?1 AND name = ?2",
             params![f.namespace, f.name],
             |r| r.get(0),
         )
-        .optional()?
-        .ok_or_else(|| RegistryError::NotFound(f.name.clone()))
+    }
+
+    /// The row of `f`, which must exist ([`RegistryError::NotFound`]).
+    pub(crate) fn existing_function_row(
+        tx: &mut Tx<'_>,
+        f: &FunctionId,
+    ) -> Result<i64, RegistryError> {
+        Self::function_row(tx, f)?.ok_or_else(|| RegistryError::NotFound(f.name.clone()))
     }
 
     /// The version `latest` points at, secrets sealed.
-    fn latest_row(
-        tx: &Transaction<'_>,
-        function_row: i64,
-    ) -> Result<Option<VersionRow>, RegistryError> {
-        Ok(tx
-            .query_row(
-                &format!(
-                    "SELECT {VERSION_COLUMNS} FROM aliases a JOIN versions v ON v.id = a.version_id
-                     JOIN functions f ON f.id = v.function_id
-                     WHERE a.function_id = ?1 AND a.name = '{LATEST}'"
-                ),
-                params![function_row],
-                version_row,
-            )
-            .optional()?)
+    fn latest_row(tx: &mut Tx<'_>, function_row: i64) -> Result<Option<VersionRow>, RegistryError> {
+        tx.opt(
+            &format!(
+                "SELECT {VERSION_COLUMNS} FROM aliases a JOIN versions v ON v.id = a.version_id
+                 JOIN functions f ON f.id = v.function_id
+                 WHERE a.function_id = ?1 AND a.name = '{LATEST}'"
+            ),
+            params![function_row],
+            version_row,
+        )
     }
 
     /// Records a new version, not yet serving: `tree`'s code with the
@@ -262,19 +251,17 @@ impl Registry {
         archive_bytes: u64,
         deployed_by: &str,
     ) -> Result<Version, RegistryError> {
-        let mut db = self.db.lock().unwrap();
-        let tx = db.transaction()?;
-        let function_row = match Self::function_row(&tx, function)? {
+        let version = self.db.run(Kind::Write, |tx| {
+        let function_row = match Self::function_row(tx, function)? {
             Some(id) => id,
             None => {
                 let (limit, count): (i64, i64) = tx
-                    .query_row(
+                    .opt(
                         "SELECT n.max_functions, (SELECT COUNT(*) FROM functions WHERE namespace = n.name)
                          FROM namespaces n WHERE n.name = ?1",
                         params![function.namespace],
                         |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()?
+                    )?
                     .ok_or_else(|| RegistryError::NoNamespace(function.namespace.clone()))?;
                 if count >= limit {
                     return Err(RegistryError::LimitReached(format!(
@@ -283,20 +270,21 @@ impl Registry {
                     )));
                 }
                 let now = now_ms();
-                tx.execute(
-                    "INSERT INTO functions (namespace, name, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?3)",
+                tx.one(
+                    "INSERT INTO functions (namespace, name, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?3)
+                     RETURNING id",
                     params![function.namespace, function.name, now],
-                )?;
-                tx.last_insert_rowid()
+                    |r| r.get(0),
+                )?
             }
         };
-        let base = Self::latest_row(&tx, function_row)?;
+        let base = Self::latest_row(tx, function_row)?;
         let (env, sealed) = match base {
             Some(b) => (b.version.env, b.sealed),
             None => (BTreeMap::new(), None),
         };
-        let version = Self::insert_version(
-            &tx,
+        Self::insert_version(
+            tx,
             function_row,
             NewVersion {
                 bundle: &tree.bundle,
@@ -308,9 +296,8 @@ impl Registry {
                 deployed_by,
                 cause: "deploy",
             },
-        )?;
-        tx.commit()?;
-        drop(db);
+        )
+        })?;
         self.version_by_id(version)
     }
 
@@ -328,75 +315,73 @@ impl Registry {
             | ConfigChange::SetSecret(k, _)
             | ConfigChange::UnsetSecret(k) => validate_variable(k)?,
         }
-        let mut db = self.db.lock().unwrap();
-        let tx = db.transaction()?;
-        let function_row = Self::function_row(&tx, function)?
-            .ok_or_else(|| RegistryError::NotFound(function.name.clone()))?;
-        let base = Self::latest_row(&tx, function_row)?
-            .ok_or_else(|| RegistryError::NotFound(function.name.clone()))?;
-        let mut env = base.version.env.clone();
-        let mut secrets = match &base.sealed {
-            Some(s) => self.cipher.open(function_row, s)?,
-            None => SecretValues::default(),
-        };
-        let missing = |what: &str, k: &str| {
-            RegistryError::NoSuch(format!("`{}` has no {what} named `{k}`", function.name))
-        };
-        match change {
-            ConfigChange::SetEnv(k, v) => {
-                env.insert(k.clone(), v.clone());
+        let version = self.db.run(Kind::Write, |tx| {
+            let function_row = Self::function_row(tx, function)?
+                .ok_or_else(|| RegistryError::NotFound(function.name.clone()))?;
+            let base = Self::latest_row(tx, function_row)?
+                .ok_or_else(|| RegistryError::NotFound(function.name.clone()))?;
+            let mut env = base.version.env.clone();
+            let mut secrets = match &base.sealed {
+                Some(s) => self.cipher.open(function_row, s)?,
+                None => SecretValues::default(),
+            };
+            let missing = |what: &str, k: &str| {
+                RegistryError::NoSuch(format!("`{}` has no {what} named `{k}`", function.name))
+            };
+            match change {
+                ConfigChange::SetEnv(k, v) => {
+                    env.insert(k.clone(), v.clone());
+                }
+                ConfigChange::UnsetEnv(k) => {
+                    env.remove(k).ok_or_else(|| missing("variable", k))?;
+                }
+                ConfigChange::SetSecret(k, v) => {
+                    secrets.0.insert(
+                        k.clone(),
+                        SecretEntry {
+                            value: v.clone(),
+                            updated_ms: now_ms(),
+                        },
+                    );
+                }
+                ConfigChange::UnsetSecret(k) => {
+                    secrets.0.remove(k).ok_or_else(|| missing("secret", k))?;
+                }
             }
-            ConfigChange::UnsetEnv(k) => {
-                env.remove(k).ok_or_else(|| missing("variable", k))?;
-            }
-            ConfigChange::SetSecret(k, v) => {
-                secrets.0.insert(
-                    k.clone(),
-                    SecretEntry {
-                        value: v.clone(),
-                        updated_ms: now_ms(),
-                    },
-                );
-            }
-            ConfigChange::UnsetSecret(k) => {
-                secrets.0.remove(k).ok_or_else(|| missing("secret", k))?;
-            }
-        }
-        let sealed = (!secrets.0.is_empty()).then(|| self.cipher.seal(function_row, &secrets));
-        let b = &base.version;
-        let version = Self::insert_version(
-            &tx,
-            function_row,
-            NewVersion {
-                bundle: &b.bundle,
-                entry: &b.entry,
-                settings: &b.settings,
-                env: &env,
-                sealed: sealed.as_deref(),
-                archive_bytes: b.archive_bytes,
-                deployed_by,
-                cause: "config",
-            },
-        )?;
-        tx.commit()?;
-        drop(db);
+            let sealed = (!secrets.0.is_empty()).then(|| self.cipher.seal(function_row, &secrets));
+            let b = &base.version;
+            Self::insert_version(
+                tx,
+                function_row,
+                NewVersion {
+                    bundle: &b.bundle,
+                    entry: &b.entry,
+                    settings: &b.settings,
+                    env: &env,
+                    sealed: sealed.as_deref(),
+                    archive_bytes: b.archive_bytes,
+                    deployed_by,
+                    cause: "config",
+                },
+            )
+        })?;
         self.version_by_id(version)
     }
 
     fn insert_version(
-        tx: &Transaction<'_>,
+        tx: &mut Tx<'_>,
         function_row: i64,
         v: NewVersion<'_>,
     ) -> Result<i64, RegistryError> {
-        let number: i64 = tx.query_row(
+        let number: i64 = tx.one(
             "UPDATE functions SET next_number = next_number + 1 WHERE id = ?1 RETURNING next_number - 1",
             params![function_row],
             |r| r.get(0),
         )?;
-        tx.execute(
+        tx.one(
             "INSERT INTO versions (function_id, number, bundle, entry, settings, env, secrets,
                                    archive_bytes, deployed_by, cause, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING id",
             params![
                 function_row,
                 number,
@@ -410,22 +395,21 @@ impl Registry {
                 v.cause,
                 now_ms()
             ],
-        )?;
-        Ok(tx.last_insert_rowid())
+            |r| r.get(0),
+        )
     }
 
     fn version_by_id(&self, id: i64) -> Result<Version, RegistryError> {
-        let row = {
-            let db = self.db.lock().unwrap();
-            db.query_row(
+        let row = self.db.run(Kind::Read, |tx| {
+            tx.one(
                 &format!(
                     "SELECT {VERSION_COLUMNS} FROM versions v JOIN functions f ON f.id = v.function_id
                      WHERE v.id = ?1"
                 ),
                 params![id],
                 version_row,
-            )?
-        };
+            )
+        })?;
         self.finish(row)
     }
 
@@ -435,14 +419,13 @@ impl Registry {
     /// free their code ([`Registry::collect_garbage`]).
     pub fn activate(&self, version: &Version, promote: bool) -> Result<usize, RegistryError> {
         let now = now_ms();
-        let mut db = self.db.lock().unwrap();
-        let tx = db.transaction()?;
-        let function_row: i64 = tx.query_row(
+        self.db.run(Kind::Write, |tx| {
+        let function_row: i64 = tx.one(
             "UPDATE versions SET live = 1 WHERE id = ?1 RETURNING function_id",
             params![version.id],
             |r| r.get(0),
         )?;
-        let has_latest: bool = tx.query_row(
+        let has_latest: bool = tx.one(
             "SELECT COUNT(*) > 0 FROM aliases WHERE function_id = ?1 AND name = 'latest'",
             params![function_row],
             |r| r.get(0),
@@ -459,51 +442,49 @@ impl Registry {
             "UPDATE functions SET updated_ms = ?2 WHERE id = ?1",
             params![function_row, now],
         )?;
-        crate::schedules::sync_toml_schedules(&tx, function_row, now)?;
-        let pruned = tx.execute(
+        crate::schedules::sync_toml_schedules(tx, function_row, now)?;
+        tx.execute(
             "DELETE FROM versions WHERE function_id = ?1 AND live = 1
                AND id NOT IN (SELECT id FROM versions WHERE function_id = ?1 ORDER BY number DESC LIMIT ?2)
                AND id NOT IN (SELECT version_id FROM aliases WHERE function_id = ?1)
                AND id NOT IN (SELECT split_version_id FROM aliases
                               WHERE function_id = ?1 AND split_version_id IS NOT NULL)",
             params![function_row, VERSIONS_KEPT],
-        )?;
-        tx.commit()?;
-        Ok(pruned)
+        )
+        })
     }
 
     /// Forgets a version that never went live (its code failed to load),
     /// and its function too if that was its first.
     pub fn discard_version(&self, version: &Version) -> Result<(), RegistryError> {
-        let mut db = self.db.lock().unwrap();
-        let tx = db.transaction()?;
-        tx.execute(
-            "DELETE FROM versions WHERE id = ?1 AND live = 0",
-            params![version.id],
-        )?;
-        tx.execute(
-            "DELETE FROM functions WHERE namespace = ?1 AND name = ?2
+        self.db.run(Kind::Write, |tx| {
+            tx.execute(
+                "DELETE FROM versions WHERE id = ?1 AND live = 0",
+                params![version.id],
+            )?;
+            tx.execute(
+                "DELETE FROM functions WHERE namespace = ?1 AND name = ?2
                AND NOT EXISTS (SELECT 1 FROM versions WHERE function_id = functions.id)",
-            params![version.function.namespace, version.function.name],
-        )?;
-        tx.commit()?;
-        Ok(())
+                params![version.function.namespace, version.function.name],
+            )?;
+            Ok(())
+        })
     }
 
     /// Every function with its aliases and the versions they point at.
     pub fn routable(&self) -> Result<Vec<Routable>, RegistryError> {
-        let ids: Vec<FunctionId> = {
-            let db = self.db.lock().unwrap();
-            let mut stmt =
-                db.prepare("SELECT namespace, name FROM functions ORDER BY namespace, name")?;
-            let rows = stmt.query_map([], |r| {
-                Ok(FunctionId {
-                    namespace: r.get(0)?,
-                    name: r.get(1)?,
-                })
-            })?;
-            rows.collect::<Result<_, _>>()?
-        };
+        let ids: Vec<FunctionId> = self.db.run(Kind::Read, |tx| {
+            tx.map(
+                "SELECT namespace, name FROM functions ORDER BY namespace, name",
+                params![],
+                |r| {
+                    Ok(FunctionId {
+                        namespace: r.get(0)?,
+                        name: r.get(1)?,
+                    })
+                },
+            )
+        })?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             let (aliases, versions) = self.function_routes(&id)?;
@@ -524,17 +505,18 @@ impl Registry {
         function: &FunctionId,
     ) -> Result<(Vec<Alias>, Vec<Version>), RegistryError> {
         let aliases = self.aliases(function)?;
-        let rows: Vec<VersionRow> = {
-            let db = self.db.lock().unwrap();
-            let mut stmt = db.prepare(&format!(
-                "SELECT {VERSION_COLUMNS} FROM versions v JOIN functions f ON f.id = v.function_id
-                 WHERE f.namespace = ?1 AND f.name = ?2 AND v.id IN
-                   (SELECT version_id FROM aliases WHERE function_id = f.id
-                    UNION SELECT split_version_id FROM aliases WHERE function_id = f.id)"
-            ))?;
-            let rows = stmt.query_map(params![function.namespace, function.name], version_row)?;
-            rows.collect::<Result<_, _>>()?
-        };
+        let rows: Vec<VersionRow> = self.db.run(Kind::Read, |tx| {
+            tx.map(
+                &format!(
+                    "SELECT {VERSION_COLUMNS} FROM versions v JOIN functions f ON f.id = v.function_id
+                     WHERE f.namespace = ?1 AND f.name = ?2 AND v.id IN
+                       (SELECT version_id FROM aliases WHERE function_id = f.id
+                        UNION SELECT split_version_id FROM aliases WHERE function_id = f.id)"
+                ),
+                params![function.namespace, function.name],
+                version_row,
+            )
+        })?;
         let versions = rows
             .into_iter()
             .map(|r| self.finish(r))
@@ -544,9 +526,8 @@ impl Registry {
 
     /// One live version of a function, by number.
     pub fn version(&self, function: &FunctionId, number: i64) -> Result<Version, RegistryError> {
-        let row = {
-            let db = self.db.lock().unwrap();
-            db.query_row(
+        let row = self.db.run(Kind::Read, |tx| {
+            tx.opt(
                 &format!(
                     "SELECT {VERSION_COLUMNS} FROM versions v JOIN functions f ON f.id = v.function_id
                      WHERE f.namespace = ?1 AND f.name = ?2 AND v.number = ?3 AND v.live = 1"
@@ -554,8 +535,7 @@ impl Registry {
                 params![function.namespace, function.name, number],
                 version_row,
             )
-            .optional()?
-        };
+        })?;
         match row {
             Some(r) => self.finish(r),
             None => Err(RegistryError::NoSuch(format!(
@@ -567,23 +547,24 @@ impl Registry {
 
     /// The kept live versions of a function, newest first.
     pub fn versions(&self, function: &FunctionId) -> Result<Vec<VersionInfo>, RegistryError> {
-        let db = self.db.lock().unwrap();
-        let mut stmt = db.prepare(
-            "SELECT v.number, v.bundle, v.archive_bytes, v.deployed_by, v.cause, v.created_ms
-             FROM versions v JOIN functions f ON f.id = v.function_id
-             WHERE f.namespace = ?1 AND f.name = ?2 AND v.live = 1 ORDER BY v.number DESC",
-        )?;
-        let rows = stmt.query_map(params![function.namespace, function.name], |r| {
-            Ok(VersionInfo {
-                number: r.get(0)?,
-                bundle: r.get(1)?,
-                archive_bytes: r.get::<_, i64>(2)? as u64,
-                deployed_by: r.get(3)?,
-                cause: r.get(4)?,
-                created_ms: r.get(5)?,
-            })
+        let out: Vec<VersionInfo> = self.db.run(Kind::Read, |tx| {
+            tx.map(
+                "SELECT v.number, v.bundle, v.archive_bytes, v.deployed_by, v.cause, v.created_ms
+                 FROM versions v JOIN functions f ON f.id = v.function_id
+                 WHERE f.namespace = ?1 AND f.name = ?2 AND v.live = 1 ORDER BY v.number DESC",
+                params![function.namespace, function.name],
+                |r| {
+                    Ok(VersionInfo {
+                        number: r.get(0)?,
+                        bundle: r.get(1)?,
+                        archive_bytes: r.get::<i64>(2)? as u64,
+                        deployed_by: r.get(3)?,
+                        cause: r.get(4)?,
+                        created_ms: r.get(5)?,
+                    })
+                },
+            )
         })?;
-        let out: Vec<VersionInfo> = rows.collect::<Result<_, _>>()?;
         if out.is_empty() {
             return Err(RegistryError::NotFound(function.name.clone()));
         }
@@ -591,25 +572,26 @@ impl Registry {
     }
 
     pub fn aliases(&self, function: &FunctionId) -> Result<Vec<Alias>, RegistryError> {
-        let db = self.db.lock().unwrap();
-        let mut stmt = db.prepare(
-            "SELECT a.name, v.number, s.number, a.split_percent, a.updated_ms
-             FROM aliases a JOIN functions f ON f.id = a.function_id
-             JOIN versions v ON v.id = a.version_id
-             LEFT JOIN versions s ON s.id = a.split_version_id
-             WHERE f.namespace = ?1 AND f.name = ?2 ORDER BY a.name",
-        )?;
-        let rows = stmt.query_map(params![function.namespace, function.name], |r| {
-            let split: Option<i64> = r.get(2)?;
-            let percent: u8 = r.get(3)?;
-            Ok(Alias {
-                name: r.get(0)?,
-                version: r.get(1)?,
-                split: split.map(|version| Split { version, percent }),
-                updated_ms: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.db.run(Kind::Read, |tx| {
+            tx.map(
+                "SELECT a.name, v.number, s.number, a.split_percent, a.updated_ms
+                 FROM aliases a JOIN functions f ON f.id = a.function_id
+                 JOIN versions v ON v.id = a.version_id
+                 LEFT JOIN versions s ON s.id = a.split_version_id
+                 WHERE f.namespace = ?1 AND f.name = ?2 ORDER BY a.name",
+                params![function.namespace, function.name],
+                |r| {
+                    let split: Option<i64> = r.get(2)?;
+                    let percent = u8::try_from(r.get::<i64>(3)?).unwrap_or(0);
+                    Ok(Alias {
+                        name: r.get(0)?,
+                        version: r.get(1)?,
+                        split: split.map(|version| Split { version, percent }),
+                        updated_ms: r.get(4)?,
+                    })
+                },
+            )
+        })
     }
 
     /// Points `alias` at version `number`, with an optional share of calls
@@ -640,17 +622,16 @@ impl Registry {
                 ));
             }
         }
-        let mut db = self.db.lock().unwrap();
-        let tx = db.transaction()?;
-        let function_row = Self::function_row(&tx, function)?
+        let now = now_ms();
+        self.db.run(Kind::Write, |tx| {
+        let function_row = Self::function_row(tx, function)?
             .ok_or_else(|| RegistryError::NotFound(function.name.clone()))?;
-        let live = |n: i64| -> Result<i64, RegistryError> {
-            tx.query_row(
+        let mut live = |n: i64| -> Result<i64, RegistryError> {
+            tx.opt(
                 "SELECT id FROM versions WHERE function_id = ?1 AND number = ?2 AND live = 1",
                 params![function_row, n],
                 |r| r.get(0),
-            )
-            .optional()?
+            )?
             .ok_or_else(|| {
                 RegistryError::NoSuch(format!(
                     "`{}` has no version {n} (see `thaw versions {}`)",
@@ -660,7 +641,6 @@ impl Registry {
         };
         let primary = live(number)?;
         let second = split.map(|s| live(s.version)).transpose()?;
-        let now = now_ms();
         tx.execute(
             "INSERT INTO aliases (function_id, name, version_id, split_version_id, split_percent, updated_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -677,9 +657,10 @@ impl Registry {
             ],
         )?;
         if alias == LATEST {
-            crate::schedules::sync_toml_schedules(&tx, function_row, now)?;
+            crate::schedules::sync_toml_schedules(tx, function_row, now)?;
         }
-        tx.commit()?;
+        Ok(())
+        })?;
         Ok(Alias {
             name: alias.to_string(),
             version: number,
@@ -694,11 +675,13 @@ impl Registry {
                 "`latest` cannot be removed: point it elsewhere with `thaw rollback` or `thaw alias set`".into(),
             ));
         }
-        let n = self.db.lock().unwrap().execute(
-            "DELETE FROM aliases WHERE name = ?2 AND function_id =
-               (SELECT id FROM functions WHERE namespace = ?1 AND name = ?3)",
-            params![function.namespace, alias, function.name],
-        )?;
+        let n = self.db.run(Kind::Write, |tx| {
+            tx.execute(
+                "DELETE FROM aliases WHERE name = ?2 AND function_id =
+                   (SELECT id FROM functions WHERE namespace = ?1 AND name = ?3)",
+                params![function.namespace, alias, function.name],
+            )
+        })?;
         if n == 0 {
             return Err(RegistryError::NoSuch(format!(
                 "`{}` has no alias `{alias}`",
@@ -743,25 +726,24 @@ impl Registry {
     /// Removes a function, its versions, aliases and logs. Code trees no
     /// version uses any more are removed by [`Registry::collect_garbage`].
     pub fn remove(&self, function: &FunctionId) -> Result<(), RegistryError> {
-        let mut db = self.db.lock().unwrap();
-        let tx = db.transaction()?;
-        let function_row = Self::function_row(&tx, function)?
-            .ok_or_else(|| RegistryError::NotFound(function.name.clone()))?;
-        tx.execute(
-            "DELETE FROM aliases WHERE function_id = ?1",
-            params![function_row],
-        )?;
-        tx.execute(
-            "DELETE FROM versions WHERE function_id = ?1",
-            params![function_row],
-        )?;
-        tx.execute(
-            "DELETE FROM logs WHERE function_id = ?1",
-            params![function_row],
-        )?;
-        tx.execute("DELETE FROM functions WHERE id = ?1", params![function_row])?;
-        tx.commit()?;
-        Ok(())
+        self.db.run(Kind::Write, |tx| {
+            let function_row = Self::function_row(tx, function)?
+                .ok_or_else(|| RegistryError::NotFound(function.name.clone()))?;
+            tx.execute(
+                "DELETE FROM aliases WHERE function_id = ?1",
+                params![function_row],
+            )?;
+            tx.execute(
+                "DELETE FROM versions WHERE function_id = ?1",
+                params![function_row],
+            )?;
+            tx.execute(
+                "DELETE FROM logs WHERE function_id = ?1",
+                params![function_row],
+            )?;
+            tx.execute("DELETE FROM functions WHERE id = ?1", params![function_row])?;
+            Ok(())
+        })
     }
 }
 

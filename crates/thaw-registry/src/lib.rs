@@ -1,11 +1,12 @@
-//! The registry: what is deployed, by whom, kept on disk under one data
-//! directory.
+//! The registry: what is deployed, by whom.
 //!
 //! Namespaces, API keys (hashed), functions, their numbered versions,
 //! aliases, configuration (environment and secrets, encrypted), async calls
-//! with their attempts, cron schedules and console logs live in one SQLite
-//! file (`thaw.db`, schema in `schema.rs`, upgraded
-//! in place from older releases). Code bundles are stored once by the
+//! with their attempts, cron schedules and console logs live in one
+//! database: an SQLite file in the data directory (`thaw.db`) on one host,
+//! or a PostgreSQL database that many hosts share ([`Database`]). The schema
+//! is one (`schema.rs`, upgraded in place from older releases) and every
+//! operation is written once for both engines (`db.rs`). Code bundles are stored once by the
 //! SHA-256 of their archive (`bundles/<hash>.tar.gz`) and unpacked once into
 //! a read-only tree (`code/<hash>/`) that every instance of every version
 //! using that bundle shares. The admin token lives in `token` and the key
@@ -17,6 +18,7 @@
 //! This crate must not start runtimes or speak HTTP: it stores and answers.
 
 mod calls;
+mod db;
 mod functions;
 mod logs;
 mod schedules;
@@ -28,6 +30,7 @@ pub use calls::{
     backoff_ms, Attempt, AttemptEnd, CallQuery, CallRecord, CallState, Claimed, Destination,
     Finished, NewCall, QueueDepth, DEFAULT_RETRIES, MAX_RETRIES,
 };
+pub use db::{redact as redact_database_url, Engine};
 pub use functions::{
     validate_variable, Alias, ConfigChange, FunctionId, Routable, Split, Version, VersionInfo,
     LATEST, VERSIONS_KEPT,
@@ -39,13 +42,12 @@ pub use tenancy::{
     same_secret, KeyInfo, Namespace, NamespaceLimits, Role, DEFAULT_NAMESPACE, MAX_QUEUED,
 };
 
-use rusqlite::Connection;
+use db::{params, Kind, Store};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 use thaw_bundle::{BundleError, Limits, Settings};
 
@@ -53,6 +55,11 @@ use thaw_bundle::{BundleError, Limits, Settings};
 pub enum RegistryError {
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
+    #[error("database error: {0}")]
+    Postgres(#[from] postgres::Error),
+    /// The database cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -105,41 +112,156 @@ pub struct CodeTree {
     pub dir: PathBuf,
 }
 
+/// Where the registry's records live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// `thaw.db` in the data directory: one host.
+    Sqlite,
+    /// A PostgreSQL database (a `postgres://` URL or `key=value`
+    /// parameters) that the workers of a cluster share.
+    Postgres(String),
+}
+
+impl Database {
+    /// The database a `--database` value names: nothing (or `sqlite`) for
+    /// the embedded file, a `postgres://` or `postgresql://` URL for
+    /// PostgreSQL.
+    pub fn parse(text: Option<&str>) -> Result<Database, RegistryError> {
+        match text.map(str::trim).filter(|t| !t.is_empty()) {
+            None | Some("sqlite") => Ok(Database::Sqlite),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Database::Postgres(url.to_string()))
+            }
+            Some(other) => Err(RegistryError::Invalid(format!(
+                "`{}` is not a database thaw knows: give `sqlite` (the default, a file in the data \
+                 directory) or a PostgreSQL URL such as postgres://thaw@db.example/thaw",
+                db::redact(other)
+            ))),
+        }
+    }
+}
+
+/// The row of `meta` holding a value sealed with the secrets key.
+const KEY_CHECK: &str = "secrets_key_check";
+/// The row of `meta` holding the admin token of a shared database, sealed.
+const ADMIN_TOKEN: &str = "admin_token";
+
 pub struct Registry {
     root: PathBuf,
-    db: Mutex<Connection>,
+    db: Store,
     cipher: SecretCipher,
 }
 
 impl Registry {
-    /// Opens (creating if needed) the registry in `root`, upgrading a data
-    /// directory of an older release in place. Secrets are encrypted with
-    /// `secrets_key` when given (`THAW_SECRETS_KEY`), else with the key in
-    /// `secrets.key`, made on first use.
+    /// Opens (creating if needed) the registry in `root` with its records
+    /// in `thaw.db` there, upgrading a data directory of an older release
+    /// in place. See [`Registry::open_with`].
     pub fn open(root: &Path, secrets_key: Option<&str>) -> Result<Registry, RegistryError> {
+        Registry::open_with(root, &Database::Sqlite, secrets_key)
+    }
+
+    /// Opens the registry whose records are in `database`, keeping code
+    /// under `root`. Secrets are encrypted with `secrets_key` when given
+    /// (`THAW_SECRETS_KEY`), else, for SQLite only, with the key in
+    /// `secrets.key`, made on first use: workers sharing PostgreSQL must be
+    /// given the same key, and one given another key is refused.
+    pub fn open_with(
+        root: &Path,
+        database: &Database,
+        secrets_key: Option<&str>,
+    ) -> Result<Registry, RegistryError> {
         for dir in [root.to_path_buf(), root.join("bundles"), root.join("code")] {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
         fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(io_err(root))?;
-        let cipher = match secrets_key.filter(|k| !k.trim().is_empty()) {
-            Some(k) => SecretCipher::from_text(k)?,
-            None => {
+        let secrets_key = secrets_key.filter(|k| !k.trim().is_empty());
+        let cipher = match (secrets_key, database) {
+            (Some(k), _) => SecretCipher::from_text(k)?,
+            (None, Database::Sqlite) => {
                 let text = private_file(&root.join("secrets.key"), || {
                     hex::encode(rand::random::<[u8; 32]>())
                 })?;
                 SecretCipher::from_text(&text)?
             }
+            (None, Database::Postgres(_)) => {
+                return Err(RegistryError::Secrets(
+                    "a registry in PostgreSQL needs THAW_SECRETS_KEY (64 hex digits, as `openssl rand -hex 32` \
+                     prints), the same on every worker: it is never stored in the database"
+                        .into(),
+                ))
+            }
         };
-        let mut conn = Connection::open(root.join("thaw.db"))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        schema::migrate(&mut conn)?;
-        Ok(Registry {
+        let db = match database {
+            Database::Sqlite => {
+                let conn = rusqlite::Connection::open(root.join("thaw.db"))?;
+                conn.pragma_update(None, "journal_mode", "WAL")?;
+                conn.pragma_update(None, "synchronous", "NORMAL")?;
+                conn.pragma_update(None, "foreign_keys", "ON")?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                let store = Store::Sqlite(std::sync::Mutex::new(conn));
+                store.run(Kind::Write, schema::migrate_sqlite)?;
+                store
+            }
+            Database::Postgres(url) => {
+                let store = Store::Postgres(db::PgPool::connect(url)?);
+                store.run(Kind::Queue, schema::migrate_postgres)?;
+                store
+            }
+        };
+        let registry = Registry {
             root: root.to_path_buf(),
-            db: Mutex::new(conn),
+            db,
             cipher,
+        };
+        registry.check_secrets_key()?;
+        Ok(registry)
+    }
+
+    /// Refuses a secrets key other than the one the registry's secrets are
+    /// sealed with, before anything is sealed with it.
+    fn check_secrets_key(&self) -> Result<(), RegistryError> {
+        let sealed = self.cipher.seal(0, &SecretValues::default());
+        let fits = self.db.run(Kind::Write, |tx| {
+            let stored: Option<Vec<u8>> = tx.opt(
+                "SELECT value FROM meta WHERE name = ?1",
+                params![KEY_CHECK],
+                |r| r.get(0),
+            )?;
+            if let Some(stored) = stored {
+                return Ok(self.cipher.open(0, &stored).is_ok());
+            }
+            // The first start of this release on a registry that has
+            // secrets already: the key must open them before it is
+            // recorded as the key.
+            let some_secret: Option<(i64, Vec<u8>)> = tx.opt(
+                "SELECT function_id, secrets FROM versions WHERE secrets IS NOT NULL LIMIT 1",
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if let Some((function_row, blob)) = some_secret {
+                if self.cipher.open(function_row, &blob).is_err() {
+                    return Ok(false);
+                }
+            }
+            tx.execute(
+                "INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                params![KEY_CHECK, sealed],
+            )?;
+            // Another worker may have recorded its key first.
+            let stored: Vec<u8> = tx.one(
+                "SELECT value FROM meta WHERE name = ?1",
+                params![KEY_CHECK],
+                |r| r.get(0),
+            )?;
+            Ok(self.cipher.open(0, &stored).is_ok())
+        })?;
+        fits.then_some(()).ok_or_else(|| {
+            RegistryError::Secrets(
+                "this secrets key is not the one the registry's secrets are sealed with: \
+                 start thaw with the key it had before (THAW_SECRETS_KEY, or secrets.key in the data directory); \
+                 every worker sharing a database needs the same key"
+                    .into(),
+            )
         })
     }
 
@@ -147,15 +269,61 @@ impl Registry {
         &self.root
     }
 
-    /// The admin token: `THAW_TOKEN` if given, else the one stored in the
-    /// data directory, else a new random one stored there (mode 0600).
+    /// Which engine the records are in.
+    pub fn engine(&self) -> Engine {
+        self.db.engine()
+    }
+
+    /// The admin token: `THAW_TOKEN` if given; else, on one host, the one
+    /// stored in the data directory, or a new random one stored there
+    /// (mode 0600); in a shared database, the one stored there sealed with
+    /// the secrets key, or a new one, so that every worker has the same.
+    /// Either way the data directory's `token` file holds it for the CLI
+    /// on that host.
     pub fn token(&self, from_env: Option<String>) -> Result<String, RegistryError> {
         if let Some(t) = from_env.filter(|t| !t.is_empty()) {
             return Ok(t);
         }
-        private_file(&self.root.join("token"), || {
-            format!("thaw_{}", hex::encode(rand::random::<[u8; 24]>()))
-        })
+        let new_token = || format!("thaw_{}", hex::encode(rand::random::<[u8; 24]>()));
+        if self.engine() == Engine::Sqlite {
+            return private_file(&self.root.join("token"), new_token);
+        }
+        let mut made = SecretValues::default();
+        made.0.insert(
+            ADMIN_TOKEN.into(),
+            secrets::SecretEntry {
+                value: new_token(),
+                updated_ms: now_ms(),
+            },
+        );
+        let sealed = self.cipher.seal(0, &made);
+        let stored: Vec<u8> = self.db.run(Kind::Write, |tx| {
+            tx.execute(
+                "INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                params![ADMIN_TOKEN, sealed],
+            )?;
+            tx.one(
+                "SELECT value FROM meta WHERE name = ?1",
+                params![ADMIN_TOKEN],
+                |r| r.get(0),
+            )
+        })?;
+        let token = self
+            .cipher
+            .open(0, &stored)?
+            .0
+            .remove(ADMIN_TOKEN)
+            .map(|e| e.value)
+            .ok_or_else(|| RegistryError::Corrupt("the stored admin token is empty".into()))?;
+        let path = self.root.join("token");
+        if fs::read_to_string(&path)
+            .map(|t| t.trim() != token)
+            .unwrap_or(true)
+        {
+            let _ = fs::remove_file(&path);
+            private_file(&path, || token.clone())?;
+        }
+        Ok(token)
     }
 
     fn code_dir(&self, bundle: &str) -> PathBuf {
@@ -242,12 +410,15 @@ impl Registry {
     /// deploy is running: at start-up, or under the platform's deploy lock.
     /// Says which code trees went, for the drivers to let go of them.
     pub fn collect_garbage(&self) -> Result<Garbage, RegistryError> {
-        let used: std::collections::HashSet<String> = {
-            let db = self.db.lock().unwrap();
-            let mut stmt = db.prepare("SELECT DISTINCT bundle FROM versions")?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            rows.collect::<Result<_, _>>()?
-        };
+        let used: std::collections::HashSet<String> = self
+            .db
+            .run(Kind::Read, |tx| {
+                tx.map("SELECT DISTINCT bundle FROM versions", params![], |r| {
+                    r.get::<String>(0)
+                })
+            })?
+            .into_iter()
+            .collect();
         let mut garbage = Garbage::default();
         for sub in ["code", "bundles"] {
             let dir = self.root.join(sub);

@@ -1,7 +1,7 @@
 //! Console output kept per function, newest lines last.
 
+use crate::db::{params, Kind, Row};
 use crate::{FunctionId, Registry, RegistryError};
-use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 /// Lines kept per function; older ones are pruned as new ones arrive.
@@ -61,76 +61,80 @@ impl Registry {
         if records.is_empty() {
             return Ok(());
         }
-        let mut db = self.db.lock().unwrap();
-        let tx = db.transaction()?;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO logs (function_id, version, invocation, stream, line, ts_ms)
-                 SELECT function_id, id, ?2, ?3, ?4, ?5 FROM versions WHERE id = ?1",
-            )?;
+        self.db.run(Kind::Write, |tx| {
             for r in records {
-                insert.execute(params![
-                    r.version,
-                    r.invocation.map(|i| i as i64),
-                    r.stream,
-                    stored_line(&r.line),
-                    r.ts_ms
-                ])?;
+                tx.execute(
+                    "INSERT INTO logs (function_id, version, invocation, stream, line, ts_ms)
+                     SELECT function_id, id, ?2, ?3, ?4, ?5 FROM versions WHERE id = ?1",
+                    params![
+                        r.version,
+                        r.invocation.map(|i| i as i64),
+                        r.stream,
+                        stored_line(&r.line),
+                        r.ts_ms
+                    ],
+                )?;
             }
             let mut versions: Vec<i64> = records.iter().filter_map(|r| r.version).collect();
             versions.sort_unstable();
             versions.dedup();
-            let mut prune_lines = tx.prepare_cached(
-                "DELETE FROM logs WHERE function_id = ?1 AND id <=
-                   (SELECT id FROM logs WHERE function_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-            )?;
-            let mut bytes_of = tx.prepare_cached(
-                "SELECT COALESCE(SUM(octet_length(line)), 0) FROM logs WHERE function_id = ?1",
-            )?;
-            let mut oldest = tx.prepare_cached(
-                "SELECT id, octet_length(line) FROM logs WHERE function_id = ?1 ORDER BY id ASC",
-            )?;
-            let mut prune_upto =
-                tx.prepare_cached("DELETE FROM logs WHERE function_id = ?1 AND id <= ?2")?;
             let mut functions = Vec::new();
             for v in versions {
-                let f: Option<i64> = tx
-                    .query_row(
-                        "SELECT function_id FROM versions WHERE id = ?1",
-                        params![v],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
+                let f: Option<i64> = tx.opt(
+                    "SELECT function_id FROM versions WHERE id = ?1",
+                    params![v],
+                    |r| r.get(0),
+                )?;
                 functions.extend(f);
             }
             functions.sort_unstable();
             functions.dedup();
             for f in functions {
-                prune_lines.execute(params![f, LINES_KEPT])?;
+                tx.execute(
+                    "DELETE FROM logs WHERE function_id = ?1 AND id <=
+                       (SELECT id FROM logs WHERE function_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                    params![f, LINES_KEPT],
+                )?;
                 // By bytes: the oldest lines go until the rest fits. Only
                 // those are read, which in the steady state is about what
                 // the batch added.
-                let total: i64 = bytes_of.query_row(params![f], |r| r.get(0))?;
+                let total: i64 = tx.one(
+                    "SELECT CAST(COALESCE(SUM(octet_length(line)), 0) AS BIGINT) FROM logs
+                     WHERE function_id = ?1",
+                    params![f],
+                    |r| r.get(0),
+                )?;
                 let mut excess = total - BYTES_KEPT;
-                if excess > 0 {
-                    let mut rows = oldest.query(params![f])?;
-                    let mut last = None;
-                    while let Some(row) = rows.next()? {
-                        last = Some(row.get::<_, i64>(0)?);
-                        excess -= row.get::<_, i64>(1)?;
+                let mut last = None;
+                while excess > 0 {
+                    // The oldest lines in pages, so that a small excess
+                    // reads little.
+                    let page = tx.map(
+                        "SELECT id, octet_length(line) FROM logs WHERE function_id = ?1 AND id > ?2
+                         ORDER BY id ASC LIMIT 256",
+                        params![f, last.unwrap_or(0i64)],
+                        |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?)),
+                    )?;
+                    if page.is_empty() {
+                        break;
+                    }
+                    for (id, bytes) in page {
+                        last = Some(id);
+                        excess -= bytes;
                         if excess <= 0 {
                             break;
                         }
                     }
-                    drop(rows);
-                    if let Some(last) = last {
-                        prune_upto.execute(params![f, last])?;
-                    }
+                }
+                if let Some(last) = last {
+                    tx.execute(
+                        "DELETE FROM logs WHERE function_id = ?1 AND id <= ?2",
+                        params![f, last],
+                    )?;
                 }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     pub fn logs(
@@ -138,44 +142,45 @@ impl Registry {
         function: &FunctionId,
         q: &LogQuery,
     ) -> Result<Vec<LogRecord>, RegistryError> {
-        let db = self.db.lock().unwrap();
-        let function = Registry::existing_function_row(&db, function)?;
         let limit = q.limit.clamp(1, 10_000) as i64;
-        let map = |r: &rusqlite::Row<'_>| {
+        let map = |r: &Row| {
             Ok(LogRecord {
                 seq: r.get(0)?,
                 version: r.get(2)?,
-                invocation: r.get::<_, Option<i64>>(3)?.map(|i| i as u64),
+                invocation: r.get::<Option<i64>>(3)?.map(|i| i as u64),
                 stream: r.get(4)?,
                 line: r.get(5)?,
                 ts_ms: r.get(6)?,
             })
         };
         let invocation = q.invocation.map(|i| i as i64);
-        let mut rows: Vec<LogRecord> = match q.after {
-            Some(after) => {
-                let mut stmt = db.prepare_cached(
+        let mut rows: Vec<LogRecord> = self.db.run(Kind::Read, |tx| {
+            let function = Registry::existing_function_row(tx, function)?;
+            match q.after {
+                Some(after) => tx.map(
                     "SELECT id, function_id, (SELECT number FROM versions WHERE versions.id = logs.version),
-                            invocation, stream, line, ts_ms FROM logs
-                     WHERE function_id = ?1 AND id > ?2 AND (?3 IS NULL OR invocation = ?3)
-                     ORDER BY id ASC LIMIT ?4",
-                )?;
-                let rows = stmt.query_map(params![function, after, invocation, limit], map)?;
-                rows.collect::<Result<_, _>>()?
+                                invocation, stream, line, ts_ms FROM logs
+                         WHERE function_id = ?1 AND id > ?2
+                           AND (CAST(?3 AS BIGINT) IS NULL OR invocation = ?3)
+                         ORDER BY id ASC LIMIT ?4",
+                    params![function, after, invocation, limit],
+                    map,
+                ),
+                None => {
+                    let mut v = tx.map(
+                        "SELECT id, function_id, (SELECT number FROM versions WHERE versions.id = logs.version),
+                                    invocation, stream, line, ts_ms FROM logs
+                             WHERE function_id = ?1
+                               AND (CAST(?2 AS BIGINT) IS NULL OR invocation = ?2)
+                             ORDER BY id DESC LIMIT ?3",
+                        params![function, invocation, limit],
+                        map,
+                    )?;
+                    v.reverse();
+                    Ok(v)
+                }
             }
-            None => {
-                let mut stmt = db.prepare_cached(
-                    "SELECT id, function_id, (SELECT number FROM versions WHERE versions.id = logs.version),
-                            invocation, stream, line, ts_ms FROM logs
-                     WHERE function_id = ?1 AND (?2 IS NULL OR invocation = ?2)
-                     ORDER BY id DESC LIMIT ?3",
-                )?;
-                let rows = stmt.query_map(params![function, invocation, limit], map)?;
-                let mut v: Vec<LogRecord> = rows.collect::<Result<_, _>>()?;
-                v.reverse();
-                v
-            }
-        };
+        })?;
         rows.shrink_to_fit();
         Ok(rows)
     }

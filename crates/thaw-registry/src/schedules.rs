@@ -11,8 +11,8 @@
 //! once, and the others are counted as missed.
 
 use crate::calls::{enqueue_in, NewCall};
+use crate::db::{params, Kind, Row, Tx};
 use crate::{now_ms, FunctionId, Registry, RegistryError};
-use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 use thaw_bundle::{ScheduleSpec, Settings, MAX_SCHEDULES};
 
@@ -69,7 +69,7 @@ const SCHEDULE_COLUMNS: &str =
 
 /// A schedule read from `r`, its columns ([`SCHEDULE_COLUMNS`]) starting
 /// at `at`.
-fn schedule_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Schedule> {
+fn schedule_from(r: &Row, at: usize) -> Result<Schedule, RegistryError> {
     Ok(Schedule {
         function: FunctionId {
             namespace: r.get(at)?,
@@ -81,19 +81,19 @@ fn schedule_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Schedule>
         alias: r.get(at + 5)?,
         method: r.get(at + 6)?,
         payload: r
-            .get::<_, Option<String>>(at + 7)?
+            .get::<Option<String>>(at + 7)?
             .and_then(|p| serde_json::from_str(&p).ok()),
         origin: r.get(at + 8)?,
         created_ms: r.get(at + 9)?,
         last_tick_ms: r.get(at + 10)?,
         next_ms: r.get(at + 11)?,
-        fired: r.get::<_, i64>(at + 12)? as u64,
-        missed: r.get::<_, i64>(at + 13)? as u64,
+        fired: r.get::<i64>(at + 12)? as u64,
+        missed: r.get::<i64>(at + 13)? as u64,
     })
 }
 
 fn insert_schedule(
-    tx: &Transaction<'_>,
+    tx: &mut Tx<'_>,
     function_row: i64,
     name: &str,
     spec: &ScheduleSpec,
@@ -125,18 +125,16 @@ fn insert_schedule(
 /// zone are unchanged keeps its place (no tick fired twice or skipped); a
 /// name an API schedule holds is left to it.
 pub(crate) fn sync_toml_schedules(
-    tx: &Transaction<'_>,
+    tx: &mut Tx<'_>,
     function_row: i64,
     now: i64,
 ) -> Result<(), RegistryError> {
-    let settings: Option<String> = tx
-        .query_row(
-            "SELECT v.settings FROM aliases a JOIN versions v ON v.id = a.version_id
-             WHERE a.function_id = ?1 AND a.name = 'latest'",
-            params![function_row],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let settings: Option<String> = tx.opt(
+        "SELECT v.settings FROM aliases a JOIN versions v ON v.id = a.version_id
+         WHERE a.function_id = ?1 AND a.name = 'latest'",
+        params![function_row],
+        |r| r.get(0),
+    )?;
     let declared: Vec<(String, ScheduleSpec)> = settings
         .and_then(|s| serde_json::from_str::<Settings>(&s).ok())
         .map(|s| {
@@ -147,14 +145,11 @@ pub(crate) fn sync_toml_schedules(
                 .collect()
         })
         .unwrap_or_default();
-    let existing: Vec<(String, String, String, String)> = {
-        let mut stmt = tx
-            .prepare("SELECT name, cron, timezone, origin FROM schedules WHERE function_id = ?1")?;
-        let rows = stmt.query_map(params![function_row], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?;
-        rows.collect::<Result<_, _>>()?
-    };
+    let existing: Vec<(String, String, String, String)> = tx.map(
+        "SELECT name, cron, timezone, origin FROM schedules WHERE function_id = ?1",
+        params![function_row],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
     for (name, cron, timezone, origin) in &existing {
         if origin != "toml" {
             continue;
@@ -210,11 +205,10 @@ impl Registry {
         spec.validate(&format!("schedule `{name}`"))
             .map_err(RegistryError::Invalid)?;
         let now = now_ms();
-        let mut db = self.db.lock().unwrap();
-        let tx = db.transaction()?;
-        let function_row = Registry::existing_function_row(&tx, function)?;
-        let (count, taken): (i64, bool) = tx.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(name = ?2), 0) > 0 FROM schedules WHERE function_id = ?1",
+        self.db.run(Kind::Write, |tx| {
+        let function_row = Registry::existing_function_row(tx, function)?;
+        let (count, taken): (i64, bool) = tx.one(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE name = ?2) FROM schedules WHERE function_id = ?1",
             params![function_row, name],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
@@ -230,9 +224,8 @@ impl Registry {
                 function.name
             )));
         }
-        insert_schedule(&tx, function_row, &name, spec, "api", now)?;
-        tx.commit()?;
-        drop(db);
+        insert_schedule(tx, function_row, &name, spec, "api", now)
+        })?;
         self.schedules(function)?
             .into_iter()
             .find(|s| s.name == name)
@@ -242,159 +235,151 @@ impl Registry {
     /// Removes a schedule made through the API (one from `thaw.toml` goes
     /// with the next deploy that no longer declares it).
     pub fn remove_schedule(&self, function: &FunctionId, name: &str) -> Result<(), RegistryError> {
-        let db = self.db.lock().unwrap();
-        let origin: Option<String> = db
-            .query_row(
+        self.db.run(Kind::Write, |tx| {
+            let origin: Option<String> = tx.opt(
                 "SELECT s.origin FROM schedules s JOIN functions f ON f.id = s.function_id
-                 WHERE f.namespace = ?1 AND f.name = ?2 AND s.name = ?3",
+             WHERE f.namespace = ?1 AND f.name = ?2 AND s.name = ?3",
                 params![function.namespace, function.name, name],
                 |r| r.get(0),
-            )
-            .optional()?;
-        match origin.as_deref() {
-            None => Err(RegistryError::NoSuch(format!(
-                "`{}` has no schedule named `{name}`",
-                function.name
-            ))),
-            Some("toml") => Err(RegistryError::Conflict(format!(
-                "schedule `{name}` is declared in thaw.toml: remove it there and deploy"
-            ))),
-            Some(_) => {
-                db.execute(
-                    "DELETE FROM schedules WHERE name = ?3 AND function_id =
+            )?;
+            match origin.as_deref() {
+                None => Err(RegistryError::NoSuch(format!(
+                    "`{}` has no schedule named `{name}`",
+                    function.name
+                ))),
+                Some("toml") => Err(RegistryError::Conflict(format!(
+                    "schedule `{name}` is declared in thaw.toml: remove it there and deploy"
+                ))),
+                Some(_) => {
+                    tx.execute(
+                        "DELETE FROM schedules WHERE name = ?3 AND function_id =
                        (SELECT id FROM functions WHERE namespace = ?1 AND name = ?2)",
-                    params![function.namespace, function.name, name],
-                )?;
-                Ok(())
+                        params![function.namespace, function.name, name],
+                    )?;
+                    Ok(())
+                }
             }
-        }
+        })
     }
 
     /// `function`'s schedules, by name.
     pub fn schedules(&self, function: &FunctionId) -> Result<Vec<Schedule>, RegistryError> {
-        let db = self.db.lock().unwrap();
-        let exists: bool = db.query_row(
-            "SELECT COUNT(*) > 0 FROM functions WHERE namespace = ?1 AND name = ?2",
-            params![function.namespace, function.name],
-            |r| r.get(0),
-        )?;
-        if !exists {
-            return Err(RegistryError::NotFound(function.name.clone()));
-        }
-        let mut stmt = db.prepare(&format!(
-            "SELECT {SCHEDULE_COLUMNS} FROM schedules s JOIN functions f ON f.id = s.function_id
-             WHERE f.namespace = ?1 AND f.name = ?2 ORDER BY s.name"
-        ))?;
-        let rows = stmt.query_map(params![function.namespace, function.name], |r| {
-            schedule_from(r, 0)
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.db.run(Kind::Read, |tx| {
+            Registry::existing_function_row(tx, function)?;
+            tx.map(
+                &format!(
+                    "SELECT {SCHEDULE_COLUMNS} FROM schedules s JOIN functions f ON f.id = s.function_id
+                     WHERE f.namespace = ?1 AND f.name = ?2 ORDER BY s.name"
+                ),
+                params![function.namespace, function.name],
+                |r| schedule_from(r, 0),
+            )
+        })
     }
 
     /// When the next schedule is due, if any.
     pub fn next_schedule_due(&self) -> Result<Option<i64>, RegistryError> {
-        let db = self.db.lock().unwrap();
-        Ok(db.query_row("SELECT MIN(next_ms) FROM schedules", [], |r| r.get(0))?)
+        self.db.run(Kind::Read, |tx| {
+            tx.one("SELECT MIN(next_ms) FROM schedules", params![], |r| {
+                r.get(0)
+            })
+        })
     }
 
     /// Fires every schedule whose tick has come by `now`: for each, one
     /// async call for the latest tick in (last fired, now], accepted with
     /// the schedule moved past it, in one transaction.
     pub fn fire_schedules(&self, now: i64) -> Result<Vec<Fired>, RegistryError> {
-        let mut db = self.db.lock().unwrap();
-        let tx = db.transaction()?;
-        let due: Vec<(i64, i64, Schedule)> = {
-            let mut stmt = tx.prepare(&format!(
-                "SELECT s.id, s.function_id, {SCHEDULE_COLUMNS}
+        self.db.run(Kind::Write, |tx| {
+            let due: Vec<(i64, i64, Schedule)> = tx.map(
+                &format!(
+                    "SELECT s.id, s.function_id, {SCHEDULE_COLUMNS}
                  FROM schedules s JOIN functions f ON f.id = s.function_id
                  WHERE s.next_ms IS NOT NULL AND s.next_ms <= ?1 ORDER BY s.next_ms"
-            ))?;
-            let rows = stmt.query_map(params![now], |r| {
-                Ok((r.get(0)?, r.get(1)?, schedule_from(r, 2)?))
-            })?;
-            rows.collect::<Result<_, _>>()?
-        };
-        let mut fired = Vec::new();
-        for (row, function_row, s) in due {
-            let next_owed = s.next_ms.unwrap_or(now);
-            let (tick, missed) = match (
-                thaw_cron::Cron::parse(&s.cron),
-                thaw_cron::parse_time_zone(&s.timezone),
-            ) {
-                (Ok(cron), Ok(tz)) => {
-                    let span = cron.missed(
-                        ts(next_owed - 1).unwrap_or_default(),
-                        ts(now).unwrap_or_default(),
-                        &tz,
-                    );
-                    (
-                        span.latest.map(|t| t.as_millisecond()).unwrap_or(next_owed),
-                        span.count.saturating_sub(1),
-                    )
-                }
-                _ => (next_owed, 0),
-            };
-            let retries: u32 = tx
-                .query_row(
-                    "SELECT v.settings FROM aliases a JOIN versions v ON v.id = a.version_id
-                     WHERE a.function_id = ?1 AND a.name = 'latest'",
-                    params![function_row],
-                    |r| r.get::<_, String>(0),
-                )
-                .optional()?
-                .and_then(|t| serde_json::from_str::<Settings>(&t).ok())
-                .map(|settings| settings.retries)
-                .unwrap_or(crate::DEFAULT_RETRIES);
-            let call = NewCall {
-                function: s.function.clone(),
-                target: s.alias.clone(),
-                kind: "scheduled".into(),
-                payload: serde_json::json!({
-                    "schedule": s.name,
-                    "cron": s.cron,
-                    "timezone": s.timezone,
-                    "scheduled_time_ms": tick,
-                    "invocation": "",
-                    "method": s.method,
-                    "payload": s.payload,
-                }),
-                origin: format!("schedule:{}", s.name),
-                max_attempts: retries + 1,
-                dedup: Some(format!("schedule:{row}:{tick}")),
-            };
-            let (call, refused) = match enqueue_in(&tx, &call, now) {
-                Ok(id) => (Some(id), 0),
-                Err(RegistryError::LimitReached(why)) => {
-                    tracing::warn!(
-                        "schedule `{}` of {} skipped its tick: {why}",
-                        s.name,
-                        s.function
-                    );
-                    (None, 1)
-                }
-                Err(e) => return Err(e),
-            };
-            let next = next_tick(&s.cron, &s.timezone, tick.max(now));
-            tx.execute(
-                "UPDATE schedules SET last_tick_ms = ?2, next_ms = ?3,
-                     fired = fired + ?4, missed = missed + ?5 WHERE id = ?1",
-                params![
-                    row,
-                    tick,
-                    next,
-                    i64::from(call.is_some()),
-                    (missed + refused) as i64
-                ],
+                ),
+                params![now],
+                |r| Ok((r.get(0)?, r.get(1)?, schedule_from(r, 2)?)),
             )?;
-            fired.push(Fired {
-                function: s.function,
-                schedule: s.name,
-                tick_ms: tick,
-                call,
-                missed: missed + refused,
-            });
-        }
-        tx.commit()?;
-        Ok(fired)
+            let mut fired = Vec::new();
+            for (row, function_row, s) in due {
+                let next_owed = s.next_ms.unwrap_or(now);
+                let (tick, missed) = match (
+                    thaw_cron::Cron::parse(&s.cron),
+                    thaw_cron::parse_time_zone(&s.timezone),
+                ) {
+                    (Ok(cron), Ok(tz)) => {
+                        let span = cron.missed(
+                            ts(next_owed - 1).unwrap_or_default(),
+                            ts(now).unwrap_or_default(),
+                            &tz,
+                        );
+                        (
+                            span.latest.map(|t| t.as_millisecond()).unwrap_or(next_owed),
+                            span.count.saturating_sub(1),
+                        )
+                    }
+                    _ => (next_owed, 0),
+                };
+                let retries: u32 = tx
+                    .opt(
+                        "SELECT v.settings FROM aliases a JOIN versions v ON v.id = a.version_id
+                     WHERE a.function_id = ?1 AND a.name = 'latest'",
+                        params![function_row],
+                        |r| r.get::<String>(0),
+                    )?
+                    .and_then(|t| serde_json::from_str::<Settings>(&t).ok())
+                    .map(|settings| settings.retries)
+                    .unwrap_or(crate::DEFAULT_RETRIES);
+                let call = NewCall {
+                    function: s.function.clone(),
+                    target: s.alias.clone(),
+                    kind: "scheduled".into(),
+                    payload: serde_json::json!({
+                        "schedule": s.name,
+                        "cron": s.cron,
+                        "timezone": s.timezone,
+                        "scheduled_time_ms": tick,
+                        "invocation": "",
+                        "method": s.method,
+                        "payload": s.payload,
+                    }),
+                    origin: format!("schedule:{}", s.name),
+                    max_attempts: retries + 1,
+                    dedup: Some(format!("schedule:{row}:{tick}")),
+                };
+                let (call, refused) = match enqueue_in(tx, &call, now) {
+                    Ok(id) => (Some(id), 0),
+                    Err(RegistryError::LimitReached(why)) => {
+                        tracing::warn!(
+                            "schedule `{}` of {} skipped its tick: {why}",
+                            s.name,
+                            s.function
+                        );
+                        (None, 1)
+                    }
+                    Err(e) => return Err(e),
+                };
+                let next = next_tick(&s.cron, &s.timezone, tick.max(now));
+                tx.execute(
+                    "UPDATE schedules SET last_tick_ms = ?2, next_ms = ?3,
+                     fired = fired + ?4, missed = missed + ?5 WHERE id = ?1",
+                    params![
+                        row,
+                        tick,
+                        next,
+                        i64::from(call.is_some()),
+                        (missed + refused) as i64
+                    ],
+                )?;
+                fired.push(Fired {
+                    function: s.function,
+                    schedule: s.name,
+                    tick_ms: tick,
+                    call,
+                    missed: missed + refused,
+                });
+            }
+            Ok(fired)
+        })
     }
 }

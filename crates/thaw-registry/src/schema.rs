@@ -6,13 +6,19 @@
 //! functions landing in `default` with their versions numbered from 1 and
 //! `latest` pointing at the one that served. A file newer than this
 //! release knows is refused rather than misread.
+//!
+//! PostgreSQL gets the same shape from the same text: the statements below
+//! are written for SQLite and [`postgres_sql`] rewrites their column types
+//! (64-bit integers everywhere, `BYTEA` for blobs, sequences for ids). Its
+//! version is kept in a one-row table `thaw_schema`, and workers starting
+//! together upgrade it one at a time under an advisory lock.
 
+use crate::db::{params, Tx};
 use crate::tenancy::{NamespaceLimits, DEFAULT_NAMESPACE};
 use crate::{now_ms, RegistryError};
-use rusqlite::{params, Connection};
 
 /// The shape this release writes.
-pub const CURRENT: i64 = 3;
+pub const CURRENT: i64 = 4;
 
 const TABLES: &str = "
 CREATE TABLE namespaces (
@@ -139,8 +145,82 @@ CREATE INDEX schedules_due ON schedules(next_ms);
 UPDATE namespaces SET max_queued = 100000 WHERE name = 'default';
 ";
 
+/// Shape 4: facts about the registry itself, such as a value sealed with
+/// the secrets key, by which a worker started with another key is refused
+/// before it writes anything.
+const V4: &str = "
+CREATE TABLE meta (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+";
+
 /// The steps after the second shape: (the shape it makes, its SQL).
-const STEPS: &[(i64, &str)] = &[(3, V3)];
+const STEPS: &[(i64, &str)] = &[(3, V3), (4, V4)];
+
+/// Statements written for SQLite, as PostgreSQL takes them.
+pub(crate) fn postgres_sql(sql: &str) -> String {
+    sql.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+        .replace("INTEGER", "BIGINT")
+        .replace("BLOB", "BYTEA")
+}
+
+/// Inserts the `default` namespace of a new registry.
+fn insert_default_namespace(tx: &mut Tx<'_>) -> Result<(), RegistryError> {
+    let limits = NamespaceLimits::whole_host();
+    tx.execute(
+        "INSERT INTO namespaces (name, created_ms, max_functions, max_instances, max_memory_mb, max_deploy_bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            DEFAULT_NAMESPACE,
+            now_ms(),
+            limits.max_functions,
+            limits.max_instances,
+            limits.max_memory_mb,
+            limits.max_deploy_bytes as i64
+        ],
+    )?;
+    Ok(())
+}
+
+/// An arbitrary number naming the schema upgrade's advisory lock.
+const UPGRADE_LOCK: i64 = 0x7468_6177_0001;
+
+/// Brings a PostgreSQL database to [`CURRENT`], in one transaction (run
+/// at READ COMMITTED, so that a worker that waited for the lock sees what
+/// the one before it made).
+pub(crate) fn migrate_postgres(tx: &mut Tx<'_>) -> Result<(), RegistryError> {
+    tx.batch(&format!("SELECT pg_advisory_xact_lock({UPGRADE_LOCK})"))?;
+    tx.batch("CREATE TABLE IF NOT EXISTS thaw_schema (version BIGINT NOT NULL)")?;
+    let found: Option<i64> = tx.opt("SELECT version FROM thaw_schema", params![], |r| r.get(0))?;
+    let from = match found {
+        Some(v) if v > CURRENT => {
+            return Err(RegistryError::TooNew {
+                found: v,
+                known: CURRENT,
+            })
+        }
+        Some(v) => v,
+        None => {
+            tx.batch(&postgres_sql(TABLES))?;
+            insert_default_namespace(tx)?;
+            tx.execute("INSERT INTO thaw_schema (version) VALUES (2)", params![])?;
+            2
+        }
+    };
+    for (shape, sql) in STEPS {
+        if *shape > from {
+            tx.batch(&postgres_sql(sql))?;
+        }
+    }
+    if from != CURRENT {
+        tx.execute("UPDATE thaw_schema SET version = ?1", params![CURRENT])?;
+        if found.is_some() {
+            tracing::info!("upgraded the registry from schema {from} to {CURRENT}");
+        }
+    }
+    Ok(())
+}
 
 /// The first release's tables, renamed out of the way and copied over.
 const FROM_V1: &str = "
@@ -174,9 +254,9 @@ DROP TABLE v1_versions;
 DROP TABLE v1_functions;
 ";
 
-/// Brings the file to [`CURRENT`], in one transaction.
-pub fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {
-    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+/// Brings an SQLite file to [`CURRENT`], in one transaction.
+pub(crate) fn migrate_sqlite(tx: &mut Tx<'_>) -> Result<(), RegistryError> {
+    let found: i64 = tx.one("PRAGMA user_version", params![], |r| r.get(0))?;
     if found == CURRENT {
         return Ok(());
     }
@@ -186,43 +266,29 @@ pub fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {
             known: CURRENT,
         });
     }
-    let tx = conn.transaction()?;
     let first_release = found == 0 && {
-        tx.query_row(
+        tx.one(
             "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'functions'",
-            [],
+            params![],
             |r| r.get(0),
         )?
     };
     if found < 2 {
         if first_release {
-            tx.execute_batch(FROM_V1)?;
+            tx.batch(FROM_V1)?;
         }
-        tx.execute_batch(TABLES)?;
-        let limits = NamespaceLimits::whole_host();
-        tx.execute(
-            "INSERT INTO namespaces (name, created_ms, max_functions, max_instances, max_memory_mb, max_deploy_bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                DEFAULT_NAMESPACE,
-                now_ms(),
-                limits.max_functions,
-                limits.max_instances,
-                limits.max_memory_mb,
-                limits.max_deploy_bytes as i64
-            ],
-        )?;
+        tx.batch(TABLES)?;
+        insert_default_namespace(tx)?;
         if first_release {
-            tx.execute_batch(COPY_V1)?;
+            tx.batch(COPY_V1)?;
         }
     }
     for (shape, sql) in STEPS {
         if *shape > found.max(2) {
-            tx.execute_batch(sql)?;
+            tx.batch(sql)?;
         }
     }
-    tx.pragma_update(None, "user_version", CURRENT)?;
-    tx.commit()?;
+    tx.batch(&format!("PRAGMA user_version = {CURRENT}"))?;
     if first_release {
         tracing::info!("upgraded the registry to schema {CURRENT}: existing functions are in namespace `default`");
     } else if found > 0 {
@@ -234,10 +300,12 @@ pub fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::{Kind, Store};
+    use rusqlite::Connection;
 
     /// A file of the second shape, as the release that wrote it left it:
     /// its tables, the `default` namespace, a tenant and a function.
-    fn second_shape() -> Connection {
+    fn second_shape() -> Store {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(TABLES).unwrap();
         conn.execute_batch(
@@ -247,37 +315,49 @@ mod tests {
              PRAGMA user_version = 2;",
         )
         .unwrap();
-        conn
+        Store::Sqlite(std::sync::Mutex::new(conn))
+    }
+
+    fn count(store: &Store, sql: &str) -> i64 {
+        store
+            .run(Kind::Read, |tx| tx.one(sql, params![], |r| r.get(0)))
+            .unwrap()
     }
 
     #[test]
-    fn the_second_shape_gains_calls_schedules_and_queue_bounds() {
-        let mut conn = second_shape();
-        migrate(&mut conn).unwrap();
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, CURRENT);
+    fn the_second_shape_gains_calls_schedules_queue_bounds_and_meta() {
+        let store = second_shape();
+        store.run(Kind::Write, migrate_sqlite).unwrap();
+        assert_eq!(count(&store, "PRAGMA user_version"), CURRENT);
         let bound = |ns: &str| -> i64 {
-            conn.query_row(
-                "SELECT max_queued FROM namespaces WHERE name = ?1",
-                params![ns],
-                |r| r.get(0),
+            count(
+                &store,
+                &format!("SELECT max_queued FROM namespaces WHERE name = '{ns}'"),
             )
-            .unwrap()
         };
         assert_eq!((bound("default"), bound("team-a")), (100_000, 10_000));
-        for table in ["calls", "call_attempts", "schedules"] {
-            let n: i64 = conn
-                .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
-                .unwrap();
+        for table in ["calls", "call_attempts", "schedules", "meta"] {
+            let n = count(&store, &format!("SELECT COUNT(*) FROM {table}"));
             assert_eq!(n, 0, "{table} exists and is empty");
         }
-        let functions: i64 = conn
-            .query_row("SELECT COUNT(*) FROM functions", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(functions, 1, "what was there stays");
+        assert_eq!(
+            count(&store, "SELECT COUNT(*) FROM functions"),
+            1,
+            "what was there stays"
+        );
         // Opening it again changes nothing.
-        migrate(&mut conn).unwrap();
+        store.run(Kind::Write, migrate_sqlite).unwrap();
+    }
+
+    #[test]
+    fn postgres_gets_the_same_tables_with_its_own_types() {
+        let ddl = postgres_sql(TABLES);
+        assert!(ddl.contains("id BIGSERIAL PRIMARY KEY"));
+        assert!(ddl.contains("secrets BYTEA"));
+        assert!(!ddl.contains("INTEGER"), "every integer is 64-bit");
+        assert_eq!(
+            ddl.matches("CREATE TABLE").count(),
+            TABLES.matches("CREATE TABLE").count()
+        );
     }
 }

@@ -5,8 +5,8 @@
 //! is 32 random bytes, so a fast hash is enough: there is nothing to guess.
 //! The key's text exists only in the answer to its creation.
 
+use crate::db::{params, Kind, Row};
 use crate::{now_ms, Registry, RegistryError};
-use rusqlite::{params, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -117,7 +117,7 @@ pub struct KeyInfo {
 }
 
 impl KeyInfo {
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<KeyInfo> {
+    fn from_row(r: &Row) -> Result<KeyInfo, RegistryError> {
         let role: String = r.get(3)?;
         Ok(KeyInfo {
             id: r.get(0)?,
@@ -154,8 +154,7 @@ impl Registry {
     ) -> Result<Namespace, RegistryError> {
         thaw_bundle::validate_name(name)?;
         let created_ms = now_ms();
-        let db = self.db.lock().unwrap();
-        let inserted = db.execute(
+        let inserted = self.db.run(Kind::Write, |tx| tx.execute(
             "INSERT INTO namespaces (name, created_ms, max_functions, max_instances, max_memory_mb, max_deploy_bytes, max_queued)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(name) DO NOTHING",
             params![
@@ -167,7 +166,7 @@ impl Registry {
                 limits.max_deploy_bytes as i64,
                 limits.max_queued
             ],
-        )?;
+        ))?;
         if inserted == 0 {
             return Err(RegistryError::Conflict(format!(
                 "namespace `{name}` exists already"
@@ -185,7 +184,7 @@ impl Registry {
         name: &str,
         limits: NamespaceLimits,
     ) -> Result<Namespace, RegistryError> {
-        let n = self.db.lock().unwrap().execute(
+        let n = self.db.run(Kind::Write, |tx| tx.execute(
             "UPDATE namespaces SET max_functions = ?2, max_instances = ?3, max_memory_mb = ?4, max_deploy_bytes = ?5,
                  max_queued = ?6
              WHERE name = ?1",
@@ -197,7 +196,7 @@ impl Registry {
                 limits.max_deploy_bytes as i64,
                 limits.max_queued
             ],
-        )?;
+        ))?;
         if n == 0 {
             return Err(RegistryError::NoNamespace(name.to_string()));
         }
@@ -205,25 +204,27 @@ impl Registry {
     }
 
     pub fn namespaces(&self) -> Result<Vec<Namespace>, RegistryError> {
-        let db = self.db.lock().unwrap();
-        let mut stmt = db.prepare(
-            "SELECT name, created_ms, max_functions, max_instances, max_memory_mb, max_deploy_bytes, max_queued
-             FROM namespaces ORDER BY name",
-        )?;
-        let rows = stmt.query_map([], namespace_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.db.run(Kind::Read, |tx| {
+            tx.map(
+                "SELECT name, created_ms, max_functions, max_instances, max_memory_mb, max_deploy_bytes, max_queued
+                 FROM namespaces ORDER BY name",
+                params![],
+                namespace_from_row,
+            )
+        })
     }
 
     pub fn namespace(&self, name: &str) -> Result<Namespace, RegistryError> {
-        let db = self.db.lock().unwrap();
-        db.query_row(
-            "SELECT name, created_ms, max_functions, max_instances, max_memory_mb, max_deploy_bytes, max_queued
-             FROM namespaces WHERE name = ?1",
-            params![name],
-            namespace_from_row,
-        )
-        .optional()?
-        .ok_or_else(|| RegistryError::NoNamespace(name.to_string()))
+        self.db
+            .run(Kind::Read, |tx| {
+                tx.opt(
+                    "SELECT name, created_ms, max_functions, max_instances, max_memory_mb, max_deploy_bytes, max_queued
+                     FROM namespaces WHERE name = ?1",
+                    params![name],
+                    namespace_from_row,
+                )
+            })?
+            .ok_or_else(|| RegistryError::NoNamespace(name.to_string()))
     }
 
     /// Removes an empty namespace and its keys. One that still has
@@ -234,25 +235,24 @@ impl Registry {
                 "the `default` namespace cannot be removed".into(),
             ));
         }
-        let mut db = self.db.lock().unwrap();
-        let tx = db.transaction()?;
-        let functions: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM functions WHERE namespace = ?1",
-            params![name],
-            |r| r.get(0),
-        )?;
-        if functions > 0 {
-            return Err(RegistryError::Conflict(format!(
-                "namespace `{name}` still has {functions} functions: remove them first (`thaw rm NAME --namespace {name}`)"
-            )));
-        }
-        tx.execute("DELETE FROM api_keys WHERE namespace = ?1", params![name])?;
-        let n = tx.execute("DELETE FROM namespaces WHERE name = ?1", params![name])?;
-        if n == 0 {
-            return Err(RegistryError::NoNamespace(name.to_string()));
-        }
-        tx.commit()?;
-        Ok(())
+        self.db.run(Kind::Write, |tx| {
+            let functions: i64 = tx.one(
+                "SELECT COUNT(*) FROM functions WHERE namespace = ?1",
+                params![name],
+                |r| r.get(0),
+            )?;
+            if functions > 0 {
+                return Err(RegistryError::Conflict(format!(
+                    "namespace `{name}` still has {functions} functions: remove them first (`thaw rm NAME --namespace {name}`)"
+                )));
+            }
+            tx.execute("DELETE FROM api_keys WHERE namespace = ?1", params![name])?;
+            let n = tx.execute("DELETE FROM namespaces WHERE name = ?1", params![name])?;
+            if n == 0 {
+                return Err(RegistryError::NoNamespace(name.to_string()));
+            }
+            Ok(())
+        })
     }
 
     /// Makes a key; returns it with its text, which is not kept anywhere.
@@ -282,65 +282,72 @@ impl Registry {
             expires_ms,
             revoked_ms: None,
         };
-        let db = self.db.lock().unwrap();
-        // An expired key gives its name up: it is revoked as of its expiry.
-        db.execute(
-            "UPDATE api_keys SET revoked_ms = expires_ms WHERE namespace = ?1 AND name = ?2
-               AND revoked_ms IS NULL AND expires_ms IS NOT NULL AND expires_ms <= ?3",
-            params![namespace, name, info.created_ms],
-        )?;
-        let inserted = db.execute(
-            "INSERT INTO api_keys (id, name, namespace, role, hash, created_ms, expires_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                info.id,
-                info.name,
-                info.namespace,
-                role.as_str(),
-                hash_secret(&secret),
-                info.created_ms,
-                info.expires_ms
-            ],
-        );
+        let inserted = self.db.run(Kind::Write, |tx| {
+            // An expired key gives its name up: it is revoked as of its expiry.
+            tx.execute(
+                "UPDATE api_keys SET revoked_ms = expires_ms WHERE namespace = ?1 AND name = ?2
+                   AND revoked_ms IS NULL AND expires_ms IS NOT NULL AND expires_ms <= ?3",
+                params![namespace, name, info.created_ms],
+            )?;
+            tx.execute(
+                "INSERT INTO api_keys (id, name, namespace, role, hash, created_ms, expires_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    info.id,
+                    info.name,
+                    info.namespace,
+                    role.as_str(),
+                    hash_secret(&secret),
+                    info.created_ms,
+                    info.expires_ms
+                ],
+            )
+        });
         match inserted {
             Ok(_) => Ok((info, format!("{KEY_PREFIX}{id}_{secret}"))),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(RegistryError::Conflict(format!(
-                    "namespace `{namespace}` has a key named `{name}` already: revoke it or pick another name"
-                )))
-            }
-            Err(e) => Err(e.into()),
+            Err(e) if e.is_unique_violation() => Err(RegistryError::Conflict(format!(
+                "namespace `{namespace}` has a key named `{name}` already: revoke it or pick another name"
+            ))),
+            Err(e) => Err(e),
         }
     }
 
     /// Keys of one namespace, or of all, revoked ones included.
     pub fn keys(&self, namespace: Option<&str>) -> Result<Vec<KeyInfo>, RegistryError> {
-        let db = self.db.lock().unwrap();
-        let mut stmt = db.prepare(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE (?1 IS NULL OR namespace = ?1)
-             ORDER BY namespace, created_ms"
-        ))?;
-        let rows = stmt.query_map(params![namespace], KeyInfo::from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.db.run(Kind::Read, |tx| match namespace {
+            Some(ns) => tx.map(
+                &format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE namespace = ?1 ORDER BY namespace, created_ms"
+                ),
+                params![ns],
+                KeyInfo::from_row,
+            ),
+            None => tx.map(
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY namespace, created_ms"),
+                params![],
+                KeyInfo::from_row,
+            ),
+        })
     }
 
     /// Revokes a key by id: its next call fails. Revoking a revoked key
     /// changes nothing and answers it as it is.
     pub fn revoke_key(&self, id: &str) -> Result<KeyInfo, RegistryError> {
-        let db = self.db.lock().unwrap();
-        db.execute(
-            "UPDATE api_keys SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
-            params![id, now_ms()],
-        )?;
-        db.query_row(
-            &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1"),
-            params![id],
-            KeyInfo::from_row,
-        )
-        .optional()?
-        .ok_or_else(|| RegistryError::NoSuch(format!("no key with id `{id}` (see `thaw key ls`)")))
+        self.db
+            .run(Kind::Write, |tx| {
+                tx.execute(
+                    "UPDATE api_keys SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
+                    params![id, now_ms()],
+                )?;
+                tx.opt(
+                    &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1"),
+                    params![id],
+                    KeyInfo::from_row,
+                )
+            })?
+            .ok_or_else(|| {
+                RegistryError::NoSuch(format!("no key with id `{id}` (see `thaw key ls`)"))
+            })
     }
 
     /// The key `text` names, if it is one, matches, and is neither revoked
@@ -352,14 +359,13 @@ impl Registry {
         else {
             return Ok(None);
         };
-        let db = self.db.lock().unwrap();
-        let found = db
-            .query_row(
+        let found = self.db.run(Kind::Read, |tx| {
+            tx.opt(
                 &format!("SELECT {KEY_COLUMNS}, hash FROM api_keys WHERE id = ?1"),
                 params![id],
-                |r| Ok((KeyInfo::from_row(r)?, r.get::<_, String>(7)?)),
+                |r| Ok((KeyInfo::from_row(r)?, r.get::<String>(7)?)),
             )
-            .optional()?;
+        })?;
         Ok(found.and_then(|(info, hash)| {
             (same_secret(hash_secret(secret).as_bytes(), hash.as_bytes())
                 && info.usable_at(now_ms()))
@@ -368,7 +374,7 @@ impl Registry {
     }
 }
 
-fn namespace_from_row(r: &Row<'_>) -> rusqlite::Result<Namespace> {
+fn namespace_from_row(r: &Row) -> Result<Namespace, RegistryError> {
     Ok(Namespace {
         name: r.get(0)?,
         created_ms: r.get(1)?,
@@ -376,7 +382,7 @@ fn namespace_from_row(r: &Row<'_>) -> rusqlite::Result<Namespace> {
             max_functions: r.get(2)?,
             max_instances: r.get(3)?,
             max_memory_mb: r.get(4)?,
-            max_deploy_bytes: r.get::<_, i64>(5)? as u64,
+            max_deploy_bytes: r.get::<i64>(5)? as u64,
             max_queued: r.get(6)?,
         },
     })

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{deploy, open};
+use common::{deploy, Db};
 use serde_json::json;
 use thaw_registry::{
     backoff_ms, Attempt, AttemptEnd, CallQuery, CallState, Claimed, Destination, FunctionId,
@@ -48,10 +48,9 @@ fn fail(reg: &Registry, c: &Claimed, now: i64) -> CallState {
         .state
 }
 
-#[test]
-fn a_failing_call_is_retried_with_backoff_then_dead_lettered_and_replayed() {
+fn a_failing_call_is_retried_with_backoff_then_dead_lettered_and_replayed(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let reg = open(dir.path());
+    let reg = db.open(dir.path());
     let f = FunctionId::new("default", "job");
     deploy(&reg, dir.path(), &f, "v1");
     let id = reg.enqueue(&call(&f, 1)).unwrap();
@@ -126,10 +125,9 @@ fn a_failing_call_is_retried_with_backoff_then_dead_lettered_and_replayed() {
     ));
 }
 
-#[test]
-fn no_retry_and_purge() {
+fn no_retry_and_purge(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let reg = open(dir.path());
+    let reg = db.open(dir.path());
     let f = FunctionId::new("default", "job");
     deploy(&reg, dir.path(), &f, "v1");
     let id = reg.enqueue(&call(&f, 1)).unwrap();
@@ -159,12 +157,11 @@ fn no_retry_and_purge() {
     ));
 }
 
-#[test]
-fn a_call_running_when_thaw_stopped_is_run_again_without_losing_a_retry() {
+fn a_call_running_when_thaw_stopped_is_run_again_without_losing_a_retry(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let f = FunctionId::new("default", "job");
     let id = {
-        let reg = open(dir.path());
+        let reg = db.open(dir.path());
         deploy(&reg, dir.path(), &f, "v1");
         let id = reg.enqueue(&call(&f, 1)).unwrap();
         let c = reg.claim_calls(thaw_registry::now_ms(), 10, 100).unwrap();
@@ -172,7 +169,7 @@ fn a_call_running_when_thaw_stopped_is_run_again_without_losing_a_retry() {
         id
         // Dropped mid-attempt, as a kill would leave it.
     };
-    let reg = open(dir.path());
+    let reg = db.open(dir.path());
     assert_eq!(reg.recover_calls().unwrap(), 1);
     let again = reg.call("default", &id).unwrap();
     assert_eq!(again.state, CallState::Queued);
@@ -182,10 +179,9 @@ fn a_call_running_when_thaw_stopped_is_run_again_without_losing_a_retry() {
     assert_eq!(c[0].attempt, 1, "the interrupted attempt did not count");
 }
 
-#[test]
-fn a_deferred_attempt_does_not_count() {
+fn a_deferred_attempt_does_not_count(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let reg = open(dir.path());
+    let reg = db.open(dir.path());
     let f = FunctionId::new("default", "job");
     deploy(&reg, dir.path(), &f, "v1");
     let id = reg.enqueue(&call(&f, 1)).unwrap();
@@ -203,10 +199,9 @@ fn a_deferred_attempt_does_not_count() {
     assert_eq!(reg.call("default", &id).unwrap().history.len(), 1);
 }
 
-#[test]
-fn namespaces_bound_their_queue_and_see_only_their_calls() {
+fn namespaces_bound_their_queue_and_see_only_their_calls(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let reg = open(dir.path());
+    let reg = db.open(dir.path());
     let mut limits = NamespaceLimits::tenant();
     limits.max_queued = 2;
     reg.create_namespace("team-a", limits).unwrap();
@@ -246,10 +241,9 @@ fn namespaces_bound_their_queue_and_see_only_their_calls() {
     assert!(reg.call("team-a", &first).is_err());
 }
 
-#[test]
-fn a_dedup_key_is_accepted_once_and_a_destination_hears_the_end() {
+fn a_dedup_key_is_accepted_once_and_a_destination_hears_the_end(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let reg = open(dir.path());
+    let reg = db.open(dir.path());
     let f = FunctionId::new("default", "job");
     let audit = FunctionId::new("default", "audit");
     deploy(&reg, dir.path(), &f, "v1");
@@ -290,10 +284,9 @@ fn a_dedup_key_is_accepted_once_and_a_destination_hears_the_end() {
     assert!(!again.destination_sent);
 }
 
-#[test]
-fn one_namespace_backlog_does_not_take_every_attempt() {
+fn one_namespace_backlog_does_not_take_every_attempt(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let reg = open(dir.path());
+    let reg = db.open(dir.path());
     reg.create_namespace("busy", NamespaceLimits::tenant())
         .unwrap();
     reg.create_namespace("quiet", NamespaceLimits::tenant())
@@ -321,3 +314,13 @@ fn one_namespace_backlog_does_not_take_every_attempt() {
     let third = reg.claim_calls(now, 10, 4).unwrap();
     assert_eq!(third.len(), 1, "one more once one ended");
 }
+
+on_both_engines!(
+    a_failing_call_is_retried_with_backoff_then_dead_lettered_and_replayed,
+    no_retry_and_purge,
+    a_call_running_when_thaw_stopped_is_run_again_without_losing_a_retry,
+    a_deferred_attempt_does_not_count,
+    namespaces_bound_their_queue_and_see_only_their_calls,
+    a_dedup_key_is_accepted_once_and_a_destination_hears_the_end,
+    one_namespace_backlog_does_not_take_every_attempt,
+);

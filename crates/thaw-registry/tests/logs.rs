@@ -1,9 +1,10 @@
-//! Log retention by lines and by bytes, on a real SQLite file.
+//! Log retention by lines and by bytes, on both engines.
 
+mod common;
+
+use common::{Db, KEY};
 use std::path::Path;
 use thaw_registry::{FunctionId, LogQuery, LogRecord, Registry};
-
-const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 /// The figures of `logs.rs`.
 const LINES_KEPT: usize = 10_000;
 const BYTES_KEPT: usize = 8 * 1024 * 1024;
@@ -60,10 +61,9 @@ fn number_of(line: &str) -> usize {
     line[..8].parse().unwrap()
 }
 
-#[test]
-fn a_function_keeps_its_newest_lines_within_the_byte_budget() {
+fn a_function_keeps_its_newest_lines_within_the_byte_budget(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::open(dir.path(), Some(KEY)).unwrap();
+    let reg = db.open(dir.path());
     let f = FunctionId::new("default", "loud");
     let quiet = FunctionId::new("default", "quiet");
     let v = deploy(&reg, dir.path(), &f);
@@ -111,10 +111,9 @@ fn a_function_keeps_its_newest_lines_within_the_byte_budget() {
     assert_eq!(number_of(&kept.last().unwrap().line), n);
 }
 
-#[test]
-fn a_function_keeps_at_most_its_lines_however_short() {
+fn a_function_keeps_at_most_its_lines_however_short(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::open(dir.path(), Some(KEY)).unwrap();
+    let reg = db.open(dir.path());
     let f = FunctionId::new("default", "chatty");
     let v = deploy(&reg, dir.path(), &f);
     let mut n = 0;
@@ -132,10 +131,9 @@ fn a_function_keeps_at_most_its_lines_however_short() {
     assert_eq!(number_of(&kept[0].line), n - LINES_KEPT + 1);
 }
 
-#[test]
-fn an_enormous_line_is_stored_cut() {
+fn an_enormous_line_is_stored_cut(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::open(dir.path(), Some(KEY)).unwrap();
+    let reg = db.open(dir.path());
     let f = FunctionId::new("default", "huge");
     let v = deploy(&reg, dir.path(), &f);
     reg.append_logs(&[record(v, "ü".repeat(5_000_000))])
@@ -172,3 +170,9 @@ fn logging_far_more_than_the_budget_does_not_grow_the_database_by_as_much() {
         "64 MiB of logs left {on_disk} bytes on disk"
     );
 }
+
+on_both_engines!(
+    a_function_keeps_its_newest_lines_within_the_byte_budget,
+    a_function_keeps_at_most_its_lines_however_short,
+    an_enormous_line_is_stored_cut,
+);

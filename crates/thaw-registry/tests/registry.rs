@@ -1,16 +1,15 @@
-//! The registry on a real SQLite file in a scratch directory.
+//! The registry on both engines (an SQLite file in a scratch directory,
+//! a database in a real PostgreSQL server), and the upgrades of SQLite
+//! files written by older releases.
 
+mod common;
+
+use common::{open, Db, KEY};
 use std::path::Path;
 use thaw_registry::{
     ConfigChange, FunctionId, LogQuery, LogRecord, NamespaceLimits, Registry, RegistryError, Role,
     Split,
 };
-
-const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-fn open(dir: &Path) -> Registry {
-    Registry::open(dir, Some(KEY)).unwrap()
-}
 
 /// A code tree whose handler answers `text`.
 fn tree(reg: &Registry, src: &Path, text: &str) -> (thaw_registry::CodeTree, u64) {
@@ -34,10 +33,9 @@ fn deploy(reg: &Registry, dir: &Path, f: &FunctionId, text: &str) -> thaw_regist
     v
 }
 
-#[test]
-fn the_same_name_in_two_namespaces_is_two_functions() {
+fn the_same_name_in_two_namespaces_is_two_functions(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let reg = open(dir.path());
+    let reg = db.open(dir.path());
     reg.create_namespace("team-a", NamespaceLimits::tenant())
         .unwrap();
     reg.create_namespace("team-b", NamespaceLimits::tenant())
@@ -64,10 +62,9 @@ fn the_same_name_in_two_namespaces_is_two_functions() {
     ));
 }
 
-#[test]
-fn versions_are_numbered_aliases_move_and_rollback_goes_back() {
+fn versions_are_numbered_aliases_move_and_rollback_goes_back(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let reg = open(dir.path());
+    let reg = db.open(dir.path());
     let f = FunctionId::new("default", "api");
     for text in ["one", "two", "three"] {
         deploy(&reg, dir.path(), &f, text);
@@ -144,10 +141,9 @@ fn versions_are_numbered_aliases_move_and_rollback_goes_back() {
     reg.remove_alias(&f, "prod").unwrap();
 }
 
-#[test]
-fn old_versions_are_pruned_but_not_those_an_alias_points_at() {
+fn old_versions_are_pruned_but_not_those_an_alias_points_at(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let reg = open(dir.path());
+    let reg = db.open(dir.path());
     let f = FunctionId::new("default", "api");
     let (one, n1) = tree(&reg, &dir.path().join("src-one"), "first code");
     let first = reg.add_version(&f, &one, n1, "admin").unwrap();
@@ -184,10 +180,9 @@ fn old_versions_are_pruned_but_not_those_an_alias_points_at() {
     assert!(v.code_dir.is_dir() && t.dir.is_dir());
 }
 
-#[test]
-fn a_failed_first_deploy_leaves_no_function() {
+fn a_failed_first_deploy_leaves_no_function(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let reg = open(dir.path());
+    let reg = db.open(dir.path());
     let f = FunctionId::new("default", "api");
     let (t, n) = tree(&reg, &dir.path().join("src"), "x");
     let v = reg.add_version(&f, &t, n, "admin").unwrap();
@@ -196,10 +191,9 @@ fn a_failed_first_deploy_leaves_no_function() {
     assert!(matches!(reg.versions(&f), Err(RegistryError::NotFound(_))));
 }
 
-#[test]
-fn namespace_function_limit_holds() {
+fn namespace_function_limit_holds(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let reg = open(dir.path());
+    let reg = db.open(dir.path());
     let limits = NamespaceLimits {
         max_functions: 1,
         ..NamespaceLimits::tenant()
@@ -221,10 +215,9 @@ fn namespace_function_limit_holds() {
     assert!(matches!(err, RegistryError::NoNamespace(_)));
 }
 
-#[test]
-fn keys_are_stored_hashed_checked_revoked_and_expire() {
+fn keys_are_stored_hashed_checked_revoked_and_expire(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let reg = open(dir.path());
+    let reg = db.open(dir.path());
     reg.create_namespace("team-a", NamespaceLimits::tenant())
         .unwrap();
     let (info, text) = reg.create_key("team-a", "ci", Role::Deploy, None).unwrap();
@@ -277,10 +270,9 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-#[test]
-fn secrets_and_env_make_versions_and_are_sealed_on_disk() {
+fn secrets_and_env_make_versions_and_are_sealed_on_disk(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let reg = open(dir.path());
+    let reg = db.open(dir.path());
     let f = FunctionId::new("default", "api");
     deploy(&reg, dir.path(), &f, "code");
     let value = "s3cr3t-value-4f9a";
@@ -334,16 +326,24 @@ fn secrets_and_env_make_versions_and_are_sealed_on_disk() {
             entry.display()
         );
     }
-    // Another key cannot open them.
-    let other = Registry::open(dir.path(), Some(&"ab".repeat(32))).unwrap();
-    assert!(other.version(&f, 2).is_err());
-    assert!(other.version(&f, 1).is_ok(), "no secrets, nothing to open");
+    // A registry started with another key is refused before it reads or
+    // seals anything.
+    let err = db
+        .open_with_key(dir.path(), &"ab".repeat(32))
+        .err()
+        .unwrap();
+    assert!(matches!(err, RegistryError::Secrets(_)), "{err}");
+    assert!(err.to_string().contains("not the one"), "{err}");
+    let reg = db.open(dir.path());
+    assert_eq!(
+        reg.version(&f, 2).unwrap().environment()["DB_PASSWORD"],
+        value
+    );
 }
 
-#[test]
-fn logs_stay_with_their_function() {
+fn logs_stay_with_their_function(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let reg = open(dir.path());
+    let reg = db.open(dir.path());
     reg.create_namespace("team-b", NamespaceLimits::tenant())
         .unwrap();
     let a = FunctionId::new("default", "api");
@@ -450,5 +450,59 @@ fn a_database_from_a_newer_release_is_refused() {
     assert!(
         matches!(err, RegistryError::TooNew { found: 99, .. }),
         "{err}"
+    );
+}
+
+on_both_engines!(
+    the_same_name_in_two_namespaces_is_two_functions,
+    versions_are_numbered_aliases_move_and_rollback_goes_back,
+    old_versions_are_pruned_but_not_those_an_alias_points_at,
+    a_failed_first_deploy_leaves_no_function,
+    namespace_function_limit_holds,
+    keys_are_stored_hashed_checked_revoked_and_expire,
+    secrets_and_env_make_versions_and_are_sealed_on_disk,
+    logs_stay_with_their_function,
+);
+
+#[test]
+fn a_postgres_database_from_a_newer_release_is_refused() {
+    let pg = thaw_testpg::shared();
+    let url = pg.new_database_url();
+    let db = Db(thaw_registry::Database::Postgres(url.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    drop(db.open(dir.path()));
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client
+        .batch_execute("UPDATE thaw_schema SET version = 99")
+        .unwrap();
+    let err = db.open_with_key(dir.path(), KEY).err().unwrap();
+    assert!(
+        matches!(err, RegistryError::TooNew { found: 99, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_postgres_registry_needs_a_secrets_key_and_names_a_bad_url_without_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = thaw_testpg::shared().new_database_url();
+    let err = Registry::open_with(dir.path(), &thaw_registry::Database::Postgres(url), None)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("THAW_SECRETS_KEY"), "{err}");
+    // Nothing listens on port 1.
+    let err = Registry::open_with(
+        dir.path(),
+        &thaw_registry::Database::Postgres("postgres://thaw:hunter2@127.0.0.1:1/thaw".into()),
+        Some(KEY),
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, RegistryError::Unavailable(_)), "{err}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    assert!(thaw_registry::Database::parse(Some("mysql://x")).is_err());
+    assert_eq!(
+        thaw_registry::Database::parse(None).unwrap(),
+        thaw_registry::Database::Sqlite
     );
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{deploy_with, open};
+use common::{deploy_with, Db};
 use thaw_bundle::ScheduleSpec;
 use thaw_registry::{CallQuery, FunctionId, RegistryError};
 
@@ -33,12 +33,11 @@ fn scheduled_calls(reg: &thaw_registry::Registry, f: &FunctionId) -> Vec<i64> {
     ticks
 }
 
-#[test]
-fn a_schedule_fires_once_per_tick_across_restarts_and_once_after_downtime() {
+fn a_schedule_fires_once_per_tick_across_restarts_and_once_after_downtime(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let f = FunctionId::new("default", "sweeper");
     let start = {
-        let reg = open(dir.path());
+        let reg = db.open(dir.path());
         deploy_with(&reg, dir.path(), &f, "v1", Some(EVERY_MINUTE));
         let s = &reg.schedules(&f).unwrap()[0];
         assert_eq!((s.name.as_str(), s.origin.as_str()), ("tick", "toml"));
@@ -65,7 +64,7 @@ fn a_schedule_fires_once_per_tick_across_restarts_and_once_after_downtime() {
         first
     };
     // A restart at the same instant fires nothing again.
-    let reg = open(dir.path());
+    let reg = db.open(dir.path());
     assert!(reg
         .fire_schedules(start + 4 * MINUTE + 30_000)
         .unwrap()
@@ -102,10 +101,9 @@ fn a_schedule_fires_once_per_tick_across_restarts_and_once_after_downtime() {
     assert_eq!(call.payload.unwrap()["payload"]["job"], "sweep");
 }
 
-#[test]
-fn schedules_follow_latest_and_api_schedules_stay() {
+fn schedules_follow_latest_and_api_schedules_stay(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let reg = open(dir.path());
+    let reg = db.open(dir.path());
     let f = FunctionId::new("default", "sweeper");
     deploy_with(&reg, dir.path(), &f, "v1", Some(EVERY_MINUTE));
     let api = ScheduleSpec {
@@ -153,3 +151,8 @@ fn schedules_follow_latest_and_api_schedules_stay() {
     reg.remove(&f).unwrap();
     assert!(matches!(reg.schedules(&f), Err(RegistryError::NotFound(_))));
 }
+
+on_both_engines!(
+    a_schedule_fires_once_per_tick_across_restarts_and_once_after_downtime,
+    schedules_follow_latest_and_api_schedules_stay,
+);

@@ -1,5 +1,11 @@
 //! A real `thaw up` on a free loopback port with its own data directory,
 //! and the real `thaw` CLI pointed at it.
+//!
+//! With `THAW_TEST_DATABASE=postgres` in the environment, every `thaw up`
+//! keeps its registry in a database of its own in a real PostgreSQL server
+//! ([`thaw_testpg::shared`]) instead of its SQLite file: the same tests
+//! then check the same behaviour on the engine a cluster uses. A restart on
+//! the same data directory finds the same database again.
 
 #![allow(dead_code)]
 
@@ -21,6 +27,33 @@ pub struct Platform {
     pub data_dir: PathBuf,
     _owned_dir: Option<tempfile::TempDir>,
     env: Vec<(String, String)>,
+}
+
+/// The secrets key of platforms whose registry is in PostgreSQL, which
+/// needs one given.
+pub const TEST_SECRETS_KEY: &str =
+    "5ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2";
+
+/// The tests run with their registries in PostgreSQL.
+pub fn on_postgres() -> bool {
+    std::env::var("THAW_TEST_DATABASE").ok().as_deref() == Some("postgres")
+}
+
+/// The PostgreSQL database of the platform on `data_dir` when the tests
+/// run on PostgreSQL (`THAW_TEST_DATABASE=postgres`): made at its first
+/// start, named in a file of the data directory for the next.
+pub fn test_database(data_dir: &Path) -> Option<String> {
+    if !on_postgres() {
+        return None;
+    }
+    let note = data_dir.join(".test-database-url");
+    if let Ok(url) = std::fs::read_to_string(&note) {
+        return Some(url);
+    }
+    let url = thaw_testpg::shared().new_database_url();
+    std::fs::create_dir_all(data_dir).unwrap();
+    std::fs::write(&note, &url).unwrap();
+    Some(url)
 }
 
 impl Platform {
@@ -55,6 +88,12 @@ impl Platform {
             .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some(url) = test_database(data_dir) {
+            cmd.env("THAW_DATABASE_URL", url);
+            if !env.iter().any(|(k, _)| *k == "THAW_SECRETS_KEY") {
+                cmd.env("THAW_SECRETS_KEY", TEST_SECRETS_KEY);
+            }
         }
         let mut child = cmd.spawn().expect("thaw up starts");
         let stderr = child.stderr.take().unwrap();

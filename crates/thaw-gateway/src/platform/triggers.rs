@@ -115,15 +115,19 @@ impl Platform {
     /// Starts the worker: first it puts back calls a stopped thaw left
     /// running, then it runs what is due, waking when a call is accepted.
     pub(crate) fn spawn_async_worker(self: &Arc<Self>) {
-        match self.registry.recover_calls() {
-            Ok(0) => {}
-            Ok(n) => tracing::info!("{n} async calls were running when thaw stopped: queued again"),
-            Err(e) => tracing::error!("could not recover running async calls: {e}"),
-        }
         let platform = Arc::downgrade(self);
         let wake = self.async_wake.clone();
         let permits = Arc::new(tokio::sync::Semaphore::new(ASYNC_CONCURRENCY));
+        let registry = self.registry.clone();
         tokio::spawn(async move {
+            match tokio::task::spawn_blocking(move || registry.recover_calls()).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => {
+                    tracing::info!("{n} async calls were running when thaw stopped: queued again")
+                }
+                Ok(Err(e)) => tracing::error!("could not recover running async calls: {e}"),
+                Err(e) => tracing::error!("could not recover running async calls: {e}"),
+            }
             let mut last_prune = Instant::now() - Duration::from_secs(3600);
             loop {
                 let Some(p) = platform.upgrade() else { return };
