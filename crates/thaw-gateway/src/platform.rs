@@ -7,6 +7,7 @@
 //! Node line.
 
 mod calls;
+mod follow;
 mod ops;
 mod stats;
 mod triggers;
@@ -438,6 +439,39 @@ impl Platform {
         for ns in namespaces {
             scheduler.set_quota(&ns.name, quota_of(&ns.limits));
         }
+        // Versions deployed through another worker sharing the registry
+        // have their code fetched and built here before anything routes
+        // to them.
+        let routable = {
+            let (registry, limits, esbuild, build) = (
+                registry.clone(),
+                config.limits,
+                esbuild.clone(),
+                build.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                routable
+                    .into_iter()
+                    .filter(|r| {
+                        let fetched = follow::fetch_code_blocking(
+                            &registry,
+                            &r.versions,
+                            &limits,
+                            esbuild.as_deref(),
+                            &*build,
+                        );
+                        if let Err(e) = &fetched {
+                            eprintln!(
+                                "warning: {} cannot be served here: its code could not be fetched: {e}",
+                                r.function
+                            );
+                        }
+                        fetched.is_ok()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await?
+        };
         let routes = RouteTable::default();
         for r in routable {
             routes.set(r.function, FunctionRoutes::new(r.aliases, r.versions));

@@ -105,6 +105,7 @@ pub async fn serve_with(config: Config, limits: ConnectionLimits) -> anyhow::Res
     platform.spawn_reaper();
     platform.spawn_async_worker();
     platform.spawn_provisioner();
+    platform.spawn_change_follower();
     eprintln!("{}", platform.started_line(addr));
     eprintln!("dashboard: http://{addr}/ui/ (sign in with an API key)");
     if !platform.can_build_typescript() {

@@ -220,6 +220,14 @@ pub(crate) enum Tx<'c> {
 const WRITE_ATTEMPTS: u32 = 20;
 
 impl Store {
+    /// The PostgreSQL database's URL, if the records are there.
+    pub fn postgres_url(&self) -> Option<&str> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(pool) => Some(&pool.url),
+        }
+    }
+
     pub fn engine(&self) -> Engine {
         match self {
             Store::Sqlite(_) => Engine::Sqlite,

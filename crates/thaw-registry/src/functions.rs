@@ -11,6 +11,7 @@
 //! percentage. The newest [`VERSIONS_KEPT`] versions of each function are
 //! kept, and any version an alias points at.
 
+use crate::changes::Change;
 use crate::db::{params, Kind, Row, Tx};
 use crate::secrets::{SecretEntry, SecretValues};
 use crate::{now_ms, CodeTree, Registry, RegistryError};
@@ -443,6 +444,7 @@ impl Registry {
             params![function_row, now],
         )?;
         crate::schedules::sync_toml_schedules(tx, function_row, now)?;
+        tx.announce(&Change::Function(version.function.clone()))?;
         tx.execute(
             "DELETE FROM versions WHERE function_id = ?1 AND live = 1
                AND id NOT IN (SELECT id FROM versions WHERE function_id = ?1 ORDER BY number DESC LIMIT ?2)
@@ -659,7 +661,7 @@ impl Registry {
         if alias == LATEST {
             crate::schedules::sync_toml_schedules(tx, function_row, now)?;
         }
-        Ok(())
+        tx.announce(&Change::Function(function.clone()))
         })?;
         Ok(Alias {
             name: alias.to_string(),
@@ -676,6 +678,7 @@ impl Registry {
             ));
         }
         let n = self.db.run(Kind::Write, |tx| {
+            tx.announce(&Change::Function(function.clone()))?;
             tx.execute(
                 "DELETE FROM aliases WHERE name = ?2 AND function_id =
                    (SELECT id FROM functions WHERE namespace = ?1 AND name = ?3)",
@@ -742,7 +745,7 @@ impl Registry {
                 params![function_row],
             )?;
             tx.execute("DELETE FROM functions WHERE id = ?1", params![function_row])?;
-            Ok(())
+            tx.announce(&Change::Function(function.clone()))
         })
     }
 }

@@ -18,6 +18,7 @@
 //! This crate must not start runtimes or speak HTTP: it stores and answers.
 
 mod calls;
+mod changes;
 mod db;
 mod functions;
 mod logs;
@@ -30,6 +31,7 @@ pub use calls::{
     backoff_ms, Attempt, AttemptEnd, CallQuery, CallRecord, CallState, Claimed, Destination,
     Finished, NewCall, QueueDepth, DEFAULT_RETRIES, MAX_RETRIES,
 };
+pub use changes::Change;
 pub use db::{redact as redact_database_url, Engine};
 pub use functions::{
     validate_variable, Alias, ConfigChange, FunctionId, Routable, Split, Version, VersionInfo,
@@ -353,16 +355,22 @@ impl Registry {
         sandbox: &dyn thaw_bundle::BuildSandbox,
     ) -> Result<CodeTree, RegistryError> {
         let bundle = thaw_bundle::content_hash(archive);
+        if self.engine() == Engine::Postgres {
+            // Durable where every worker finds it before the deploy goes on.
+            let bytes = archive.len() as i64;
+            self.db.run(Kind::Write, |tx| {
+                tx.execute(
+                    "INSERT INTO bundles (hash, archive, bytes, created_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (hash) DO NOTHING",
+                    params![bundle, archive, bytes, now_ms()],
+                )
+            })?;
+        }
+        if let Some(tree) = self.local_tree(&bundle)? {
+            return Ok(tree);
+        }
         let dir = self.code_dir(&bundle);
         let meta_path = self.root.join("code").join(format!("{bundle}.json"));
-        if let Ok(meta) = fs::read(&meta_path) {
-            if dir.is_dir() {
-                let mut tree: CodeTree = serde_json::from_slice(&meta)
-                    .map_err(|e| RegistryError::Corrupt(format!("{}: {e}", meta_path.display())))?;
-                tree.dir = dir;
-                return Ok(tree);
-            }
-        }
 
         // The staging tree's paths are at least as long as the final ones
         // (`code/<64 hex>`), so a path that fits while unpacking still fits
@@ -405,6 +413,66 @@ impl Registry {
         Ok(tree)
     }
 
+    /// The code tree of `bundle` if this host has it made.
+    fn local_tree(&self, bundle: &str) -> Result<Option<CodeTree>, RegistryError> {
+        let dir = self.code_dir(bundle);
+        let meta_path = self.root.join("code").join(format!("{bundle}.json"));
+        let Ok(meta) = fs::read(&meta_path) else {
+            return Ok(None);
+        };
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        let mut tree: CodeTree = serde_json::from_slice(&meta)
+            .map_err(|e| RegistryError::Corrupt(format!("{}: {e}", meta_path.display())))?;
+        tree.dir = dir;
+        Ok(Some(tree))
+    }
+
+    /// The code tree of `bundle` on this host, made first if this host has
+    /// not got it: from the archive in the shared database (a version
+    /// deployed through another worker), or from the archive kept in the
+    /// data directory. The archive is checked against its hash before it
+    /// is unpacked.
+    pub fn fetch_code_with(
+        &self,
+        bundle: &str,
+        limits: &Limits,
+        esbuild: Option<&Path>,
+        sandbox: &dyn thaw_bundle::BuildSandbox,
+    ) -> Result<CodeTree, RegistryError> {
+        if let Some(tree) = self.local_tree(bundle)? {
+            return Ok(tree);
+        }
+        let archive = match self.engine() {
+            Engine::Postgres => self
+                .db
+                .run(Kind::Read, |tx| {
+                    tx.opt(
+                        "SELECT archive FROM bundles WHERE hash = ?1",
+                        params![bundle],
+                        |r| r.get::<Vec<u8>>(0),
+                    )
+                })?
+                .ok_or_else(|| {
+                    RegistryError::Corrupt(format!(
+                        "bundle {bundle} is in no worker's reach: not in the database"
+                    ))
+                })?,
+            Engine::Sqlite => {
+                let path = self.root.join("bundles").join(format!("{bundle}.tar.gz"));
+                fs::read(&path).map_err(io_err(&path))?
+            }
+        };
+        let found = thaw_bundle::content_hash(&archive);
+        if found != bundle {
+            return Err(RegistryError::Corrupt(format!(
+                "the stored archive of bundle {bundle} hashes to {found}: refusing it"
+            )));
+        }
+        self.store_code_with(&archive, limits, esbuild, sandbox)
+    }
+
     /// Deletes bundles and code trees that no kept version refers to, and
     /// staging directories left by an interrupted deploy. Call it when no
     /// deploy is running: at start-up, or under the platform's deploy lock.
@@ -420,6 +488,18 @@ impl Registry {
             .into_iter()
             .collect();
         let mut garbage = Garbage::default();
+        if self.engine() == Engine::Postgres {
+            // Archives stored in the last hour are left alone: a deploy on
+            // another worker may have stored one and not yet recorded the
+            // version that uses it.
+            garbage.removed += self.db.run(Kind::Write, |tx| {
+                tx.execute(
+                    "DELETE FROM bundles WHERE created_ms < ?1
+                       AND hash NOT IN (SELECT DISTINCT bundle FROM versions)",
+                    params![now_ms() - 3_600_000],
+                )
+            })?;
+        }
         for sub in ["code", "bundles"] {
             let dir = self.root.join(sub);
             for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {

@@ -18,7 +18,7 @@ use crate::tenancy::{NamespaceLimits, DEFAULT_NAMESPACE};
 use crate::{now_ms, RegistryError};
 
 /// The shape this release writes.
-pub const CURRENT: i64 = 4;
+pub const CURRENT: i64 = 5;
 
 const TABLES: &str = "
 CREATE TABLE namespaces (
@@ -155,8 +155,21 @@ CREATE TABLE meta (
 );
 ";
 
+/// Shape 5: uploaded archives by content hash, for a registry that many
+/// workers share (each fetches an archive the first time it needs it).
+/// One host keeps them as files in the data directory instead, and leaves
+/// this table empty.
+const V5: &str = "
+CREATE TABLE bundles (
+    hash TEXT PRIMARY KEY,
+    archive BLOB NOT NULL,
+    bytes INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+";
+
 /// The steps after the second shape: (the shape it makes, its SQL).
-const STEPS: &[(i64, &str)] = &[(3, V3), (4, V4)];
+const STEPS: &[(i64, &str)] = &[(3, V3), (4, V4), (5, V5)];
 
 /// Statements written for SQLite, as PostgreSQL takes them.
 pub(crate) fn postgres_sql(sql: &str) -> String {
@@ -336,7 +349,7 @@ mod tests {
             )
         };
         assert_eq!((bound("default"), bound("team-a")), (100_000, 10_000));
-        for table in ["calls", "call_attempts", "schedules", "meta"] {
+        for table in ["calls", "call_attempts", "schedules", "meta", "bundles"] {
             let n = count(&store, &format!("SELECT COUNT(*) FROM {table}"));
             assert_eq!(n, 0, "{table} exists and is empty");
         }

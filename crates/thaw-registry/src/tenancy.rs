@@ -5,6 +5,7 @@
 //! is 32 random bytes, so a fast hash is enough: there is nothing to guess.
 //! The key's text exists only in the answer to its creation.
 
+use crate::changes::Change;
 use crate::db::{params, Kind, Row};
 use crate::{now_ms, Registry, RegistryError};
 use serde::{Deserialize, Serialize};
@@ -154,7 +155,9 @@ impl Registry {
     ) -> Result<Namespace, RegistryError> {
         thaw_bundle::validate_name(name)?;
         let created_ms = now_ms();
-        let inserted = self.db.run(Kind::Write, |tx| tx.execute(
+        let inserted = self.db.run(Kind::Write, |tx| {
+            tx.announce(&Change::Namespace(name.to_string()))?;
+            tx.execute(
             "INSERT INTO namespaces (name, created_ms, max_functions, max_instances, max_memory_mb, max_deploy_bytes, max_queued)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(name) DO NOTHING",
             params![
@@ -166,7 +169,8 @@ impl Registry {
                 limits.max_deploy_bytes as i64,
                 limits.max_queued
             ],
-        ))?;
+        )
+        })?;
         if inserted == 0 {
             return Err(RegistryError::Conflict(format!(
                 "namespace `{name}` exists already"
@@ -184,7 +188,9 @@ impl Registry {
         name: &str,
         limits: NamespaceLimits,
     ) -> Result<Namespace, RegistryError> {
-        let n = self.db.run(Kind::Write, |tx| tx.execute(
+        let n = self.db.run(Kind::Write, |tx| {
+            tx.announce(&Change::Namespace(name.to_string()))?;
+            tx.execute(
             "UPDATE namespaces SET max_functions = ?2, max_instances = ?3, max_memory_mb = ?4, max_deploy_bytes = ?5,
                  max_queued = ?6
              WHERE name = ?1",
@@ -196,7 +202,8 @@ impl Registry {
                 limits.max_deploy_bytes as i64,
                 limits.max_queued
             ],
-        ))?;
+        )
+        })?;
         if n == 0 {
             return Err(RegistryError::NoNamespace(name.to_string()));
         }
@@ -251,7 +258,7 @@ impl Registry {
             if n == 0 {
                 return Err(RegistryError::NoNamespace(name.to_string()));
             }
-            Ok(())
+            tx.announce(&Change::Namespace(name.to_string()))
         })
     }
 
