@@ -460,6 +460,11 @@ The API token is THAW_TOKEN when set; otherwise one is created on first start an
             hide_env_values = true
         )]
         database: String,
+        /// With a shared database: the address the other workers reach
+        /// this one at, http://HOST:PORT [default: the --listen address,
+        /// when it is not 0.0.0.0]
+        #[arg(long, env = "THAW_ADVERTISE")]
+        advertise: Option<String>,
         /// Address to serve the API and functions on.
         #[arg(long, env = "THAW_LISTEN", default_value = DEFAULT_LISTEN)]
         listen: SocketAddr,
@@ -752,12 +757,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up {
             data_dir,
             database,
+            advertise,
             listen,
             node,
             tuning,
         } => up(
             data_dir.unwrap_or_else(default_data_dir),
             thaw_registry::Database::parse(Some(&database))?,
+            advertise,
             listen,
             node,
             tuning,
@@ -1423,6 +1430,7 @@ fn remote_config(r: &Remote) -> client::RemoteConfig {
 fn up(
     data_dir: PathBuf,
     database: thaw_registry::Database,
+    advertise: Option<String>,
     listen: SocketAddr,
     node: PathBuf,
     t: Tuning,
@@ -1438,6 +1446,7 @@ fn up(
     config.token = std::env::var("THAW_TOKEN").ok();
     config.secrets_key = std::env::var("THAW_SECRETS_KEY").ok();
     config.database = database;
+    config.advertise = advertise;
     config.node = node;
     config.esbuild = std::env::var_os("THAW_ESBUILD").map(PathBuf::from);
     // A waiting VM holds ~90 MiB and took a core for a while to restore.

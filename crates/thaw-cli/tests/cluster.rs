@@ -153,3 +153,75 @@ fn a_worker_with_another_secrets_key_is_refused() {
         common::stderr_of(&out)
     );
 }
+
+/// `(status, worker that served, cold or warm)` of one call.
+fn call_through(p: &Platform, name: &str) -> (u16, String, String) {
+    let r = http().get(p.url(name, "/")).send().unwrap();
+    let header = |h: &str| {
+        r.headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (worker, start) = (header("x-thaw-worker"), header("x-thaw-start"));
+    (r.status().as_u16(), worker, start)
+}
+
+#[test]
+fn calls_find_their_functions_home_and_a_killed_worker_is_routed_around() {
+    let url = thaw_testpg::shared().new_database_url();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut workers: Vec<Platform> = dirs.iter().map(|d| worker(d.path(), &url)).collect();
+    const FUNCTIONS: usize = 24;
+    const ROUNDS: usize = 8;
+    let code = answering("hi");
+    for i in 0..FUNCTIONS {
+        workers[0].deploy(code.path(), &format!("f{i}"));
+    }
+    for w in &workers {
+        for i in 0..FUNCTIONS {
+            until(10, "every worker knows every function", || {
+                call_through(w, &format!("f{i}")).0 == 200
+            });
+        }
+    }
+    // Calls spread over the workers land on each function's home.
+    let (mut calls, mut warm) = (0, 0);
+    let mut homes = std::collections::BTreeMap::new();
+    for round in 0..ROUNDS {
+        for i in 0..FUNCTIONS {
+            let via = &workers[(i + round) % 3];
+            let (status, served_by, start) = call_through(via, &format!("f{i}"));
+            assert_eq!(status, 200);
+            calls += 1;
+            warm += usize::from(start == "warm");
+            let home = homes.entry(i).or_insert_with(|| served_by.clone());
+            assert_eq!(*home, served_by, "f{i} served away from its home");
+        }
+    }
+    let ratio = warm as f64 / calls as f64;
+    eprintln!("warm hit ratio over {calls} calls through three workers: {ratio:.4}");
+    let distinct: std::collections::BTreeSet<_> = homes.values().collect();
+    assert_eq!(distinct.len(), 3, "homes spread over the three workers");
+    assert!(ratio > 0.95, "{ratio}");
+
+    // kill -9 of one worker: every later call still succeeds through the
+    // others, the dead one's functions served by their next choice.
+    workers[2].kill();
+    let live = &workers[..2];
+    for round in 0..3 {
+        for i in 0..FUNCTIONS {
+            let (status, _, _) = call_through(&live[(i + round) % 2], &format!("f{i}"));
+            assert_eq!(status, 200, "f{i} through a live worker after a kill");
+        }
+    }
+    // Once its lease lapsed, each function has one home again.
+    std::thread::sleep(Duration::from_secs(6));
+    for i in 0..FUNCTIONS {
+        let served: std::collections::BTreeSet<String> = (0..4)
+            .map(|round| call_through(&live[round % 2], &format!("f{i}")).1)
+            .collect();
+        assert_eq!(served.len(), 1, "f{i} served by {served:?}");
+    }
+}

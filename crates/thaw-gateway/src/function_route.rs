@@ -11,6 +11,7 @@
 //! The runtime's answer is checked before it becomes the response: it is
 //! the function's output, and the function is not trusted.
 
+use crate::cluster::{mark_refused, ClientIp, Landing, WORKER_HEADER};
 use crate::errors::{invoke_error, ApiError};
 use crate::platform::Platform;
 use crate::routes::parse_target;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use thaw_protocol::{HttpRequest, Payload};
 use thaw_registry::{FunctionId, DEFAULT_NAMESPACE};
 use thaw_sandbox::InvokeOutcome;
+use thaw_scheduler::InvokeError;
 
 /// Headers that describe one hop of the connection, not the message: they
 /// are neither passed to the function nor taken from its answer.
@@ -46,10 +48,26 @@ pub async fn call(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request<Body>,
 ) -> Response {
-    match serve(p, peer, request).await {
+    // With workers sharing a registry, the call may belong elsewhere
+    // (`cluster.rs`).
+    let request = match p.cluster() {
+        Some(cluster) => match cluster.land(request, p.max_request_bytes()).await {
+            Ok(Landing::Here(request)) => request,
+            Ok(Landing::Answered(response)) => return response,
+            Err(e) => return e.into_response(),
+        },
+        None => request,
+    };
+    let mut response = match serve(p.clone(), peer, request).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    };
+    if let Some(cluster) = p.cluster() {
+        if let Ok(me) = HeaderValue::from_str(cluster.me()) {
+            response.headers_mut().insert(WORKER_HEADER, me);
+        }
     }
+    response
 }
 
 /// Splits `/fn/{target}{rest}` or `/ns/{namespace}/fn/{target}{rest}`
@@ -117,7 +135,11 @@ async fn serve(
         query: parts.uri.query().unwrap_or("").to_string(),
         headers,
         body: base64::engine::general_purpose::STANDARD.encode(&body),
-        source_ip: peer.ip().to_string(),
+        source_ip: parts
+            .extensions
+            .get::<ClientIp>()
+            .map_or(peer.ip(), |c| c.0)
+            .to_string(),
         host: host.clone(),
     });
     if let Some(prefer) = run_later {
@@ -138,7 +160,18 @@ async fn serve(
         Err(e) => {
             let err = invoke_error(&e);
             p.record(&route, err.code, None, started.elapsed());
-            return Ok(with_meta(err.into_response(), None, None));
+            let mut response = err.into_response();
+            // No room here and the function never ran: a worker that
+            // forwarded it may try another.
+            if matches!(
+                e,
+                InvokeError::QueueFull(_)
+                    | InvokeError::HostBudget(_)
+                    | InvokeError::Unavailable(_)
+            ) {
+                mark_refused(&mut response);
+            }
+            return Ok(with_meta(response, None, None));
         }
     };
     let cold = Some(inv.cold);

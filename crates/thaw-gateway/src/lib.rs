@@ -15,6 +15,7 @@
 
 mod api;
 mod auth;
+mod cluster;
 mod errors;
 mod function_route;
 mod logsink;

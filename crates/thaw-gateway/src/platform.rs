@@ -8,6 +8,7 @@
 
 mod calls;
 mod follow;
+mod membership;
 mod ops;
 mod stats;
 mod triggers;
@@ -45,6 +46,9 @@ pub struct Config {
     /// Where the registry's records are: `thaw.db` in the data directory,
     /// or a PostgreSQL database shared by several workers.
     pub database: thaw_registry::Database,
+    /// The address other workers reach this one at (`http://10.0.0.2:8787`);
+    /// by default the address it listens on, when that is a specific one.
+    pub advertise: Option<String>,
     pub node: PathBuf,
     /// Where esbuild is, if not found by itself.
     pub esbuild: Option<PathBuf>,
@@ -269,6 +273,7 @@ impl Config {
             token: None,
             secrets_key: None,
             database: thaw_registry::Database::Sqlite,
+            advertise: None,
             node: PathBuf::from("node"),
             esbuild: None,
             limits: Limits::default(),
@@ -330,6 +335,11 @@ pub struct Platform {
     async_wake: Arc<tokio::sync::Notify>,
     /// Every provisioned floor was met once since start.
     provisioned_once: std::sync::atomic::AtomicBool,
+    /// This worker's id: random, new at each start; it marks the async
+    /// calls it runs.
+    worker_id: String,
+    /// Membership and homes, when workers share a PostgreSQL registry.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 fn quota_of(limits: &thaw_registry::NamespaceLimits) -> Quota {
@@ -476,6 +486,9 @@ impl Platform {
         for r in routable {
             routes.set(r.function, FunctionRoutes::new(r.aliases, r.versions));
         }
+        let worker_id = hex::encode(rand::random::<[u8; 8]>());
+        let registry_engine = registry.engine();
+        let secrets_key = config.secrets_key.clone();
         let platform = Arc::new(Platform {
             config,
             registry,
@@ -495,6 +508,13 @@ impl Platform {
             opening_driver: tokio::sync::Mutex::new(()),
             async_wake: Arc::new(tokio::sync::Notify::new()),
             provisioned_once: Default::default(),
+            cluster: match (registry_engine, &secrets_key) {
+                (thaw_registry::Engine::Postgres, Some(key)) => Some(Arc::new(
+                    crate::cluster::Cluster::new(worker_id.clone(), key),
+                )),
+                _ => None,
+            },
+            worker_id,
         });
         // Functions deployed with another `driver` or `runtime` need its
         // runtimes too.
@@ -781,6 +801,11 @@ impl Platform {
     /// runtimes has once held its target, and every provisioned floor has
     /// once been met since start. It stays ready after (a burst that takes
     /// the pool's runtimes does not make it unready); the reasons when not.
+    /// Membership and homes, when workers share a PostgreSQL registry.
+    pub(crate) fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.as_ref()
+    }
+
     pub fn readiness(&self) -> Result<(), Vec<String>> {
         let mut waiting = Vec::new();
         for pool in self.scheduler.all_runtimes() {
@@ -800,6 +825,12 @@ impl Platform {
             .load(std::sync::atomic::Ordering::Acquire)
         {
             waiting.push("functions' min_instances: not all started yet".into());
+        }
+        if let Some(c) = self.cluster.as_ref().filter(|c| !c.serving()) {
+            waiting.push(format!(
+                "worker {}: its lease in the registry could not be renewed; it serves no calls",
+                c.me()
+            ));
         }
         if waiting.is_empty() {
             Ok(())

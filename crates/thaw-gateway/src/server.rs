@@ -106,6 +106,7 @@ pub async fn serve_with(config: Config, limits: ConnectionLimits) -> anyhow::Res
     platform.spawn_async_worker();
     platform.spawn_provisioner();
     platform.spawn_change_follower();
+    platform.join_cluster(addr).await?;
     eprintln!("{}", platform.started_line(addr));
     eprintln!("dashboard: http://{addr}/ui/ (sign in with an API key)");
     if !platform.can_build_typescript() {

@@ -160,6 +160,8 @@ pub struct Claimed {
     pub attempt: u32,
     pub max_attempts: u32,
     pub started_ms: i64,
+    /// The worker running this attempt.
+    pub worker: String,
 }
 
 /// How an attempt ended.
@@ -368,6 +370,7 @@ impl Registry {
     /// backlog does not hold every attempt while another's calls wait.
     pub fn claim_calls(
         &self,
+        worker: &str,
         now: i64,
         limit: u32,
         per_namespace: u32,
@@ -406,6 +409,7 @@ impl Registry {
                     attempt: r.get::<u32>(8)? + 1,
                     max_attempts: r.get(9)?,
                     started_ms: now,
+                    worker: worker.to_string(),
                 })
             })?;
             if candidates.is_empty() {
@@ -437,8 +441,9 @@ impl Registry {
                 };
                 c.attempt = attempts + 1;
                 tx.execute(
-                    "UPDATE calls SET state = 'running', attempts = attempts + 1, updated_ms = ?2 WHERE id = ?1",
-                    params![c.row, now],
+                    "UPDATE calls SET state = 'running', attempts = attempts + 1, updated_ms = ?2,
+                         worker = ?3 WHERE id = ?1",
+                    params![c.row, now, worker],
                 )?;
                 claimed.push(c);
             }
@@ -470,13 +475,17 @@ impl Registry {
     ) -> Result<Option<Finished>, RegistryError> {
         let now = attempt.finished_ms;
         self.db.run(Kind::Write, |tx| {
-        let exists: Option<String> = tx.opt(
-            "SELECT state FROM calls WHERE id = ?1",
+        // A call removed meanwhile (its function went), or taken over by
+        // another worker after this one's lease lapsed: this attempt no
+        // longer decides anything.
+        let current: Option<(String, Option<String>)> = tx.opt(
+            "SELECT state, worker FROM calls WHERE id = ?1",
             params![claimed.row],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        if exists.is_none() {
-            return Ok(None);
+        match current {
+            Some((state, worker)) if state == "running" && worker.as_deref() == Some(&claimed.worker) => {}
+            _ => return Ok(None),
         }
         let mut recorded = attempt.clone();
         (recorded.outcome, recorded.error) = match end {
@@ -570,15 +579,18 @@ impl Registry {
         })
     }
 
-    /// At start: calls left `running` by a thaw that stopped go back to the
-    /// queue, each with an `interrupted` attempt on record that does not
-    /// count against its retries. Returns how many.
-    pub fn recover_calls(&self) -> Result<usize, RegistryError> {
-        let now = now_ms();
+    /// Calls left `running` by a worker that is gone (a thaw that stopped,
+    /// or a worker sharing the database whose lease lapsed by `now`) go back
+    /// to the queue, each with an `interrupted` attempt on record that does
+    /// not count against its retries. Returns how many. One host calls it
+    /// at start; workers sharing a database, every few seconds.
+    pub fn recover_calls(&self, now: i64) -> Result<usize, RegistryError> {
         self.db.run(Kind::Write, |tx| {
             let rows: Vec<(i64, i64)> = tx.map(
-                "SELECT id, updated_ms FROM calls WHERE state = 'running'",
-                params![],
+                "SELECT id, updated_ms FROM calls WHERE state = 'running'
+                   AND (worker IS NULL OR NOT EXISTS
+                        (SELECT 1 FROM workers w WHERE w.id = calls.worker AND w.lease_until_ms > ?1))",
+                params![now],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             for (row, started) in &rows {
@@ -589,12 +601,15 @@ impl Registry {
                     started_ms: *started,
                     finished_ms: now,
                     outcome: "interrupted".into(),
-                    error: Some("thaw stopped during this attempt; it does not count".into()),
+                    error: Some(
+                        "the worker running this attempt stopped or lost its lease; it does not count"
+                            .into(),
+                    ),
                     logs: Vec::new(),
                 };
                 insert_attempt(tx, *row, &attempt, &[])?;
                 tx.execute(
-                    "UPDATE calls SET state = 'queued',
+                    "UPDATE calls SET state = 'queued', worker = NULL,
                      attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,
                      updated_ms = ?2, run_at_ms = ?2 WHERE id = ?1",
                     params![row, now],

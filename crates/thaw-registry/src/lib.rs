@@ -26,6 +26,7 @@ mod schedules;
 mod schema;
 mod secrets;
 mod tenancy;
+mod workers;
 
 pub use calls::{
     backoff_ms, Attempt, AttemptEnd, CallQuery, CallRecord, CallState, Claimed, Destination,
@@ -43,6 +44,7 @@ pub use secrets::{SecretCipher, SecretValues};
 pub use tenancy::{
     same_secret, KeyInfo, Namespace, NamespaceLimits, Role, DEFAULT_NAMESPACE, MAX_QUEUED,
 };
+pub use workers::Worker;
 
 use db::{params, Kind, Store};
 use serde::{Deserialize, Serialize};

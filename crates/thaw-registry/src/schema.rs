@@ -18,7 +18,7 @@ use crate::tenancy::{NamespaceLimits, DEFAULT_NAMESPACE};
 use crate::{now_ms, RegistryError};
 
 /// The shape this release writes.
-pub const CURRENT: i64 = 5;
+pub const CURRENT: i64 = 6;
 
 const TABLES: &str = "
 CREATE TABLE namespaces (
@@ -168,8 +168,23 @@ CREATE TABLE bundles (
 );
 ";
 
+/// Shape 6: the workers sharing the registry, each with a lease it
+/// renews, and which worker runs each running async call (its lease
+/// lapsed, the call is taken over).
+const V6: &str = "
+CREATE TABLE workers (
+    id TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    capacity INTEGER NOT NULL,
+    busy INTEGER NOT NULL DEFAULT 0,
+    started_ms INTEGER NOT NULL,
+    lease_until_ms INTEGER NOT NULL
+);
+ALTER TABLE calls ADD COLUMN worker TEXT;
+";
+
 /// The steps after the second shape: (the shape it makes, its SQL).
-const STEPS: &[(i64, &str)] = &[(3, V3), (4, V4), (5, V5)];
+const STEPS: &[(i64, &str)] = &[(3, V3), (4, V4), (5, V5), (6, V6)];
 
 /// Statements written for SQLite, as PostgreSQL takes them.
 pub(crate) fn postgres_sql(sql: &str) -> String {
@@ -349,7 +364,14 @@ mod tests {
             )
         };
         assert_eq!((bound("default"), bound("team-a")), (100_000, 10_000));
-        for table in ["calls", "call_attempts", "schedules", "meta", "bundles"] {
+        for table in [
+            "calls",
+            "call_attempts",
+            "schedules",
+            "meta",
+            "bundles",
+            "workers",
+        ] {
             let n = count(&store, &format!("SELECT COUNT(*) FROM {table}"));
             assert_eq!(n, 0, "{table} exists and is empty");
         }

@@ -58,18 +58,18 @@ fn a_failing_call_is_retried_with_backoff_then_dead_lettered_and_replayed(db: Db
 
     let mut now = thaw_registry::now_ms();
     for n in 1..=3u32 {
-        let claimed = reg.claim_calls(now, 10, 100).unwrap();
+        let claimed = reg.claim_calls("w1", now, 10, 100).unwrap();
         assert_eq!(claimed.len(), 1, "attempt {n} is due");
         assert_eq!(claimed[0].attempt, n);
         assert_eq!(reg.call("default", &id).unwrap().state, CallState::Running);
         // Nothing more to take while it runs.
-        assert!(reg.claim_calls(now, 10, 100).unwrap().is_empty());
+        assert!(reg.claim_calls("w1", now, 10, 100).unwrap().is_empty());
         let state = fail(&reg, &claimed[0], now);
         if n < 3 {
             assert_eq!(state, CallState::Failed);
             // Not before its backoff.
             assert!(reg
-                .claim_calls(now + backoff_ms(n) - 1, 10, 100)
+                .claim_calls("w1", now + backoff_ms(n) - 1, 10, 100)
                 .unwrap()
                 .is_empty());
             now += backoff_ms(n);
@@ -85,7 +85,7 @@ fn a_failing_call_is_retried_with_backoff_then_dead_lettered_and_replayed(db: Db
     assert_eq!(dead.history[1].logs, vec!["attempt 2".to_string()]);
     assert_eq!(dead.payload, Some(json!({ "n": 1 })));
     assert!(reg
-        .claim_calls(now + 3_600_000, 10, 100)
+        .claim_calls("w1", now + 3_600_000, 10, 100)
         .unwrap()
         .is_empty());
 
@@ -104,7 +104,9 @@ fn a_failing_call_is_retried_with_backoff_then_dead_lettered_and_replayed(db: Db
 
     // Replaying puts it back with its retries renewed; its history stays.
     assert_eq!(reg.replay_dead(&f, None).unwrap(), 1);
-    let c = reg.claim_calls(thaw_registry::now_ms(), 10, 100).unwrap();
+    let c = reg
+        .claim_calls("w1", thaw_registry::now_ms(), 10, 100)
+        .unwrap();
     assert_eq!(c.len(), 1);
     assert_eq!(c[0].attempt, 1);
     let end = AttemptEnd::Succeeded {
@@ -131,7 +133,9 @@ fn no_retry_and_purge(db: Db) {
     let f = FunctionId::new("default", "job");
     deploy(&reg, dir.path(), &f, "v1");
     let id = reg.enqueue(&call(&f, 1)).unwrap();
-    let c = reg.claim_calls(thaw_registry::now_ms(), 1, 100).unwrap();
+    let c = reg
+        .claim_calls("w1", thaw_registry::now_ms(), 1, 100)
+        .unwrap();
     let end = AttemptEnd::Failed {
         outcome: "handler_error".into(),
         error: "do not retry me".into(),
@@ -157,6 +161,75 @@ fn no_retry_and_purge(db: Db) {
     ));
 }
 
+fn a_call_on_a_worker_whose_lease_lapsed_is_taken_over_and_its_late_end_ignored(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = db.open(dir.path());
+    let f = FunctionId::new("default", "job");
+    deploy(&reg, dir.path(), &f, "v1");
+    let id = reg.enqueue(&call(&f, 1)).unwrap();
+    let now = thaw_registry::now_ms();
+    let worker = |id: &str, until: i64| thaw_registry::Worker {
+        id: id.into(),
+        address: format!("http://{id}:8787"),
+        capacity: 10,
+        busy: 0,
+        started_ms: now,
+        lease_until_ms: until,
+    };
+    reg.renew_worker(&worker("wa", now + 5_000)).unwrap();
+    reg.renew_worker(&worker("wb", now + 60_000)).unwrap();
+    let on_a = reg.claim_calls("wa", now, 10, 100).unwrap().remove(0);
+    assert_eq!(on_a.worker, "wa");
+    assert_eq!(reg.recover_calls(now + 1_000).unwrap(), 0, "wa is alive");
+    let live: Vec<String> = reg
+        .live_workers(now + 1_000)
+        .unwrap()
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(live, vec!["wa", "wb"]);
+    // wa's lease lapses: its call is queued again, not counted.
+    assert_eq!(reg.recover_calls(now + 6_000).unwrap(), 1);
+    let live = reg.live_workers(now + 6_000).unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].id, "wb");
+    let on_b = reg
+        .claim_calls("wb", now + 6_000, 10, 100)
+        .unwrap()
+        .remove(0);
+    assert_eq!(on_b.attempt, 1, "the interrupted attempt did not count");
+    // wa comes back with its answer: too late, it decides nothing.
+    let late = reg
+        .finish_attempt(
+            &on_a,
+            &attempt(&on_a, "ok", now + 7_000),
+            &AttemptEnd::Succeeded {
+                result: json!("from wa"),
+            },
+            None,
+        )
+        .unwrap();
+    assert_eq!(late, None);
+    let done = reg
+        .finish_attempt(
+            &on_b,
+            &attempt(&on_b, "ok", now + 7_000),
+            &AttemptEnd::Succeeded {
+                result: json!("from wb"),
+            },
+            None,
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.state, CallState::Succeeded);
+    let record = reg.call("default", &id).unwrap();
+    assert_eq!(record.result, Some(json!("from wb")));
+    assert_eq!(record.history.len(), 2, "interrupted, then ok");
+    // A worker leaving gives its lease up at once.
+    reg.leave("wb", now + 8_000).unwrap();
+    assert!(reg.live_workers(now + 8_000).unwrap().is_empty());
+}
+
 fn a_call_running_when_thaw_stopped_is_run_again_without_losing_a_retry(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let f = FunctionId::new("default", "job");
@@ -164,18 +237,22 @@ fn a_call_running_when_thaw_stopped_is_run_again_without_losing_a_retry(db: Db) 
         let reg = db.open(dir.path());
         deploy(&reg, dir.path(), &f, "v1");
         let id = reg.enqueue(&call(&f, 1)).unwrap();
-        let c = reg.claim_calls(thaw_registry::now_ms(), 10, 100).unwrap();
+        let c = reg
+            .claim_calls("w1", thaw_registry::now_ms(), 10, 100)
+            .unwrap();
         assert_eq!(c.len(), 1);
         id
         // Dropped mid-attempt, as a kill would leave it.
     };
     let reg = db.open(dir.path());
-    assert_eq!(reg.recover_calls().unwrap(), 1);
+    assert_eq!(reg.recover_calls(thaw_registry::now_ms()).unwrap(), 1);
     let again = reg.call("default", &id).unwrap();
     assert_eq!(again.state, CallState::Queued);
     assert_eq!(again.attempts, 0);
     assert_eq!(again.history[0].outcome, "interrupted");
-    let c = reg.claim_calls(thaw_registry::now_ms(), 10, 100).unwrap();
+    let c = reg
+        .claim_calls("w1", thaw_registry::now_ms(), 10, 100)
+        .unwrap();
     assert_eq!(c[0].attempt, 1, "the interrupted attempt did not count");
 }
 
@@ -186,15 +263,18 @@ fn a_deferred_attempt_does_not_count(db: Db) {
     deploy(&reg, dir.path(), &f, "v1");
     let id = reg.enqueue(&call(&f, 1)).unwrap();
     let now = thaw_registry::now_ms();
-    let c = reg.claim_calls(now, 10, 100).unwrap();
+    let c = reg.claim_calls("w1", now, 10, 100).unwrap();
     let end = AttemptEnd::Deferred {
         reason: "no room".into(),
         after_ms: 500,
     };
     reg.finish_attempt(&c[0], &attempt(&c[0], "deferred", now), &end, None)
         .unwrap();
-    assert!(reg.claim_calls(now + 499, 10, 100).unwrap().is_empty());
-    let c = reg.claim_calls(now + 500, 10, 100).unwrap();
+    assert!(reg
+        .claim_calls("w1", now + 499, 10, 100)
+        .unwrap()
+        .is_empty());
+    let c = reg.claim_calls("w1", now + 500, 10, 100).unwrap();
     assert_eq!(c[0].attempt, 1);
     assert_eq!(reg.call("default", &id).unwrap().history.len(), 1);
 }
@@ -252,7 +332,9 @@ fn a_dedup_key_is_accepted_once_and_a_destination_hears_the_end(db: Db) {
     tick.dedup = Some("schedule:1:1000".into());
     let id = reg.enqueue(&tick).unwrap();
     assert_eq!(reg.enqueue(&tick).unwrap(), id);
-    let c = reg.claim_calls(thaw_registry::now_ms(), 10, 100).unwrap();
+    let c = reg
+        .claim_calls("w1", thaw_registry::now_ms(), 10, 100)
+        .unwrap();
     assert_eq!(c.len(), 1);
     let destination = Destination {
         function: "audit".into(),
@@ -266,7 +348,9 @@ fn a_dedup_key_is_accepted_once_and_a_destination_hears_the_end(db: Db) {
         .unwrap()
         .unwrap();
     assert!(done.destination_sent);
-    let sent = reg.claim_calls(thaw_registry::now_ms(), 10, 100).unwrap();
+    let sent = reg
+        .claim_calls("w1", thaw_registry::now_ms(), 10, 100)
+        .unwrap();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].function, audit);
     assert_eq!(sent[0].origin, "destination");
@@ -300,22 +384,23 @@ fn one_namespace_backlog_does_not_take_every_attempt(db: Db) {
     }
     reg.enqueue(&call(&quiet, 0)).unwrap();
     let now = thaw_registry::now_ms();
-    let first = reg.claim_calls(now, 10, 4).unwrap();
+    let first = reg.claim_calls("w1", now, 10, 4).unwrap();
     let of = |c: &[Claimed], ns: &str| c.iter().filter(|c| c.function.namespace == ns).count();
     assert_eq!((of(&first, "busy"), of(&first, "quiet")), (4, 1));
     // The busy namespace's four still run: nothing more for it.
-    let second = reg.claim_calls(now, 10, 4).unwrap();
+    let second = reg.claim_calls("w1", now, 10, 4).unwrap();
     assert!(second.is_empty(), "{}", second.len());
     let end = AttemptEnd::Succeeded {
         result: json!(null),
     };
     reg.finish_attempt(&first[0], &attempt(&first[0], "ok", now), &end, None)
         .unwrap();
-    let third = reg.claim_calls(now, 10, 4).unwrap();
+    let third = reg.claim_calls("w1", now, 10, 4).unwrap();
     assert_eq!(third.len(), 1, "one more once one ended");
 }
 
 on_both_engines!(
+    a_call_on_a_worker_whose_lease_lapsed_is_taken_over_and_its_late_end_ignored,
     a_failing_call_is_retried_with_backoff_then_dead_lettered_and_replayed,
     no_retry_and_purge,
     a_call_running_when_thaw_stopped_is_run_again_without_losing_a_retry,

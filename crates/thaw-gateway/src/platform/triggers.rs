@@ -120,7 +120,7 @@ impl Platform {
         let permits = Arc::new(tokio::sync::Semaphore::new(ASYNC_CONCURRENCY));
         let registry = self.registry.clone();
         tokio::spawn(async move {
-            match tokio::task::spawn_blocking(move || registry.recover_calls()).await {
+            match tokio::task::spawn_blocking(move || registry.recover_calls(now_ms())).await {
                 Ok(Ok(0)) => {}
                 Ok(Ok(n)) => {
                     tracing::info!("{n} async calls were running when thaw stopped: queued again")
@@ -146,9 +146,9 @@ impl Platform {
                 let claimed = if free == 0 {
                     Vec::new()
                 } else {
-                    let registry = p.registry.clone();
+                    let (registry, worker) = (p.registry.clone(), p.worker_id.clone());
                     match tokio::task::spawn_blocking(move || {
-                        registry.claim_calls(now_ms(), free as u32, ASYNC_PER_NAMESPACE)
+                        registry.claim_calls(&worker, now_ms(), free as u32, ASYNC_PER_NAMESPACE)
                     })
                     .await
                     {
