@@ -176,7 +176,16 @@ async fn readyz(State(p): State<Arc<Platform>>) -> Response {
             },
         ),
     };
-    (status, Json(view)).into_response()
+    let mut response = (status, Json(view)).into_response();
+    if let Some(cluster) = p.cluster() {
+        // Which worker answered, for a load balancer's logs and for tests.
+        if let Ok(me) = axum::http::HeaderValue::from_str(cluster.me()) {
+            response
+                .headers_mut()
+                .insert(crate::cluster::WORKER_HEADER, me);
+        }
+    }
+    response
 }
 
 async fn openapi() -> Response {

@@ -152,6 +152,14 @@ impl TestPg {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
+        if !tcp.is_empty() {
+            // Clients on the test's own networks (namespaces joined by a
+            // bridge) are trusted like local ones.
+            let hba = dir.join("data").join("pg_hba.conf");
+            let mut rules = std::fs::read_to_string(&hba).map_err(|e| e.to_string())?;
+            rules.push_str("host all all 0.0.0.0/0 trust\n");
+            std::fs::write(&hba, rules).map_err(|e| e.to_string())?;
+        }
         let listen = tcp.join(",");
         let log = std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?;
         chown(&dir.join("server.log"), owner)?;

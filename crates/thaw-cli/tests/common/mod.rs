@@ -79,8 +79,28 @@ impl Platform {
 
     /// Starts `thaw up` on `data_dir` with extra environment variables and flags.
     pub fn launch(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Platform {
-        let mut cmd = Command::new(THAW);
-        cmd.args(["up", "--listen", "127.0.0.1:0"])
+        Platform::launch_in_netns(None, data_dir, env, &["--listen", "127.0.0.1:0"], args)
+    }
+
+    /// Starts `thaw up` inside network namespace `netns` (when given), on
+    /// the `listen` flags, with extra environment variables and flags.
+    pub fn launch_in_netns(
+        netns: Option<&str>,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        listen: &[&str],
+        args: &[&str],
+    ) -> Platform {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, THAW]);
+                c
+            }
+            None => Command::new(THAW),
+        };
+        cmd.arg("up")
+            .args(listen)
             .args(args)
             .env("THAW_DATA_DIR", data_dir)
             .env_remove("THAW_TOKEN")
