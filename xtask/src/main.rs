@@ -33,6 +33,9 @@ const APT_PACKAGES: &[&str] = &[
     // The tests' scratch database servers (initdb and postgres, run by
     // thaw-testpg; no cluster of the package's own is used).
     "postgresql",
+    // The load balancer in front of the cluster tests' workers, run
+    // from the configuration docs/cluster.md gives.
+    "haproxy",
 ];
 /// Packages the microVM image build fetches with `apt-get download`: the
 /// package lists must know them.

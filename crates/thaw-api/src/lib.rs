@@ -353,6 +353,9 @@ pub struct CallView {
     /// The call's input (one call's view only, not in lists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<serde_json::Value>,
+    /// `running` calls: the worker running the attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
     /// Attempts that ended, oldest first (one call's view only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<AttemptView>,

@@ -238,6 +238,9 @@ fn print_call(call: &CallView) {
         call.origin, call.kind, call.target
     );
     println!("accepted  {} UTC", utc_time(call.created_ms));
+    if let Some(worker) = &call.worker {
+        println!("running   on worker {worker}");
+    }
     if let Some(next) = call.next_attempt_ms {
         println!("next try  {} UTC", utc_time(next));
     }

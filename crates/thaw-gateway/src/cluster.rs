@@ -65,6 +65,8 @@ pub struct Cluster {
     members: RwLock<Vec<Worker>>,
     suspects: Mutex<HashMap<String, Instant>>,
     serving: AtomicBool,
+    /// Set once this worker stops: it serves no more and renews nothing.
+    left: AtomicBool,
     client: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
         Full<Bytes>,
@@ -128,6 +130,11 @@ impl Cluster {
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
         connector.set_nodelay(true);
+        // Kept-alive connections to a worker that vanished are dropped
+        // within seconds instead of being reused.
+        connector.set_keepalive(Some(Duration::from_secs(5)));
+        connector.set_keepalive_interval(Some(Duration::from_secs(1)));
+        connector.set_keepalive_retries(Some(3));
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(60))
@@ -138,6 +145,7 @@ impl Cluster {
             members: RwLock::new(Vec::new()),
             suspects: Mutex::new(HashMap::new()),
             serving: AtomicBool::new(true),
+            left: AtomicBool::new(false),
             client,
             forwarded: AtomicU64::new(0),
             spilled: AtomicU64::new(0),
@@ -164,6 +172,9 @@ impl Cluster {
     }
 
     pub fn set_serving(&self, serving: bool) {
+        if self.has_left() {
+            return;
+        }
         if self.serving.swap(serving, Ordering::AcqRel) != serving {
             if serving {
                 tracing::info!("this worker holds its lease again: serving calls");
@@ -173,6 +184,40 @@ impl Cluster {
                 );
             }
         }
+    }
+
+    /// This worker is stopping: it takes no more calls and its lease is
+    /// not renewed again.
+    pub fn leave(&self) {
+        self.left.store(true, Ordering::Release);
+        self.serving.store(false, Ordering::Release);
+    }
+
+    /// This worker's routing counters and membership, in Prometheus text.
+    pub fn render_metrics(&self) -> String {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "# HELP thaw_cluster_calls_total Function calls that reached this worker, by what became of them: served here (the function's home, a call another worker forwarded, or a last resort), forwarded to the function's home, or spilled past a home that had no room.\n\
+             # TYPE thaw_cluster_calls_total counter\n\
+             thaw_cluster_calls_total{{landing=\"here\"}} {}\n\
+             thaw_cluster_calls_total{{landing=\"forwarded\"}} {}\n\
+             thaw_cluster_calls_total{{landing=\"spilled\"}} {}\n\
+             # HELP thaw_cluster_workers Live workers sharing the registry, as this worker last read them.\n\
+             # TYPE thaw_cluster_workers gauge\n\
+             thaw_cluster_workers {}\n\
+             # HELP thaw_cluster_serving Whether this worker holds its lease and serves calls.\n\
+             # TYPE thaw_cluster_serving gauge\n\
+             thaw_cluster_serving {}\n",
+            load(&self.served_here),
+            load(&self.forwarded),
+            load(&self.spilled),
+            self.members.read().unwrap().len(),
+            u8::from(self.serving()),
+        )
+    }
+
+    pub fn has_left(&self) -> bool {
+        self.left.load(Ordering::Acquire)
     }
 
     /// The worker ids a call of `key` tries, in order: live workers by
@@ -337,14 +382,36 @@ impl Cluster {
         let forward = forward
             .body(Full::new(body))
             .map_err(|_| Unreached::Never)?;
-        match self.client.request(forward).await {
-            Ok(response) => {
-                let (parts, incoming) = response.into_parts();
-                Ok(Response::from_parts(parts, Body::new(incoming)))
+        // A worker that vanished from the network leaves the request
+        // hanging on a connection nobody answers: give up once its lease
+        // has lapsed, as the other workers do.
+        let request = self.client.request(forward);
+        tokio::pin!(request);
+        let mut watch = tokio::time::interval(RENEW_EVERY);
+        loop {
+            tokio::select! {
+                sent = &mut request => return match sent {
+                    Ok(response) => {
+                        let (parts, incoming) = response.into_parts();
+                        Ok(Response::from_parts(parts, Body::new(incoming)))
+                    }
+                    Err(e) if e.is_connect() => Err(Unreached::Never),
+                    Err(e) => Err(Unreached::Lost(e.to_string())),
+                },
+                _ = watch.tick() => {
+                    if !self.is_member(&worker.id) {
+                        return Err(Unreached::Lost(format!(
+                            "worker {} lost its lease in the registry",
+                            worker.id
+                        )));
+                    }
+                }
             }
-            Err(e) if e.is_connect() => Err(Unreached::Never),
-            Err(e) => Err(Unreached::Lost(e.to_string())),
         }
+    }
+
+    fn is_member(&self, id: &str) -> bool {
+        self.members.read().unwrap().iter().any(|w| w.id == id)
     }
 }
 

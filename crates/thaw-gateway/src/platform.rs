@@ -708,6 +708,19 @@ impl Platform {
 
     /// Ends every runtime and removes what their jails left on the host.
     pub async fn shut_down(&self) {
+        if let Some(cluster) = &self.cluster {
+            // Give the lease up at once: the other workers take this one's
+            // functions now rather than when the lease would have lapsed.
+            cluster.leave();
+            let (registry, me) = (self.registry.clone(), cluster.me().to_string());
+            match tokio::task::spawn_blocking(move || registry.leave(&me, thaw_registry::now_ms()))
+                .await
+            {
+                Ok(Ok(())) => tracing::info!("worker {} left the cluster", cluster.me()),
+                Ok(Err(e)) => tracing::warn!("could not give this worker's lease up: {e}"),
+                Err(e) => tracing::warn!("could not give this worker's lease up: {e}"),
+            }
+        }
         for runtimes in self.scheduler.all_runtimes() {
             runtimes.close().await;
         }

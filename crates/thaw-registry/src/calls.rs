@@ -124,6 +124,9 @@ pub struct CallRecord {
     pub result: Option<serde_json::Value>,
     pub error: Option<String>,
     pub payload: Option<serde_json::Value>,
+    /// The worker running its attempt, while one runs (the id `/readyz`
+    /// and `x-thaw-worker` give).
+    pub worker: Option<String>,
     /// Oldest first.
     pub history: Vec<Attempt>,
 }
@@ -272,7 +275,7 @@ fn kept_logs(lines: &[String]) -> String {
 }
 
 const CALL_COLUMNS: &str = "c.id, c.public_id, f.namespace, f.name, c.target, c.kind, c.origin, c.state, \
-     c.attempts, c.max_attempts, c.created_ms, c.updated_ms, c.run_at_ms, c.finished_ms, c.result, c.error, c.payload";
+     c.attempts, c.max_attempts, c.created_ms, c.updated_ms, c.run_at_ms, c.finished_ms, c.result, c.error, c.payload, c.worker";
 
 fn call_row(r: &Row) -> Result<(i64, CallRecord), RegistryError> {
     let state: String = r.get(7)?;
@@ -304,6 +307,10 @@ fn call_row(r: &Row) -> Result<(i64, CallRecord), RegistryError> {
             result: json(14)?,
             error: r.get(15)?,
             payload: json(16)?,
+            worker: (state == CallState::Running)
+                .then(|| r.get::<Option<String>>(17))
+                .transpose()?
+                .flatten(),
             history: Vec::new(),
         },
     ))

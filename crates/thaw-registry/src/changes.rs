@@ -60,9 +60,12 @@ impl Registry {
             .spawn(move || {
                 let mut connected_once = false;
                 loop {
-                    let mut client = match postgres::Client::connect(&url, postgres::NoTls)
-                        .and_then(|mut c| c.batch_execute(&format!("LISTEN {CHANNEL}")).map(|_| c))
-                    {
+                    let listening = crate::db::connect(&url).and_then(|mut c| {
+                        c.batch_execute(&format!("LISTEN {CHANNEL}"))
+                            .map(|_| c)
+                            .map_err(RegistryError::from)
+                    });
+                    let mut client = match listening {
                         Ok(c) => c,
                         Err(e) => {
                             tracing::warn!("cannot listen for changes: {e}; trying again");

@@ -20,6 +20,7 @@
 
 use crate::RegistryError;
 use std::sync::Mutex;
+use std::time::Duration;
 
 /// One value going into or coming out of a statement.
 #[derive(Debug, Clone, PartialEq)]
@@ -546,12 +547,7 @@ impl PgPool {
                 None => break,
             }
         }
-        postgres::Client::connect(&self.url, postgres::NoTls).map_err(|e| {
-            RegistryError::Unavailable(format!(
-                "cannot connect to the database at {}: {e}",
-                redact(&self.url)
-            ))
-        })
+        connect(&self.url)
     }
 
     fn give_back(&self, client: postgres::Client) {
@@ -574,6 +570,36 @@ impl Drop for PgPool {
                 .spawn(move || drop(idle));
         }
     }
+}
+
+/// Opens a connection to the database at `url`, bounded against a network
+/// that goes away: without these bounds a query sent just before a worker
+/// lost its link waits for TCP to give up (a quarter of an hour), and the
+/// worker keeps acting on a lease it can no longer renew. The URL's own
+/// settings win where it has them.
+pub(crate) fn connect(url: &str) -> Result<postgres::Client, RegistryError> {
+    let unavailable = |e: &dyn std::fmt::Display| {
+        RegistryError::Unavailable(format!(
+            "cannot connect to the database at {}: {e}",
+            redact(url)
+        ))
+    };
+    let mut config: postgres::Config = url.parse().map_err(|e| unavailable(&e))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        // Sent data unacknowledged this long: the server is gone.
+        config.tcp_user_timeout(Duration::from_secs(5));
+    }
+    if config.get_keepalives_interval().is_none() {
+        // An idle connection (a LISTEN) notices a lost peer in about 10 s.
+        config
+            .keepalives_idle(Duration::from_secs(4))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3);
+    }
+    config.connect(postgres::NoTls).map_err(|e| unavailable(&e))
 }
 
 /// A database URL with its password replaced, fit for a message.

@@ -495,6 +495,14 @@ impl Scheduler {
     }
 
     /// Instances of `namespace` running or starting, and their memory (MiB).
+    /// Instances that cannot be reclaimed to make room, across every
+    /// namespace: serving calls, finishing work their calls left, or
+    /// starting. Idle ones do not count: they give way to new ones.
+    pub fn busy_instances(&self) -> u32 {
+        let usage = usage_of(&self.pools.lock().unwrap(), None);
+        usage.in_use.0.saturating_sub(usage.idle.0)
+    }
+
     pub fn usage(&self, namespace: &str) -> (u32, u64) {
         usage_of(&self.pools.lock().unwrap(), Some(namespace)).in_use
     }

@@ -506,6 +506,27 @@ async fn calls_beyond_max_instances_queue_for_a_warm_instance() {
 }
 
 #[tokio::test]
+async fn busy_instances_are_those_serving_calls_not_idle_ones() {
+    let (_driver, scheduler) = setup();
+    let (fa, fb) = (spec("a", "f", 1), spec("b", "g", 2));
+    let during = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        scheduler.busy_instances()
+    };
+    let (ra, rb, busy) = tokio::join!(
+        scheduler.invoke(&fa, sleeping(400)),
+        scheduler.invoke(&fb, sleeping(400)),
+        during,
+    );
+    ra.unwrap();
+    rb.unwrap();
+    assert_eq!(busy, 2, "two calls running");
+    // Their calls over, the instances stay, idle: none is busy.
+    assert_eq!(scheduler.usage("a").0 + scheduler.usage("b").0, 2);
+    assert_eq!(scheduler.busy_instances(), 0);
+}
+
+#[tokio::test]
 async fn a_namespace_quota_caps_its_instances_only() {
     let (driver, scheduler) = setup();
     scheduler.set_quota(

@@ -91,14 +91,10 @@ impl Platform {
         listen: &[&str],
         args: &[&str],
     ) -> Platform {
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, THAW]);
-                c
-            }
-            None => Command::new(THAW),
-        };
+        let mut cmd = Command::new(THAW);
+        if let Some(ns) = netns {
+            in_netns(&mut cmd, ns);
+        }
         cmd.arg("up")
             .args(listen)
             .args(args)
@@ -109,7 +105,8 @@ impl Platform {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        if let Some(url) = test_database(data_dir) {
+        let given_database = env.iter().any(|(k, _)| *k == "THAW_DATABASE_URL");
+        if let Some(url) = test_database(data_dir).filter(|_| !given_database) {
             cmd.env("THAW_DATABASE_URL", url);
             if !env.iter().any(|(k, _)| *k == "THAW_SECRETS_KEY") {
                 cmd.env("THAW_SECRETS_KEY", TEST_SECRETS_KEY);
@@ -314,6 +311,25 @@ impl Drop for Platform {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.kill();
+    }
+}
+
+/// Makes `cmd` run in network namespace `ns` (made by `ip netns add`),
+/// and only that: unlike `ip netns exec`, its mounts (`/sys` and the
+/// cgroup file systems under it) stay the host's.
+pub fn in_netns(cmd: &mut Command, ns: &str) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let handle = std::fs::File::open(format!("/var/run/netns/{ns}"))
+        .unwrap_or_else(|e| panic!("network namespace {ns}: {e}"));
+    // SAFETY: setns is async-signal-safe and only touches the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

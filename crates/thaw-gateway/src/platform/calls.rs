@@ -36,6 +36,7 @@ fn call_view(c: CallRecord) -> view::CallView {
         result: c.result,
         error: c.error,
         payload: c.payload,
+        worker: c.worker,
         history: c
             .history
             .into_iter()

@@ -52,15 +52,7 @@ impl Platform {
                 let (id, address) = (id.clone(), address.clone());
                 async move {
                     let p = platform.upgrade()?;
-                    let busy: u32 = p
-                        .routes
-                        .list(None)
-                        .iter()
-                        .map(|(f, _)| f.namespace.clone())
-                        .collect::<std::collections::BTreeSet<_>>()
-                        .iter()
-                        .map(|ns| p.scheduler.usage(ns).0)
-                        .sum();
+                    let busy = p.scheduler.busy_instances();
                     let me = Worker {
                         id,
                         address,
@@ -104,19 +96,35 @@ impl Platform {
             let mut ticks = 0u32;
             loop {
                 tokio::time::sleep(RENEW_EVERY).await;
-                ticks += 1;
-                let Some((p, result)) = renew(ticks.is_multiple_of(RECOVER_EVERY)).await else {
+                if cluster.has_left() {
                     return;
+                }
+                ticks += 1;
+                // A renewal stuck on a vanished network counts as failed:
+                // the lease runs out all the same.
+                let attempt = tokio::time::timeout(
+                    RENEW_EVERY * 2,
+                    renew(ticks.is_multiple_of(RECOVER_EVERY)),
+                )
+                .await;
+                let outcome = match attempt {
+                    Ok(None) => return,
+                    Ok(Some((_, Ok(Ok(members))))) => Ok(members),
+                    Ok(Some((_, Ok(Err(e))))) => Err(e.to_string()),
+                    Ok(Some((_, Err(e)))) => Err(e.to_string()),
+                    Err(_) => Err(format!(
+                        "the registry did not answer within {:?}",
+                        RENEW_EVERY * 2
+                    )),
                 };
-                let failure = match result {
-                    Ok(Ok(members)) => {
+                let failure = match outcome {
+                    Ok(members) => {
                         renewed = Instant::now();
                         cluster.set_members(members);
                         cluster.set_serving(true);
                         None
                     }
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(e) => Some(e.to_string()),
+                    Err(why) => Some(why),
                 };
                 if let Some(why) = failure {
                     tracing::warn!("could not renew this worker's lease: {why}");
@@ -126,7 +134,6 @@ impl Platform {
                         cluster.set_serving(false);
                     }
                 }
-                drop(p);
             }
         });
         Ok(())

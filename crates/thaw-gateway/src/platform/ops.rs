@@ -937,13 +937,11 @@ impl Platform {
             .then(|| self.scheduler.runtimes().snapshot());
         let mut queues = self.blocking(|r| r.queue_depths()).await?;
         queues.retain(|q| namespace.is_none_or(|ns| q.namespace == ns));
-        Ok(crate::metrics::render(
-            &self.metrics,
-            namespace,
-            &functions,
-            &queues,
-            pool,
-        ))
+        let mut text = crate::metrics::render(&self.metrics, namespace, &functions, &queues, pool);
+        if let Some(cluster) = self.cluster.as_ref().filter(|_| namespace.is_none()) {
+            text.push_str(&cluster.render_metrics());
+        }
+        Ok(text)
     }
 
     pub async fn upgrade_runtime_op(
