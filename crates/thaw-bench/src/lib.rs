@@ -20,6 +20,7 @@
 
 mod breakdown;
 mod chart;
+mod cluster;
 mod error;
 mod http;
 mod load;
@@ -53,6 +54,7 @@ pub const SKIPPABLE: &[&str] = &[
     "deno",
     "breakdown",
     "tenants",
+    "cluster",
     "microvm",
 ];
 
@@ -271,6 +273,24 @@ pub fn run(options: &Options) -> Result<Written> {
         }
         t
     };
+    // Two workers sharing a scratch PostgreSQL server, on their own.
+    let cluster = if options.skips("cluster") {
+        let why = if options.only_microvm {
+            "--only microvm"
+        } else {
+            "--skip cluster"
+        };
+        Figure::Skipped(why.into())
+    } else if let Some(why) = cluster::unavailable() {
+        progress(&format!("cluster: not measured: {why}"));
+        Figure::Skipped(why)
+    } else {
+        let c = Figure::from_result(cluster::measure(&options.thaw_exe, &options.node, &plan, n));
+        if let Some(why) = c.failure() {
+            progress(&format!("cluster: failed: {why}"));
+        }
+        c
+    };
     // Last, so that the VMs' CPU (all of a core each under TCG) disturbs
     // no other figure.
     let microvm = if options.skips("microvm") {
@@ -303,6 +323,7 @@ pub fn run(options: &Options) -> Result<Written> {
         memory: measured.memory,
         microvm,
         tenants,
+        cluster,
         pool_metrics: measured.pool_metrics,
         elapsed: started.elapsed(),
     };
@@ -326,6 +347,9 @@ pub fn run(options: &Options) -> Result<Written> {
             progress(&format!("tenants: failed: {why}"));
             failed.push(format!("tenants section: {why}"));
         }
+    }
+    if let Some(why) = report.cluster.failure() {
+        failed.push(format!("cluster section: {why}"));
     }
     if let Some(why) = report.microvm.failure() {
         failed.push(format!("microVM section: {why}"));
