@@ -53,6 +53,37 @@ fn a_change_through_one_worker_is_served_by_the_others() {
     let b = worker(db.path(), &url);
     assert_eq!(a.token(), b.token(), "the workers share one admin token");
 
+    // Each lists both workers, and says which one it is.
+    let platform = |p: &Platform| -> serde_json::Value {
+        p.api(Method::GET, "/v1/platform")
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    until(5, "each worker sees the other", || {
+        [&a, &b].iter().all(|p| platform(p)["hosts"] == 2)
+    });
+    let (va, vb) = (platform(&a), platform(&b));
+    assert_ne!(va["worker"], vb["worker"]);
+    let ids = |v: &serde_json::Value| -> std::collections::BTreeSet<String> {
+        v["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&va), ids(&vb));
+    assert!(ids(&va).contains(va["worker"].as_str().unwrap()), "{va}");
+    let me = va["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == va["worker"])
+        .unwrap();
+    assert_eq!(me["address"].as_str().unwrap(), a.server, "{me}");
+
     // Deployed through A, with TypeScript B has never built: B fetches the
     // archive from the database and builds it.
     let ts = function_dir(&[(

@@ -67,6 +67,9 @@ pub struct Cluster {
     serving: AtomicBool,
     /// Set once this worker stops: it serves no more and renews nothing.
     left: AtomicBool,
+    /// Held while the lease is being renewed, so that giving it up waits
+    /// for a renewal under way instead of being undone by it.
+    pub(crate) renewing: tokio::sync::Mutex<()>,
     client: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
         Full<Bytes>,
@@ -146,6 +149,7 @@ impl Cluster {
             suspects: Mutex::new(HashMap::new()),
             serving: AtomicBool::new(true),
             left: AtomicBool::new(false),
+            renewing: tokio::sync::Mutex::new(()),
             client,
             forwarded: AtomicU64::new(0),
             spilled: AtomicU64::new(0),

@@ -96,6 +96,7 @@ impl Platform {
             let mut ticks = 0u32;
             loop {
                 tokio::time::sleep(RENEW_EVERY).await;
+                let _renewing = cluster.renewing.lock().await;
                 if cluster.has_left() {
                     return;
                 }
