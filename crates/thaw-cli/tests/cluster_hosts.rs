@@ -282,6 +282,25 @@ fn calls_find_their_home_across_hosts_and_a_killed_host_is_taken_over() {
         });
     }
 
+    // Through a worker that is not its home, a function still sees its
+    // caller's address and the host the caller asked for.
+    let whoami = function_dir(&[(
+        "index.mjs",
+        "export const handler = async (event) => ({ statusCode: 200, \
+         body: `${event.requestContext.http.sourceIp} ${event.headers.host}` });",
+    )]);
+    w[0].deploy(whoami.path(), "whoami");
+    let home = {
+        let url = w[0].url("whoami", "/");
+        until(10, "whoami answers", || get(&url).0 == 200);
+        c.index_of(&get(&url).1)
+    };
+    let away = (home + 1) % 3;
+    let (status, served_by, _, body) = get(&w[away].url("whoami", "/"));
+    assert_eq!((status, c.index_of(&served_by)), (200, home), "{body}");
+    let landed = w[away].server.trim_start_matches("http://");
+    assert_eq!(body, format!("{} {landed}", c.hosts.gateway()));
+
     // Many functions, called through every worker in turn: each is served
     // by one home, which finds its warm instance again.
     // Each worker here may run 64 instances (half of this machine's
