@@ -516,35 +516,11 @@ fn a_host_cut_off_stops_serving_its_functions_move_and_each_tick_fires_once() {
 
     // Over all of that, each tick of the schedule fired on one worker only.
     std::thread::sleep(Duration::from_secs(4));
-    let list: Value = w[2]
-        .api(Method::GET, "/v1/functions/ticker/invocations?limit=1000")
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let mut ticks = Vec::new();
-    for call in list["calls"].as_array().unwrap() {
-        let full: Value = w[2]
-            .api(
-                Method::GET,
-                &format!("/v1/invocations/{}", call["id"].as_str().unwrap()),
-            )
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        ticks.push(full["payload"]["scheduled_time_ms"].as_i64().unwrap());
-    }
+    let (mut ticks, schedule) = ticks_of(&w[2], "ticker");
     ticks.sort();
     let distinct: BTreeSet<_> = ticks.iter().collect();
     assert!(ticks.len() >= 4, "{ticks:?}");
     assert_eq!(distinct.len(), ticks.len(), "a tick fired twice: {ticks:?}");
-    let schedule: Value = w[2]
-        .api(Method::GET, "/v1/functions/ticker/schedules")
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
     let s = &schedule["schedules"][0];
     assert_eq!(s["fired"].as_u64().unwrap() as usize, ticks.len(), "{s}");
     let span = ((ticks.last().unwrap() - ticks[0]) / 2000 + 1) as u64;
@@ -553,6 +529,47 @@ fn a_host_cut_off_stops_serving_its_functions_move_and_each_tick_fires_once() {
         ticks.len() as u64 + s["missed"].as_u64().unwrap(),
         "every tick fired or counted missed: {ticks:?} {s}"
     );
+}
+
+/// The ticks `name`'s calls were fired for, and its schedule, read with
+/// no tick between the two (the schedule keeps ticking while it is read).
+fn ticks_of(p: &Platform, name: &str) -> (Vec<i64>, Value) {
+    let schedule = |p: &Platform| -> Value {
+        p.api(Method::GET, &format!("/v1/functions/{name}/schedules"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    loop {
+        let before = schedule(p);
+        let list: Value = p
+            .api(
+                Method::GET,
+                &format!("/v1/functions/{name}/invocations?limit=1000"),
+            )
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let mut ticks = Vec::new();
+        for call in list["calls"].as_array().unwrap() {
+            let full: Value = p
+                .api(
+                    Method::GET,
+                    &format!("/v1/invocations/{}", call["id"].as_str().unwrap()),
+                )
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            ticks.push(full["payload"]["scheduled_time_ms"].as_i64().unwrap());
+        }
+        let after = schedule(p);
+        if before == after {
+            return (ticks, after);
+        }
+    }
 }
 
 /// haproxy in the test's namespace, on a free loopback port, in front of
