@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::{function_dir, http, Platform, TEST_SECRETS_KEY};
+use common::{function_dir, http, until, Platform, TEST_SECRETS_KEY};
 use reqwest::Method;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A worker on `data_dir` whose registry is the database at `url`.
 fn worker(data_dir: &Path, url: &str) -> Platform {
@@ -23,19 +23,6 @@ fn worker(data_dir: &Path, url: &str) -> Platform {
 fn body(url: &str) -> (u16, String) {
     let r = http().get(url).send().unwrap();
     (r.status().as_u16(), r.text().unwrap())
-}
-
-/// How long until `check` holds (polled), failing past `secs`.
-fn until(secs: u64, what: &str, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !check() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "never happened: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
 }
 
 fn answering(text: &str) -> tempfile::TempDir {

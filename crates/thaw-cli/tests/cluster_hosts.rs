@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{function_dir, http, in_netns, repo_root, Platform, TEST_SECRETS_KEY};
+use common::{function_dir, http, in_netns, repo_root, until, Platform, TEST_SECRETS_KEY};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -205,19 +205,6 @@ fn get(url: &str) -> (u16, String, String, String) {
     let r = http().get(url).send().unwrap();
     let (worker, start) = (header(&r, "x-thaw-worker"), header(&r, "x-thaw-start"));
     (r.status().as_u16(), worker, start, r.text().unwrap())
-}
-
-/// How long until `check` holds (polled), failing past `secs`.
-fn until(secs: u64, what: &str, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !check() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "never happened: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
 }
 
 /// A GET from inside host `ns` itself, by Node: `(status, body)`, or
