@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+pub mod frame;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Version of the protocol this host speaks; a runtime announcing another
@@ -28,6 +30,18 @@ pub enum ProtocolError {
     Malformed(#[from] serde_json::Error),
     #[error("stream error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("frame of kind {0:#04x}, which protocol {PROTOCOL_VERSION} does not have")]
+    UnknownKind(u8),
+    #[error("frame of kind {kind:#04x} is {len} bytes long, too short for its kind")]
+    FrameTooShort { kind: u8, len: usize },
+    #[error("frame for stream {0}, which protocol {PROTOCOL_VERSION} does not have")]
+    UnknownStream(u8),
+    #[error(
+        "{runtime} speaks protocol {protocol}; this host speaks protocol {PROTOCOL_VERSION}: \
+         run a runtime of this thaw release (its shim, or a microVM image built by this \
+         release's `thaw image build`)"
+    )]
+    OldProtocol { protocol: u64, runtime: String },
 }
 
 /// Messages a runtime sends to the host.
@@ -291,7 +305,12 @@ impl ProtocolError {
     pub fn is_violation(&self) -> bool {
         matches!(
             self,
-            ProtocolError::FrameTooLarge(_) | ProtocolError::Malformed(_)
+            ProtocolError::FrameTooLarge(_)
+                | ProtocolError::Malformed(_)
+                | ProtocolError::UnknownKind(_)
+                | ProtocolError::FrameTooShort { .. }
+                | ProtocolError::UnknownStream(_)
+                | ProtocolError::OldProtocol { .. }
         )
     }
 }
