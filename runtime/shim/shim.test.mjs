@@ -18,22 +18,47 @@ const FRAME_TIMEOUT_MS = 5000;
 // ---------------------------------------------------------------------------
 // Host side of the protocol.
 
+const KIND = { message: 1, data: 2, end: 3, abort: 4, credit: 5 };
+const KIND_NAME = Object.fromEntries(Object.entries(KIND).map(([name, kind]) => [kind, name]));
+const STREAM_REQUEST = 0;
+const STREAM_RESPONSE = 1;
+
 function encodeFrame(message) {
   const json = Buffer.from(JSON.stringify(message));
-  const header = Buffer.alloc(4);
-  header.writeUInt32BE(json.length, 0);
+  const header = Buffer.alloc(5);
+  header.writeUInt32BE(json.length + 1, 0);
+  header[4] = KIND.message;
   return Buffer.concat([header, json]);
 }
 
-// Feeds bytes in, calls onFrame for every complete frame.
-function frameDecoder(onFrame) {
+// A frame about one stream of a call: data, end, abort or credit.
+function encodeStreamFrame(kind, id, stream, rest = Buffer.alloc(0)) {
+  const header = Buffer.alloc(14);
+  header.writeUInt32BE(10 + rest.length, 0);
+  header[4] = KIND[kind];
+  header.writeBigUInt64BE(BigInt(id), 5);
+  header[13] = stream;
+  return Buffer.concat([header, rest]);
+}
+
+function creditBytes(n) {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n, 0);
+  return b;
+}
+
+// Feeds bytes in: onFrame gets every message, onStream every other frame
+// as { kind, id, stream, bytes }.
+function frameDecoder(onFrame, onStream) {
   let buffered = Buffer.alloc(0);
   return (chunk) => {
     buffered = Buffer.concat([buffered, chunk]);
-    while (buffered.length >= 4) {
+    while (buffered.length >= 5) {
       const length = buffered.readUInt32BE(0);
       if (buffered.length < 4 + length) break;
-      onFrame(JSON.parse(buffered.toString('utf8', 4, 4 + length)));
+      const kind = buffered[4];
+      if (kind === KIND.message) onFrame(JSON.parse(buffered.toString('utf8', 5, 4 + length)));
+      else onStream({ kind: KIND_NAME[kind], id: Number(buffered.readBigUInt64BE(5)), stream: buffered[13], bytes: Buffer.from(buffered.subarray(14, 4 + length)) });
       buffered = buffered.subarray(4 + length);
     }
   };
@@ -60,9 +85,69 @@ class Shim {
     this.child.stdout.on('data', (d) => (this.stdout += d));
     this.child.stderr.on('data', (d) => (this.stderr += d));
     this.exited = new Promise((resolve) => this.child.on('exit', (code, signal) => resolve({ code, signal })));
-    this.stream.on('data', frameDecoder((frame) => this.#deliver(frame)));
+    this.bodyFrames = []; // every data, end, abort and credit frame, in order
+    this.bodyWaiters = [];
+    this.requestCredit = new Map(); // call id → credit left for its request body
+    this.creditWake = null;
+    this.grantCredit = true;
+    this.stream.on('data', frameDecoder((frame) => this.#deliver(frame), (frame) => this.#deliverBody(frame)));
     this.stream.on('error', () => {});
     this.nextId = 1;
+  }
+
+  #deliverBody(frame) {
+    this.bodyFrames.push(frame);
+    // As a host whose client reads at once: every byte taken is credit
+    // given back.
+    if (frame.kind === 'data' && frame.stream === STREAM_RESPONSE && this.grantCredit) {
+      this.stream.write(encodeStreamFrame('credit', frame.id, STREAM_RESPONSE, creditBytes(frame.bytes.length)));
+    }
+    if (frame.kind === 'credit' && frame.stream === STREAM_REQUEST) {
+      this.requestCredit.set(frame.id, (this.requestCredit.get(frame.id) ?? 0) + frame.bytes.readUInt32BE(0));
+      this.creditWake?.();
+    }
+    for (const waiter of [...this.bodyWaiters]) {
+      if (waiter.match(frame)) {
+        this.bodyWaiters.splice(this.bodyWaiters.indexOf(waiter), 1);
+        clearTimeout(waiter.timer);
+        waiter.resolve(frame);
+      }
+    }
+  }
+
+  // The first body frame (already received or still to come) that matches.
+  bodyFrame(match, what = 'body frame') {
+    const seen = this.bodyFrames.find(match);
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const waiter = { match, resolve };
+      waiter.timer = setTimeout(() => {
+        this.bodyWaiters.splice(this.bodyWaiters.indexOf(waiter), 1);
+        reject(new Error(`timed out waiting for ${what}; stderr: ${this.stderr}`));
+      }, FRAME_TIMEOUT_MS);
+      this.bodyWaiters.push(waiter);
+    });
+  }
+
+  // The response body of call `id`, once it ended (null if aborted).
+  async responseBody(id) {
+    const last = await this.bodyFrame((f) => f.id === id && f.stream === STREAM_RESPONSE && (f.kind === 'end' || f.kind === 'abort'), `the end of the body of ${id}`);
+    if (last.kind === 'abort') return null;
+    return Buffer.concat(this.bodyFrames.filter((f) => f.id === id && f.stream === STREAM_RESPONSE && f.kind === 'data').map((f) => f.bytes));
+  }
+
+  // Sends a request body within the credit the shim grants (1 MiB to
+  // begin with), then its end.
+  async sendBody(id, body) {
+    if (!this.requestCredit.has(id)) this.requestCredit.set(id, 1024 * 1024);
+    for (let offset = 0; offset < body.length; ) {
+      while (this.requestCredit.get(id) === 0) await new Promise((resolve) => (this.creditWake = resolve));
+      const n = Math.min(body.length - offset, 256 * 1024, this.requestCredit.get(id));
+      this.stream.write(encodeStreamFrame('data', id, STREAM_REQUEST, body.subarray(offset, offset + n)));
+      this.requestCredit.set(id, this.requestCredit.get(id) - n);
+      offset += n;
+    }
+    this.stream.write(encodeStreamFrame('end', id, STREAM_REQUEST));
   }
 
   #deliver(frame) {
@@ -113,15 +198,18 @@ class Shim {
 
   // Sends one invoke and resolves with its result/error frame plus the log
   // frames carrying its id.
-  async invoke(payload, id = this.nextId++) {
+  // A request's body follows its invoke.
+  async invoke(payload, id = this.nextId++, requestBody = null) {
     this.send({ type: 'invoke', id, deadline_ms: Date.now() + 10_000, ...payload });
+    if (payload.request) this.sendBody(id, requestBody ?? Buffer.alloc(0));
     const reply = await this.frame((f) => (f.type === 'result' || f.type === 'error') && f.id === id, `reply to ${id}`);
+    const body = reply.type === 'result' ? await this.responseBody(id) : null;
     const logs = this.frames.filter((f) => f.type === 'log' && f.id === id);
-    return { reply, logs, body: reply.type === 'result' ? Buffer.from(reply.body, 'base64') : null };
+    return { reply, logs, body };
   }
 
   request(request, id) {
-    return this.invoke({ request: httpRequest(request) }, id);
+    return this.invoke({ request: httpRequest(request) }, id, Buffer.from(request.body ?? ''));
   }
 
   event(event, id) {
@@ -142,8 +230,8 @@ class Shim {
   }
 }
 
-function httpRequest({ method = 'GET', path: p = '/', query = '', headers = [], body = '', host = 'demo.thaw.test', sourceIp = '203.0.113.7' } = {}) {
-  return { method, path: p, query, headers, body: Buffer.from(body).toString('base64'), source_ip: sourceIp, host };
+function httpRequest({ method = 'GET', path: p = '/', query = '', headers = [], host = 'demo.thaw.test', sourceIp = '203.0.113.7' } = {}) {
+  return { method, path: p, query, headers, source_ip: sourceIp, host };
 }
 
 // 2026-12-03T08:00:00.456Z: the milliseconds show whether a style keeps them.
@@ -559,7 +647,7 @@ after(() => fs.rmSync(root, { recursive: true, force: true }));
 test('sends a ready frame on start and exits when the host closes the stream', async () => {
   const shim = new Shim();
   const ready = await shim.ready();
-  assert.equal(ready.protocol, 1);
+  assert.equal(ready.protocol, 2);
   assert.match(ready.runtime, /^thaw-shim\/\d+\.\d+\.\d+$/);
   assert.equal(ready.node, process.version);
   assert.equal(ready.pid, shim.child.pid);
@@ -1614,16 +1702,17 @@ test('handles frames split across reads and several frames in one read', async (
   shim.stream.write(frames.subarray(3));
   const first = await shim.frame((f) => f.type === 'result' && f.id === 1);
   const second = await shim.frame((f) => f.type === 'result' && f.id === 2);
-  assert.equal(JSON.parse(Buffer.from(first.body, 'base64')).event.big.length, 200_000);
-  assert.equal(JSON.parse(Buffer.from(second.body, 'base64')).event, 'small');
+  assert.equal(JSON.parse(await shim.responseBody(first.id)).event.big.length, 200_000);
+  assert.equal(JSON.parse(await shim.responseBody(second.id)).event, 'small');
   await shim.stop();
 });
 
 test('exits with an error on a frame longer than 64 MiB', async () => {
   const shim = new Shim();
   await shim.ready();
-  const header = Buffer.alloc(4);
-  header.writeUInt32BE(64 * 1024 * 1024 + 1, 0);
+  const header = Buffer.alloc(5);
+  header.writeUInt32BE(64 * 1024 * 1024 + 2, 0);
+  header[4] = KIND.message;
   shim.stream.write(header);
   const exit = await shim.exited;
   assert.equal(exit.code, 1);

@@ -170,8 +170,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads until the buffer holds `want` bytes; `Closed` at a clean end.
     async fn fill(&mut self, want: usize) -> Result<(), ProtocolError> {
         while self.buf.len() < want {
+            // Room for what is missing, but never more than what arrived
+            // so far (or a read's worth): the buffer doubles as bytes come.
             let missing = want - self.buf.len();
-            self.buf.reserve(missing.clamp(READ_SIZE, MAX_CHUNK + 64));
+            self.buf
+                .reserve(missing.min(self.buf.len().max(READ_SIZE)).max(READ_SIZE));
             match self.inner.read_buf(&mut self.buf).await {
                 Ok(0) => return Err(ProtocolError::Closed),
                 Ok(_) => {}
@@ -188,8 +191,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next frame. A clean end of stream between frames is
     /// [`ProtocolError::Closed`].
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Frame<T>, ProtocolError> {
-        self.fill(5).await?;
+        self.fill(4).await?;
         let len = u32::from_be_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
+        // No kind allows this much: refused without waiting for a kind byte
+        // that a broken peer may never send.
+        if len > 1 + MAX_FRAME {
+            return Err(ProtocolError::FrameTooLarge(len - 1));
+        }
+        self.fill(5).await?;
         let kind = self.buf[4];
         if kind == PROTOCOL_1_FIRST_BYTE {
             return Err(self.protocol_1(len).await);
@@ -401,6 +410,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_length_no_kind_allows_is_refused_before_its_kind_byte() {
+        let prefix = u32::MAX.to_be_bytes();
+        let err = FrameReader::new(&prefix[..])
+            .next::<FromRuntime>()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProtocolError::FrameTooLarge(_)), "{err}");
+    }
+
+    #[tokio::test]
     async fn a_reserved_stream_number_is_a_violation() {
         let mut out = Vec::new();
         encode_end(&mut out, 1, Stream::Request);
@@ -425,7 +444,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ProtocolError::Closed), "{err}");
         assert!(
-            peer.widest_read <= 2 * (MAX_CHUNK + 64),
+            peer.widest_read <= 2 * READ_SIZE,
             "a read offered {} bytes of room",
             peer.widest_read
         );
