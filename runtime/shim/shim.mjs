@@ -1022,7 +1022,8 @@ async function sendResponse(id, { status, headers, body }, background, incoming)
   channel.write(head);
   setImmediate(() => channel.uncork());
   const source = bodySource(body);
-  out.onAbort = (reason) => source.cancel(reason);
+  // What the function does when told (a stream's cancel) is its call's.
+  out.onAbort = (reason) => invocationScope.run(id, () => source.cancel(reason));
   try {
     for (let chunk = await source.next(); chunk !== null; chunk = await source.next()) {
       if (chunk.length > 0 && !(await out.write(chunk))) break;

@@ -5,6 +5,7 @@
 // Run from the repository root with: node --test runtime/shim/
 
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -1717,4 +1718,138 @@ test('exits with an error on a frame longer than 64 MiB', async () => {
   const exit = await shim.exited;
   assert.equal(exit.code, 1);
   assert.match(shim.stderr, /64 MiB/);
+});
+
+// ---------------------------------------------------------------------------
+// Streamed bodies and their flow control.
+
+const streamingFixture = fixture('streaming', {
+  'index.mjs': `
+    import { createHash } from 'node:crypto';
+    const MIB = 1024 * 1024;
+    export default {
+      async fetch(request) {
+        const url = new URL(request.url);
+        if (url.pathname === '/three-mib') {
+          let i = 0;
+          const body = new ReadableStream({
+            pull(controller) {
+              if (i === 48) return controller.close();
+              controller.enqueue(new Uint8Array(64 * 1024).fill(i++));
+            },
+          });
+          return new Response(body, { headers: { 'content-type': 'application/octet-stream' } });
+        }
+        if (url.pathname === '/endless') {
+          let cancelled = false;
+          const body = new ReadableStream({
+            pull: (controller) => new Promise((r) => setTimeout(() => { if (!cancelled) controller.enqueue(new TextEncoder().encode('tick\\n')); r(); }, 5)),
+            cancel: (reason) => { cancelled = true; console.log('cancelled: ' + reason); },
+          });
+          return new Response(body);
+        }
+        if (url.pathname === '/hash') {
+          const hash = createHash('sha256');
+          let bytes = 0;
+          for await (const chunk of request.body) {
+            hash.update(chunk);
+            bytes += chunk.length;
+          }
+          return Response.json({ bytes, sha256: hash.digest('hex') });
+        }
+        return new Response('no route', { status: 404 });
+      },
+    };
+  `,
+});
+
+const lambdaStreamingFixture = fixture('lambda-streaming', {
+  'index.mjs': `
+    export const handler = awslambda.streamifyResponse(async (event, responseStream) => {
+      if (event.rawPath === '/bare') {
+        responseStream.setContentType('text/plain');
+        responseStream.write('no prelude');
+        responseStream.end();
+        return;
+      }
+      const stream = awslambda.HttpResponseStream.from(responseStream, {
+        statusCode: 207,
+        headers: { 'content-type': 'text/event-stream', 'x-streamed': 'yes' },
+        cookies: ['a=1'],
+      });
+      stream.write('data: one\\n\\n');
+      await new Promise((r) => setTimeout(r, 5));
+      stream.write(Buffer.from('data: two\\n\\n'));
+      stream.end();
+    });
+  `,
+});
+
+describe('streamed bodies', () => {
+  test("a ReadableStream body leaves within the host's credit, and the rest once more is granted", async () => {
+    const shim = new Shim();
+    await shim.initOk(streamingFixture, 'index.mjs');
+    shim.grantCredit = false;
+    const id = 1;
+    shim.send({ type: 'invoke', id, deadline_ms: Date.now() + 10_000, request: httpRequest({ path: '/three-mib' }) });
+    shim.sendBody(id, Buffer.alloc(0));
+    const head = await shim.frame((f) => f.type === 'result' && f.id === id, 'the head');
+    assert.equal(head.status, 200);
+    const sent = () => shim.bodyFrames.filter((f) => f.id === id && f.kind === 'data').reduce((n, f) => n + f.bytes.length, 0);
+    // The first window arrives; then nothing more until credit is granted.
+    while (sent() < 1024 * 1024) await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(sent(), 1024 * 1024, 'no byte past the first window without credit');
+    assert.ok(!shim.bodyFrames.some((f) => f.id === id && f.kind === 'end'));
+    shim.stream.write(encodeStreamFrame('credit', id, STREAM_RESPONSE, creditBytes(2 * 1024 * 1024)));
+    const body = await shim.responseBody(id);
+    assert.equal(body.length, 3 * 1024 * 1024);
+    for (let i = 0; i < 48; i++) assert.equal(body[i * 64 * 1024], i, `chunk ${i} in its place`);
+    await shim.stop();
+  });
+
+  test("the host's abort cancels the function's stream", async () => {
+    const shim = new Shim();
+    await shim.initOk(streamingFixture, 'index.mjs');
+    const id = 1;
+    shim.send({ type: 'invoke', id, deadline_ms: Date.now() + 10_000, request: httpRequest({ path: '/endless' }) });
+    shim.sendBody(id, Buffer.alloc(0));
+    await shim.bodyFrame((f) => f.id === id && f.kind === 'data', 'a first chunk');
+    shim.stream.write(encodeStreamFrame('abort', id, STREAM_RESPONSE, Buffer.from('the client went away')));
+    const line = await shim.frame((f) => f.type === 'log' && f.id === id && f.line.startsWith('cancelled'), 'the cancel');
+    assert.equal(line.line, 'cancelled: the client went away');
+    assert.ok(!shim.bodyFrames.some((f) => f.id === id && (f.kind === 'end' || f.kind === 'abort')), 'nothing ends a body the host stopped');
+    await shim.stop();
+  });
+
+  test('a fetch handler reads a request body larger than the window as it arrives', async () => {
+    const shim = new Shim();
+    await shim.initOk(streamingFixture, 'index.mjs');
+    const body = Buffer.alloc(5 * 1024 * 1024 + 3);
+    for (let i = 0; i < body.length; i++) body[i] = (i * 7) % 256;
+    const result = await shim.request({ method: 'POST', path: '/hash', body });
+    const answer = json(result);
+    assert.equal(answer.bytes, body.length);
+    assert.equal(answer.sha256, crypto.createHash('sha256').update(body).digest('hex'));
+    // It could only have come whole through credit the shim granted.
+    const granted = shim.bodyFrames.filter((f) => f.id === result.reply.id && f.kind === 'credit' && f.stream === STREAM_REQUEST);
+    assert.ok(granted.length > 0, 'credit was granted as the body was read');
+    await shim.stop();
+  });
+
+  test('Lambda streamifyResponse: the prelude is the head, what follows the body', async () => {
+    const shim = new Shim();
+    assert.equal((await shim.initOk(lambdaStreamingFixture, 'index.mjs')).style, 'lambda');
+    const result = await shim.request({ path: '/sse' });
+    assert.equal(result.reply.status, 207);
+    assert.deepEqual(header(result.reply, 'content-type'), ['text/event-stream']);
+    assert.deepEqual(header(result.reply, 'x-streamed'), ['yes']);
+    assert.deepEqual(header(result.reply, 'set-cookie'), ['a=1']);
+    assert.equal(result.body.toString('utf8'), 'data: one\n\ndata: two\n\n');
+    const bare = await shim.request({ path: '/bare' });
+    assert.equal(bare.reply.status, 200);
+    assert.deepEqual(header(bare.reply, 'content-type'), ['text/plain']);
+    assert.equal(bare.body.toString('utf8'), 'no prelude');
+    await shim.stop();
+  });
 });
