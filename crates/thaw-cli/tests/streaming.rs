@@ -542,3 +542,35 @@ export default {
     again.read_exact(&mut first).unwrap();
     assert_eq!(&first, b"first\n");
 }
+
+#[test]
+fn a_client_that_gives_up_before_the_answer_does_not_hold_the_instance_for_good() {
+    let p = Platform::start();
+    let slow = r#"
+export default {
+  async fetch(request) {
+    if (new URL(request.url).pathname === "/slow") await new Promise((r) => setTimeout(r, 1500));
+    return new Response(`pid ${process.pid}`);
+  },
+};"#;
+    let dir = function_dir(&[("index.mjs", slow), ("thaw.toml", ONE_AT_A_TIME)]);
+    p.deploy(dir.path(), "slow");
+    let first = http()
+        .get(p.url("slow", "/"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    // The client gives up long before the function answers.
+    let gave_up = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap()
+        .get(p.url("slow", "/slow"))
+        .send();
+    assert!(gave_up.is_err(), "{gave_up:?}");
+    let next = http().get(p.url("slow", "/")).send().unwrap();
+    assert_eq!(next.status(), 200);
+    assert_eq!(next.headers()["x-thaw-start"], "warm");
+    assert_eq!(next.text().unwrap(), first, "the same runtime");
+}

@@ -390,49 +390,26 @@ impl Scheduler {
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_millis() as u64)
             .unwrap_or(u64::MAX);
-        let call = instance.invoke(id, deadline_ms, payload, body);
-        let result = match tokio::time::timeout(spec.timeout, call).await {
-            Err(_) => {
-                let logs = instance.abandon(id);
-                instance.kill();
-                Err(InvokeError::Timeout {
-                    timeout: spec.timeout,
-                    logs,
-                })
-            }
-            Ok((Ok(mut outcome), logs)) => {
-                // A body still coming keeps the call's slot until it ends.
-                let streaming = match &mut outcome {
-                    InvokeOutcome::Reply(reply) => reply
-                        .body
-                        .occupancy()
-                        .and_then(|mut o| (!o.is_over()).then_some(o)),
-                    InvokeOutcome::HandlerError { .. } => None,
-                };
-                let inv = Invocation {
-                    id,
-                    outcome,
-                    logs,
-                    cold,
-                    pid: instance.pid(),
-                };
-                if let Some(occupancy) = streaming {
-                    let deadline = started + spec.timeout;
-                    self.hold_while_streaming(key, instance, occupancy, deadline, spec.timeout);
-                    return Ok(inv);
-                }
-                Ok(inv)
-            }
-            Ok((Err(e), logs)) => Err(InvokeError::Crashed {
-                reason: match e {
-                    SandboxError::Crashed(reason) => reason,
-                    other => other.to_string(),
-                },
-                logs,
-            }),
+        // The call runs to its answer in a task of its own: a caller that
+        // goes away before it (a client that gave up) leaves it to finish,
+        // and its slot is given back once the runtime is done with it
+        // rather than never.
+        let call = Call {
+            pools: self.pools.clone(),
+            key,
+            instance,
+            id,
+            cold,
+            timeout: spec.timeout,
+            started,
         };
-        self.release(&key, &instance);
-        result
+        match tokio::spawn(call.run(deadline_ms, payload, body)).await {
+            Ok(result) => result,
+            Err(e) => Err(InvokeError::Crashed {
+                reason: format!("the call failed inside thaw: {e}"),
+                logs: Vec::new(),
+            }),
+        }
     }
 
     /// [`Scheduler::invoke`] with the response body read whole (at most
@@ -502,28 +479,6 @@ impl Scheduler {
             cold: inv.cold,
             pid: inv.pid,
         })
-    }
-
-    /// Keeps a call's slot until its runtime is done with the response
-    /// body, and kills a runtime still sending at the call's deadline.
-    fn hold_while_streaming(
-        &self,
-        key: PoolKey,
-        instance: Instance,
-        occupancy: thaw_sandbox::BodyOccupancy,
-        deadline: tokio::time::Instant,
-        timeout: Duration,
-    ) {
-        let pools = self.pools.clone();
-        tokio::spawn(async move {
-            if tokio::time::timeout_at(deadline, occupancy).await.is_err() {
-                instance.kill_because(&format!(
-                    "the function did not finish its response within its timeout of {}s",
-                    timeout.as_secs_f64()
-                ));
-            }
-            release(&pools, &key, &instance);
-        });
     }
 
     /// Starts one instance of `spec` and leaves it idle in its pool. Used
@@ -942,9 +897,88 @@ impl Scheduler {
             }
         }
     }
+}
 
-    fn release(&self, key: &PoolKey, instance: &Instance) {
-        release(&self.pools, key, instance);
+/// One call on the instance it was given, from its `invoke` until its
+/// slot is given back.
+struct Call {
+    pools: Arc<Mutex<HashMap<PoolKey, Pool>>>,
+    key: PoolKey,
+    instance: Instance,
+    id: u64,
+    cold: bool,
+    timeout: Duration,
+    started: tokio::time::Instant,
+}
+
+impl Call {
+    /// Runs the call until the head of its answer; its slot is given back
+    /// then, or once the response body has all gone when it streams.
+    async fn run(
+        self,
+        deadline_ms: u64,
+        payload: Payload,
+        body: RequestBody,
+    ) -> Result<Invocation, InvokeError> {
+        let Call { id, cold, .. } = self;
+        let instance = &self.instance;
+        let call = instance.invoke(id, deadline_ms, payload, body);
+        let result = match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => {
+                let logs = instance.abandon(id);
+                instance.kill();
+                Err(InvokeError::Timeout {
+                    timeout: self.timeout,
+                    logs,
+                })
+            }
+            Ok((Ok(mut outcome), logs)) => {
+                // A body still coming keeps the call's slot until it ends.
+                let streaming = match &mut outcome {
+                    InvokeOutcome::Reply(reply) => reply
+                        .body
+                        .occupancy()
+                        .and_then(|mut o| (!o.is_over()).then_some(o)),
+                    InvokeOutcome::HandlerError { .. } => None,
+                };
+                let inv = Invocation {
+                    id,
+                    outcome,
+                    logs,
+                    cold,
+                    pid: instance.pid(),
+                };
+                if let Some(occupancy) = streaming {
+                    self.hold_while_streaming(occupancy);
+                    return Ok(inv);
+                }
+                Ok(inv)
+            }
+            Ok((Err(e), logs)) => Err(InvokeError::Crashed {
+                reason: match e {
+                    SandboxError::Crashed(reason) => reason,
+                    other => other.to_string(),
+                },
+                logs,
+            }),
+        };
+        release(&self.pools, &self.key, &self.instance);
+        result
+    }
+
+    /// Keeps the slot until the runtime is done with the response body,
+    /// and kills a runtime still sending at the call's deadline.
+    fn hold_while_streaming(self, occupancy: thaw_sandbox::BodyOccupancy) {
+        tokio::spawn(async move {
+            let deadline = self.started + self.timeout;
+            if tokio::time::timeout_at(deadline, occupancy).await.is_err() {
+                self.instance.kill_because(&format!(
+                    "the function did not finish its response within its timeout of {}s",
+                    self.timeout.as_secs_f64()
+                ));
+            }
+            release(&self.pools, &self.key, &self.instance);
+        });
     }
 }
 

@@ -1391,3 +1391,26 @@ async fn a_buffered_call_refuses_a_body_cut_short_as_a_handler_error() {
         other => panic!("expected a handler error, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_caller_that_goes_away_before_the_answer_gives_the_slot_back_when_it_comes() {
+    let (driver, scheduler) = setup();
+    let f = FunctionSpec {
+        max_instances: 1,
+        ..spec("a", "f", 1)
+    };
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        scheduler.invoke(&f, sleeping(300), RequestBody::Empty),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the caller stopped waiting");
+    // The call runs on; the next one gets the instance after it, warm.
+    let next = scheduler
+        .invoke_buffered(&f, sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
+    assert!(!next.cold);
+    assert_eq!(driver.starts(), 1);
+    assert_eq!(driver.kills(), 0);
+}
