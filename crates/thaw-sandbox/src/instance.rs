@@ -802,6 +802,13 @@ impl Shared {
         Ok(())
     }
 
+    /// The response body of call `id`, no longer the read loop's. Taken out
+    /// of the map before it is dropped: what runs when a body is done
+    /// ([`ResponseBody::when_done`]) never runs under the map's lock.
+    fn take_download(&self, id: u64) -> Option<body::Download> {
+        self.downloads.lock().unwrap().remove(&id)
+    }
+
     /// Ends every response body still coming, with `why`.
     fn abort_downloads(&self, why: &str) {
         let downloads: Vec<body::Download> = self
@@ -812,14 +819,14 @@ impl Shared {
             .map(|(_, d)| d)
             .collect();
         for download in downloads {
-            let _ = download.tx.send(body::Chunk::Abort(why.to_string()));
+            download.finish(body::Chunk::Abort(why.to_string()));
         }
     }
 
     /// Gives up on a call's bodies: the runtime is told to stop sending
     /// the response (`why`), and thaw stops sending the request.
     fn cancel_call(&self, id: u64, why: &str) {
-        let streaming = self.downloads.lock().unwrap().remove(&id).is_some();
+        let streaming = self.take_download(id).is_some();
         if let Some(up) = self.uploads.lock().unwrap().remove(&id) {
             up.stop();
         }
@@ -990,8 +997,8 @@ impl Shared {
                 self.check_id(id, "an error")?;
                 self.note_background(id, background);
                 // A failure after the head cuts the body short.
-                if let Some(d) = self.downloads.lock().unwrap().remove(&id) {
-                    let _ = d.tx.send(body::Chunk::Abort(format!(
+                if let Some(d) = self.take_download(id) {
+                    d.finish(body::Chunk::Abort(format!(
                         "{}: {message}",
                         name.as_deref().unwrap_or("Error")
                     )));
@@ -1048,9 +1055,9 @@ impl Shared {
             Frame::End {
                 call,
                 stream: Stream::Response,
-            } => match self.downloads.lock().unwrap().remove(&call) {
+            } => match self.take_download(call) {
                 Some(download) => {
-                    let _ = download.tx.send(body::Chunk::End);
+                    download.finish(body::Chunk::End);
                     Ok(())
                 }
                 None => self.late_body_frame(call, "the end of a response body"),
@@ -1060,8 +1067,8 @@ impl Shared {
                 stream: Stream::Response,
                 reason,
             } => {
-                if let Some(download) = self.downloads.lock().unwrap().remove(&call) {
-                    let _ = download.tx.send(body::Chunk::Abort(reason));
+                if let Some(download) = self.take_download(call) {
+                    download.finish(body::Chunk::Abort(reason));
                     return Ok(());
                 }
                 self.late_body_frame(call, "the abort of a response body")

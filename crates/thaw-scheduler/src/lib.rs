@@ -932,24 +932,17 @@ impl Call {
                     logs,
                 })
             }
-            Ok((Ok(mut outcome), logs)) => {
-                // A body still coming keeps the call's slot until it ends.
-                let streaming = match &mut outcome {
-                    InvokeOutcome::Reply(reply) => reply
-                        .body
-                        .occupancy()
-                        .and_then(|mut o| (!o.is_over()).then_some(o)),
-                    InvokeOutcome::HandlerError { .. } => None,
-                };
-                let inv = Invocation {
+            Ok((Ok(outcome), logs)) => {
+                let mut inv = Invocation {
                     id,
                     outcome,
                     logs,
                     cold,
                     pid: instance.pid(),
                 };
-                if let Some(occupancy) = streaming {
-                    self.hold_while_streaming(occupancy);
+                // An answer gives its slot back with the end of its body.
+                if let InvokeOutcome::Reply(reply) = &mut inv.outcome {
+                    self.release_when_done(&mut reply.body);
                     return Ok(inv);
                 }
                 Ok(inv)
@@ -966,18 +959,29 @@ impl Call {
         result
     }
 
-    /// Keeps the slot until the runtime is done with the response body,
-    /// and kills a runtime still sending at the call's deadline.
-    fn hold_while_streaming(self, occupancy: thaw_sandbox::BodyOccupancy) {
+    /// Gives the slot back once the runtime is done with the response
+    /// body (at once when it is already), and kills a runtime still
+    /// sending it at the call's deadline.
+    fn release_when_done(&self, body: &mut ResponseBody) {
+        let (pools, key, instance) = (self.pools.clone(), self.key.clone(), self.instance.clone());
+        if body.when_done(move || release(&pools, &key, &instance)) {
+            return;
+        }
+        let Some(occupancy) = body.occupancy() else {
+            return;
+        };
+        let (instance, deadline, timeout) = (
+            self.instance.clone(),
+            self.started + self.timeout,
+            self.timeout,
+        );
         tokio::spawn(async move {
-            let deadline = self.started + self.timeout;
             if tokio::time::timeout_at(deadline, occupancy).await.is_err() {
-                self.instance.kill_because(&format!(
+                instance.kill_because(&format!(
                     "the function did not finish its response within its timeout of {}s",
-                    self.timeout.as_secs_f64()
+                    timeout.as_secs_f64()
                 ));
             }
-            release(&self.pools, &self.key, &self.instance);
         });
     }
 }

@@ -1414,3 +1414,33 @@ async fn a_caller_that_goes_away_before_the_answer_gives_the_slot_back_when_it_c
     assert_eq!(driver.starts(), 1);
     assert_eq!(driver.kills(), 0);
 }
+
+// Several threads, as thaw runs: the read loop, the call and its reader
+// may each be on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slot_is_free_by_the_time_a_body_is_read_to_its_end() {
+    let (_driver, scheduler) = setup();
+    let f = FunctionSpec {
+        max_instances: 1,
+        ..spec("a", "f", 1)
+    };
+    // Bodies that come with their head, and one that comes later.
+    for event in [
+        serde_json::json!({}),
+        serde_json::json!({ "body_after_ms": 5 }),
+    ] {
+        for _ in 0..100 {
+            let call = scheduler
+                .invoke(&f, Payload::Event(event.clone()), RequestBody::Empty)
+                .await
+                .unwrap();
+            let mut body = body_of(call);
+            while let Some(chunk) = body.chunk().await {
+                chunk.unwrap();
+            }
+            // Nothing between the body's end and this look: a client's
+            // next call would find the instance free.
+            assert_eq!(scheduler.busy_instances(), 0, "{event}");
+        }
+    }
+}

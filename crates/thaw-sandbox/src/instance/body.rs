@@ -76,9 +76,40 @@ pub(super) struct Download {
     /// aborted, or the consumer went away): the call no longer occupies
     /// the instance.
     pub _occupied: oneshot::Sender<()>,
+    /// What runs at that moment.
+    pub done: Arc<Mutex<Done>>,
+}
+
+/// Whether the runtime is done with a body, and what to run when it is.
+#[derive(Default)]
+pub(super) struct Done {
+    over: bool,
+    then: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        let then = {
+            let mut done = self.done.lock().unwrap();
+            done.over = true;
+            done.then.take()
+        };
+        if let Some(then) = then {
+            then();
+        }
+    }
 }
 
 impl Download {
+    /// Ends the body with `last` (its end, or why it was cut short). The
+    /// runtime is done with it before the consumer can see that: whatever
+    /// waits for that ([`ResponseBody::when_done`]) has run by then.
+    pub fn finish(self, last: Chunk) {
+        let tx = self.tx.clone();
+        drop(self);
+        let _ = tx.send(last);
+    }
+
     /// Takes one chunk from the runtime; `Err` says how it broke the
     /// flow control.
     pub fn take(&mut self, call: u64, bytes: Bytes) -> Result<(), String> {
@@ -105,6 +136,7 @@ pub struct ResponseBody {
     consumed: u64,
     finished: bool,
     occupied: Option<oneshot::Receiver<()>>,
+    done: Arc<Mutex<Done>>,
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -142,12 +174,14 @@ impl ResponseBody {
         let (tx, rx) = mpsc::unbounded_channel();
         let (occupied_tx, occupied_rx) = oneshot::channel();
         let granted = Arc::new(AtomicU64::new(u64::from(WINDOW)));
+        let done = Arc::new(Mutex::new(Done::default()));
         (
             Download {
                 tx,
                 granted: granted.clone(),
                 received: 0,
                 _occupied: occupied_tx,
+                done: done.clone(),
             },
             ResponseBody {
                 id,
@@ -157,6 +191,7 @@ impl ResponseBody {
                 consumed: 0,
                 finished: false,
                 occupied: Some(occupied_rx),
+                done,
             },
         )
     }
@@ -177,6 +212,25 @@ impl ResponseBody {
     /// then the call occupies its instance. Taken once.
     pub fn occupancy(&mut self) -> Option<BodyOccupancy> {
         self.occupied.take().map(BodyOccupancy)
+    }
+
+    /// Runs `then` once the runtime is done with this body (as
+    /// [`ResponseBody::occupancy`] resolves), in the same step as what
+    /// ends it, so that nothing can see the call still holding its
+    /// instance after the body's last byte went out. Runs it at once, and
+    /// returns `true`, if the runtime is done already.
+    ///
+    /// `then` runs on the runtime's read loop, or wherever the body is
+    /// dropped: it must be quick and must not wait.
+    pub fn when_done(&self, then: impl FnOnce() + Send + 'static) -> bool {
+        let mut done = self.done.lock().unwrap();
+        if done.over {
+            drop(done);
+            then();
+            return true;
+        }
+        done.then = Some(Box::new(then));
+        false
     }
 
     /// The next chunk; `None` once the body ended normally.
