@@ -490,7 +490,8 @@ pub struct Usage {
 pub struct PlatformView {
     /// thaw's version.
     pub version: String,
-    /// Hosts serving this registry: one today.
+    /// Workers serving this registry: 1 for a thaw on its own, the live
+    /// workers when several share a PostgreSQL registry.
     pub hosts: u32,
     /// The platform's driver and how it runs (`process`, `microvm, kvm`).
     pub driver: String,
@@ -506,6 +507,27 @@ pub struct PlatformView {
     /// The last `thaw bench` report run on this host, if one was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bench: Option<BenchReport>,
+    /// With a shared registry: the id of the worker that answered (whose
+    /// figures these are), and every live worker (docs/cluster.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<WorkerView>,
+}
+
+/// A worker sharing the registry, as its lease last said.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerView {
+    pub id: String,
+    /// Where the other workers reach it.
+    pub address: String,
+    /// Instances it runs that cannot give way (serving calls or starting),
+    /// and the most it may run.
+    pub busy: u32,
+    pub capacity: u32,
+    pub started_ms: i64,
+    /// Its lease runs to here; it renews it every second.
+    pub lease_until_ms: i64,
 }
 
 /// `GET /readyz`: whether this host is ready for traffic, and if not what

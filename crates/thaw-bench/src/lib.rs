@@ -22,6 +22,7 @@
 
 mod breakdown;
 mod chart;
+mod cluster;
 mod error;
 mod http;
 mod load;
@@ -57,6 +58,7 @@ pub const SKIPPABLE: &[&str] = &[
     "breakdown",
     "streaming",
     "tenants",
+    "cluster",
     "microvm",
 ];
 
@@ -282,6 +284,24 @@ pub fn run(options: &Options) -> Result<Written> {
         }
         t
     };
+    // Two workers sharing a scratch PostgreSQL server, on their own.
+    let cluster = if options.skips("cluster") {
+        let why = if options.only_microvm {
+            "--only microvm"
+        } else {
+            "--skip cluster"
+        };
+        Figure::Skipped(why.into())
+    } else if let Some(why) = cluster::unavailable() {
+        progress(&format!("cluster: not measured: {why}"));
+        Figure::Skipped(why)
+    } else {
+        let c = Figure::from_result(cluster::measure(&options.thaw_exe, &options.node, &plan, n));
+        if let Some(why) = c.failure() {
+            progress(&format!("cluster: failed: {why}"));
+        }
+        c
+    };
     // Last, so that the VMs' CPU (all of a core each under TCG) disturbs
     // no other figure.
     let microvm = if options.skips("microvm") {
@@ -315,6 +335,7 @@ pub fn run(options: &Options) -> Result<Written> {
         memory: measured.memory,
         microvm,
         tenants,
+        cluster,
         pool_metrics: measured.pool_metrics,
         elapsed: started.elapsed(),
     };
@@ -341,6 +362,9 @@ pub fn run(options: &Options) -> Result<Written> {
             progress(&format!("tenants: failed: {why}"));
             failed.push(format!("tenants section: {why}"));
         }
+    }
+    if let Some(why) = report.cluster.failure() {
+        failed.push(format!("cluster section: {why}"));
     }
     if let Some(why) = report.microvm.failure() {
         failed.push(format!("microVM section: {why}"));

@@ -3,7 +3,8 @@
 
 use crate::load::Warm;
 use crate::results::{
-    Breakdown, Cold, Figure, Memory, Microvm, PoolTakes, Report, Role, SystemResult, Tenants,
+    Breakdown, Cluster, Cold, Figure, Memory, Microvm, PoolTakes, Report, Role, SystemResult,
+    Tenants,
 };
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -113,6 +114,7 @@ pub fn markdown(r: &Report, chart_file: Option<&str>) -> String {
         streaming(w, r);
         memory(w, r);
         tenants(w, r);
+        cluster(w, r);
     }
     microvm(w, r);
     machine(w, r);
@@ -762,6 +764,71 @@ fn tenants(w: &mut String, r: &Report) {
     }
 }
 
+/// The title of the cluster section, which the tests look for.
+pub const CLUSTER_TITLE: &str = "Many hosts: the forwarding hop and warm hits";
+
+fn cluster(w: &mut String, r: &Report) {
+    let Some(c) = heading(w, CLUSTER_TITLE, &r.cluster) else {
+        return;
+    };
+    let Cluster {
+        home,
+        forwarded,
+        functions,
+        rounds,
+        calls,
+        warm,
+        away_from_home,
+    } = c;
+    let _ = writeln!(
+        w,
+        "Two `thaw up` workers share one PostgreSQL registry (a scratch server the bench starts from the \
+         host's packages), both on this machine's loopback (docs/cluster.md). Each function has a home \
+         worker; a call landing on the other one is forwarded there over a kept-alive connection. The \
+         hello-world Lambda handler is called by one client through its home and through the other \
+         worker in turn (one call each, back to back, each on its keep-alive connection: latency), then by \
+         several clients through each for throughput, as the warm rows above are measured. Between \
+         hosts, add the network's round trip to the hop.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| the call lands on | p50 | p99 | requests/s ({} clients) | failed calls |",
+        home.connections
+    );
+    let _ = writeln!(w, "| --- | ---: | ---: | ---: | ---: |");
+    for (what, m) in [
+        ("the function's home", home),
+        ("the other worker, which forwards it", forwarded),
+    ] {
+        let _ = writeln!(
+            w,
+            "| {what} | {} | {} | {:.0} | {} |",
+            human(m.latency.p50),
+            human(m.latency.p99),
+            m.rps,
+            m.errors
+        );
+    }
+    let secs = |d: Duration| d.as_secs_f64();
+    let _ = writeln!(
+        w,
+        "| forwarded ÷ home | {} | {} | {} | |\n",
+        ratio(secs(forwarded.latency.p50), secs(home.latency.p50)),
+        ratio(secs(forwarded.latency.p99), secs(home.latency.p99)),
+        ratio(forwarded.rps, home.rps)
+    );
+    let _ = writeln!(
+        w,
+        "The hop costs {} at p50 ({} at p99). Then {functions} functions, deployed through both workers, \
+         were called once each and {rounds} more rounds through the two workers in turn: {warm} of those \
+         {calls} calls found a warm instance (warm hit ratio {:.4}), and {away_from_home} were served by \
+         another worker than the first call's.\n",
+        signed(forwarded.latency.p50, home.latency.p50),
+        signed(forwarded.latency.p99, home.latency.p99),
+        c.warm_ratio()
+    );
+}
+
 /// PSS figures of processes of one kind, in bytes.
 struct Spread {
     count: usize,
@@ -1076,6 +1143,7 @@ mod tests {
             memory,
             microvm,
             tenants: Figure::Skipped("--only microvm".into()),
+            cluster: Figure::Skipped("--only microvm".into()),
             pool_metrics: Vec::new(),
             elapsed: Duration::from_secs(60),
         }
@@ -1205,6 +1273,67 @@ mod tests {
                 polls: 20,
             },
         }
+    }
+
+    fn warm_of(p50_us: u64, p99_us: u64, rps: f64) -> Warm {
+        let samples: Vec<Duration> = [p50_us; 98]
+            .into_iter()
+            .chain([p99_us, p99_us])
+            .map(Duration::from_micros)
+            .collect();
+        Warm {
+            latency: Summary::of(&samples).unwrap(),
+            rps,
+            connections: 4,
+            errors: 0,
+        }
+    }
+
+    #[test]
+    fn the_cluster_section_sets_forwarded_beside_home() {
+        let mut r = microvm_only(Figure::Skipped("--skip microvm".into()), Vec::new());
+        r.cluster = Figure::Measured(Cluster {
+            home: warm_of(300, 900, 5000.0),
+            forwarded: warm_of(450, 1800, 4000.0),
+            functions: 50,
+            rounds: 5,
+            calls: 250,
+            warm: 249,
+            away_from_home: 1,
+        });
+        let mut md = String::new();
+        super::cluster(&mut md, &r);
+        assert!(md.starts_with(&format!("## {CLUSTER_TITLE}\n")), "{md}");
+        assert!(
+            md.contains("| the function's home | 300 µs | 900 µs | 5000 | 0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| the other worker, which forwards it | 450 µs | 1.80 ms | 4000 | 0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| forwarded ÷ home | 1.50× | 2.00× | 0.80× | |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("The hop costs +150 µs at p50 (+900 µs at p99)"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "249 of those 250 calls found a warm instance (warm hit ratio 0.9960), and 1 were"
+            ),
+            "{md}"
+        );
+
+        r.cluster = Figure::Skipped("no PostgreSQL server in /usr/lib/postgresql".into());
+        let mut md = String::new();
+        super::cluster(&mut md, &r);
+        assert!(
+            md.contains("Not measured (skipped: no PostgreSQL server"),
+            "{md}"
+        );
     }
 
     #[test]

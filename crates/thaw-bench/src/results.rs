@@ -302,6 +302,31 @@ impl StreamRow {
     }
 }
 
+/// Two workers sharing a PostgreSQL registry: one function called through
+/// its home and through the other worker, which forwards the call; and
+/// many functions called through both workers in turn.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Calls landing on the function's home worker.
+    pub home: Warm,
+    /// Calls landing on the other worker, forwarded to the home.
+    pub forwarded: Warm,
+    /// Functions of the warm-hit phase, and its rounds after the first.
+    pub functions: usize,
+    pub rounds: usize,
+    /// Calls of those rounds, those that found a warm instance, and those
+    /// served by another worker than the one that served the first call.
+    pub calls: u64,
+    pub warm: u64,
+    pub away_from_home: u64,
+}
+
+impl Cluster {
+    pub fn warm_ratio(&self) -> f64 {
+        self.warm as f64 / (self.calls as f64).max(1.0)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Report {
     pub command_line: String,
@@ -320,6 +345,8 @@ pub struct Report {
     pub microvm: Figure<Microvm>,
     /// Namespace limits under a noisy neighbour.
     pub tenants: Figure<Tenants>,
+    /// Two workers sharing PostgreSQL: the forwarding hop and warm hits.
+    pub cluster: Figure<Cluster>,
     /// `thaw_pool_*` and `thaw_runtime_*` lines of `/metrics` at the end.
     pub pool_metrics: Vec<String>,
     pub elapsed: Duration,

@@ -83,6 +83,16 @@ pub struct Platform {
 impl Platform {
     /// Starts `thaw up`, with `extra` flags after the bench's own.
     pub fn start(thaw_exe: &Path, node: &Path, extra: &[&str]) -> Result<Platform> {
+        Platform::start_with_env(thaw_exe, node, extra, &[])
+    }
+
+    /// Starts `thaw up` with `extra` flags and environment variables `env`.
+    pub fn start_with_env(
+        thaw_exe: &Path,
+        node: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Platform> {
         let data = Scratch::new("thaw-bench-data")?;
         let mut cmd = Command::new(thaw_exe);
         cmd.args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -96,6 +106,9 @@ impl Platform {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let mut up = Guarded::spawn(&mut cmd, "thaw up")?;
         let stderr = up.child().stderr.take().expect("stderr is piped");
         let log = Arc::new(Mutex::new(VecDeque::new()));

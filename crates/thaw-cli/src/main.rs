@@ -676,6 +676,10 @@ throughput >= 80 % of it.\n\n\
 The tenants section makes two namespaces through the API, `noisy` with max_instances = 2 and `quiet`, \
 and measures quiet's warm latency and throughput alone and while 16 clients call noisy back to back, \
 counting noisy's 200s and 429 namespace_limit.\n\n\
+The cluster section starts a scratch PostgreSQL server (Debian's postgresql package; skipped when \
+it is not installed) and two workers sharing it, and reports a warm call landing on its function's \
+home against one landing on the other worker and forwarded, and the warm hit ratio of calls spread \
+over both.\n\n\
 The microVM section (last, as its VMs take a core each) boots --microvm-boots VMs from scratch \
 and restores --microvm-restores from a template, each to the answer to its first call, and reports \
 boot / restore (the goal: at least 10x), then the PSS of --microvm-vms idle restored VMs. It drives \
@@ -705,7 +709,7 @@ Never trust one run on a busy machine: the figures are only as quiet as the host
         /// The markdown report; the chart is written beside it with the .svg extension.
         #[arg(long, default_value = "docs/benchmarks.md")]
         out: PathBuf,
-        /// Leave out some of: thaw-fetch, thaw-unjailed, naive, workerd, deno, breakdown, streaming, tenants, microvm (comma-separated).
+        /// Leave out some of: thaw-fetch, thaw-unjailed, naive, workerd, deno, breakdown, streaming, tenants, cluster, microvm (comma-separated).
         #[arg(long, value_delimiter = ',', value_name = "LIST")]
         skip: Vec<String>,
         /// Run one section alone: `microvm` (no `thaw up`, no peers).

@@ -200,6 +200,18 @@ fn quick_bench_writes_a_row_of_figures_per_system() {
         assert!(r[3].ends_with(" MiB/s"), "{r:?}");
     }
 
+    // Two workers sharing a scratch PostgreSQL server (installed by
+    // `cargo xtask setup`): both landings measured without a failed call,
+    // and every call of the rounds answered.
+    let cluster = section(&md, "Many hosts: the forwarding hop and warm hits");
+    for landing in ["the function's home", "the other worker, which forwards it"] {
+        let l = row(cluster, landing);
+        assert!(l[1..3].iter().all(|x| is_duration(x)), "{l:?}");
+        assert!(l[3].parse::<f64>().unwrap() > 0.0, "{l:?}");
+        assert_eq!(l[4], "0", "failed calls landing on {landing}: {l:?}");
+    }
+    assert!(cluster.contains("warm hit ratio"), "{cluster}");
+
     let memory = section(&md, "Idle memory (PSS)");
     assert!(
         memory.contains("| thaw: idle function instances"),

@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::{function_dir, http, Platform, TEST_SECRETS_KEY};
+use common::{function_dir, http, until, Platform, TEST_SECRETS_KEY};
 use reqwest::Method;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A worker on `data_dir` whose registry is the database at `url`.
 fn worker(data_dir: &Path, url: &str) -> Platform {
@@ -25,19 +25,6 @@ fn body(url: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().unwrap())
 }
 
-/// How long until `check` holds (polled), failing past `secs`.
-fn until(secs: u64, what: &str, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !check() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "never happened: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
-}
-
 fn answering(text: &str) -> tempfile::TempDir {
     function_dir(&[(
         "index.mjs",
@@ -52,6 +39,37 @@ fn a_change_through_one_worker_is_served_by_the_others() {
     let a = worker(da.path(), &url);
     let b = worker(db.path(), &url);
     assert_eq!(a.token(), b.token(), "the workers share one admin token");
+
+    // Each lists both workers, and says which one it is.
+    let platform = |p: &Platform| -> serde_json::Value {
+        p.api(Method::GET, "/v1/platform")
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    until(5, "each worker sees the other", || {
+        [&a, &b].iter().all(|p| platform(p)["hosts"] == 2)
+    });
+    let (va, vb) = (platform(&a), platform(&b));
+    assert_ne!(va["worker"], vb["worker"]);
+    let ids = |v: &serde_json::Value| -> std::collections::BTreeSet<String> {
+        v["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&va), ids(&vb));
+    assert!(ids(&va).contains(va["worker"].as_str().unwrap()), "{va}");
+    let me = va["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == va["worker"])
+        .unwrap();
+    assert_eq!(me["address"].as_str().unwrap(), a.server, "{me}");
 
     // Deployed through A, with TypeScript B has never built: B fetches the
     // archive from the database and builds it.

@@ -26,7 +26,7 @@
 use crate::errors::ApiError;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::Full;
 use sha2::{Digest, Sha256};
@@ -67,6 +67,9 @@ pub struct Cluster {
     serving: AtomicBool,
     /// Set once this worker stops: it serves no more and renews nothing.
     left: AtomicBool,
+    /// Held while the lease is being renewed, so that giving it up waits
+    /// for a renewal under way instead of being undone by it.
+    pub(crate) renewing: tokio::sync::Mutex<()>,
     client: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
         Full<Bytes>,
@@ -144,8 +147,10 @@ impl Cluster {
             token,
             members: RwLock::new(Vec::new()),
             suspects: Mutex::new(HashMap::new()),
-            serving: AtomicBool::new(true),
+            // Not until the first lease is written (`join_cluster`).
+            serving: AtomicBool::new(false),
             left: AtomicBool::new(false),
+            renewing: tokio::sync::Mutex::new(()),
             client,
             forwarded: AtomicU64::new(0),
             spilled: AtomicU64::new(0),
@@ -177,7 +182,7 @@ impl Cluster {
         }
         if self.serving.swap(serving, Ordering::AcqRel) != serving {
             if serving {
-                tracing::info!("this worker holds its lease again: serving calls");
+                tracing::info!("this worker holds its lease: serving calls");
             } else {
                 tracing::error!(
                     "this worker could not renew its lease in the registry: it stops serving calls until it can"
@@ -254,6 +259,7 @@ impl Cluster {
     pub async fn land(
         &self,
         mut request: Request<Body>,
+        peer: IpAddr,
         body_limit: usize,
     ) -> Result<Landing, ApiError> {
         let from_worker = self.sent_by_a_worker(request.headers());
@@ -268,11 +274,15 @@ impl Cluster {
             request.headers_mut().remove(h);
         }
         if !self.serving() {
-            return Err(ApiError::new(
+            // Refused without running: a forwarding worker tries the next.
+            let mut refusal = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_serving",
                 "this worker lost its lease in the registry and serves no calls until it renews it: try another worker",
-            ));
+            )
+            .into_response();
+            mark_refused(&mut refusal);
+            return Ok(Landing::Answered(refusal));
         }
         if from_worker {
             if let Some(ip) = client_ip {
@@ -293,7 +303,8 @@ impl Cluster {
             self.served_here.fetch_add(1, Ordering::Relaxed);
             return Ok(Landing::Here(request));
         }
-        let peer_ip = request.extensions().get::<ClientIp>().map(|c| c.0);
+        // The function sees its caller's address, not this worker's.
+        let peer_ip = Some(peer);
         let (parts, body) = request.into_parts();
         let body = axum::body::to_bytes(body, body_limit).await.map_err(|_| {
             ApiError::new(
@@ -433,7 +444,6 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
             | "transfer-encoding"
             | "upgrade"
             | "content-length"
-            | "host"
     )
 }
 

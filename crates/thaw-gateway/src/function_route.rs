@@ -59,7 +59,10 @@ pub async fn call(
     // With workers sharing a registry, the call may belong elsewhere
     // (`cluster.rs`).
     let request = match p.cluster() {
-        Some(cluster) => match cluster.land(request, p.max_request_bytes()).await {
+        Some(cluster) => match cluster
+            .land(request, peer.ip(), p.max_request_bytes())
+            .await
+        {
             Ok(Landing::Here(request)) => request,
             Ok(Landing::Answered(response)) => return response,
             Err(e) => return e.into_response(),
@@ -350,7 +353,10 @@ fn build_response(reply: thaw_sandbox::Reply) -> Result<Response, ApiError> {
     for (name, value) in reply.headers {
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| bad_output(format!("an invalid header name {name:?}")))?;
-        if HOP_BY_HOP.contains(&name.as_str()) {
+        // `x-thaw-*` are thaw's own: what a function sets there must not
+        // pass for thaw's word (a forwarding worker reads `x-thaw-refused`
+        // as "never ran" and would run the call again elsewhere).
+        if HOP_BY_HOP.contains(&name.as_str()) || name.as_str().starts_with("x-thaw-") {
             continue;
         }
         let value = HeaderValue::from_str(&value)
@@ -406,5 +412,18 @@ mod tests {
         assert!(build_response(reply(1000, vec![])).is_err());
         let r = build_response(reply(201, vec![("transfer-encoding", "chunked")])).unwrap();
         assert!(r.headers().get("transfer-encoding").is_none());
+        // thaw's own headers are thaw's to set.
+        let r = build_response(reply(
+            503,
+            vec![
+                ("x-thaw-refused", "1"),
+                ("X-Thaw-Worker", "me"),
+                ("x-thawed", "ok"),
+            ],
+        ))
+        .unwrap();
+        assert!(r.headers().get("x-thaw-refused").is_none());
+        assert!(r.headers().get("x-thaw-worker").is_none());
+        assert_eq!(r.headers().get("x-thawed").unwrap(), "ok");
     }
 }

@@ -712,6 +712,7 @@ impl Platform {
             // Give the lease up at once: the other workers take this one's
             // functions now rather than when the lease would have lapsed.
             cluster.leave();
+            let _no_renewal = cluster.renewing.lock().await;
             let (registry, me) = (self.registry.clone(), cluster.me().to_string());
             match tokio::task::spawn_blocking(move || registry.leave(&me, thaw_registry::now_ms()))
                 .await

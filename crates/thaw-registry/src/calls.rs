@@ -571,6 +571,12 @@ impl Registry {
             };
             match enqueue_in(tx, &call, now) {
                 Ok(_) => destination_sent = true,
+                // A database error leaves the transaction unusable (on
+                // PostgreSQL it is aborted): the whole finish fails and is
+                // tried again. A refusal is the destination's, not ours.
+                Err(e @ (RegistryError::Db(_) | RegistryError::Postgres(_) | RegistryError::Unavailable(_))) => {
+                    return Err(e)
+                }
                 Err(e) => tracing::warn!(
                     "the outcome of call {} of {} could not go to its destination `{}`: {e}",
                     claimed.id,

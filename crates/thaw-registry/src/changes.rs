@@ -58,7 +58,6 @@ impl Registry {
         let thread = std::thread::Builder::new()
             .name("thaw-changes".into())
             .spawn(move || {
-                let mut connected_once = false;
                 loop {
                     let listening = crate::db::connect(&url).and_then(|mut c| {
                         c.batch_execute(&format!("LISTEN {CHANNEL}"))
@@ -76,10 +75,12 @@ impl Registry {
                             continue;
                         }
                     };
-                    if connected_once && !on_change(Some(Change::Everything)) {
+                    // What changed before this connection listened (since
+                    // the start's first read, or while it was lost) was
+                    // not heard: read everything again.
+                    if !on_change(Some(Change::Everything)) {
                         return;
                     }
-                    connected_once = true;
                     loop {
                         let next = client.notifications().timeout_iter(IDLE).next();
                         let change = match next {

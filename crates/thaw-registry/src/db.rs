@@ -599,6 +599,13 @@ pub(crate) fn connect(url: &str) -> Result<postgres::Client, RegistryError> {
             .keepalives_interval(Duration::from_secs(2))
             .keepalives_retries(3);
     }
+    if config.get_options().is_none() {
+        // A worker that vanished in the middle of a transaction would
+        // otherwise hold its row locks until the server's own keepalive
+        // gives up on it (two hours by default), stalling every other
+        // worker's schedules and queue behind them.
+        config.options("-c idle_in_transaction_session_timeout=60000");
+    }
     config.connect(postgres::NoTls).map_err(|e| unavailable(&e))
 }
 

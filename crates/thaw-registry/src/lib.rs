@@ -363,7 +363,7 @@ impl Registry {
             self.db.run(Kind::Write, |tx| {
                 tx.execute(
                     "INSERT INTO bundles (hash, archive, bytes, created_ms) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (hash) DO NOTHING",
+                     ON CONFLICT (hash) DO UPDATE SET created_ms = excluded.created_ms",
                     params![bundle, archive, bytes, now_ms()],
                 )
             })?;
@@ -476,8 +476,11 @@ impl Registry {
     }
 
     /// Deletes bundles and code trees that no kept version refers to, and
-    /// staging directories left by an interrupted deploy. Call it when no
-    /// deploy is running: at start-up, or under the platform's deploy lock.
+    /// staging directories left by an interrupted build (those over an
+    /// hour old: a younger one may be a build under way that took no
+    /// deploy lock, code fetched for another worker's deploy). Call it
+    /// when no deploy is running: at start-up, or under the platform's
+    /// deploy lock.
     /// Says which code trees went, for the drivers to let go of them.
     pub fn collect_garbage(&self) -> Result<Garbage, RegistryError> {
         let used: std::collections::HashSet<String> = self
@@ -517,6 +520,12 @@ impl Registry {
                     continue;
                 }
                 let path = entry.path();
+                if hash.is_empty() && younger_than(&path, STAGING_KEPT) {
+                    // A staging directory of a build under way (code
+                    // fetched for another worker's deploy takes no deploy
+                    // lock); one left by an interrupted build is older.
+                    continue;
+                }
                 if path.is_dir() {
                     unseal_for_removal(&path);
                     let _ = fs::remove_dir_all(&path);
@@ -582,4 +591,16 @@ fn private_file(path: &Path, make: impl FnOnce() -> String) -> Result<String, Re
     f.sync_all().map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))?;
     Ok(text)
+}
+
+/// Staging directories younger than this may belong to a build under way.
+const STAGING_KEPT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Whether `path` was modified less than `age` ago.
+fn younger_than(path: &Path, age: std::time::Duration) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|elapsed| elapsed < age)
 }

@@ -198,29 +198,20 @@ fn a_call_on_a_worker_whose_lease_lapsed_is_taken_over_and_its_late_end_ignored(
         .unwrap()
         .remove(0);
     assert_eq!(on_b.attempt, 1, "the interrupted attempt did not count");
-    // wa comes back with its answer: too late, it decides nothing.
-    let late = reg
-        .finish_attempt(
-            &on_a,
-            &attempt(&on_a, "ok", now + 7_000),
+    let succeed = |claimed: &thaw_registry::Claimed, answer: &str| {
+        reg.finish_attempt(
+            claimed,
+            &attempt(claimed, "ok", now + 7_000),
             &AttemptEnd::Succeeded {
-                result: json!("from wa"),
-            },
-            None,
-        )
-        .unwrap();
-    assert_eq!(late, None);
-    let done = reg
-        .finish_attempt(
-            &on_b,
-            &attempt(&on_b, "ok", now + 7_000),
-            &AttemptEnd::Succeeded {
-                result: json!("from wb"),
+                result: json!(answer),
             },
             None,
         )
         .unwrap()
-        .unwrap();
+    };
+    // wa comes back with its answer: too late, it decides nothing.
+    assert_eq!(succeed(&on_a, "from wa"), None);
+    let done = succeed(&on_b, "from wb").unwrap();
     assert_eq!(done.state, CallState::Succeeded);
     let record = reg.call("default", &id).unwrap();
     assert_eq!(record.result, Some(json!("from wb")));

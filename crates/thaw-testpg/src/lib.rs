@@ -11,7 +11,8 @@
 //! gets `SIGQUIT` from the kernel when its parent goes (`PR_SET_PDEATHSIG`).
 //! Each test takes a database of its own ([`TestPg::new_database`]).
 //!
-//! This crate is for tests only; nothing in thaw's binaries uses it.
+//! Tests use it, and so does `thaw bench`'s cluster section; `thaw up`
+//! never does: a cluster's database is the operator's.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

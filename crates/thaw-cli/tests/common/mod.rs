@@ -314,6 +314,20 @@ impl Drop for Platform {
     }
 }
 
+/// How long until `check` holds (polled every 10 ms), failing past `secs`:
+/// for measuring how soon something happens, not for asserting speed.
+pub fn until(secs: u64, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "never happened: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
 /// Makes `cmd` run in network namespace `ns` (made by `ip netns add`),
 /// and only that: unlike `ip netns exec`, its mounts (`/sys` and the
 /// cgroup file systems under it) stay the host's.

@@ -8,7 +8,7 @@ use crate::cluster::{LEASE, RENEW_EVERY};
 use anyhow::{bail, Context};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use thaw_registry::{now_ms, Worker};
 
 /// Lease renewals between two looks for calls of lapsed workers.
@@ -80,8 +80,12 @@ impl Platform {
                 }
             }
         };
+        let started = Instant::now();
         match renew(false).await {
-            Some((_, Ok(Ok(members)))) => cluster.set_members(members),
+            Some((_, Ok(Ok(members)))) => {
+                cluster.set_members(members);
+                cluster.set_serving(true);
+            }
             Some((_, Ok(Err(e)))) => bail!("could not join the workers sharing the registry: {e}"),
             Some((_, Err(e))) => bail!("could not join the workers sharing the registry: {e}"),
             None => return Ok(()),
@@ -92,34 +96,39 @@ impl Platform {
             cluster.members().len()
         );
         tokio::spawn(async move {
-            let mut renewed = Instant::now();
+            // When the lease last renewed was written from: it runs to
+            // LEASE after that. This worker stops serving a renewal period
+            // before, when the others may begin to take its functions.
+            let mut renewed = started;
             let mut ticks = 0u32;
             loop {
                 tokio::time::sleep(RENEW_EVERY).await;
+                let _renewing = cluster.renewing.lock().await;
                 if cluster.has_left() {
                     return;
                 }
                 ticks += 1;
-                // A renewal stuck on a vanished network counts as failed:
-                // the lease runs out all the same.
-                let attempt = tokio::time::timeout(
-                    RENEW_EVERY * 2,
-                    renew(ticks.is_multiple_of(RECOVER_EVERY)),
-                )
-                .await;
+                // A renewal stuck on a vanished network counts as failed
+                // once this worker must stop serving: the lease runs out
+                // all the same.
+                let stop_at = renewed + LEASE - RENEW_EVERY;
+                let patience = stop_at
+                    .saturating_duration_since(Instant::now())
+                    .clamp(Duration::from_millis(50), RENEW_EVERY * 2);
+                let attempt_started = Instant::now();
+                let attempt =
+                    tokio::time::timeout(patience, renew(ticks.is_multiple_of(RECOVER_EVERY)))
+                        .await;
                 let outcome = match attempt {
                     Ok(None) => return,
                     Ok(Some((_, Ok(Ok(members))))) => Ok(members),
                     Ok(Some((_, Ok(Err(e))))) => Err(e.to_string()),
                     Ok(Some((_, Err(e)))) => Err(e.to_string()),
-                    Err(_) => Err(format!(
-                        "the registry did not answer within {:?}",
-                        RENEW_EVERY * 2
-                    )),
+                    Err(_) => Err(format!("the registry did not answer within {patience:?}")),
                 };
                 let failure = match outcome {
                     Ok(members) => {
-                        renewed = Instant::now();
+                        renewed = attempt_started;
                         cluster.set_members(members);
                         cluster.set_serving(true);
                         None
@@ -130,7 +139,7 @@ impl Platform {
                     tracing::warn!("could not renew this worker's lease: {why}");
                     // Stop before the lease lapses, when the others begin
                     // to take this worker's functions.
-                    if renewed.elapsed() + RENEW_EVERY >= LEASE {
+                    if Instant::now() >= stop_at {
                         cluster.set_serving(false);
                     }
                 }

@@ -66,9 +66,26 @@ impl Platform {
                 }
             })
             .collect();
+        let workers: Vec<view::WorkerView> = self
+            .cluster
+            .as_ref()
+            .map(|c| c.members())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|w| view::WorkerView {
+                id: w.id,
+                address: w.address,
+                busy: w.busy,
+                capacity: w.capacity,
+                started_ms: w.started_ms,
+                lease_until_ms: w.lease_until_ms,
+            })
+            .collect();
         Ok(view::PlatformView {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            hosts: 1,
+            hosts: (workers.len() as u32).max(1),
+            worker: self.cluster.as_ref().map(|c| c.me().to_string()),
+            workers,
             driver: self.driver_summary.clone(),
             jailed: self.jailed,
             budget,

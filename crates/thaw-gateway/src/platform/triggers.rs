@@ -28,6 +28,8 @@ pub const ASYNC_CONCURRENCY: usize = 64;
 /// Of those, what one namespace may hold: another's calls still find room
 /// when one has a backlog.
 const ASYNC_PER_NAMESPACE: u32 = 32;
+/// How long recording an attempt's end is retried through registry errors.
+const FINISH_RETRIES_FOR: Duration = Duration::from_secs(30);
 /// How long an attempt that found no room waits before it is tried again.
 const DEFERRED_MS: i64 = 1000;
 /// The worker looks at the queue at least this often.
@@ -156,6 +158,14 @@ impl Platform {
             let mut last_prune = Instant::now() - Duration::from_secs(3600);
             loop {
                 let Some(p) = platform.upgrade() else { return };
+                if p.cluster().is_some_and(|c| !c.serving()) {
+                    // Without a lease, ticks and calls are the others' to
+                    // take: whatever this worker claimed now they would
+                    // run again once its lease is seen lapsed.
+                    drop(p);
+                    tokio::time::sleep(IDLE_POLL).await;
+                    continue;
+                }
                 let registry = p.registry.clone();
                 match tokio::task::spawn_blocking(move || registry.fire_schedules(now_ms())).await {
                     Ok(Ok(fired)) => {
@@ -277,7 +287,26 @@ impl Platform {
         let end = ran.end;
         let registry = self.registry.clone();
         let finished = tokio::task::spawn_blocking(move || {
-            registry.finish_attempt(&c, &attempt, &end, destination.as_ref())
+            // The attempt ran: its end must be recorded, or the call stays
+            // `running` under this worker's live lease. Through a short
+            // outage of the registry, keep trying; past a long one this
+            // worker's lease has lapsed, the call is queued again by the
+            // others, and this late end would be ignored anyway.
+            let give_up = Instant::now() + FINISH_RETRIES_FOR;
+            let mut wait = Duration::from_millis(100);
+            loop {
+                match registry.finish_attempt(&c, &attempt, &end, destination.as_ref()) {
+                    Err(e) if Instant::now() < give_up => {
+                        tracing::warn!(
+                            "could not record an attempt of call {} yet ({e}); trying again",
+                            c.id
+                        );
+                        std::thread::sleep(wait);
+                        wait = (wait * 2).min(Duration::from_secs(2));
+                    }
+                    done => return done,
+                }
+            }
         })
         .await;
         match finished {

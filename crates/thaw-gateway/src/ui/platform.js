@@ -11,8 +11,11 @@ const REFRESH_MS = 5000;
 function host(p) {
   return h('section', { class: 'card', id: 'host' },
     h('h2', {}, 'Host'),
-    h('p', { class: 'notice info', id: 'one-host' },
-      `thaw runs on ${p.hosts === 1 ? 'one host' : `${p.hosts} hosts`} today: every figure on this page is that host's.`),
+    p.worker
+      ? h('p', { class: 'notice info', id: 'one-host' },
+        `${p.hosts} workers share this registry; the figures below are those of worker ${p.worker}, which answered.`)
+      : h('p', { class: 'notice info', id: 'one-host' },
+        'thaw runs on one host today: every figure on this page is that host\'s.'),
     h('dl', { class: 'facts' },
       h('dt', {}, 'thaw'), h('dd', {}, p.version),
       h('dt', {}, 'Driver'), h('dd', { id: 'driver' }, p.driver),
@@ -36,6 +39,23 @@ function pools(p) {
     h('h2', {}, 'Pools of pre-started runtimes'),
     h('table', {},
       h('thead', {}, h('tr', {}, ['Driver · Node', 'Runtimes', 'Cold starts from the pool', 'Starts', 'One runtime (PSS)']
+        .map((t) => h('th', {}, t)))),
+      h('tbody', {}, rows)));
+}
+
+// The workers sharing the registry, as their leases say (docs/cluster.md).
+function workers(p) {
+  if (!p.workers || p.workers.length === 0) return null;
+  const rows = p.workers.map((w) => h('tr', { dataset: { worker: w.id } },
+    h('td', {}, w.id === p.worker ? `${w.id} (this one)` : w.id),
+    h('td', {}, w.address),
+    h('td', {}, meter(w.busy, w.capacity, 'instances busy')),
+    h('td', {}, when(w.started_ms)),
+    h('td', {}, when(w.lease_until_ms))));
+  return h('section', { class: 'card', id: 'workers' },
+    h('h2', {}, 'Workers'),
+    h('table', {},
+      h('thead', {}, h('tr', {}, ['Worker', 'Address', 'Busy', 'Started', 'Lease until']
         .map((t) => h('th', {}, t)))),
       h('tbody', {}, rows)));
 }
@@ -79,7 +99,7 @@ export async function platformPage(page, main) {
   const load = async () => {
     try {
       const [p, ns] = await Promise.all([api('GET', '/v1/platform'), api('GET', '/v1/namespaces')]);
-      if (page.alive) fill(body, host(p), pools(p), namespaces(ns.namespaces), bench(p.bench));
+      if (page.alive) fill(body, host(p), workers(p), pools(p), namespaces(ns.namespaces), bench(p.bench));
     } catch (e) {
       if (page.alive) fill(body, failure(e));
     }
