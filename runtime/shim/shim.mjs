@@ -16,13 +16,19 @@ import { Console } from 'node:console';
 import { realpathSync, writeSync } from 'node:fs';
 import Module from 'node:module';
 import net from 'node:net';
+import { Writable } from 'node:stream';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
-const PROTOCOL_VERSION = 1;
-const RUNTIME_NAME = 'thaw-shim/0.1.0';
-// docs/protocol.md: a frame holds at most 64 MiB of JSON.
+const PROTOCOL_VERSION = 2;
+const RUNTIME_NAME = 'thaw-shim/0.2.0';
+// docs/protocol.md: a message holds at most 64 MiB of JSON; a data frame at
+// most 256 KiB of body; a stream starts with 1 MiB of credit.
 const MAX_FRAME_BYTES = 64 * 1024 * 1024;
+const MAX_CHUNK = 256 * 1024;
+const WINDOW = 1024 * 1024;
+const MAX_CREDIT = 64 * 1024 * 1024;
+const MAX_ABORT_REASON = 4096;
 // A single console line could otherwise exceed the frame limit; longer lines
 // are cut into several `log` frames.
 const MAX_LOG_LINE_CHARS = 256 * 1024;
@@ -42,7 +48,24 @@ function die(message, exitCode = 1) {
 }
 
 // ---------------------------------------------------------------------------
-// Framing: 4-byte big-endian length, then that many bytes of UTF-8 JSON.
+// Framing (docs/protocol.md): a 4-byte big-endian length, a kind byte, then
+// JSON for a message, or a call id (u64), a stream number and the rest for
+// the frames that carry bodies. Bodies never pass through JSON.
+
+const KIND_MESSAGE = 0x01;
+const KIND_DATA = 0x02;
+const KIND_END = 0x03;
+const KIND_ABORT = 0x04;
+const KIND_CREDIT = 0x05;
+// Stream numbers: the request's body flows host → runtime, the response's
+// runtime → host.
+const STREAM_REQUEST = 0;
+const STREAM_RESPONSE = 1;
+// Kind, call id and stream.
+const STREAM_HEADER = 10;
+// Body chunks this small are copied into one buffer with their header;
+// larger ones are written beside it, uncopied.
+const COPY_BELOW = 16 * 1024;
 
 const fd = Number(process.env.THAW_FD ?? 3);
 if (!Number.isInteger(fd) || fd < 0) die(`THAW_FD must be a file descriptor number, got ${JSON.stringify(process.env.THAW_FD)}`);
@@ -51,27 +74,98 @@ const channel = new net.Socket({ fd, readable: true, writable: true });
 
 class FrameTooLargeError extends Error {}
 
-// Sends one already-serialised JSON object. Writing the header and the JSON
-// into one buffer keeps each frame a single write on the socket.
-function sendJson(json) {
+// One message frame for an already-serialised JSON object.
+function messageFrame(json) {
   const size = Buffer.byteLength(json);
   if (size > MAX_FRAME_BYTES) throw new FrameTooLargeError(`frame of ${size} bytes exceeds the 64 MiB limit`);
-  const frame = Buffer.allocUnsafe(4 + size);
-  frame.writeUInt32BE(size, 0);
-  frame.write(json, 4, 'utf8');
-  channel.write(frame);
+  const frame = Buffer.allocUnsafe(5 + size);
+  frame.writeUInt32BE(size + 1, 0);
+  frame[4] = KIND_MESSAGE;
+  frame.write(json, 5, 'utf8');
+  return frame;
+}
+
+function sendJson(json) {
+  channel.write(messageFrame(json));
 }
 
 function send(message) {
   sendJson(JSON.stringify(message));
 }
 
+// The header of a frame about one stream of call `id`, with room for
+// `extra` bytes after it in the same buffer.
+function streamFrame(kind, id, stream, bodyLength, extra = 0) {
+  const frame = Buffer.allocUnsafe(4 + STREAM_HEADER + extra);
+  frame.writeUInt32BE(STREAM_HEADER + bodyLength, 0);
+  frame[4] = kind;
+  frame.writeUInt32BE(Math.floor(id / 0x1_0000_0000), 5);
+  frame.writeUInt32BE(id % 0x1_0000_0000, 9);
+  frame[13] = stream;
+  return frame;
+}
+
+// Data frames for `bytes` (at most MAX_CHUNK), as buffers to write in order.
+function dataFrames(id, bytes) {
+  if (bytes.length < COPY_BELOW) {
+    const frame = streamFrame(KIND_DATA, id, STREAM_RESPONSE, bytes.length, bytes.length);
+    bytes.copy(frame, 4 + STREAM_HEADER);
+    return [frame];
+  }
+  return [streamFrame(KIND_DATA, id, STREAM_RESPONSE, bytes.length), bytes];
+}
+
+function endFrame(id, stream) {
+  return streamFrame(KIND_END, id, stream, 0);
+}
+
+function abortFrame(id, stream, reason) {
+  let bytes = Buffer.from(String(reason));
+  if (bytes.length > MAX_ABORT_REASON) bytes = Buffer.from(bytes.subarray(0, MAX_ABORT_REASON).toString('utf8').replace(/\uFFFD$/, ''));
+  const frame = streamFrame(KIND_ABORT, id, stream, bytes.length, bytes.length);
+  bytes.copy(frame, 4 + STREAM_HEADER);
+  return frame;
+}
+
+function creditFrame(id, stream, bytes) {
+  const frame = streamFrame(KIND_CREDIT, id, stream, 4, 4);
+  frame.writeUInt32BE(bytes, 4 + STREAM_HEADER);
+  return frame;
+}
+
+// Several frames in one write to the socket.
+function sendFrames(frames) {
+  if (frames.length === 1) {
+    channel.write(frames[0]);
+    return;
+  }
+  channel.cork();
+  for (const frame of frames) channel.write(frame);
+  channel.uncork();
+}
+
+// The bounds of each kind's length, checked before its bytes are awaited:
+// the host is the only peer, but a stream that went wrong must end, not
+// make the shim wait for gigabytes.
+function checkLength(kind, length) {
+  const bounds = {
+    [KIND_MESSAGE]: [1, 1 + MAX_FRAME_BYTES],
+    [KIND_DATA]: [STREAM_HEADER + 1, STREAM_HEADER + MAX_CHUNK],
+    [KIND_END]: [STREAM_HEADER, STREAM_HEADER],
+    [KIND_ABORT]: [STREAM_HEADER, STREAM_HEADER + MAX_ABORT_REASON],
+    [KIND_CREDIT]: [STREAM_HEADER + 4, STREAM_HEADER + 4],
+  }[kind];
+  if (bounds === undefined) die(`the host sent a frame of unknown kind ${kind}; closing`);
+  if (kind === KIND_MESSAGE && length > bounds[1]) die(`the host sent a message of ${length - 1} bytes, above the 64 MiB limit; closing`);
+  if (length < bounds[0] || length > bounds[1]) die(`the host sent a frame of kind ${kind} and ${length} bytes, outside its bounds; closing`);
+}
+
 // Incoming bytes are collected as a list of chunks and only joined once a
-// whole frame is present, so a large body that arrives in many small reads is
-// copied once rather than once per read.
+// whole frame is present, so a large frame that arrives in many small reads
+// is copied once rather than once per read.
 let pendingChunks = [];
 let pendingBytes = 0;
-let bytesNeeded = 4;
+let bytesNeeded = 5;
 
 function onChannelData(chunk) {
   pendingChunks.push(chunk);
@@ -80,27 +174,220 @@ function onChannelData(chunk) {
 
   const data = pendingChunks.length === 1 ? pendingChunks[0] : Buffer.concat(pendingChunks, pendingBytes);
   let offset = 0;
-  while (data.length - offset >= 4) {
+  while (data.length - offset >= 5) {
     const length = data.readUInt32BE(offset);
-    if (length > MAX_FRAME_BYTES) die(`the host sent a frame of ${length} bytes, above the 64 MiB limit; closing`);
+    const kind = data[offset + 4];
+    checkLength(kind, length);
     if (data.length - offset - 4 < length) break;
-    const text = data.toString('utf8', offset + 4, offset + 4 + length);
-    offset += 4 + length;
-    let message;
-    try {
-      message = JSON.parse(text);
-    } catch (err) {
-      die(`the host sent a frame that is not JSON (${err.message}); closing`);
+    const start = offset + 5;
+    const end = offset + 4 + length;
+    offset = end;
+    if (kind === KIND_MESSAGE) {
+      let message;
+      try {
+        message = JSON.parse(data.toString('utf8', start, end));
+      } catch (err) {
+        die(`the host sent a frame that is not JSON (${err.message}); closing`);
+      }
+      onMessage(message);
+    } else {
+      const id = data.readUInt32BE(start) * 0x1_0000_0000 + data.readUInt32BE(start + 4);
+      onStreamFrame(kind, id, data[start + 8], data.subarray(start + 9, end));
     }
-    onMessage(message);
   }
 
   const rest = offset === data.length ? null : data.subarray(offset);
   pendingChunks = rest ? [rest] : [];
   pendingBytes = rest ? rest.length : 0;
-  bytesNeeded = rest && rest.length >= 4 ? 4 + rest.readUInt32BE(0) : 4;
-  if (bytesNeeded - 4 > MAX_FRAME_BYTES) die(`the host sent a frame of ${bytesNeeded - 4} bytes, above the 64 MiB limit; closing`);
+  if (rest && rest.length >= 5) {
+    checkLength(rest[4], rest.readUInt32BE(0));
+    bytesNeeded = 4 + rest.readUInt32BE(0);
+  } else {
+    bytesNeeded = 5;
+  }
 }
+
+// Body frames. A call's request body arrives on STREAM_REQUEST; credit for
+// (and the host's abort of) its response body on STREAM_RESPONSE. Frames for
+// a call the shim no longer tracks are late, and dropped.
+function onStreamFrame(kind, id, stream, rest) {
+  if (stream === STREAM_REQUEST) {
+    const body = incomingBodies.get(id);
+    if (body === undefined) return;
+    if (kind === KIND_DATA) body.push(rest);
+    else if (kind === KIND_END) body.finish(null);
+    else if (kind === KIND_ABORT) body.finish(new Error(rest.toString('utf8') || 'the request body was cut short'));
+    else die(`the host sent credit for the request body of call ${id}, which only the shim grants; closing`);
+  } else if (stream === STREAM_RESPONSE) {
+    const out = outgoingBodies.get(id);
+    if (out === undefined) return;
+    if (kind === KIND_CREDIT) out.grant(rest.readUInt32BE(0));
+    else if (kind === KIND_ABORT) out.abort(rest.toString('utf8') || 'the host stopped the response');
+    else die(`the host sent a body frame for the response of call ${id}, which only the shim sends; closing`);
+  } else {
+    die(`the host sent a frame for stream ${stream}, which protocol ${PROTOCOL_VERSION} does not have; closing`);
+  }
+}
+
+// A request body as it arrives: read by the function at its pace, with the
+// host granted credit as it is read, so that no more than a window waits
+// here whatever the body's size.
+class IncomingBody {
+  constructor(id) {
+    this.id = id;
+    this.chunks = [];
+    this.received = 0;
+    this.granted = WINDOW;
+    this.consumed = 0;
+    this.ended = false;
+    this.error = null;
+    this.wake = null;
+  }
+
+  push(bytes) {
+    if (this.ended) return;
+    this.received += bytes.length;
+    if (this.received > this.granted) die(`the host sent ${this.received} bytes of the request body of call ${this.id}, past its ${this.granted} bytes of credit; closing`);
+    this.chunks.push(bytes);
+    this.#wakeUp();
+  }
+
+  finish(error) {
+    if (this.ended) return;
+    this.ended = true;
+    this.error = error;
+    incomingBodies.delete(this.id);
+    this.#wakeUp();
+  }
+
+  #wakeUp() {
+    const wake = this.wake;
+    this.wake = null;
+    wake?.();
+  }
+
+  // The next chunk, null at the end; throws when the body was cut short.
+  async read() {
+    while (this.chunks.length === 0) {
+      if (this.ended) {
+        if (this.error) throw this.error;
+        return null;
+      }
+      await new Promise((resolve) => (this.wake = resolve));
+    }
+    const chunk = this.chunks.shift();
+    this.consumed += chunk.length;
+    const more = this.consumed + WINDOW - this.granted;
+    if (!this.ended && more >= WINDOW / 4) {
+      this.granted += more;
+      channel.write(creditFrame(this.id, STREAM_REQUEST, more));
+    }
+    return chunk;
+  }
+
+  // The whole body when it has all arrived already, undefined otherwise.
+  whole() {
+    if (!this.ended || this.error !== null) return undefined;
+    const chunks = this.chunks;
+    this.chunks = [];
+    return chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
+  }
+
+  // All of it (for the styles that hand the handler a whole body).
+  async buffer() {
+    const chunks = [];
+    let size = 0;
+    for (let chunk = await this.read(); chunk !== null; chunk = await this.read()) {
+      chunks.push(chunk);
+      size += chunk.length;
+    }
+    return chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
+  }
+
+  // The body as a web ReadableStream: pulled only as the function reads.
+  stream() {
+    return new ReadableStream(
+      {
+        pull: async (controller) => {
+          const chunk = await this.read();
+          if (chunk === null) controller.close();
+          else controller.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.length));
+        },
+        cancel: () => this.abandon('the function cancelled its request body'),
+      },
+      { highWaterMark: 0 },
+    );
+  }
+
+  // The function wants no more of it: the host stops sending.
+  abandon(reason) {
+    if (this.ended) return;
+    this.finish(null);
+    this.chunks = [];
+    channel.write(abortFrame(this.id, STREAM_REQUEST, reason));
+  }
+}
+
+const incomingBodies = new Map(); // call id → IncomingBody
+
+// A response body on its way out: sent only within the credit the host
+// granted, so a slow client holds the function's writes back instead of
+// filling memory on either side.
+class OutgoingBody {
+  constructor(id) {
+    this.id = id;
+    this.credit = WINDOW;
+    this.aborted = null; // the host's reason, once it stopped the body
+    this.wake = null;
+    this.onAbort = null;
+  }
+
+  grant(bytes) {
+    this.credit += bytes;
+    if (this.credit > MAX_CREDIT) die(`the host granted ${this.credit} bytes of credit for call ${this.id}, past the bound; closing`);
+    this.#wakeUp();
+  }
+
+  abort(reason) {
+    if (this.aborted !== null) return;
+    this.aborted = reason;
+    outgoingBodies.delete(this.id);
+    this.#wakeUp();
+    this.onAbort?.(reason);
+  }
+
+  #wakeUp() {
+    const wake = this.wake;
+    this.wake = null;
+    wake?.();
+  }
+
+  // Sends `bytes` as credit allows; false once the host stopped the body.
+  async write(bytes) {
+    let offset = 0;
+    while (offset < bytes.length) {
+      while (this.credit === 0 && this.aborted === null) await new Promise((resolve) => (this.wake = resolve));
+      if (this.aborted !== null) return false;
+      const n = Math.min(bytes.length - offset, MAX_CHUNK, this.credit);
+      sendFrames(dataFrames(this.id, bytes.subarray(offset, offset + n)));
+      this.credit -= n;
+      offset += n;
+    }
+    return this.aborted === null;
+  }
+
+  end() {
+    outgoingBodies.delete(this.id);
+    if (this.aborted === null) channel.write(endFrame(this.id, STREAM_RESPONSE));
+  }
+
+  fail(reason) {
+    outgoingBodies.delete(this.id);
+    if (this.aborted === null) channel.write(abortFrame(this.id, STREAM_RESPONSE, reason));
+  }
+}
+
+const outgoingBodies = new Map(); // call id → OutgoingBody
 
 channel.on('data', onChannelData);
 // The host closing its end means the instance is being torn down.
@@ -617,18 +904,26 @@ function describeExports(mod) {
 
 function onInvoke(message) {
   const { id } = message;
+  // A request's body frames follow its invoke at once: what receives them
+  // must exist before this returns.
+  const incoming = message.request !== undefined && message.request !== null && Number.isSafeInteger(id) ? new IncomingBody(id) : null;
+  if (incoming) incomingBodies.set(id, incoming);
   if (!initStarted) {
+    incoming?.abandon('the runtime cannot run the call');
     send({ type: 'error', id, name: 'Error', message: 'invoke received before init; send init first' });
     return;
   }
   // An invoke that arrives while init is still importing waits for it.
   initDone.then(
-    (adapter) => invocationScope.run(id, () => runInvocation(adapter, message)),
-    () => send({ type: 'error', id, name: 'Error', message: 'this runtime failed to initialise and cannot run invocations' }),
+    (adapter) => invocationScope.run(id, () => runInvocation(adapter, message, incoming)),
+    () => {
+      incoming?.abandon('the runtime cannot run the call');
+      send({ type: 'error', id, name: 'Error', message: 'this runtime failed to initialise and cannot run invocations' });
+    },
   );
 }
 
-async function runInvocation(adapter, message) {
+async function runInvocation(adapter, message, incoming) {
   const { id } = message;
   runningInvocations.add(id);
   const invocation = {
@@ -640,14 +935,14 @@ async function runInvocation(adapter, message) {
     // (a scheduled fetch handler's controller.noRetry()).
     noRetry: false,
   };
-  let reply;
-  let background = false;
-  // What an `error` frame adds to name, message and stack.
-  const errorFields = () => ({ ...(background ? { background } : {}), ...(invocation.noRetry ? { no_retry: true } : {}) });
+  let response;
   try {
-    let response;
-    if (message.request !== undefined && message.request !== null) {
-      response = await adapter.http(normaliseRequest(message.request), invocation);
+    if (incoming !== null) {
+      const request = normaliseRequest(message.request, incoming);
+      // Only the fetch style reads a body as a stream; the others are given
+      // it whole, as their platforms do.
+      if (adapter.style !== 'fetch') request.body = await incoming.buffer();
+      response = await adapter.http(request, invocation);
     } else if (Object.hasOwn(message, 'event')) {
       response = await adapter.event(message.event, invocation);
     } else if (message.scheduled !== undefined && message.scheduled !== null) {
@@ -655,22 +950,125 @@ async function runInvocation(adapter, message) {
     } else {
       throw new TypeError('invoke needs a "request", an "event" or a "scheduled" field');
     }
-    background = invocation.background.length > 0;
-    reply = resultJson(id, response, background);
+    checkStatus(response.status);
   } catch (err) {
-    background = invocation.background.length > 0;
+    const background = invocation.background.length > 0;
     const { name, message: text, stack } = describeThrown(err);
-    reply = JSON.stringify({ type: 'error', id, name, message: text, stack, ...errorFields() });
+    endInvocation(id, incoming);
+    send({ type: 'error', id, name, message: text, stack, ...(background ? { background } : {}), ...(invocation.noRetry ? { no_retry: true } : {}) });
+    if (background) await finishBackground(invocation);
+    return;
   }
+  // What the call handed to waitUntil by the time its head leaves.
+  const background = invocation.background.length > 0;
+  await sendResponse(id, response, background, incoming);
+  if (background) await finishBackground(invocation);
+}
+
+// The call's own lines are flushed before what ends it leaves, so that none
+// of them follows its answer; a request body the function left unread is
+// refused, so that the host stops sending it.
+function endInvocation(id, incoming) {
   runningInvocations.delete(id);
   flushUnfinishedLines(id);
+  incoming?.abandon('the function answered without reading all of its request body');
+}
+
+function checkStatus(status) {
+  if (!Number.isInteger(status) || status < 100 || status > 599) {
+    throw new RangeError(`the handler answered with status ${safeInspect(status)}; a status must be an integer from 100 to 599`);
+  }
+}
+
+// The `result` frame: the head of the response. Built by hand to skip
+// JSON.stringify's walk of an object on the hot path.
+function resultJson(id, status, headers, background) {
+  const pairs = headers.map(([name, value]) => [String(name).toLowerCase(), String(value)]);
+  const more = background ? ',"background":true' : '';
+  return `{"type":"result","id":${JSON.stringify(id ?? null)},"status":${status},"headers":${JSON.stringify(pairs)}${more}}`;
+}
+
+// Sends a response: its head, then its body as data frames within the
+// host's credit, then its end. A whole body that fits the first window
+// leaves with its head in one write; a streamed one leaves chunk by chunk
+// as the function produces it, and a failure mid-way aborts it (the client
+// sees the response cut short; the error goes to the function's log).
+async function sendResponse(id, { status, headers, body }, background, incoming) {
+  let head;
   try {
-    sendJson(reply);
+    head = messageFrame(resultJson(id, status, headers, background));
   } catch (err) {
     if (!(err instanceof FrameTooLargeError)) throw err;
-    send({ type: 'error', id, name: 'RangeError', message: `the response is too large to send: ${err.message}`, ...errorFields() });
+    endInvocation(id, incoming);
+    send({ type: 'error', id, name: 'RangeError', message: `the response head is too large to send: ${err.message}` });
+    return;
   }
-  if (background) await finishBackground(invocation);
+  const out = new OutgoingBody(id);
+  outgoingBodies.set(id, out);
+  if (Buffer.isBuffer(body) && body.length <= WINDOW) {
+    endInvocation(id, incoming);
+    const frames = [head];
+    for (let offset = 0; offset < body.length; offset += MAX_CHUNK) frames.push(...dataFrames(id, body.subarray(offset, offset + MAX_CHUNK)));
+    frames.push(endFrame(id, STREAM_RESPONSE));
+    out.credit -= body.length;
+    outgoingBodies.delete(id);
+    sendFrames(frames);
+    return;
+  }
+  // The head waits for the rest of this turn of the event loop, so that a
+  // body that is ready at once (a Response built from a string) leaves in
+  // the same write; a stream that takes its time starts with its head.
+  channel.cork();
+  channel.write(head);
+  setImmediate(() => channel.uncork());
+  const source = bodySource(body);
+  // What the function does when told (a stream's cancel) is its call's.
+  out.onAbort = (reason) => invocationScope.run(id, () => source.cancel(reason));
+  try {
+    for (let chunk = await source.next(); chunk !== null; chunk = await source.next()) {
+      if (chunk.length > 0 && !(await out.write(chunk))) break;
+    }
+    endInvocation(id, incoming);
+    out.end();
+  } catch (err) {
+    const thrown = describeThrown(err);
+    if (out.aborted === null) logText('stderr', thrown.stack);
+    endInvocation(id, incoming);
+    out.fail(`${thrown.name}: ${thrown.message}`);
+    source.cancel(thrown.message);
+  }
+}
+
+// A body to send, as `next()` (a Buffer, or null at its end) and
+// `cancel(reason)`: a whole Buffer, a web ReadableStream, or a source that
+// already has that shape (Lambda's response stream).
+function bodySource(body) {
+  if (Buffer.isBuffer(body)) {
+    let sent = false;
+    return {
+      next: async () => (sent ? null : ((sent = true), body)),
+      cancel() {},
+    };
+  }
+  if (body instanceof ReadableStream) {
+    const reader = body.getReader();
+    return {
+      async next() {
+        const { done, value } = await reader.read();
+        return done ? null : chunkBytes(value);
+      },
+      cancel: (reason) => reader.cancel(reason).catch(() => {}),
+    };
+  }
+  return body;
+}
+
+function chunkBytes(value) {
+  if (Buffer.isBuffer(value)) return value;
+  if (ArrayBuffer.isView(value)) return Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+  if (value instanceof ArrayBuffer) return Buffer.from(value);
+  if (typeof value === 'string') return Buffer.from(value);
+  throw new TypeError(`a response body chunk must be a Uint8Array, an ArrayBuffer or a string, got ${value === null ? 'null' : typeof value}`);
 }
 
 // Work after the response. The answer has gone; what the call handed to
@@ -705,18 +1103,6 @@ async function finishBackground(invocation) {
   if (hostFeatures.has('background_done')) send({ type: 'background_done', id: invocation.id, timed_out: timedOut });
 }
 
-// Builds the `result` frame text by hand: the body is base64, which never
-// needs JSON escaping, so a large body is not scanned and copied again by
-// JSON.stringify.
-function resultJson(id, { status, headers, body }, background = false) {
-  if (!Number.isInteger(status) || status < 100 || status > 599) {
-    throw new RangeError(`the handler answered with status ${safeInspect(status)}; a status must be an integer from 100 to 599`);
-  }
-  const pairs = headers.map(([name, value]) => [String(name).toLowerCase(), String(value)]);
-  const more = background ? ',"background":true' : '';
-  return `{"type":"result","id":${JSON.stringify(id ?? null)},"status":${status},"headers":${JSON.stringify(pairs)},"body":"${body.toString('base64')}"${more}}`;
-}
-
 const EMPTY_BODY = Buffer.alloc(0);
 
 // The furthest a JavaScript Date reaches from 1970, either way.
@@ -740,14 +1126,16 @@ function normaliseSchedule(scheduled, id) {
   };
 }
 
-function normaliseRequest(request) {
+// The request's head as the adapters read it; its body is `incoming`, read
+// as a stream (fetch) or whole (the other styles, into `body`).
+function normaliseRequest(request, incoming) {
   return {
     method: typeof request.method === 'string' ? request.method.toUpperCase() : 'GET',
     path: typeof request.path === 'string' && request.path.startsWith('/') ? request.path : `/${request.path ?? ''}`,
     query: typeof request.query === 'string' ? request.query : '',
     headers: Array.isArray(request.headers) ? request.headers.map(([name, value]) => [String(name).toLowerCase(), String(value)]) : [],
-    body: typeof request.body === 'string' && request.body.length > 0 ? Buffer.from(request.body, 'base64') : EMPTY_BODY,
-    bodyBase64: typeof request.body === 'string' ? request.body : '',
+    body: EMPTY_BODY,
+    incoming,
     sourceIp: typeof request.source_ip === 'string' ? request.source_ip : '',
     host: typeof request.host === 'string' && request.host ? request.host : 'localhost',
   };
@@ -1157,7 +1545,7 @@ function lambdaAdapter(handler, fn) {
     };
     if (request.body.length > 0) {
       const text = bodyIsText(request);
-      event.body = text ? request.body.toString('utf8') : request.bodyBase64;
+      event.body = request.body.toString(text ? 'utf8' : 'base64');
       event.isBase64Encoded = !text;
     } else {
       event.isBase64Encoded = false;
@@ -1194,6 +1582,19 @@ function lambdaAdapter(handler, fn) {
     };
   }
 
+  // awslambda.streamifyResponse(handler): called as
+  // handler(event, responseStream, context); the answer is what it writes.
+  if (handler[HANDLER_STREAMING] === STREAMING_MODE_RESPONSE) {
+    const highWaterMark = Number.isSafeInteger(handler[HANDLER_HIGH_WATER_MARK]) ? handler[HANDLER_HIGH_WATER_MARK] : undefined;
+    const streamed = (event, invocation) => callStreaming(handler, event, context(invocation), highWaterMark);
+    return {
+      style: 'lambda',
+      http: (request, invocation) => streamed(httpEvent(request, invocation), invocation),
+      event: streamed,
+      scheduled: (schedule, invocation) => streamed(scheduledEvent(schedule), invocation),
+    };
+  }
+
   return {
     style: 'lambda',
     async http(request, invocation) {
@@ -1206,6 +1607,205 @@ function lambdaAdapter(handler, fn) {
       return valueResponse(await call(scheduledEvent(schedule), invocation));
     },
   };
+}
+
+// ---------------------------------------------------------------------------
+// Lambda response streaming, as AWS's Node runtimes provide it: the global
+// `awslambda.streamifyResponse(handler)` marks a handler as streaming, and
+// `awslambda.HttpResponseStream.from(stream, {statusCode, headers, cookies})`
+// makes what the handler writes start with the HTTP metadata prelude (JSON,
+// then 8 NUL bytes) that a function URL turns into the status and headers.
+// Without the prelude a streamed answer is a 200 of the content type given
+// with setContentType (application/octet-stream by default).
+
+const HANDLER_STREAMING = Symbol.for('aws.lambda.runtime.handler.streaming');
+const HANDLER_HIGH_WATER_MARK = Symbol.for('aws.lambda.runtime.handler.streaming.highWaterMark');
+const STREAMING_MODE_RESPONSE = 'response';
+const PRELUDE_CONTENT_TYPE = 'application/vnd.awslambda.http-integration-response';
+const PRELUDE_DELIMITER = Buffer.alloc(8);
+// A prelude is a few headers; one this long without its delimiter is a
+// mistake, not a prelude.
+const MAX_PRELUDE_BYTES = 64 * 1024;
+
+globalThis.awslambda = {
+  streamifyResponse(handler, options) {
+    if (typeof handler !== 'function') throw new TypeError('awslambda.streamifyResponse takes the handler function');
+    handler[HANDLER_STREAMING] = STREAMING_MODE_RESPONSE;
+    if (Number.isSafeInteger(options?.highWaterMark)) handler[HANDLER_HIGH_WATER_MARK] = options.highWaterMark;
+    return handler;
+  },
+  HttpResponseStream: class HttpResponseStream {
+    static from(stream, prelude) {
+      stream.setContentType(PRELUDE_CONTENT_TYPE);
+      const json = JSON.stringify(prelude ?? {});
+      stream._onBeforeFirstWrite = (write) => {
+        write(json);
+        write(PRELUDE_DELIMITER);
+      };
+      return stream;
+    }
+  },
+};
+
+// The head a prelude describes, as AWS's function URLs read it.
+function preludeHead(bytes) {
+  let prelude;
+  try {
+    prelude = JSON.parse(bytes.toString('utf8'));
+  } catch (err) {
+    throw new TypeError(`the response stream's HTTP prelude is not JSON: ${err.message}`);
+  }
+  if (!isPlainObject(prelude)) throw new TypeError('the response stream\'s HTTP prelude must be a JSON object');
+  const headers = [];
+  pushHeaderObject(headers, prelude.headers);
+  pushHeaderObject(headers, prelude.multiValueHeaders);
+  if (Array.isArray(prelude.cookies)) for (const cookie of prelude.cookies) headers.push(['set-cookie', String(cookie)]);
+  return { status: statusNumber(prelude.statusCode, 200), headers };
+}
+
+// Runs a streaming handler. Resolves with the response once its head is
+// known (the first bytes after the prelude, or the end), its body a source
+// (see bodySource) that takes each write as the host's credit allows: a
+// write's callback runs only once its bytes have left, which is the
+// backpressure a Node Writable gives its writer.
+function callStreaming(handler, event, ctx, highWaterMark) {
+  let resolveHead;
+  let rejectHead;
+  const head = new Promise((resolve, reject) => {
+    resolveHead = resolve;
+    rejectHead = reject;
+  });
+  let headSent = false;
+  let contentType = 'application/octet-stream';
+  let prelude = null; // bytes of a prelude still being read
+  const queue = []; // [bytes, callback]
+  let ended = false;
+  let failure = null;
+  let wake = null;
+  const wakeUp = () => {
+    const w = wake;
+    wake = null;
+    w?.();
+  };
+
+  const source = {
+    async next() {
+      for (;;) {
+        if (failure !== null) throw failure;
+        if (queue.length > 0) {
+          const [bytes, callback] = queue.shift();
+          // The writer may go on once these bytes are on their way.
+          process.nextTick(callback);
+          return bytes;
+        }
+        if (ended) return null;
+        await new Promise((resolve) => (wake = resolve));
+      }
+    },
+    cancel() {
+      // The client went away: the handler's writes fail from now on, as
+      // they would on a stream AWS closed.
+      stream.destroy();
+    },
+  };
+
+  const startBody = (status, headers) => {
+    headSent = true;
+    resolveHead({ status, headers, body: source });
+  };
+
+  // Bytes the handler wrote, in order: a prelude first when it asked for
+  // one, then the body.
+  const take = (bytes, callback) => {
+    if (!headSent && contentType === PRELUDE_CONTENT_TYPE) {
+      prelude = prelude === null ? bytes : Buffer.concat([prelude, bytes]);
+      const at = prelude.indexOf(PRELUDE_DELIMITER);
+      if (at === -1) {
+        if (prelude.length > MAX_PRELUDE_BYTES) throw new TypeError(`the response stream's HTTP prelude has no end in its first ${MAX_PRELUDE_BYTES} bytes (HttpResponseStream.from writes one)`);
+        callback();
+        return;
+      }
+      const { status, headers } = preludeHead(prelude.subarray(0, at));
+      const rest = prelude.subarray(at + PRELUDE_DELIMITER.length);
+      prelude = null;
+      startBody(status, headers);
+      if (rest.length === 0) {
+        callback();
+        return;
+      }
+      bytes = rest;
+    } else if (!headSent) {
+      startBody(200, [['content-type', contentType]]);
+    }
+    queue.push([bytes, callback]);
+    wakeUp();
+  };
+
+  let started = false;
+  const beforeFirstWrite = () => {
+    if (started) return;
+    started = true;
+    if (typeof stream._onBeforeFirstWrite === 'function') {
+      stream._onBeforeFirstWrite((chunk) => take(chunkBytes(chunk), () => {}));
+    }
+  };
+
+  const stream = new Writable({
+    highWaterMark,
+    write(chunk, encoding, callback) {
+      try {
+        beforeFirstWrite();
+        take(typeof chunk === 'string' ? Buffer.from(chunk, encoding) : chunkBytes(chunk), callback);
+      } catch (err) {
+        callback(err);
+      }
+    },
+    final(callback) {
+      try {
+        beforeFirstWrite();
+        if (!headSent) {
+          if (prelude !== null) throw new TypeError('the response stream ended inside its HTTP prelude');
+          startBody(200, contentType === PRELUDE_CONTENT_TYPE ? [] : [['content-type', contentType]]);
+        }
+        ended = true;
+        wakeUp();
+        callback();
+      } catch (err) {
+        callback(err);
+      }
+    },
+    destroy(err, callback) {
+      if (!ended) {
+        failure = err ?? new Error('the response stream was destroyed before its end');
+        if (!headSent) rejectHead(failure);
+        wakeUp();
+      }
+      callback(err);
+    },
+  });
+  stream.setContentType = (type) => {
+    contentType = String(type);
+  };
+  // A stream error with no listener of the handler's would otherwise crash
+  // the runtime; the call fails with it instead.
+  stream.on('error', () => {});
+
+  let returned;
+  try {
+    returned = handler(event, stream, ctx);
+  } catch (err) {
+    stream.destroy(err);
+    return head;
+  }
+  Promise.resolve(returned).then(
+    // A handler whose promise settles without ending its stream is done
+    // writing: the stream ends with it.
+    () => {
+      if (!stream.writableEnded && !stream.destroyed) stream.end();
+    },
+    (err) => stream.destroy(err instanceof Error ? err : new Error(describeThrown(err).message)),
+  );
+  return head;
 }
 
 // ---------------------------------------------------------------------------
@@ -1227,13 +1827,23 @@ function fetchAdapter(target, fn) {
     };
   }
 
+  // The request's body for `new Request`: none for GET and HEAD, a Buffer
+  // when it is all here already (a small body arrives with its invoke), a
+  // stream read as the handler reads it otherwise.
+  function requestBody(request) {
+    if (request.method === 'GET' || request.method === 'HEAD') return undefined;
+    if (request.incoming === undefined || request.incoming === null) return request.body.length > 0 ? request.body : undefined;
+    const whole = request.incoming.whole();
+    if (whole !== undefined) return whole.length > 0 ? whole : undefined;
+    return request.incoming.stream();
+  }
+
   async function respond(request, invocation) {
-    const hasBody = request.method !== 'GET' && request.method !== 'HEAD' && request.body.length > 0;
     const url = `http://${request.host}${request.path}${request.query ? `?${request.query}` : ''}`;
     const req = new Request(url, {
       method: request.method,
       headers: request.headers,
-      body: hasBody ? request.body : undefined,
+      body: requestBody(request),
       duplex: 'half',
     });
     if (typeof target.fetch !== 'function') {
@@ -1250,6 +1860,10 @@ function fetchAdapter(target, fn) {
     for (const [name, value] of response.headers) if (name !== 'set-cookie') headers.push([name, value]);
     const cookies = typeof response.headers.getSetCookie === 'function' ? response.headers.getSetCookie() : [];
     for (const cookie of cookies) headers.push(['set-cookie', cookie]);
+    // A web Response's body streams as the handler produces it (server-sent
+    // events, a large download); a look-alike object is read whole.
+    if (response.body instanceof ReadableStream) return { status: response.status, headers, body: response.body };
+    if (response.body === null) return { status: response.status, headers, body: EMPTY_BODY };
     return { status: response.status, headers, body: Buffer.from(await response.arrayBuffer()) };
   }
 
@@ -1354,7 +1968,7 @@ function openwhiskAdapter(main, fn) {
     merged.__ow_path = request.path === '/' ? '' : request.path;
     merged.__ow_headers = headersObject(request, null);
     merged.__ow_query = request.query;
-    merged.__ow_body = bodyIsText(request) ? request.body.toString('utf8') : request.bodyBase64;
+    merged.__ow_body = request.body.toString(bodyIsText(request) ? 'utf8' : 'base64');
     return merged;
   }
 
@@ -1588,21 +2202,29 @@ function classAdapter(classes) {
 async function warmUp() {
   const fn = { name: '', version: '', memoryMb: '', namespace: 'default' };
   const invocation = { id: 0, deadline: Date.now() + 1000, background: [], noRetry: false };
-  const request = normaliseRequest({
-    method: 'POST',
-    path: '/',
-    query: 'a=1',
-    headers: [['host', 'localhost'], ['content-type', 'application/json'], ['cookie', 'a=b']],
-    body: Buffer.from('{}').toString('base64'),
-    source_ip: '127.0.0.1',
-    host: 'localhost',
-  });
+  const request = normaliseRequest(
+    {
+      method: 'POST',
+      path: '/',
+      query: 'a=1',
+      headers: [['host', 'localhost'], ['content-type', 'application/json'], ['cookie', 'a=b']],
+      source_ip: '127.0.0.1',
+      host: 'localhost',
+    },
+    null,
+  );
+  request.body = Buffer.from('{}');
+  // What a response's head costs to build, paid here once.
+  const head = ({ status, headers }) => {
+    checkStatus(status);
+    return resultJson(0, status, headers, false);
+  };
   try {
     const mod = await import('data:text/javascript,export const handler = async () => ({ statusCode: 200, body: "" }); export class Warm { up() { return 1; } }');
-    resultJson(0, await lambdaAdapter(mod.handler, fn).http(request, invocation));
-    resultJson(0, await lambdaAdapter(mod.handler, fn).event({}, invocation));
+    head(await lambdaAdapter(mod.handler, fn).http(request, invocation));
+    head(await lambdaAdapter(mod.handler, fn).event({}, invocation));
     const schedule = normaliseSchedule({ schedule: 'warm', cron: '* * * * *', scheduled_time_ms: Date.now(), method: 'Warm.up' }, 0);
-    resultJson(0, await lambdaAdapter(mod.handler, fn).scheduled(schedule, invocation));
+    head(await lambdaAdapter(mod.handler, fn).scheduled(schedule, invocation));
     // The first Request or Response loads Node's fetch implementation,
     // tens of milliseconds: pay it here, not in a fetch handler's cold start.
     const fetchTarget = {
@@ -1613,13 +2235,13 @@ async function warmUp() {
       scheduled() {},
     };
     const fetchStyle = fetchAdapter(fetchTarget, fn);
-    resultJson(0, await fetchStyle.http(request, invocation));
-    resultJson(0, await fetchStyle.scheduled(schedule, invocation));
+    head(await fetchStyle.http(request, invocation));
+    head(await fetchStyle.scheduled(schedule, invocation));
     const rpc = '{"jsonrpc":"2.0","method":"Warm.up","params":[],"id":1}';
     detectStyle(mod, 'warm', fn);
     const services = classAdapter(new Map([['Warm', mod.Warm]]));
-    resultJson(0, await services.http({ ...request, body: Buffer.from(rpc) }, invocation));
-    resultJson(0, await services.scheduled(schedule, invocation));
+    head(await services.http({ ...request, body: Buffer.from(rpc) }, invocation));
+    head(await services.scheduled(schedule, invocation));
   } catch {
     // Warming is an optimisation only; a failure here shows up for real,
     // with a proper error, when the function's own code runs.

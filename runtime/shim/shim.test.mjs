@@ -5,6 +5,7 @@
 // Run from the repository root with: node --test runtime/shim/
 
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -18,22 +19,47 @@ const FRAME_TIMEOUT_MS = 5000;
 // ---------------------------------------------------------------------------
 // Host side of the protocol.
 
+const KIND = { message: 1, data: 2, end: 3, abort: 4, credit: 5 };
+const KIND_NAME = Object.fromEntries(Object.entries(KIND).map(([name, kind]) => [kind, name]));
+const STREAM_REQUEST = 0;
+const STREAM_RESPONSE = 1;
+
 function encodeFrame(message) {
   const json = Buffer.from(JSON.stringify(message));
-  const header = Buffer.alloc(4);
-  header.writeUInt32BE(json.length, 0);
+  const header = Buffer.alloc(5);
+  header.writeUInt32BE(json.length + 1, 0);
+  header[4] = KIND.message;
   return Buffer.concat([header, json]);
 }
 
-// Feeds bytes in, calls onFrame for every complete frame.
-function frameDecoder(onFrame) {
+// A frame about one stream of a call: data, end, abort or credit.
+function encodeStreamFrame(kind, id, stream, rest = Buffer.alloc(0)) {
+  const header = Buffer.alloc(14);
+  header.writeUInt32BE(10 + rest.length, 0);
+  header[4] = KIND[kind];
+  header.writeBigUInt64BE(BigInt(id), 5);
+  header[13] = stream;
+  return Buffer.concat([header, rest]);
+}
+
+function creditBytes(n) {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n, 0);
+  return b;
+}
+
+// Feeds bytes in: onFrame gets every message, onStream every other frame
+// as { kind, id, stream, bytes }.
+function frameDecoder(onFrame, onStream) {
   let buffered = Buffer.alloc(0);
   return (chunk) => {
     buffered = Buffer.concat([buffered, chunk]);
-    while (buffered.length >= 4) {
+    while (buffered.length >= 5) {
       const length = buffered.readUInt32BE(0);
       if (buffered.length < 4 + length) break;
-      onFrame(JSON.parse(buffered.toString('utf8', 4, 4 + length)));
+      const kind = buffered[4];
+      if (kind === KIND.message) onFrame(JSON.parse(buffered.toString('utf8', 5, 4 + length)));
+      else onStream({ kind: KIND_NAME[kind], id: Number(buffered.readBigUInt64BE(5)), stream: buffered[13], bytes: Buffer.from(buffered.subarray(14, 4 + length)) });
       buffered = buffered.subarray(4 + length);
     }
   };
@@ -60,9 +86,69 @@ class Shim {
     this.child.stdout.on('data', (d) => (this.stdout += d));
     this.child.stderr.on('data', (d) => (this.stderr += d));
     this.exited = new Promise((resolve) => this.child.on('exit', (code, signal) => resolve({ code, signal })));
-    this.stream.on('data', frameDecoder((frame) => this.#deliver(frame)));
+    this.bodyFrames = []; // every data, end, abort and credit frame, in order
+    this.bodyWaiters = [];
+    this.requestCredit = new Map(); // call id → credit left for its request body
+    this.creditWake = null;
+    this.grantCredit = true;
+    this.stream.on('data', frameDecoder((frame) => this.#deliver(frame), (frame) => this.#deliverBody(frame)));
     this.stream.on('error', () => {});
     this.nextId = 1;
+  }
+
+  #deliverBody(frame) {
+    this.bodyFrames.push(frame);
+    // As a host whose client reads at once: every byte taken is credit
+    // given back.
+    if (frame.kind === 'data' && frame.stream === STREAM_RESPONSE && this.grantCredit) {
+      this.stream.write(encodeStreamFrame('credit', frame.id, STREAM_RESPONSE, creditBytes(frame.bytes.length)));
+    }
+    if (frame.kind === 'credit' && frame.stream === STREAM_REQUEST) {
+      this.requestCredit.set(frame.id, (this.requestCredit.get(frame.id) ?? 0) + frame.bytes.readUInt32BE(0));
+      this.creditWake?.();
+    }
+    for (const waiter of [...this.bodyWaiters]) {
+      if (waiter.match(frame)) {
+        this.bodyWaiters.splice(this.bodyWaiters.indexOf(waiter), 1);
+        clearTimeout(waiter.timer);
+        waiter.resolve(frame);
+      }
+    }
+  }
+
+  // The first body frame (already received or still to come) that matches.
+  bodyFrame(match, what = 'body frame') {
+    const seen = this.bodyFrames.find(match);
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const waiter = { match, resolve };
+      waiter.timer = setTimeout(() => {
+        this.bodyWaiters.splice(this.bodyWaiters.indexOf(waiter), 1);
+        reject(new Error(`timed out waiting for ${what}; stderr: ${this.stderr}`));
+      }, FRAME_TIMEOUT_MS);
+      this.bodyWaiters.push(waiter);
+    });
+  }
+
+  // The response body of call `id`, once it ended (null if aborted).
+  async responseBody(id) {
+    const last = await this.bodyFrame((f) => f.id === id && f.stream === STREAM_RESPONSE && (f.kind === 'end' || f.kind === 'abort'), `the end of the body of ${id}`);
+    if (last.kind === 'abort') return null;
+    return Buffer.concat(this.bodyFrames.filter((f) => f.id === id && f.stream === STREAM_RESPONSE && f.kind === 'data').map((f) => f.bytes));
+  }
+
+  // Sends a request body within the credit the shim grants (1 MiB to
+  // begin with), then its end.
+  async sendBody(id, body) {
+    if (!this.requestCredit.has(id)) this.requestCredit.set(id, 1024 * 1024);
+    for (let offset = 0; offset < body.length; ) {
+      while (this.requestCredit.get(id) === 0) await new Promise((resolve) => (this.creditWake = resolve));
+      const n = Math.min(body.length - offset, 256 * 1024, this.requestCredit.get(id));
+      this.stream.write(encodeStreamFrame('data', id, STREAM_REQUEST, body.subarray(offset, offset + n)));
+      this.requestCredit.set(id, this.requestCredit.get(id) - n);
+      offset += n;
+    }
+    this.stream.write(encodeStreamFrame('end', id, STREAM_REQUEST));
   }
 
   #deliver(frame) {
@@ -113,15 +199,18 @@ class Shim {
 
   // Sends one invoke and resolves with its result/error frame plus the log
   // frames carrying its id.
-  async invoke(payload, id = this.nextId++) {
+  // A request's body follows its invoke.
+  async invoke(payload, id = this.nextId++, requestBody = null) {
     this.send({ type: 'invoke', id, deadline_ms: Date.now() + 10_000, ...payload });
+    if (payload.request) this.sendBody(id, requestBody ?? Buffer.alloc(0));
     const reply = await this.frame((f) => (f.type === 'result' || f.type === 'error') && f.id === id, `reply to ${id}`);
+    const body = reply.type === 'result' ? await this.responseBody(id) : null;
     const logs = this.frames.filter((f) => f.type === 'log' && f.id === id);
-    return { reply, logs, body: reply.type === 'result' ? Buffer.from(reply.body, 'base64') : null };
+    return { reply, logs, body };
   }
 
   request(request, id) {
-    return this.invoke({ request: httpRequest(request) }, id);
+    return this.invoke({ request: httpRequest(request) }, id, Buffer.from(request.body ?? ''));
   }
 
   event(event, id) {
@@ -142,8 +231,8 @@ class Shim {
   }
 }
 
-function httpRequest({ method = 'GET', path: p = '/', query = '', headers = [], body = '', host = 'demo.thaw.test', sourceIp = '203.0.113.7' } = {}) {
-  return { method, path: p, query, headers, body: Buffer.from(body).toString('base64'), source_ip: sourceIp, host };
+function httpRequest({ method = 'GET', path: p = '/', query = '', headers = [], host = 'demo.thaw.test', sourceIp = '203.0.113.7' } = {}) {
+  return { method, path: p, query, headers, source_ip: sourceIp, host };
 }
 
 // 2026-12-03T08:00:00.456Z: the milliseconds show whether a style keeps them.
@@ -559,7 +648,7 @@ after(() => fs.rmSync(root, { recursive: true, force: true }));
 test('sends a ready frame on start and exits when the host closes the stream', async () => {
   const shim = new Shim();
   const ready = await shim.ready();
-  assert.equal(ready.protocol, 1);
+  assert.equal(ready.protocol, 2);
   assert.match(ready.runtime, /^thaw-shim\/\d+\.\d+\.\d+$/);
   assert.equal(ready.node, process.version);
   assert.equal(ready.pid, shim.child.pid);
@@ -1614,18 +1703,153 @@ test('handles frames split across reads and several frames in one read', async (
   shim.stream.write(frames.subarray(3));
   const first = await shim.frame((f) => f.type === 'result' && f.id === 1);
   const second = await shim.frame((f) => f.type === 'result' && f.id === 2);
-  assert.equal(JSON.parse(Buffer.from(first.body, 'base64')).event.big.length, 200_000);
-  assert.equal(JSON.parse(Buffer.from(second.body, 'base64')).event, 'small');
+  assert.equal(JSON.parse(await shim.responseBody(first.id)).event.big.length, 200_000);
+  assert.equal(JSON.parse(await shim.responseBody(second.id)).event, 'small');
   await shim.stop();
 });
 
 test('exits with an error on a frame longer than 64 MiB', async () => {
   const shim = new Shim();
   await shim.ready();
-  const header = Buffer.alloc(4);
-  header.writeUInt32BE(64 * 1024 * 1024 + 1, 0);
+  const header = Buffer.alloc(5);
+  header.writeUInt32BE(64 * 1024 * 1024 + 2, 0);
+  header[4] = KIND.message;
   shim.stream.write(header);
   const exit = await shim.exited;
   assert.equal(exit.code, 1);
   assert.match(shim.stderr, /64 MiB/);
+});
+
+// ---------------------------------------------------------------------------
+// Streamed bodies and their flow control.
+
+const streamingFixture = fixture('streaming', {
+  'index.mjs': `
+    import { createHash } from 'node:crypto';
+    const MIB = 1024 * 1024;
+    export default {
+      async fetch(request) {
+        const url = new URL(request.url);
+        if (url.pathname === '/three-mib') {
+          let i = 0;
+          const body = new ReadableStream({
+            pull(controller) {
+              if (i === 48) return controller.close();
+              controller.enqueue(new Uint8Array(64 * 1024).fill(i++));
+            },
+          });
+          return new Response(body, { headers: { 'content-type': 'application/octet-stream' } });
+        }
+        if (url.pathname === '/endless') {
+          let cancelled = false;
+          const body = new ReadableStream({
+            pull: (controller) => new Promise((r) => setTimeout(() => { if (!cancelled) controller.enqueue(new TextEncoder().encode('tick\\n')); r(); }, 5)),
+            cancel: (reason) => { cancelled = true; console.log('cancelled: ' + reason); },
+          });
+          return new Response(body);
+        }
+        if (url.pathname === '/hash') {
+          const hash = createHash('sha256');
+          let bytes = 0;
+          for await (const chunk of request.body) {
+            hash.update(chunk);
+            bytes += chunk.length;
+          }
+          return Response.json({ bytes, sha256: hash.digest('hex') });
+        }
+        return new Response('no route', { status: 404 });
+      },
+    };
+  `,
+});
+
+const lambdaStreamingFixture = fixture('lambda-streaming', {
+  'index.mjs': `
+    export const handler = awslambda.streamifyResponse(async (event, responseStream) => {
+      if (event.rawPath === '/bare') {
+        responseStream.setContentType('text/plain');
+        responseStream.write('no prelude');
+        responseStream.end();
+        return;
+      }
+      const stream = awslambda.HttpResponseStream.from(responseStream, {
+        statusCode: 207,
+        headers: { 'content-type': 'text/event-stream', 'x-streamed': 'yes' },
+        cookies: ['a=1'],
+      });
+      stream.write('data: one\\n\\n');
+      await new Promise((r) => setTimeout(r, 5));
+      stream.write(Buffer.from('data: two\\n\\n'));
+      stream.end();
+    });
+  `,
+});
+
+describe('streamed bodies', () => {
+  test("a ReadableStream body leaves within the host's credit, and the rest once more is granted", async () => {
+    const shim = new Shim();
+    await shim.initOk(streamingFixture, 'index.mjs');
+    shim.grantCredit = false;
+    const id = 1;
+    shim.send({ type: 'invoke', id, deadline_ms: Date.now() + 10_000, request: httpRequest({ path: '/three-mib' }) });
+    shim.sendBody(id, Buffer.alloc(0));
+    const head = await shim.frame((f) => f.type === 'result' && f.id === id, 'the head');
+    assert.equal(head.status, 200);
+    const sent = () => shim.bodyFrames.filter((f) => f.id === id && f.kind === 'data').reduce((n, f) => n + f.bytes.length, 0);
+    // The first window arrives; then nothing more until credit is granted.
+    while (sent() < 1024 * 1024) await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(sent(), 1024 * 1024, 'no byte past the first window without credit');
+    assert.ok(!shim.bodyFrames.some((f) => f.id === id && f.kind === 'end'));
+    shim.stream.write(encodeStreamFrame('credit', id, STREAM_RESPONSE, creditBytes(2 * 1024 * 1024)));
+    const body = await shim.responseBody(id);
+    assert.equal(body.length, 3 * 1024 * 1024);
+    for (let i = 0; i < 48; i++) assert.equal(body[i * 64 * 1024], i, `chunk ${i} in its place`);
+    await shim.stop();
+  });
+
+  test("the host's abort cancels the function's stream", async () => {
+    const shim = new Shim();
+    await shim.initOk(streamingFixture, 'index.mjs');
+    const id = 1;
+    shim.send({ type: 'invoke', id, deadline_ms: Date.now() + 10_000, request: httpRequest({ path: '/endless' }) });
+    shim.sendBody(id, Buffer.alloc(0));
+    await shim.bodyFrame((f) => f.id === id && f.kind === 'data', 'a first chunk');
+    shim.stream.write(encodeStreamFrame('abort', id, STREAM_RESPONSE, Buffer.from('the client went away')));
+    const line = await shim.frame((f) => f.type === 'log' && f.id === id && f.line.startsWith('cancelled'), 'the cancel');
+    assert.equal(line.line, 'cancelled: the client went away');
+    assert.ok(!shim.bodyFrames.some((f) => f.id === id && (f.kind === 'end' || f.kind === 'abort')), 'nothing ends a body the host stopped');
+    await shim.stop();
+  });
+
+  test('a fetch handler reads a request body larger than the window as it arrives', async () => {
+    const shim = new Shim();
+    await shim.initOk(streamingFixture, 'index.mjs');
+    const body = Buffer.alloc(5 * 1024 * 1024 + 3);
+    for (let i = 0; i < body.length; i++) body[i] = (i * 7) % 256;
+    const result = await shim.request({ method: 'POST', path: '/hash', body });
+    const answer = json(result);
+    assert.equal(answer.bytes, body.length);
+    assert.equal(answer.sha256, crypto.createHash('sha256').update(body).digest('hex'));
+    // It could only have come whole through credit the shim granted.
+    const granted = shim.bodyFrames.filter((f) => f.id === result.reply.id && f.kind === 'credit' && f.stream === STREAM_REQUEST);
+    assert.ok(granted.length > 0, 'credit was granted as the body was read');
+    await shim.stop();
+  });
+
+  test('Lambda streamifyResponse: the prelude is the head, what follows the body', async () => {
+    const shim = new Shim();
+    assert.equal((await shim.initOk(lambdaStreamingFixture, 'index.mjs')).style, 'lambda');
+    const result = await shim.request({ path: '/sse' });
+    assert.equal(result.reply.status, 207);
+    assert.deepEqual(header(result.reply, 'content-type'), ['text/event-stream']);
+    assert.deepEqual(header(result.reply, 'x-streamed'), ['yes']);
+    assert.deepEqual(header(result.reply, 'set-cookie'), ['a=1']);
+    assert.equal(result.body.toString('utf8'), 'data: one\n\ndata: two\n\n');
+    const bare = await shim.request({ path: '/bare' });
+    assert.equal(bare.reply.status, 200);
+    assert.deepEqual(header(bare.reply, 'content-type'), ['text/plain']);
+    assert.equal(bare.body.toString('utf8'), 'no prelude');
+    await shim.stop();
+  });
 });

@@ -2,8 +2,10 @@
 //! answers a hello-world function (cold start through the gateway, warm
 //! latency and throughput) beside the same work done by a bare Node `http`
 //! server (the floor), a fresh `node` process per request (the naive way),
-//! Cloudflare's workerd and Deno; whether a namespace's instance limit
-//! keeps a noisy tenant from slowing another one down (`tenants.rs`); how
+//! Cloudflare's workerd and Deno; how fast one large response streams
+//! through thaw beside a bare Node server (`streaming.rs`); whether a
+//! namespace's instance limit keeps a noisy tenant from slowing another
+//! one down (`tenants.rs`); how
 //! much faster the microVM driver's restore is than a boot; and writes
 //! `docs/benchmarks.md` and its chart `docs/benchmarks.svg`.
 //!
@@ -31,6 +33,7 @@ mod procs;
 mod report;
 mod results;
 mod stats;
+mod streaming;
 mod tenants;
 mod thaw;
 mod wire;
@@ -53,6 +56,7 @@ pub const SKIPPABLE: &[&str] = &[
     "workerd",
     "deno",
     "breakdown",
+    "streaming",
     "tenants",
     "cluster",
     "microvm",
@@ -84,6 +88,9 @@ pub struct Options {
     pub microvm: MicrovmPlan,
     /// Run the microVM section and nothing else.
     pub only_microvm: bool,
+    /// MiB of the streamed response, and how many times it is fetched.
+    pub stream_mib: usize,
+    pub stream_runs: usize,
 }
 
 impl Options {
@@ -101,6 +108,8 @@ impl Options {
             command_line: "thaw bench".into(),
             microvm: MicrovmPlan::default(),
             only_microvm: false,
+            stream_mib: 100,
+            stream_runs: 5,
         }
     }
 
@@ -113,6 +122,8 @@ impl Options {
         self.microvm.boots = 1;
         self.microvm.restores = 2;
         self.microvm.idle_vms = 2;
+        self.stream_mib = 8;
+        self.stream_runs = 1;
         self
     }
 
@@ -320,6 +331,7 @@ pub fn run(options: &Options) -> Result<Written> {
         cold_gap: options.cold_gap,
         systems: measured.systems,
         breakdown: measured.breakdown,
+        streaming: measured.streaming,
         memory: measured.memory,
         microvm,
         tenants,
@@ -341,6 +353,9 @@ pub fn run(options: &Options) -> Result<Written> {
     }
     if let Some(why) = report.tenants.failure() {
         failed.push(format!("tenants section: {why}"));
+    }
+    if let Some(why) = report.streaming.failure() {
+        failed.push(format!("streaming section: {why}"));
     }
     if let Some(t) = report.tenants.measured() {
         for why in t.violations() {
@@ -368,6 +383,7 @@ struct Systems {
     systems: Vec<SystemResult>,
     memory: Vec<results::Memory>,
     breakdown: Figure<results::Breakdown>,
+    streaming: Figure<results::Streaming>,
     pool_metrics: Vec<String>,
     /// The driver `thaw up` announced.
     thaw_driver: String,
@@ -379,6 +395,7 @@ impl Systems {
             systems: Vec::new(),
             memory: Vec::new(),
             breakdown: Figure::Skipped(why.into()),
+            streaming: Figure::Skipped(why.into()),
             pool_metrics: Vec::new(),
             thaw_driver: format!("not started ({why})"),
         }
@@ -395,6 +412,7 @@ fn measure_systems(
     let mut systems = Vec::new();
     let mut memory = Vec::new();
     let mut breakdown = Figure::Skipped("--skip breakdown".into());
+    let mut streaming = Figure::Skipped("--skip streaming".into());
     let mut pool_metrics = Vec::new();
     let mut thaw_driver = "not started".to_string();
 
@@ -429,6 +447,21 @@ fn measure_systems(
                     options.cold_gap,
                     plan,
                 ));
+            }
+            if !options.skips("streaming") {
+                progress(&format!(
+                    "streaming: {} MiB in one response, through thaw and from a bare Node server, {} times each",
+                    options.stream_mib, options.stream_runs
+                ));
+                streaming = Figure::from_result(streaming::measure(
+                    &platform,
+                    &options.node,
+                    options.stream_mib,
+                    options.stream_runs,
+                ));
+                if let Some(why) = streaming.failure() {
+                    progress(&format!("streaming: failed: {why}"));
+                }
             }
             if let Some(m) = platform.metrics() {
                 pool_metrics = m
@@ -553,6 +586,7 @@ fn measure_systems(
         systems,
         memory,
         breakdown,
+        streaming,
         pool_metrics,
         thaw_driver,
     }

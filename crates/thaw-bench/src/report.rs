@@ -111,6 +111,7 @@ pub fn markdown(r: &Report, chart_file: Option<&str>) -> String {
         cold_table(w, r);
         warm_table(w, r);
         breakdown(w, r);
+        streaming(w, r);
         memory(w, r);
         tenants(w, r);
         cluster(w, r);
@@ -485,6 +486,45 @@ fn breakdown(w: &mut String, r: &Report) {
 }
 
 /// `a - b` for people, signed only when negative.
+/// Title of the streaming section.
+pub const STREAMING_TITLE: &str = "Streaming one large response";
+
+fn streaming(w: &mut String, r: &Report) {
+    let Some(s) = heading(w, STREAMING_TITLE, &r.streaming) else {
+        return;
+    };
+    let _ = writeln!(
+        w,
+        "One response of {} MiB, fetched whole over a fresh loopback connection and read as fast as it \
+         comes: thaw's fetch handler returns a `ReadableStream` of 256 KiB chunks; the bare Node server \
+         writes the same chunks with backpressure. Median of the runs.\n",
+        s.mib
+    );
+    let _ = writeln!(
+        w,
+        "| system | time to first byte | whole response | throughput |\n| --- | ---: | ---: | ---: |"
+    );
+    for row in &s.rows {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {:.0} MiB/s |",
+            row.system,
+            human(row.first_byte),
+            human(row.whole),
+            row.mib_per_s(s.mib)
+        );
+    }
+    if let [thaw, bare] = &s.rows[..] {
+        let _ = writeln!(
+            w,
+            "\nthaw streams at {} of the bare server's rate; its time to first byte is {} against the server's.",
+            percent(thaw.mib_per_s(s.mib) / bare.mib_per_s(s.mib).max(1e-9)),
+            signed(thaw.first_byte, bare.first_byte)
+        );
+    }
+    let _ = writeln!(w);
+}
+
 fn minus(a: Duration, b: Duration) -> String {
     signed(a, b).trim_start_matches('+').to_string()
 }
@@ -1099,6 +1139,7 @@ mod tests {
             cold_gap: Duration::from_millis(200),
             systems: Vec::new(),
             breakdown: Figure::Skipped("--only microvm".into()),
+            streaming: Figure::Skipped("--only microvm".into()),
             memory,
             microvm,
             tenants: Figure::Skipped("--only microvm".into()),

@@ -281,6 +281,27 @@ impl Tenants {
     }
 }
 
+/// One large response, streamed: per system, the median run's time to
+/// the first byte and to the last.
+#[derive(Debug, Clone)]
+pub struct Streaming {
+    pub mib: usize,
+    pub rows: Vec<StreamRow>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamRow {
+    pub system: String,
+    pub first_byte: Duration,
+    pub whole: Duration,
+}
+
+impl StreamRow {
+    pub fn mib_per_s(&self, mib: usize) -> f64 {
+        mib as f64 / self.whole.as_secs_f64().max(1e-9)
+    }
+}
+
 /// Two workers sharing a PostgreSQL registry: one function called through
 /// its home and through the other worker, which forwards the call; and
 /// many functions called through both workers in turn.
@@ -318,6 +339,8 @@ pub struct Report {
     pub cold_gap: Duration,
     pub systems: Vec<SystemResult>,
     pub breakdown: Figure<Breakdown>,
+    /// A large response through thaw and from a bare Node server.
+    pub streaming: Figure<Streaming>,
     pub memory: Vec<Memory>,
     pub microvm: Figure<Microvm>,
     /// Namespace limits under a noisy neighbour.

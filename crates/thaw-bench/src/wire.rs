@@ -5,9 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use thaw_protocol::{
-    read_frame, write_frame, FromRuntime, HttpRequest, Init, Invoke, Payload, ToRuntime,
-};
+use thaw_protocol::frame::{self, Frame, FrameReader, Stream};
+use thaw_protocol::{write_message, FromRuntime, HttpRequest, Init, Invoke, Payload, ToRuntime};
 use tokio::net::UnixStream;
 
 type Step = std::result::Result<(), String>;
@@ -31,11 +30,12 @@ pub async fn init(s: &mut UnixStream, function: &str, code_dir: &str, limit: Dur
         namespace: "default".into(),
         features: Vec::new(),
     });
-    write_frame(s, &init).await.map_err(|e| e.to_string())?;
+    write_message(s, &init).await.map_err(|e| e.to_string())?;
     next(s, "init_ok", |m| matches!(m, FromRuntime::InitOk { .. })).await
 }
 
-/// One call, `GET /`, until its `result` with status 200.
+/// One call, `GET /`, until the end of the body of its `result` with
+/// status 200.
 pub async fn call(s: &mut UnixStream, limit: Duration) -> Step {
     let deadline_ms = (SystemTime::now() + limit)
         .duration_since(UNIX_EPOCH)
@@ -49,24 +49,50 @@ pub async fn call(s: &mut UnixStream, limit: Duration) -> Step {
             path: "/".into(),
             query: String::new(),
             headers: vec![("host".into(), "127.0.0.1".into())],
-            body: String::new(),
             source_ip: "127.0.0.1".into(),
             host: "127.0.0.1".into(),
         }),
     });
-    write_frame(s, &call).await.map_err(|e| e.to_string())?;
-    next(s, "result", |m| {
+    let mut out = Vec::new();
+    frame::encode_message(&mut out, &call).map_err(|e| e.to_string())?;
+    frame::encode_end(&mut out, 1, Stream::Request);
+    tokio::io::AsyncWriteExt::write_all(s, &out)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut frames = FrameReader::new(s);
+    next_in(&mut frames, "result", |m| {
         matches!(m, FromRuntime::Result { status: 200, .. })
     })
-    .await
+    .await?;
+    loop {
+        match frames.next::<FromRuntime>().await {
+            Ok(Frame::End { .. }) => return Ok(()),
+            Ok(Frame::Data { .. } | Frame::Message(FromRuntime::Log { .. })) => {}
+            Ok(other) => return Err(format!("waiting for the end of the body, got {other:?}")),
+            Err(e) => return Err(format!("waiting for the end of the body: {e}")),
+        }
+    }
 }
 
-/// Reads frames until one `wanted` accepts, skipping log lines.
+/// Reads frames until one `wanted` accepts, skipping log lines. Each step
+/// reads with a reader of its own: the runtime sends nothing between the
+/// frame a step waits for and the next step's request, so nothing read
+/// ahead is lost.
 async fn next(s: &mut UnixStream, name: &str, wanted: impl Fn(&FromRuntime) -> bool) -> Step {
+    next_in(&mut FrameReader::new(s), name, wanted).await
+}
+
+async fn next_in(
+    frames: &mut FrameReader<&mut UnixStream>,
+    name: &str,
+    wanted: impl Fn(&FromRuntime) -> bool,
+) -> Step {
     loop {
-        let m: FromRuntime = read_frame(s)
-            .await
-            .map_err(|e| format!("waiting for {name}: {e}"))?;
+        let m = match frames.next::<FromRuntime>().await {
+            Ok(Frame::Message(m)) => m,
+            Ok(other) => return Err(format!("waiting for {name}, got {other:?}")),
+            Err(e) => return Err(format!("waiting for {name}: {e}")),
+        };
         if wanted(&m) {
             return Ok(());
         }

@@ -14,7 +14,7 @@ use crate::{validate_name, BundleError};
 pub const SETTINGS_FILE: &str = "thaw.toml";
 
 const TOML_HINT: &str =
-    "hint: memory, timeout, concurrency, keep_alive, max_instances, min_instances and retries are whole numbers \
+    "hint: memory, timeout, concurrency, max_body_mb, keep_alive, max_instances, min_instances and retries are whole numbers \
     (memory = 512); name, entry, driver, runtime, destination and every [env] value are quoted text (PORT = \"8080\")";
 
 /// A function's settings. Every key is optional in `thaw.toml`; missing ones
@@ -38,6 +38,11 @@ pub struct Settings {
     /// Requests one instance handles at once, 1..=1000.
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
+    /// Largest request body an HTTP call may send, in MiB, 1..=MAX_BODY_MB.
+    /// Bodies stream to the function as it reads them, so a large limit
+    /// costs thaw no memory.
+    #[serde(default = "default_max_body_mb")]
+    pub max_body_mb: u32,
     /// Instances of the function running at once, 1..=1000; calls beyond
     /// them and their concurrency wait in a bounded queue.
     #[serde(default = "default_max_instances")]
@@ -182,6 +187,11 @@ fn default_timeout() -> u32 {
 fn default_concurrency() -> u32 {
     1
 }
+fn default_max_body_mb() -> u32 {
+    6
+}
+/// Upper bound of `max_body_mb`: 10 GiB.
+pub const MAX_BODY_MB: u32 = 10 * 1024;
 fn default_keep_alive() -> u32 {
     300
 }
@@ -200,6 +210,7 @@ impl Default for Settings {
             memory_mb: default_memory(),
             timeout_s: default_timeout(),
             concurrency: default_concurrency(),
+            max_body_mb: default_max_body_mb(),
             keep_alive_s: default_keep_alive(),
             max_instances: default_max_instances(),
             min_instances: 0,
@@ -288,6 +299,7 @@ impl Settings {
             ("memory", "MiB", self.memory_mb, 64, 4096),
             ("timeout", "seconds", self.timeout_s, 1, 900),
             ("concurrency", "requests", self.concurrency, 1, 1000),
+            ("max_body_mb", "MiB", self.max_body_mb, 1, MAX_BODY_MB),
             ("keep_alive", "seconds", self.keep_alive_s, 0, 86400),
             ("max_instances", "instances", self.max_instances, 1, 1000),
             ("retries", "retries", self.retries, 0, 10),

@@ -43,6 +43,7 @@ entry = "src/main.ts"
 memory = 512
 timeout = 60
 concurrency = 8
+max_body_mb = 1024
 keep_alive = 0
 max_instances = 3
 driver = "microvm"
@@ -68,6 +69,7 @@ _PRIVATE_1 = ""
             memory_mb: 512,
             timeout_s: 60,
             concurrency: 8,
+            max_body_mb: 1024,
             keep_alive_s: 0,
             max_instances: 3,
             min_instances: 0,
@@ -126,6 +128,11 @@ fn bad_types() {
     assert!(msg.contains("line 2") && msg.contains("string"), "{msg}");
     let msg = settings_err("timeout = -1\n");
     assert!(msg.contains("line 1"), "{msg}");
+    let msg = settings_err("max_body_mb = \"6MB\"\n");
+    assert!(
+        msg.contains("line 1") && msg.contains("max_body_mb"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -143,6 +150,11 @@ fn out_of_range_values() {
         ("timeout = 901", "between 1 and 900"),
         ("concurrency = 0", "concurrency"),
         ("keep_alive = 86401", "keep_alive"),
+        (
+            "max_body_mb = 0",
+            "`max_body_mb = 0` is out of range: it must be between 1 and 10240 (MiB)",
+        ),
+        ("max_body_mb = 20000", "between 1 and 10240"),
     ] {
         let msg = settings_err(toml);
         assert!(msg.contains(key), "{toml}: {msg}");

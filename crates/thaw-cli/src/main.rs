@@ -709,7 +709,7 @@ Never trust one run on a busy machine: the figures are only as quiet as the host
         /// The markdown report; the chart is written beside it with the .svg extension.
         #[arg(long, default_value = "docs/benchmarks.md")]
         out: PathBuf,
-        /// Leave out some of: thaw-fetch, thaw-unjailed, naive, workerd, deno, breakdown, tenants, cluster, microvm (comma-separated).
+        /// Leave out some of: thaw-fetch, thaw-unjailed, naive, workerd, deno, breakdown, streaming, tenants, cluster, microvm (comma-separated).
         #[arg(long, value_delimiter = ',', value_name = "LIST")]
         skip: Vec<String>,
         /// Run one section alone: `microvm` (no `thaw up`, no peers).

@@ -187,6 +187,19 @@ fn quick_bench_writes_a_row_of_figures_per_system() {
     let cpu = row(tenants, "together");
     assert!(cpu[1].parse::<f64>().is_ok(), "{cpu:?}");
 
+    // One large response, through thaw and from the bare server: both
+    // measured (8 MiB with --quick), whatever their speed.
+    let streaming = section(&md, "Streaming one large response");
+    assert!(streaming.contains("One response of 8 MiB"), "{streaming}");
+    for name in [
+        "thaw (fetch handler, ReadableStream body)",
+        "bare Node http server",
+    ] {
+        let r = row(streaming, name);
+        assert!(r[1..3].iter().all(|x| is_duration(x)), "{r:?}");
+        assert!(r[3].ends_with(" MiB/s"), "{r:?}");
+    }
+
     // Two workers sharing a scratch PostgreSQL server (installed by
     // `cargo xtask setup`): both landings measured without a failed call,
     // and every call of the rounds answered.

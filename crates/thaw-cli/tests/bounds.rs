@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{function_dir, http, Platform};
+use common::{function_dir, http, status_bytes, thaw_pid, Platform};
 use reqwest::Method;
 use serde_json::Value;
 use std::io::{ErrorKind, Read, Write};
@@ -198,46 +198,6 @@ fn idle_and_slow_connections_never_stop_others_and_are_closed() {
         std::thread::sleep(Duration::from_millis(500));
     }
     answers();
-}
-
-/// The `thaw up` process serving `p`: the one whose environment names its
-/// data directory.
-fn thaw_pid(p: &Platform) -> u32 {
-    let needle = format!("THAW_DATA_DIR={}", p.data_dir.display());
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let (Ok(cmdline), Ok(environ)) = (
-            std::fs::read(entry.path().join("cmdline")),
-            std::fs::read(entry.path().join("environ")),
-        ) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let is_up = args.len() > 1 && args[0].ends_with(b"thaw") && args[1] == b"up".as_slice();
-        if is_up && environ.split(|&b| b == 0).any(|v| v == needle.as_bytes()) {
-            found.push(pid);
-        }
-    }
-    assert_eq!(found.len(), 1, "thaw up for {needle}: {found:?}");
-    found[0]
-}
-
-/// A field of `/proc/PID/status` in bytes (`VmRSS`, `VmHWM`).
-fn status_bytes(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .unwrap();
-    kib * 1024
 }
 
 const HUGE: u64 = 512 << 20;

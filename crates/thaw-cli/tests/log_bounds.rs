@@ -176,8 +176,8 @@ fn a_runtime_writing_garbage_on_its_protocol_descriptor_is_killed_and_others_kee
     let p = Platform::start();
     let bystander = function_dir(&[("index.mjs", "export const main = () => ({ fine: true });")]);
     p.deploy(bystander.path(), "bystander");
-    // A frame of five bytes that are not JSON.
-    let not_json = garbage_writer("[0, 0, 0, 5, 104, 101, 108, 108, 111]");
+    // A message frame of five bytes that are not JSON.
+    let not_json = garbage_writer("[0, 0, 0, 6, 1, 104, 101, 108, 108, 111]");
     p.deploy(not_json.path(), "not-json");
     // A length of 4 GiB, and no body.
     let huge = garbage_writer("[255, 255, 255, 255]");

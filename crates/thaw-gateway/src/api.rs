@@ -429,7 +429,7 @@ async fn invoke(c: Call, headers: axum::http::HeaderMap, body: Body) -> Result<R
     if let Some(prefer) = crate::function_route::wants_async(&headers) {
         let payload = thaw_protocol::Payload::Event(event);
         let accepted =
-            c.p.enqueue_call(Some(&c.caller), &f, &qualifier, payload, &c.base)
+            c.p.enqueue_call(Some(&c.caller), &f, &qualifier, payload, &[], &c.base)
                 .await?;
         return Ok(crate::function_route::accepted_response(&accepted, prefer));
     }

@@ -122,6 +122,7 @@ pub fn invoke_error(e: &InvokeError) -> ApiError {
         InvokeError::QueueTimeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_timeout"),
         InvokeError::QuotaReached(_) => (StatusCode::TOO_MANY_REQUESTS, "namespace_limit"),
         InvokeError::HostBudget(_) => (StatusCode::SERVICE_UNAVAILABLE, "host_budget"),
+        InvokeError::ResponseTooLarge(_) => (StatusCode::BAD_GATEWAY, "bad_response"),
     };
     ApiError::new(status, code, e.to_string())
 }

@@ -5,6 +5,9 @@
 //!
 //! The request reaches the runtime with its method, raw path, raw query,
 //! headers and body as they came (bodies as bytes, so binary survives).
+//! Bodies stream both ways: the request's is read from the client as the
+//! function takes it (up to the function's `max_body_mb`), the response's
+//! reaches the client as the function writes it.
 //! A request that asks to be run later (`x-thaw-invoke: async`, or
 //! `Prefer: respond-async`) is stored as it came and answered `202` with
 //! the call's id and status URL; it runs from the queue (`triggers.rs`).
@@ -19,14 +22,19 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderName, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
+use futures_util::StreamExt;
 use serde_json::json;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use thaw_protocol::{HttpRequest, Payload};
 use thaw_registry::{FunctionId, DEFAULT_NAMESPACE};
-use thaw_sandbox::InvokeOutcome;
+use thaw_sandbox::{BodyAborted, InvokeOutcome, RequestBody, ResponseBody};
 use thaw_scheduler::InvokeError;
+
+/// Request bodies up to this size are read whole before the call (one
+/// frame with the invoke); larger ones, and those of unknown size, stream.
+const READ_WHOLE_BELOW: u64 = 64 * 1024;
 
 /// Headers that describe one hop of the connection, not the message: they
 /// are neither passed to the function nor taken from its answer.
@@ -103,17 +111,11 @@ async fn serve(
     let route = p
         .resolve(&FunctionId::new(namespace, name), &qualifier)
         .await?;
-    let limit = p.max_request_bytes();
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!(
-                "request bodies are limited to {} MiB",
-                limit / (1024 * 1024)
-            ),
-        )
-    })?;
+    let limit = route.spec.max_body_bytes;
+    let declared = axum::body::HttpBody::size_hint(&body).exact();
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
@@ -137,7 +139,6 @@ async fn serve(
         path: rest.to_string(),
         query: parts.uri.query().unwrap_or("").to_string(),
         headers,
-        body: base64::engine::general_purpose::STANDARD.encode(&body),
         source_ip: parts
             .extensions
             .get::<ClientIp>()
@@ -146,19 +147,30 @@ async fn serve(
         host: host.clone(),
     });
     if let Some(prefer) = run_later {
+        // A call stored to run later keeps its body in the registry: the
+        // platform's bound on stored bodies applies too.
+        let limit = limit.min(p.max_request_bytes() as u64);
+        let body = read_whole(body, limit).await?;
         let accepted = p
             .enqueue_call(
                 None,
                 &FunctionId::new(namespace, name),
                 &qualifier,
                 payload,
+                &body,
                 &format!("http://{host}"),
             )
             .await?;
         return Ok(accepted_response(&accepted, prefer));
     }
+    let overflowed = Arc::new(AtomicBool::new(false));
+    let body = match declared {
+        Some(0) => RequestBody::Empty,
+        Some(n) if n < READ_WHOLE_BELOW => RequestBody::Full(read_whole(body, limit).await?),
+        _ => RequestBody::Stream(streamed(body, limit, overflowed.clone())),
+    };
 
-    let inv = match p.call(&route, payload).await {
+    let inv = match p.call(&route, payload, body).await {
         Ok(inv) => inv,
         Err(e) => {
             let err = invoke_error(&e);
@@ -179,6 +191,12 @@ async fn serve(
     };
     let cold = Some(inv.cold);
     let id = Some(inv.id);
+    if overflowed.load(Ordering::Acquire) {
+        // The function was cut off from the rest of its body before it
+        // answered: whatever it made of the start, the request was too big.
+        p.record(&route, "too_large", cold, started.elapsed());
+        return Ok(with_meta(too_large(limit).into_response(), id, cold));
+    }
     let (outcome, response) = match inv.outcome {
         InvokeOutcome::Reply(reply) => match build_response(reply) {
             Ok(r) => ("ok", r),
@@ -264,6 +282,58 @@ fn with_meta(mut response: Response, id: Option<u64>, cold: Option<bool>) -> Res
     response
 }
 
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!(
+            "this function takes request bodies of at most {} MiB (`max_body_mb` in its thaw.toml)",
+            limit / (1024 * 1024)
+        ),
+    )
+}
+
+async fn read_whole(body: Body, limit: u64) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .await
+        .map_err(|_| too_large(limit))
+}
+
+/// The client's body as the runtime takes it, cut off with an error past
+/// `limit` bytes (a body of unknown size announced none), which also sets
+/// `overflowed`.
+fn streamed(body: Body, limit: u64, overflowed: Arc<AtomicBool>) -> thaw_sandbox::BodyChunks {
+    let mut seen = 0u64;
+    Box::pin(body.into_data_stream().map(move |chunk| {
+        let chunk = chunk.map_err(|e| format!("the client's request body failed: {e}"))?;
+        seen += chunk.len() as u64;
+        if seen > limit {
+            overflowed.store(true, Ordering::Release);
+            return Err(format!(
+                "the request body is larger than the {} MiB this function takes (`max_body_mb` in its thaw.toml)",
+                limit / (1024 * 1024)
+            ));
+        }
+        Ok(chunk)
+    }))
+}
+
+/// A response body as the HTTP server sends it: each chunk as it comes;
+/// one cut short ends the response abnormally (the client sees the
+/// connection end before the body's end).
+struct Streamed(ResponseBody);
+
+impl futures_util::Stream for Streamed {
+    type Item = Result<bytes::Bytes, BodyAborted>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_chunk(cx)
+    }
+}
+
 fn bad_output(what: String) -> ApiError {
     ApiError::new(
         StatusCode::BAD_GATEWAY,
@@ -277,7 +347,7 @@ fn build_response(reply: thaw_sandbox::Reply) -> Result<Response, ApiError> {
         .ok()
         .filter(|s| (200..=599).contains(&s.as_u16()))
         .ok_or_else(|| bad_output(format!("an invalid status code {}", reply.status)))?;
-    let mut response = Response::new(Body::from(reply.body));
+    let mut response = Response::new(Body::from_stream(Streamed(reply.body)));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     for (name, value) in reply.headers {
@@ -328,7 +398,7 @@ mod tests {
                 .into_iter()
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect(),
-            body: Vec::new(),
+            body: ResponseBody::from_bytes(Vec::new()),
         };
         assert!(build_response(reply(200, vec![("x-ok", "1")])).is_ok());
         assert_eq!(

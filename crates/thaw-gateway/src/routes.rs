@@ -31,6 +31,7 @@ impl Route {
             timeout: Duration::from_secs(s.timeout_s as u64),
             memory_mb: s.memory_mb,
             concurrency: s.concurrency,
+            max_body_bytes: u64::from(s.max_body_mb) * 1024 * 1024,
             keep_alive: Duration::from_secs(s.keep_alive_s as u64),
             max_instances: s.max_instances,
             min_instances: s.min_instances,

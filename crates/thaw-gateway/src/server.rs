@@ -273,8 +273,18 @@ impl Connection {
             async move {
                 let response =
                     tower_service::Service::<Request<WatchedBody>>::call(&mut app, request).await;
-                drop(handling);
-                response
+                // The request is being handled until its response's body has
+                // been sent, however long a function streams it (its own
+                // timeout bounds that): a pause between two server-sent
+                // events is not a client's silence.
+                response.map(|r| {
+                    r.map(|body| {
+                        axum::body::Body::new(Answering {
+                            inner: body,
+                            _handling: handling,
+                        })
+                    })
+                })
             }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -494,6 +504,33 @@ impl AsyncWrite for Watched {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A response body, holding its request's [`Handling`] until it is sent
+/// (or dropped, the client gone).
+struct Answering {
+    inner: axum::body::Body,
+    _handling: Handling,
+}
+
+impl Body for Answering {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

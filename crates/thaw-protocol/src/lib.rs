@@ -1,21 +1,26 @@
 //! The framed wire protocol between thaw and a runtime instance.
 //!
 //! One byte stream per instance (a socketpair for the `process` driver, a
-//! virtio-serial port for `microvm`) carries length-prefixed JSON messages:
-//! `init`, `invoke`, `result`, `log`, `error`. This crate owns the message
-//! types and the framing, and nothing else: it knows no transport, no
-//! process, no HTTP server. `docs/protocol.md` is its specification.
+//! virtio-serial port for `microvm`) carries length-prefixed frames: JSON
+//! messages (`init`, `invoke`, `result`, `log`, `error`) and binary frames
+//! that carry request and response bodies in chunks under credit-based flow
+//! control ([`frame`]). This crate owns the message types and the framing,
+//! and nothing else: it knows no transport, no process, no HTTP server.
+//! `docs/protocol.md` is its specification.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub mod frame;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// Version of the protocol this host speaks; a runtime announcing another
 /// one is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
-/// Largest frame either side accepts. Bodies travel in frames, so this also
-/// bounds a request or response body (after base64).
+/// Largest JSON message either side accepts (an event travels in its
+/// `invoke`). Bodies travel in chunks of [`frame::MAX_CHUNK`] and are not
+/// bounded by it.
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +33,18 @@ pub enum ProtocolError {
     Malformed(#[from] serde_json::Error),
     #[error("stream error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("frame of kind {0:#04x}, which protocol {PROTOCOL_VERSION} does not have")]
+    UnknownKind(u8),
+    #[error("frame of kind {kind:#04x} is {len} bytes long, too short for its kind")]
+    FrameTooShort { kind: u8, len: usize },
+    #[error("frame for stream {0}, which protocol {PROTOCOL_VERSION} does not have")]
+    UnknownStream(u8),
+    #[error(
+        "{runtime} speaks protocol {protocol}; this host speaks protocol {PROTOCOL_VERSION}: \
+         run a runtime of this thaw release (its shim, or a microVM image built by this \
+         release's `thaw image build`)"
+    )]
+    OldProtocol { protocol: u64, runtime: String },
 }
 
 /// Messages a runtime sends to the host.
@@ -57,14 +74,13 @@ pub enum FromRuntime {
         stream: LogStream,
         line: String,
     },
+    /// The head of a response; its body follows on the call's
+    /// [`frame::Stream::Response`].
     Result {
         id: u64,
         status: u16,
         #[serde(default)]
         headers: Vec<(String, String)>,
-        /// Base64 of the response body.
-        #[serde(default)]
-        body: String,
         /// Work of this call goes on after the answer (`waitUntil`); a
         /// `background_done` frame follows when it ends.
         #[serde(default)]
@@ -202,6 +218,8 @@ pub struct ScheduledCall {
     pub payload: Option<serde_json::Value>,
 }
 
+/// An HTTP request's head; its body follows the `invoke` on the call's
+/// [`frame::Stream::Request`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HttpRequest {
     pub method: String,
@@ -211,76 +229,22 @@ pub struct HttpRequest {
     pub query: String,
     /// Lowercase names; repeated names are kept as separate pairs.
     pub headers: Vec<(String, String)>,
-    /// Base64 of the request body.
-    pub body: String,
     pub source_ip: String,
     pub host: String,
 }
 
-/// Writes one frame: a big-endian u32 length, then the JSON.
-pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> Result<(), ProtocolError>
+/// Writes one message frame (a convenience for peers that send little:
+/// tests, tools).
+pub async fn write_message<W, T>(w: &mut W, msg: &T) -> Result<(), ProtocolError>
 where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
-    let json = serde_json::to_vec(msg)?;
-    if json.len() > MAX_FRAME {
-        return Err(ProtocolError::FrameTooLarge(json.len()));
-    }
-    let mut buf = Vec::with_capacity(4 + json.len());
-    buf.extend_from_slice(&(json.len() as u32).to_be_bytes());
-    buf.extend_from_slice(&json);
+    let mut buf = Vec::new();
+    frame::encode_message(&mut buf, msg)?;
     w.write_all(&buf).await?;
     w.flush().await?;
     Ok(())
-}
-
-/// What [`read_frame`] allocates before any of a frame's body has arrived;
-/// the buffer then grows (doubling) only as bytes actually come in.
-const FIRST_READ: usize = 64 * 1024;
-
-/// Reads one frame. A clean end of stream before a frame starts is
-/// [`ProtocolError::Closed`].
-///
-/// The peer is not trusted: a length above [`MAX_FRAME`] is refused before
-/// a single byte of the body is read, and the body's buffer grows with the
-/// bytes received rather than being sized by the announced length, so a
-/// peer that announces 64 MiB and sends ten bytes costs ten bytes' worth
-/// (and never more than twice what it sent).
-pub async fn read_frame<R, T>(r: &mut R) -> Result<T, ProtocolError>
-where
-    R: AsyncRead + Unpin,
-    T: for<'de> Deserialize<'de>,
-{
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(ProtocolError::Closed)
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(ProtocolError::FrameTooLarge(len));
-    }
-    let mut buf = Vec::new();
-    let mut filled = 0;
-    while filled < len {
-        if filled == buf.len() {
-            buf.resize(len.min((buf.len() * 2).max(FIRST_READ)), 0);
-        }
-        match r.read(&mut buf[filled..]).await {
-            Ok(0) => return Err(ProtocolError::Closed),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(ProtocolError::Closed)
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(serde_json::from_slice(&buf)?)
 }
 
 impl ProtocolError {
@@ -291,7 +255,12 @@ impl ProtocolError {
     pub fn is_violation(&self) -> bool {
         matches!(
             self,
-            ProtocolError::FrameTooLarge(_) | ProtocolError::Malformed(_)
+            ProtocolError::FrameTooLarge(_)
+                | ProtocolError::Malformed(_)
+                | ProtocolError::UnknownKind(_)
+                | ProtocolError::FrameTooShort { .. }
+                | ProtocolError::UnknownStream(_)
+                | ProtocolError::OldProtocol { .. }
         )
     }
 }
@@ -299,6 +268,7 @@ impl ProtocolError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use frame::{Frame, FrameReader};
 
     #[test]
     fn init_debug_shows_variable_names_never_values() {
@@ -321,7 +291,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn frames_round_trip_and_match_the_documented_json() {
+    async fn messages_round_trip_and_match_the_documented_json() {
         let msg = ToRuntime::Invoke(Invoke {
             id: 7,
             deadline_ms: 1000,
@@ -333,120 +303,30 @@ mod tests {
             serde_json::json!({"type":"invoke","id":7,"deadline_ms":1000,"event":{"a":1}})
         );
         let mut buf = Vec::new();
-        write_frame(&mut buf, &msg).await.unwrap();
+        write_message(&mut buf, &msg).await.unwrap();
         assert_eq!(&buf[..4], &(buf.len() as u32 - 4).to_be_bytes());
-        let back: ToRuntime = read_frame(&mut buf.as_slice()).await.unwrap();
-        assert_eq!(back, msg);
+        assert_eq!(buf[4], 0x01, "the message kind");
+        let back: Frame<ToRuntime> = FrameReader::new(buf.as_slice()).next().await.unwrap();
+        assert_eq!(back, Frame::Message(msg));
     }
 
     #[tokio::test]
     async fn runtime_messages_parse_from_the_shim_json() {
-        let raw = br#"{"type":"result","id":3,"status":200,"headers":[["content-type","text/plain"]],"body":"aGk="}"#;
-        let mut buf = (raw.len() as u32).to_be_bytes().to_vec();
+        let raw =
+            br#"{"type":"result","id":3,"status":200,"headers":[["content-type","text/plain"]]}"#;
+        let mut buf = (raw.len() as u32 + 1).to_be_bytes().to_vec();
+        buf.push(0x01);
         buf.extend_from_slice(raw);
-        let msg: FromRuntime = read_frame(&mut buf.as_slice()).await.unwrap();
+        let msg: Frame<FromRuntime> = FrameReader::new(buf.as_slice()).next().await.unwrap();
         assert_eq!(
             msg,
-            FromRuntime::Result {
+            Frame::Message(FromRuntime::Result {
                 id: 3,
                 status: 200,
                 headers: vec![("content-type".into(), "text/plain".into())],
-                body: "aGk=".into(),
                 background: false,
-            }
+            })
         );
-    }
-
-    /// A peer that sends `data` in pieces of at most `piece` bytes and
-    /// records how far into it the reader asked to go.
-    struct Peer {
-        data: Vec<u8>,
-        pos: usize,
-        piece: usize,
-        /// Largest buffer a single read offered to fill.
-        widest_read: usize,
-    }
-
-    impl Peer {
-        fn new(data: Vec<u8>, piece: usize) -> Peer {
-            Peer {
-                data,
-                pos: 0,
-                piece,
-                widest_read: 0,
-            }
-        }
-    }
-
-    impl AsyncRead for Peer {
-        fn poll_read(
-            mut self: std::pin::Pin<&mut Self>,
-            _cx: &mut std::task::Context<'_>,
-            buf: &mut tokio::io::ReadBuf<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            let this = &mut *self;
-            this.widest_read = this.widest_read.max(buf.remaining());
-            let n = buf
-                .remaining()
-                .min(this.piece)
-                .min(this.data.len() - this.pos);
-            buf.put_slice(&this.data[this.pos..this.pos + n]);
-            this.pos += n;
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn an_oversized_length_is_refused_before_any_of_the_body_is_read() {
-        let mut data = u32::MAX.to_be_bytes().to_vec();
-        data.extend_from_slice(&[b'x'; 1000]);
-        let mut peer = Peer::new(data, usize::MAX);
-        let err = read_frame::<_, FromRuntime>(&mut peer).await.unwrap_err();
-        assert!(
-            matches!(err, ProtocolError::FrameTooLarge(n) if n == u32::MAX as usize),
-            "{err}"
-        );
-        assert!(err.is_violation());
-        // Only the prefix was consumed, and no read offered room for a
-        // body: nothing was sized after the announced length.
-        assert_eq!(peer.pos, 4);
-        assert_eq!(peer.widest_read, 4);
-    }
-
-    #[tokio::test]
-    async fn the_body_buffer_grows_with_what_arrives_not_with_the_announced_length() {
-        // Announces 60 MiB (under the limit), sends 10 bytes and ends.
-        let mut data = ((60 * 1024 * 1024) as u32).to_be_bytes().to_vec();
-        data.extend_from_slice(b"{\"type\":\"");
-        let mut peer = Peer::new(data, usize::MAX);
-        let err = read_frame::<_, FromRuntime>(&mut peer).await.unwrap_err();
-        assert!(matches!(err, ProtocolError::Closed), "{err}");
-        assert!(!err.is_violation());
-        assert!(
-            peer.widest_read <= FIRST_READ,
-            "a read offered {} bytes of room",
-            peer.widest_read
-        );
-    }
-
-    #[tokio::test]
-    async fn a_large_frame_arriving_in_small_pieces_is_read_whole() {
-        let line = "y".repeat(300 * 1024);
-        let msg = FromRuntime::Log {
-            id: Some(1),
-            stream: LogStream::Stdout,
-            line: line.clone(),
-        };
-        let mut framed = Vec::new();
-        write_frame(&mut framed, &msg).await.unwrap();
-        framed.extend_from_slice(&framed.clone());
-        let mut peer = Peer::new(framed, 1000);
-        for _ in 0..2 {
-            let back: FromRuntime = read_frame(&mut peer).await.unwrap();
-            assert_eq!(back, msg);
-        }
-        let err = read_frame::<_, FromRuntime>(&mut peer).await.unwrap_err();
-        assert!(matches!(err, ProtocolError::Closed));
     }
 
     #[tokio::test]
@@ -456,9 +336,11 @@ mod tests {
             br#"{"type":"launch_missiles"}"#,
             br#"{"id":1}"#,
         ] {
-            let mut buf = (raw.len() as u32).to_be_bytes().to_vec();
+            let mut buf = (raw.len() as u32 + 1).to_be_bytes().to_vec();
+            buf.push(0x01);
             buf.extend_from_slice(raw);
-            let err = read_frame::<_, FromRuntime>(&mut buf.as_slice())
+            let err = FrameReader::new(buf.as_slice())
+                .next::<FromRuntime>()
                 .await
                 .unwrap_err();
             assert!(matches!(err, ProtocolError::Malformed(_)), "{err}");
@@ -467,19 +349,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn oversized_and_truncated_frames_are_errors() {
-        let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
-        let err = read_frame::<_, FromRuntime>(&mut &huge[..])
-            .await
-            .unwrap_err();
-        assert!(matches!(err, ProtocolError::FrameTooLarge(_)));
-        let truncated = [0u8, 0, 0, 10, b'{'];
-        let err = read_frame::<_, FromRuntime>(&mut &truncated[..])
+    async fn truncated_and_empty_streams_are_closed() {
+        let truncated = [0u8, 0, 0, 10, 0x01, b'{'];
+        let err = FrameReader::new(&truncated[..])
+            .next::<FromRuntime>()
             .await
             .unwrap_err();
         assert!(matches!(err, ProtocolError::Closed));
         let empty: [u8; 0] = [];
-        let err = read_frame::<_, FromRuntime>(&mut &empty[..])
+        let err = FrameReader::new(&empty[..])
+            .next::<FromRuntime>()
             .await
             .unwrap_err();
         assert!(matches!(err, ProtocolError::Closed));

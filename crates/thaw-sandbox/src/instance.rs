@@ -1,12 +1,23 @@
 //! The host's end of one runtime's byte stream, whatever the driver.
+//!
+//! One task reads the runtime's frames and acts on each at once, never
+//! waiting on a consumer (bodies are bounded by flow control, not by
+//! blocking the stream: one slow client never holds up another call's
+//! frames); one task writes what the calls queue for the runtime, several
+//! frames per write when they pile up.
+
+mod body;
+
+pub use body::{BodyAborted, BodyChunks, BodyOccupancy, CollectError, RequestBody, ResponseBody};
 
 use crate::{BoxFuture, SandboxError};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use thaw_protocol::{read_frame, write_frame, FromRuntime, Init, Invoke, LogStream, Payload};
-use tokio::io::{AsyncRead, AsyncWrite};
+use thaw_protocol::frame::{self, Frame, FrameReader, Stream};
+use thaw_protocol::{FromRuntime, Init, Invoke, LogStream, Payload, ToRuntime};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 /// How long a runtime may take between start and its `ready` frame.
@@ -38,6 +49,8 @@ pub const CALL_LOG_LINES: u64 = 10_000;
 /// line (the call's, when it ends; otherwise once the second is over).
 pub const INSTANCE_LOG_BYTES_PER_SEC: u64 = 256 * 1024;
 pub const INSTANCE_LOG_LINES_PER_SEC: u64 = 2_000;
+/// Most bytes of queued frames gathered into one write to the runtime.
+const WRITE_BATCH: usize = 256 * 1024;
 /// Warnings in thaw's own log about runtimes breaking the protocol: at most
 /// one in this long, all runtimes together (the next says how many were
 /// held back).
@@ -320,18 +333,20 @@ pub trait RuntimeProcess: Send + Sync {
     }
 }
 
-/// An HTTP-shaped answer from the runtime.
-#[derive(Debug, Clone)]
-pub struct Reply {
+/// An HTTP-shaped answer from the runtime: its head, and its body as it
+/// streams ([`ResponseBody`]) or, for a caller that waited for all of it,
+/// as bytes.
+#[derive(Debug)]
+pub struct Reply<B = ResponseBody> {
     pub status: u16,
     pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
+    pub body: B,
 }
 
 /// How one invocation ended, when the runtime survived it.
 #[derive(Debug)]
-pub enum InvokeOutcome {
-    Reply(Reply),
+pub enum InvokeOutcome<B = ResponseBody> {
+    Reply(Reply<B>),
     /// The handler threw; the runtime is still usable.
     HandlerError {
         name: Option<String>,
@@ -351,8 +366,16 @@ struct Pending {
 }
 
 struct Shared {
-    writer: tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>,
+    /// Itself, for the response bodies it hands out.
+    me: Weak<Shared>,
+    /// Frames for the writer task, in the order they must go.
+    outbox: mpsc::UnboundedSender<Vec<u8>>,
+    /// Calls waiting for their answer's head.
     pending: Mutex<HashMap<u64, Pending>>,
+    /// Response bodies the runtime is sending.
+    downloads: Mutex<HashMap<u64, body::Download>>,
+    /// Request bodies being sent to the runtime.
+    uploads: Mutex<HashMap<u64, Arc<body::Upload>>>,
     init_waiter: Mutex<Option<oneshot::Sender<Result<String, SandboxError>>>>,
     binding: OnceLock<Binding>,
     style: OnceLock<String>,
@@ -376,6 +399,15 @@ struct Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         self.process.kill();
+        // The last handle went (a runtime killed and let go) before the
+        // read loop saw the stream end: bodies still open say why.
+        let why = self
+            .death
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| "the instance was stopped".into());
+        self.abort_downloads(&why);
         self.say_unattributed_drops();
     }
 }
@@ -432,7 +464,7 @@ impl Instance {
     }
 
     async fn connect_output<R, W>(
-        mut reader: R,
+        reader: R,
         writer: W,
         process: Box<dyn RuntimeProcess>,
         output: Option<Output>,
@@ -442,7 +474,8 @@ impl Instance {
         R: AsyncRead + Send + Unpin + 'static,
         W: AsyncWrite + Send + Unpin + 'static,
     {
-        let ready = tokio::time::timeout(READY_TIMEOUT, read_frame::<_, FromRuntime>(&mut reader));
+        let mut reader = FrameReader::new(reader);
+        let ready = tokio::time::timeout(READY_TIMEOUT, reader.next::<FromRuntime>());
         let runtime = match ready.await {
             Err(_) => {
                 process.kill();
@@ -456,15 +489,16 @@ impl Instance {
                 let how = process.wait_exit().await;
                 return Err(SandboxError::NotReady(format!("{e}; {how}")));
             }
-            Ok(Ok(FromRuntime::Ready {
+            Ok(Ok(Frame::Message(FromRuntime::Ready {
                 protocol, runtime, ..
-            })) => {
+            }))) => {
                 if protocol != thaw_protocol::PROTOCOL_VERSION {
                     process.kill();
-                    return Err(SandboxError::NotReady(format!(
-                        "runtime {runtime} speaks protocol {protocol}, this host speaks {}",
-                        thaw_protocol::PROTOCOL_VERSION
-                    )));
+                    let refused = thaw_protocol::ProtocolError::OldProtocol {
+                        protocol: protocol.into(),
+                        runtime,
+                    };
+                    return Err(SandboxError::NotReady(refused.to_string()));
                 }
                 runtime
             }
@@ -475,9 +509,14 @@ impl Instance {
                 )));
             }
         };
-        let shared = Arc::new(Shared {
-            writer: tokio::sync::Mutex::new(Box::new(writer)),
+        let (outbox, queued) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(writer, queued));
+        let shared = Arc::new_cyclic(|me| Shared {
+            me: me.clone(),
+            outbox,
             pending: Mutex::new(HashMap::new()),
+            downloads: Mutex::new(HashMap::new()),
+            uploads: Mutex::new(HashMap::new()),
             init_waiter: Mutex::new(None),
             binding: OnceLock::new(),
             style: OnceLock::new(),
@@ -528,12 +567,18 @@ impl Instance {
 
     /// Kills the runtime now. Calls still running on it fail as crashed.
     pub fn kill(&self) {
+        self.kill_because("killed by thaw");
+    }
+
+    /// Kills the runtime now; calls still running on it, and response
+    /// bodies it was sending, fail with `why`.
+    pub fn kill_because(&self, why: &str) {
         self.shared.dead.store(true, Ordering::Release);
         self.shared
             .death
             .lock()
             .unwrap()
-            .get_or_insert_with(|| "killed by thaw".into());
+            .get_or_insert_with(|| why.into());
         self.shared.process.kill();
     }
 
@@ -594,7 +639,7 @@ impl Instance {
             }
             *waiter = Some(tx);
         }
-        self.send(&thaw_protocol::ToRuntime::Init(init)).await?;
+        self.send(&ToRuntime::Init(init))?;
         let style = match tokio::time::timeout(timeout, rx).await {
             Err(_) => {
                 self.kill();
@@ -610,14 +655,18 @@ impl Instance {
         Ok(style)
     }
 
-    /// Runs one invocation. `id` must be unique among this instance's
-    /// invocations; its console lines are returned with the outcome and
-    /// also passed to the log sink. The caller enforces the deadline.
+    /// Runs one invocation, until the head of its answer. `id` must be
+    /// unique among this instance's invocations; its console lines so far
+    /// are returned with the outcome and also passed to the log sink (later
+    /// ones, printed while a body streams, go to the sink alone). `body` is
+    /// the request's body when `payload` is an HTTP request, and ignored
+    /// otherwise. The caller enforces the deadline, the body's included.
     pub async fn invoke(
         &self,
         id: u64,
         deadline_ms: u64,
         payload: Payload,
+        body: RequestBody,
     ) -> (Result<InvokeOutcome, SandboxError>, Vec<LogLine>) {
         let (tx, rx) = oneshot::channel();
         {
@@ -637,12 +686,28 @@ impl Instance {
                 },
             );
         }
-        let msg = thaw_protocol::ToRuntime::Invoke(Invoke {
+        let is_request = matches!(payload, Payload::Request(_));
+        let msg = ToRuntime::Invoke(Invoke {
             id,
             deadline_ms,
             payload,
         });
-        if let Err(e) = self.send(&msg).await {
+        let mut out = Vec::new();
+        let sent = frame::encode_message(&mut out, &msg)
+            .map_err(SandboxError::from)
+            .and_then(|()| {
+                let rest = if is_request {
+                    self.body_frames(id, body, &mut out)
+                } else {
+                    None
+                };
+                self.shared.send_frames_checked(out)?;
+                if let Some((chunks, up)) = rest {
+                    tokio::spawn(body::pump(Arc::downgrade(&self.shared), id, chunks, up));
+                }
+                Ok(())
+            });
+        if let Err(e) = sent {
             let logs = self.shared.end_call(id).map(|(_, l)| l).unwrap_or_default();
             return (Err(e), logs);
         }
@@ -662,12 +727,39 @@ impl Instance {
             .unwrap_or_default()
     }
 
-    async fn send(&self, msg: &thaw_protocol::ToRuntime) -> Result<(), SandboxError> {
-        let mut writer = self.shared.writer.lock().await;
-        write_frame(&mut *writer, msg).await.map_err(|e| match e {
-            thaw_protocol::ProtocolError::Io(_) => SandboxError::Crashed(self.death_reason()),
-            other => other.into(),
-        })
+    /// Puts a request's body after its `invoke` in `out` when it is whole
+    /// and fits the window; otherwise returns what a pump task must send
+    /// as the runtime's credit allows.
+    fn body_frames(
+        &self,
+        id: u64,
+        body: RequestBody,
+        out: &mut Vec<u8>,
+    ) -> Option<(BodyChunks, Arc<body::Upload>)> {
+        let chunks: BodyChunks = match body {
+            RequestBody::Empty => {
+                frame::encode_end(out, id, Stream::Request);
+                return None;
+            }
+            RequestBody::Full(bytes) if bytes.len() <= frame::WINDOW as usize => {
+                frame::encode_data(out, id, Stream::Request, &bytes);
+                frame::encode_end(out, id, Stream::Request);
+                return None;
+            }
+            RequestBody::Full(bytes) => Box::pin(futures_util::stream::once(async { Ok(bytes) })),
+            RequestBody::Stream(chunks) => chunks,
+        };
+        // Registered before the invoke leaves, so that no credit for it
+        // arrives unknown.
+        let up = body::Upload::new();
+        self.shared.uploads.lock().unwrap().insert(id, up.clone());
+        Some((chunks, up))
+    }
+
+    fn send(&self, msg: &ToRuntime) -> Result<(), SandboxError> {
+        let mut out = Vec::new();
+        frame::encode_message(&mut out, msg)?;
+        self.shared.send_frames_checked(out)
     }
 
     fn death_reason(&self) -> String {
@@ -694,6 +786,57 @@ impl Drop for ForgetOnDrop<'_> {
 }
 
 impl Shared {
+    /// Queues frames for the runtime. A runtime whose stream broke is
+    /// noticed by the read loop; what was queued for it is dropped.
+    fn send_frames(&self, frames: Vec<u8>) {
+        let _ = self.outbox.send(frames);
+    }
+
+    fn send_frames_checked(&self, frames: Vec<u8>) -> Result<(), SandboxError> {
+        if self.dead.load(Ordering::Acquire) || self.outbox.send(frames).is_err() {
+            let reason = self.death.lock().unwrap().clone();
+            return Err(SandboxError::Crashed(
+                reason.unwrap_or_else(|| "the runtime stopped answering".into()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The response body of call `id`, no longer the read loop's. Taken out
+    /// of the map before it is dropped: what runs when a body is done
+    /// ([`ResponseBody::when_done`]) never runs under the map's lock.
+    fn take_download(&self, id: u64) -> Option<body::Download> {
+        self.downloads.lock().unwrap().remove(&id)
+    }
+
+    /// Ends every response body still coming, with `why`.
+    fn abort_downloads(&self, why: &str) {
+        let downloads: Vec<body::Download> = self
+            .downloads
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(_, d)| d)
+            .collect();
+        for download in downloads {
+            download.finish(body::Chunk::Abort(why.to_string()));
+        }
+    }
+
+    /// Gives up on a call's bodies: the runtime is told to stop sending
+    /// the response (`why`), and thaw stops sending the request.
+    fn cancel_call(&self, id: u64, why: &str) {
+        let streaming = self.take_download(id).is_some();
+        if let Some(up) = self.uploads.lock().unwrap().remove(&id) {
+            up.stop();
+        }
+        if streaming {
+            let mut out = Vec::new();
+            frame::encode_abort(&mut out, id, Stream::Response, why);
+            self.send_frames(out);
+        }
+    }
+
     fn finish(&self, id: u64, outcome: Result<InvokeOutcome, SandboxError>) {
         if let Some((done, logs)) = self.end_call(id) {
             let _ = done.send((outcome, logs));
@@ -815,17 +958,25 @@ impl Shared {
                 id,
                 status,
                 headers,
-                body,
                 background,
             } => {
-                use base64::Engine as _;
                 self.check_id(id, "a result")?;
                 self.note_background(id, background);
-                let body = base64::engine::general_purpose::STANDARD
-                    .decode(&body)
-                    .map_err(|e| {
-                        format!("the body of the result of call {id} is not base64: {e}")
-                    })?;
+                if !self.pending.lock().unwrap().contains_key(&id) {
+                    // Nobody waits for this answer any more (a timeout, a
+                    // second result): its body must not wait for credit.
+                    let mut out = Vec::new();
+                    frame::encode_abort(
+                        &mut out,
+                        id,
+                        Stream::Response,
+                        "no one waits for this answer",
+                    );
+                    self.send_frames(out);
+                    return Ok(());
+                }
+                let (download, body) = ResponseBody::open(id, self.me.clone());
+                self.downloads.lock().unwrap().insert(id, download);
                 self.finish(
                     id,
                     Ok(InvokeOutcome::Reply(Reply {
@@ -845,6 +996,13 @@ impl Shared {
             } => {
                 self.check_id(id, "an error")?;
                 self.note_background(id, background);
+                // A failure after the head cuts the body short.
+                if let Some(d) = self.take_download(id) {
+                    d.finish(body::Chunk::Abort(format!(
+                        "{}: {message}",
+                        name.as_deref().unwrap_or("Error")
+                    )));
+                }
                 // The function's log shows its errors, as Lambda's does.
                 let text = stack.clone().unwrap_or_else(|| {
                     format!("{}: {message}", name.as_deref().unwrap_or("Error"))
@@ -882,6 +1040,84 @@ impl Shared {
         Ok(())
     }
 
+    /// Acts on one frame; `Err` says how the runtime broke the protocol.
+    fn handle_frame(&self, frame: Frame<FromRuntime>) -> Result<(), String> {
+        match frame {
+            Frame::Message(msg) => self.handle(msg),
+            Frame::Data {
+                call,
+                stream: Stream::Response,
+                bytes,
+            } => match self.downloads.lock().unwrap().get_mut(&call) {
+                Some(download) => download.take(call, bytes),
+                None => self.late_body_frame(call, "response body data"),
+            },
+            Frame::End {
+                call,
+                stream: Stream::Response,
+            } => match self.take_download(call) {
+                Some(download) => {
+                    download.finish(body::Chunk::End);
+                    Ok(())
+                }
+                None => self.late_body_frame(call, "the end of a response body"),
+            },
+            Frame::Abort {
+                call,
+                stream: Stream::Response,
+                reason,
+            } => {
+                if let Some(download) = self.take_download(call) {
+                    download.finish(body::Chunk::Abort(reason));
+                    return Ok(());
+                }
+                self.late_body_frame(call, "the abort of a response body")
+            }
+            Frame::Credit {
+                call,
+                stream: Stream::Request,
+                bytes,
+            } => {
+                self.check_id(call, "credit")?;
+                let up = self.uploads.lock().unwrap().get(&call).cloned();
+                match up {
+                    Some(up) => up.grant(call, bytes),
+                    None => Ok(()),
+                }
+            }
+            Frame::Abort {
+                call,
+                stream: Stream::Request,
+                ..
+            } => {
+                // The function wants no more of its request body.
+                self.check_id(call, "the abort of a request body")?;
+                if let Some(up) = self.uploads.lock().unwrap().remove(&call) {
+                    up.stop();
+                }
+                Ok(())
+            }
+            Frame::Data { call, stream, .. } | Frame::End { call, stream } => Err(format!(
+                "a body frame for the {stream:?} stream of call {call}, which only thaw sends"
+            )),
+            Frame::Credit { call, stream, .. } => Err(format!(
+                "credit for the {stream:?} stream of call {call}, which only thaw grants"
+            )),
+        }
+    }
+
+    /// A body frame for a call with no open response body: fine for a call
+    /// thaw gave up on (it sent the abort, and what crossed it is
+    /// dropped); a violation before the call's head or for a call never
+    /// sent.
+    fn late_body_frame(&self, call: u64, what: &str) -> Result<(), String> {
+        self.check_id(call, what)?;
+        if self.pending.lock().unwrap().contains_key(&call) {
+            return Err(format!("{what} of call {call} before its result"));
+        }
+        Ok(())
+    }
+
     fn note_background(&self, id: u64, background: bool) {
         if background {
             self.background.lock().unwrap().insert(id, Instant::now());
@@ -889,14 +1125,34 @@ impl Shared {
     }
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(mut reader: R, shared: Weak<Shared>) {
+/// Writes queued frames to the runtime, gathering what piled up into one
+/// write. Ends when the stream fails (the read loop notices the runtime's
+/// death) or when the instance is gone.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut queued: mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    while let Some(mut out) = queued.recv().await {
+        while out.len() < WRITE_BATCH {
+            match queued.try_recv() {
+                Ok(more) => out.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(mut reader: FrameReader<R>, shared: Weak<Shared>) {
     let end = loop {
-        let frame = read_frame::<_, FromRuntime>(&mut reader).await;
+        let frame = reader.next::<FromRuntime>().await;
         let Some(shared) = shared.upgrade() else {
             return;
         };
         let broken = match frame {
-            Ok(msg) => shared.handle(msg),
+            Ok(frame) => shared.handle_frame(frame),
             Err(e) if e.is_violation() => Err(e.to_string()),
             Err(e) => break (format!("stream ended: {e}"), shared),
         };
@@ -949,6 +1205,10 @@ async fn read_loop<R: AsyncRead + Unpin>(mut reader: R, shared: Weak<Shared>) {
     for (id, p) in pending {
         let (done, logs) = shared.close_call(id, p);
         let _ = done.send((Err(SandboxError::Crashed(reason.clone())), logs));
+    }
+    shared.abort_downloads(&format!("the runtime exited ({reason})"));
+    for (_, up) in shared.uploads.lock().unwrap().drain() {
+        up.stop();
     }
     shared.say_unattributed_drops();
     let init_waiter = shared.init_waiter.lock().unwrap().take();

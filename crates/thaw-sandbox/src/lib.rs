@@ -23,7 +23,8 @@ mod shim;
 pub use build_jail::JailedBuild;
 pub use image::{build_erofs_image, image_path, ImageError, IMAGE_FSTYPE};
 pub use instance::{
-    Binding, Instance, InvokeOutcome, LogLine, LogSink, Reply, RuntimeProcess, CALL_LOG_BYTES,
+    Binding, BodyAborted, BodyChunks, BodyOccupancy, CollectError, Instance, InvokeOutcome,
+    LogLine, LogSink, Reply, RequestBody, ResponseBody, RuntimeProcess, CALL_LOG_BYTES,
     CALL_LOG_LINES, INSTANCE_LOG_BYTES_PER_SEC, INSTANCE_LOG_LINES_PER_SEC, MAX_LINE_BYTES,
 };
 pub use process::{set_niceness, which, JailSettings, ProcessDriver, ProcessDriverConfig};

@@ -4,7 +4,8 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use thaw_protocol::{read_frame, FromRuntime, ProtocolError};
+use thaw_protocol::frame::FrameReader;
+use thaw_protocol::{FromRuntime, ProtocolError};
 
 struct Counting;
 
@@ -42,20 +43,31 @@ async fn peak_of<F: std::future::Future>(f: F) -> (usize, F::Output) {
 async fn a_length_prefix_is_not_what_the_host_allocates() {
     // Announces 60 MiB (under the 64 MiB limit), sends 10 bytes, ends.
     let mut lying = ((60 * 1024 * 1024) as u32).to_be_bytes().to_vec();
+    lying.push(0x01);
     lying.extend_from_slice(br#"{"type":""#);
-    let (peak, read) = peak_of(read_frame::<_, FromRuntime>(&mut lying.as_slice())).await;
+    let (peak, read) = peak_of(FrameReader::new(lying.as_slice()).next::<FromRuntime>()).await;
     assert!(matches!(read, Err(ProtocolError::Closed)), "{read:?}");
     assert!(peak < 256 * 1024, "reading 10 bytes allocated {peak} bytes");
 
     // Announces 4 GiB: refused, with nothing allocated for it.
-    let mut huge = u32::MAX.to_be_bytes().to_vec();
-    huge.extend_from_slice(&[b'x'; 100]);
-    let (peak, read) = peak_of(read_frame::<_, FromRuntime>(&mut huge.as_slice())).await;
-    assert!(
-        matches!(read, Err(ProtocolError::FrameTooLarge(_))),
-        "{read:?}"
-    );
-    assert!(peak < 4096, "refusing a length allocated {peak} bytes");
+    // Announces 4 GiB of message, then of body data: refused before a
+    // byte of either is waited for.
+    for kind in [0x01, 0x02] {
+        let mut huge = u32::MAX.to_be_bytes().to_vec();
+        huge.push(kind);
+        huge.extend_from_slice(&[b'x'; 100]);
+        let mut reader = FrameReader::new(huge.as_slice());
+        let (peak, read) = peak_of(reader.next::<FromRuntime>()).await;
+        assert!(
+            matches!(read, Err(ProtocolError::FrameTooLarge(_))),
+            "{read:?}"
+        );
+        // The reader's first read offers room for a whole chunk.
+        assert!(
+            peak < 512 * 1024,
+            "refusing a length allocated {peak} bytes"
+        );
+    }
 
     // A real 1 MiB frame costs about its size, not the limit's.
     let line = "z".repeat(1024 * 1024);
@@ -63,11 +75,12 @@ async fn a_length_prefix_is_not_what_the_host_allocates() {
         &serde_json::json!({"type": "log", "id": 1, "stream": "stdout", "line": line}),
     )
     .unwrap();
-    let mut frame = (json.len() as u32).to_be_bytes().to_vec();
+    let mut frame = (json.len() as u32 + 1).to_be_bytes().to_vec();
+    frame.push(0x01);
     frame.extend_from_slice(&json);
     drop(line);
     drop(json);
-    let (peak, read) = peak_of(read_frame::<_, FromRuntime>(&mut frame.as_slice())).await;
+    let (peak, read) = peak_of(FrameReader::new(frame.as_slice()).next::<FromRuntime>()).await;
     assert!(read.is_ok(), "{read:?}");
     assert!(
         peak < 4 * 1024 * 1024,

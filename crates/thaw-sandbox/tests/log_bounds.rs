@@ -3,9 +3,11 @@
 //! The runtime's side is played by hand over an in-memory stream.
 
 use std::sync::{Arc, Mutex};
-use thaw_protocol::{write_frame, FromRuntime, LogStream, Payload, ToRuntime, PROTOCOL_VERSION};
+use thaw_protocol::frame::{Frame, FrameReader};
+use thaw_protocol::{write_message, FromRuntime, LogStream, Payload, ToRuntime, PROTOCOL_VERSION};
 use thaw_sandbox::{
-    Binding, BoxFuture, Instance, InvokeOutcome, LogLine, LogSink, RuntimeProcess, SandboxError,
+    Binding, BoxFuture, Instance, InvokeOutcome, LogLine, LogSink, RequestBody, RuntimeProcess,
+    SandboxError,
 };
 use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
@@ -57,14 +59,14 @@ struct Runtime {
     sink: Arc<Sink>,
     killed: watch::Receiver<bool>,
     /// The runtime's end: what thaw sends, and where the runtime writes.
-    from_host: ReadHalf<DuplexStream>,
+    from_host: FrameReader<ReadHalf<DuplexStream>>,
     to_host: WriteHalf<DuplexStream>,
 }
 
 async fn connect(output: Option<mpsc::UnboundedReceiver<(LogStream, String)>>) -> Runtime {
     let (host, far) = tokio::io::duplex(64 * 1024);
     let (from_host, mut to_host) = tokio::io::split(far);
-    write_frame(
+    write_message(
         &mut to_host,
         &FromRuntime::Ready {
             protocol: PROTOCOL_VERSION,
@@ -91,7 +93,7 @@ async fn connect(output: Option<mpsc::UnboundedReceiver<(LogStream, String)>>) -
         instance,
         sink,
         killed,
-        from_host,
+        from_host: FrameReader::new(from_host),
         to_host,
     }
 }
@@ -104,21 +106,24 @@ impl Runtime {
         let instance = self.instance.clone();
         let call = tokio::spawn(async move {
             instance
-                .invoke(id, u64::MAX, Payload::Event(serde_json::json!({})))
+                .invoke(
+                    id,
+                    u64::MAX,
+                    Payload::Event(serde_json::json!({})),
+                    RequestBody::Empty,
+                )
                 .await
         });
-        let msg: ToRuntime = thaw_protocol::read_frame(&mut self.from_host)
-            .await
-            .unwrap();
+        let msg = self.from_host.next::<ToRuntime>().await.unwrap();
         assert!(
-            matches!(msg, ToRuntime::Invoke(ref i) if i.id == id),
+            matches!(msg, Frame::Message(ToRuntime::Invoke(ref i)) if i.id == id),
             "{msg:?}"
         );
         call
     }
 
     async fn send(&mut self, msg: &FromRuntime) {
-        write_frame(&mut self.to_host, msg).await.unwrap();
+        write_message(&mut self.to_host, msg).await.unwrap();
     }
 
     async fn log(&mut self, id: u64, line: String) {
@@ -135,7 +140,6 @@ impl Runtime {
             id,
             status: 200,
             headers: Vec::new(),
-            body: String::new(),
             background: false,
         })
         .await;
@@ -257,7 +261,12 @@ async fn assert_killed_for(mut rt: Runtime, call: Call, what: &str) {
     assert!(!rt.instance.is_alive());
     let (again, _) = rt
         .instance
-        .invoke(2, u64::MAX, Payload::Event(serde_json::json!({})))
+        .invoke(
+            2,
+            u64::MAX,
+            Payload::Event(serde_json::json!({})),
+            RequestBody::Empty,
+        )
         .await;
     match again {
         Err(SandboxError::Crashed(r)) => assert!(r.contains(what), "{r}"),
@@ -270,7 +279,7 @@ async fn assert_killed_for(mut rt: Runtime, call: Call, what: &str) {
 async fn a_frame_that_is_not_json_kills_the_runtime() {
     let mut rt = connect(None).await;
     let call = rt.start_call(1).await;
-    rt.write_raw(b"\0\0\0\x05hello").await;
+    rt.write_raw(b"\0\0\0\x06\x01hello").await;
     assert_killed_for(rt, call, "malformed frame").await;
 }
 
@@ -279,7 +288,8 @@ async fn a_frame_of_an_unknown_type_kills_the_runtime() {
     let mut rt = connect(None).await;
     let call = rt.start_call(1).await;
     let raw = br#"{"type":"launch","id":1}"#;
-    let mut frame = (raw.len() as u32).to_be_bytes().to_vec();
+    let mut frame = (raw.len() as u32 + 1).to_be_bytes().to_vec();
+    frame.push(0x01);
     frame.extend_from_slice(raw);
     rt.write_raw(&frame).await;
     assert_killed_for(rt, call, "unknown variant `launch`").await;
@@ -290,7 +300,9 @@ async fn an_oversized_length_kills_the_runtime_before_its_body_is_read() {
     let mut rt = connect(None).await;
     let call = rt.start_call(1).await;
     // Only the prefix is ever sent: the host must not wait for a body.
-    rt.write_raw(&u32::MAX.to_be_bytes()).await;
+    let mut prefix = u32::MAX.to_be_bytes().to_vec();
+    prefix.push(0x01);
+    rt.write_raw(&prefix).await;
     assert_killed_for(rt, call, "larger than the 67108864-byte limit").await;
 }
 
@@ -329,21 +341,6 @@ async fn an_init_ok_nobody_asked_for_kills_the_runtime() {
 }
 
 #[tokio::test]
-async fn a_body_that_is_not_base64_kills_the_runtime() {
-    let mut rt = connect(None).await;
-    let call = rt.start_call(1).await;
-    rt.send(&FromRuntime::Result {
-        id: 1,
-        status: 200,
-        headers: Vec::new(),
-        body: "not base64!".into(),
-        background: false,
-    })
-    .await;
-    assert_killed_for(rt, call, "is not base64").await;
-}
-
-#[tokio::test]
 async fn log_lines_of_finished_calls_are_still_taken() {
     let mut rt = connect(None).await;
     let call = rt.start_call(1).await;
@@ -357,4 +354,190 @@ async fn log_lines_of_finished_calls_are_still_taken() {
     let (outcome, _) = call.await.unwrap();
     assert!(outcome.is_ok(), "{outcome:?}");
     assert!(rt.sink.lines().iter().any(|l| l.line == "late"));
+}
+
+// Bodies: a runtime that sends past its credit, or out of turn, is broken;
+// thaw sends a request body only within the credit the runtime grants.
+
+/// Frames of a response body of `len` bytes for call `id`, with no end.
+fn response_data(id: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    thaw_protocol::frame::encode_data(
+        &mut out,
+        id,
+        thaw_protocol::frame::Stream::Response,
+        &vec![b'r'; len],
+    );
+    out
+}
+
+#[tokio::test]
+async fn response_bytes_past_the_credit_granted_kill_the_runtime() {
+    let mut rt = connect(None).await;
+    let call = rt.start_call(1).await;
+    rt.answer(1).await;
+    let mut body = match call.await.unwrap().0 {
+        Ok(InvokeOutcome::Reply(reply)) => reply.body,
+        other => panic!("expected a reply, got {other:?}"),
+    };
+    // Nobody reads the body: the first window is all the runtime may send.
+    let window = thaw_protocol::frame::WINDOW as usize;
+    rt.write_raw(&response_data(1, window + 1)).await;
+    rt.killed.wait_for(|k| *k).await.unwrap();
+    let mut got = 0;
+    let cut = loop {
+        match body.chunk().await {
+            Some(Ok(bytes)) => got += bytes.len(),
+            Some(Err(cut)) => break cut,
+            None => panic!("the body ended normally after {got} bytes"),
+        }
+    };
+    assert!(got <= window, "{got} bytes handed on");
+    assert!(
+        cut.0.contains("broke the wire protocol") && cut.0.contains("credit"),
+        "{cut}"
+    );
+    assert!(!rt.instance.is_alive());
+}
+
+#[tokio::test]
+async fn a_body_frame_before_its_result_kills_the_runtime() {
+    let mut rt = connect(None).await;
+    let call = rt.start_call(1).await;
+    rt.write_raw(&response_data(1, 10)).await;
+    assert_killed_for(rt, call, "before its result").await;
+}
+
+#[tokio::test]
+async fn a_request_body_leaves_only_within_the_credit_the_runtime_grants() {
+    use futures_util::StreamExt as _;
+    use thaw_protocol::frame::{encode_credit, Stream, WINDOW};
+    let mut rt = connect(None).await;
+    let total = 3 * WINDOW as usize + 5;
+    let sent: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+    let chunks: Vec<Result<bytes::Bytes, String>> = sent
+        .chunks(100_000)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    let instance = rt.instance.clone();
+    let request = thaw_protocol::HttpRequest {
+        method: "POST".into(),
+        path: "/".into(),
+        query: String::new(),
+        headers: Vec::new(),
+        source_ip: "127.0.0.1".into(),
+        host: "thaw".into(),
+    };
+    let _call = tokio::spawn(async move {
+        instance
+            .invoke(
+                1,
+                u64::MAX,
+                Payload::Request(request),
+                RequestBody::Stream(futures_util::stream::iter(chunks).boxed()),
+            )
+            .await
+    });
+    let msg = rt.from_host.next::<ToRuntime>().await.unwrap();
+    assert!(
+        matches!(msg, Frame::Message(ToRuntime::Invoke(_))),
+        "{msg:?}"
+    );
+
+    let mut got = Vec::new();
+    let mut granted = WINDOW as usize;
+    loop {
+        // Grant more only once all that was granted has come: a host that
+        // sent past its credit would be caught here.
+        let frame = if got.len() == granted {
+            let next = tokio::time::timeout(
+                std::time::Duration::from_millis(200),
+                rt.from_host.next::<ToRuntime>(),
+            )
+            .await;
+            match next {
+                Ok(frame) => frame.unwrap(),
+                Err(_) => {
+                    let mut out = Vec::new();
+                    encode_credit(&mut out, 1, Stream::Request, WINDOW);
+                    rt.write_raw(&out).await;
+                    granted += WINDOW as usize;
+                    continue;
+                }
+            }
+        } else {
+            rt.from_host.next::<ToRuntime>().await.unwrap()
+        };
+        match frame {
+            Frame::Data {
+                call: 1,
+                stream: Stream::Request,
+                bytes,
+            } => {
+                got.extend_from_slice(&bytes);
+                assert!(
+                    got.len() <= granted,
+                    "{} bytes sent with {granted} granted",
+                    got.len()
+                );
+            }
+            Frame::End {
+                call: 1,
+                stream: Stream::Request,
+            } => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(got == sent, "the body arrived changed");
+}
+
+#[tokio::test]
+async fn a_protocol_1_runtime_is_refused_naming_itself_and_both_versions() {
+    // Protocol 1's ready: JSON straight after the length, no kind byte.
+    let v1 = |protocol: u32| {
+        let json = format!(
+            r#"{{"type":"ready","protocol":{protocol},"runtime":"thaw-shim/0.1.0","node":"v20","pid":7}}"#
+        );
+        let mut frame = (json.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(json.as_bytes());
+        frame
+    };
+    // And a protocol 2 frame naming another protocol.
+    let mut v3 = Vec::new();
+    thaw_protocol::frame::encode_message(
+        &mut v3,
+        &FromRuntime::Ready {
+            protocol: 3,
+            runtime: "thaw-shim/9.0.0".into(),
+            node: String::new(),
+            pid: 0,
+        },
+    )
+    .unwrap();
+    for (ready, runtime, protocol) in [(v1(1), "thaw-shim/0.1.0", 1), (v3, "thaw-shim/9.0.0", 3)] {
+        let (host, far) = tokio::io::duplex(64 * 1024);
+        let (_from_host, mut to_host) = tokio::io::split(far);
+        to_host.write_all(&ready).await.unwrap();
+        let (reader, writer) = tokio::io::split(host);
+        let (killed_tx, killed) = watch::channel(false);
+        let refused = Instance::connect(
+            reader,
+            writer,
+            Box::new(FakeProcess(killed_tx)),
+            None,
+            Arc::new(Sink::default()),
+        )
+        .await;
+        let message = match refused {
+            Err(SandboxError::NotReady(message)) => message,
+            Err(other) => panic!("expected NotReady, got {other}"),
+            Ok(_) => panic!("a protocol {protocol} runtime was taken"),
+        };
+        assert!(
+            message.contains(&format!("{runtime} speaks protocol {protocol}"))
+                && message.contains(&format!("this host speaks protocol {PROTOCOL_VERSION}")),
+            "{message}"
+        );
+        assert!(*killed.borrow(), "the refused runtime is killed");
+    }
 }

@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thaw_protocol::{Init, Payload};
-use thaw_sandbox::{Instance, InvokeOutcome, LogLine, SandboxError};
+use thaw_sandbox::{
+    CollectError, Instance, InvokeOutcome, LogLine, Reply, RequestBody, ResponseBody, SandboxError,
+};
 use tokio::sync::Notify;
 
 mod pool;
@@ -26,6 +28,10 @@ pub use pool::{PoolConfig, PoolSnapshot, RuntimePool};
 
 /// Least time a runtime gets to import a function's code.
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest response body a buffered call ([`Scheduler::invoke_buffered`])
+/// takes: what one JSON answer of `thaw invoke` or a stored async result
+/// may hold.
+pub const MAX_BUFFERED_RESPONSE: usize = 64 * 1024 * 1024;
 
 /// Everything the scheduler needs to know about one function version.
 #[derive(Clone, PartialEq)]
@@ -44,6 +50,8 @@ pub struct FunctionSpec {
     pub memory_mb: u32,
     /// Requests one instance serves at once.
     pub concurrency: u32,
+    /// Largest request body an HTTP call may send it, bytes.
+    pub max_body_bytes: u64,
     pub keep_alive: Duration,
     pub max_instances: u32,
     /// Instances kept bound and warm whatever the traffic
@@ -70,6 +78,7 @@ impl std::fmt::Debug for FunctionSpec {
             .field("timeout", &self.timeout)
             .field("memory_mb", &self.memory_mb)
             .field("concurrency", &self.concurrency)
+            .field("max_body_bytes", &self.max_body_bytes)
             .field("keep_alive", &self.keep_alive)
             .field("max_instances", &self.max_instances)
             .field("min_instances", &self.min_instances)
@@ -125,6 +134,8 @@ pub enum InvokeError {
     QuotaReached(String),
     #[error("{0}")]
     HostBudget(String),
+    #[error("the function's response is larger than the {} MiB a buffered call takes", .0 / (1024 * 1024))]
+    ResponseTooLarge(usize),
 }
 
 /// Whose quota a check is against.
@@ -196,11 +207,12 @@ impl Quota {
     }
 }
 
-/// A finished call.
+/// A call answered: its head, and its body as it streams (or, from
+/// [`Scheduler::invoke_buffered`], whole).
 #[derive(Debug)]
-pub struct Invocation {
+pub struct Invocation<B = ResponseBody> {
     pub id: u64,
-    pub outcome: InvokeOutcome,
+    pub outcome: InvokeOutcome<B>,
     pub logs: Vec<LogLine>,
     /// Whether this call started its instance.
     pub cold: bool,
@@ -252,7 +264,8 @@ pub struct Scheduler {
     /// name none.
     runtimes: RwLock<Vec<Arc<RuntimePool>>>,
     config: SchedulerConfig,
-    pools: Mutex<HashMap<PoolKey, Pool>>,
+    /// Shared with the tasks that hold a slot while a body streams.
+    pools: Arc<Mutex<HashMap<PoolKey, Pool>>>,
     quotas: RwLock<HashMap<String, Quota>>,
     next_id: AtomicU64,
     /// Bumped when the runtime changes: provisioned instances started
@@ -288,7 +301,7 @@ impl Scheduler {
         Scheduler {
             runtimes: RwLock::new(vec![runtimes]),
             config,
-            pools: Mutex::new(HashMap::new()),
+            pools: Arc::new(Mutex::new(HashMap::new())),
             quotas: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(seed),
             generation: AtomicU64::new(0),
@@ -354,12 +367,18 @@ impl Scheduler {
             .cloned()
     }
 
-    /// Runs one call of `spec` with `payload`.
+    /// Runs one call of `spec` with `payload` (and `body`, for an HTTP
+    /// request), until the head of its answer. The call keeps its instance
+    /// until the runtime is done with the response body; its timeout
+    /// covers the body too: a runtime still sending when it passes is
+    /// killed, and the body is cut short.
     pub async fn invoke(
         &self,
         spec: &FunctionSpec,
         payload: Payload,
+        body: RequestBody,
     ) -> Result<Invocation, InvokeError> {
+        let started = tokio::time::Instant::now();
         let key = key_of(spec);
         let (instance, cold) = match self.acquire(&key, spec).await? {
             Acquired::Warm(instance) => (instance, false),
@@ -371,33 +390,95 @@ impl Scheduler {
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_millis() as u64)
             .unwrap_or(u64::MAX);
-        let call = instance.invoke(id, deadline_ms, payload);
-        let result = match tokio::time::timeout(spec.timeout, call).await {
-            Err(_) => {
-                let logs = instance.abandon(id);
-                instance.kill();
-                Err(InvokeError::Timeout {
-                    timeout: spec.timeout,
-                    logs,
-                })
-            }
-            Ok((Ok(outcome), logs)) => Ok(Invocation {
-                id,
-                outcome,
-                logs,
-                cold,
-                pid: instance.pid(),
-            }),
-            Ok((Err(e), logs)) => Err(InvokeError::Crashed {
-                reason: match e {
-                    SandboxError::Crashed(reason) => reason,
-                    other => other.to_string(),
-                },
-                logs,
-            }),
+        // The call runs to its answer in a task of its own: a caller that
+        // goes away before it (a client that gave up) leaves it to finish,
+        // and its slot is given back once the runtime is done with it
+        // rather than never.
+        let call = Call {
+            pools: self.pools.clone(),
+            key,
+            instance,
+            id,
+            cold,
+            timeout: spec.timeout,
+            started,
         };
-        self.release(&key, &instance);
-        result
+        match tokio::spawn(call.run(deadline_ms, payload, body)).await {
+            Ok(result) => result,
+            Err(e) => Err(InvokeError::Crashed {
+                reason: format!("the call failed inside thaw: {e}"),
+                logs: Vec::new(),
+            }),
+        }
+    }
+
+    /// [`Scheduler::invoke`] with the response body read whole (at most
+    /// [`MAX_BUFFERED_RESPONSE`]): for callers that answer in one piece
+    /// (`thaw invoke`, async calls, schedules). A body cut short makes the
+    /// call a handler error.
+    pub async fn invoke_buffered(
+        &self,
+        spec: &FunctionSpec,
+        payload: Payload,
+        body: RequestBody,
+    ) -> Result<Invocation<Vec<u8>>, InvokeError> {
+        let started = tokio::time::Instant::now();
+        let inv = self.invoke(spec, payload, body).await?;
+        let outcome = match inv.outcome {
+            InvokeOutcome::Reply(Reply {
+                status,
+                headers,
+                body,
+            }) => {
+                // The slot's own timer kills a runtime that stalls; this
+                // bound only keeps the wait from outliving it.
+                let collected = tokio::time::timeout_at(
+                    started + spec.timeout + Duration::from_secs(1),
+                    body.collect(MAX_BUFFERED_RESPONSE),
+                )
+                .await;
+                match collected {
+                    Ok(Ok(body)) => InvokeOutcome::Reply(Reply {
+                        status,
+                        headers,
+                        body,
+                    }),
+                    Ok(Err(CollectError::TooLarge(limit))) => {
+                        return Err(InvokeError::ResponseTooLarge(limit))
+                    }
+                    Ok(Err(CollectError::Aborted(cut))) => InvokeOutcome::HandlerError {
+                        name: None,
+                        message: cut.to_string(),
+                        stack: None,
+                        no_retry: false,
+                    },
+                    Err(_) => {
+                        return Err(InvokeError::Timeout {
+                            timeout: spec.timeout,
+                            logs: inv.logs,
+                        })
+                    }
+                }
+            }
+            InvokeOutcome::HandlerError {
+                name,
+                message,
+                stack,
+                no_retry,
+            } => InvokeOutcome::HandlerError {
+                name,
+                message,
+                stack,
+                no_retry,
+            },
+        };
+        Ok(Invocation {
+            id: inv.id,
+            outcome,
+            logs: inv.logs,
+            cold: inv.cold,
+            pid: inv.pid,
+        })
     }
 
     /// Starts one instance of `spec` and leaves it idle in its pool. Used
@@ -816,34 +897,122 @@ impl Scheduler {
             }
         }
     }
+}
 
-    fn release(&self, key: &PoolKey, instance: &Instance) {
-        let mut pools = self.pools.lock().unwrap();
-        let Some(pool) = pools.get_mut(key) else {
-            // The version was retired while this call ran.
-            end_when_settled(instance.clone());
+/// One call on the instance it was given, from its `invoke` until its
+/// slot is given back.
+struct Call {
+    pools: Arc<Mutex<HashMap<PoolKey, Pool>>>,
+    key: PoolKey,
+    instance: Instance,
+    id: u64,
+    cold: bool,
+    timeout: Duration,
+    started: tokio::time::Instant,
+}
+
+impl Call {
+    /// Runs the call until the head of its answer; its slot is given back
+    /// then, or once the response body has all gone when it streams.
+    async fn run(
+        self,
+        deadline_ms: u64,
+        payload: Payload,
+        body: RequestBody,
+    ) -> Result<Invocation, InvokeError> {
+        let Call { id, cold, .. } = self;
+        let instance = &self.instance;
+        let call = instance.invoke(id, deadline_ms, payload, body);
+        let result = match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => {
+                let logs = instance.abandon(id);
+                instance.kill();
+                Err(InvokeError::Timeout {
+                    timeout: self.timeout,
+                    logs,
+                })
+            }
+            Ok((Ok(outcome), logs)) => {
+                let mut inv = Invocation {
+                    id,
+                    outcome,
+                    logs,
+                    cold,
+                    pid: instance.pid(),
+                };
+                // An answer gives its slot back with the end of its body.
+                if let InvokeOutcome::Reply(reply) = &mut inv.outcome {
+                    self.release_when_done(&mut reply.body);
+                    return Ok(inv);
+                }
+                Ok(inv)
+            }
+            Ok((Err(e), logs)) => Err(InvokeError::Crashed {
+                reason: match e {
+                    SandboxError::Crashed(reason) => reason,
+                    other => other.to_string(),
+                },
+                logs,
+            }),
+        };
+        release(&self.pools, &self.key, &self.instance);
+        result
+    }
+
+    /// Gives the slot back once the runtime is done with the response
+    /// body (at once when it is already), and kills a runtime still
+    /// sending it at the call's deadline.
+    fn release_when_done(&self, body: &mut ResponseBody) {
+        let (pools, key, instance) = (self.pools.clone(), self.key.clone(), self.instance.clone());
+        if body.when_done(move || release(&pools, &key, &instance)) {
+            return;
+        }
+        let Some(occupancy) = body.occupancy() else {
             return;
         };
-        let alive = instance.is_alive();
-        if let Some(pos) = pool
-            .slots
-            .iter()
-            .position(|s| same_instance(&s.instance, instance))
-        {
-            let slot = &mut pool.slots[pos];
-            slot.inflight = slot.inflight.saturating_sub(1);
-            slot.last_used = Instant::now();
-            if slot.inflight == 0 && (!alive || pool.retired) {
-                pool.slots.swap_remove(pos);
-                if pool.retired {
-                    end_when_settled(instance.clone());
-                }
+        let (instance, deadline, timeout) = (
+            self.instance.clone(),
+            self.started + self.timeout,
+            self.timeout,
+        );
+        tokio::spawn(async move {
+            if tokio::time::timeout_at(deadline, occupancy).await.is_err() {
+                instance.kill_because(&format!(
+                    "the function did not finish its response within its timeout of {}s",
+                    timeout.as_secs_f64()
+                ));
+            }
+        });
+    }
+}
+
+/// Gives back a call's slot on `instance`.
+fn release(pools: &Mutex<HashMap<PoolKey, Pool>>, key: &PoolKey, instance: &Instance) {
+    let mut pools = pools.lock().unwrap();
+    let Some(pool) = pools.get_mut(key) else {
+        // The version was retired while this call ran.
+        end_when_settled(instance.clone());
+        return;
+    };
+    let alive = instance.is_alive();
+    if let Some(pos) = pool
+        .slots
+        .iter()
+        .position(|s| same_instance(&s.instance, instance))
+    {
+        let slot = &mut pool.slots[pos];
+        slot.inflight = slot.inflight.saturating_sub(1);
+        slot.last_used = Instant::now();
+        if slot.inflight == 0 && (!alive || pool.retired) {
+            pool.slots.swap_remove(pos);
+            if pool.retired {
+                end_when_settled(instance.clone());
             }
         }
-        pool.freed.notify_waiters();
-        if pool.retired && pool.is_empty() {
-            pools.remove(key);
-        }
+    }
+    pool.freed.notify_waiters();
+    if pool.retired && pool.is_empty() {
+        pools.remove(key);
     }
 }
 
@@ -959,6 +1128,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             memory_mb: 128,
             concurrency: 1,
+            max_body_bytes: 1024,
             keep_alive: Duration::from_secs(1),
             max_instances: 1,
             min_instances: 0,

@@ -4,7 +4,8 @@
 //! that plays the runtime's side of the wire protocol: it announces itself
 //! ready, answers `init` at once, and answers each `invoke` after the delay
 //! its event asks for (`{"sleep_ms": 300}`), or exits without answering
-//! (`{"exit": true}`). The host side is a real [`Instance`], so the
+//! (`{"exit": true}`). Its answer's body ("ok") follows its head at once,
+//! or after `{"body_after_ms": 300}`, or never (`{"stall": true}`). The host side is a real [`Instance`], so the
 //! scheduler under test runs exactly as it does over a real runtime.
 
 use std::collections::BTreeMap;
@@ -13,12 +14,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use thaw_protocol::{
-    read_frame, write_frame, FromRuntime, Init, Payload, ToRuntime, PROTOCOL_VERSION,
-};
+use thaw_protocol::frame::{self, Frame, FrameReader, Stream};
+use thaw_protocol::{FromRuntime, Init, Payload, ToRuntime, PROTOCOL_VERSION};
 use thaw_sandbox::{
-    Binding, BoxFuture, Driver, Instance, InvokeOutcome, LogLine, LogSink, RuntimeChange,
-    RuntimeProcess, SandboxError,
+    Binding, BoxFuture, Driver, Instance, InvokeOutcome, LogLine, LogSink, RequestBody,
+    RuntimeChange, RuntimeProcess, SandboxError,
 };
 use thaw_scheduler::{
     FunctionSpec, Invocation, InvokeError, PoolConfig, Quota, RuntimePool, Scheduler,
@@ -224,9 +224,24 @@ impl RuntimeProcess for FakeProcess {
     }
 }
 
+/// Writes frames, encoded by `encode`, in one write.
+async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &tokio::sync::Mutex<W>,
+    encode: impl FnOnce(&mut Vec<u8>),
+) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    encode(&mut out);
+    tokio::io::AsyncWriteExt::write_all(&mut *writer.lock().await, &out).await
+}
+
+fn message(out: &mut Vec<u8>, msg: &FromRuntime) {
+    frame::encode_message(out, msg).unwrap();
+}
+
 /// The runtime's side of the stream, until it is killed or told to exit.
 async fn play_runtime(stream: DuplexStream, runtime: Arc<FakeRuntime>) {
-    let (mut reader, writer) = tokio::io::split(stream);
+    let (reader, writer) = tokio::io::split(stream);
+    let mut reader = FrameReader::new(reader);
     let writer = Arc::new(tokio::sync::Mutex::new(writer));
     let mut exit = runtime.exit.subscribe();
     let ready = FromRuntime::Ready {
@@ -235,7 +250,7 @@ async fn play_runtime(stream: DuplexStream, runtime: Arc<FakeRuntime>) {
         node: String::new(),
         pid: 0,
     };
-    if write_frame(&mut *writer.lock().await, &ready)
+    if write_frames(&writer, |out| message(out, &ready))
         .await
         .is_err()
     {
@@ -246,24 +261,27 @@ async fn play_runtime(stream: DuplexStream, runtime: Arc<FakeRuntime>) {
     let mut calls = JoinSet::new();
     loop {
         let msg = tokio::select! {
-            msg = read_frame::<_, ToRuntime>(&mut reader) => msg,
+            msg = reader.next::<ToRuntime>() => msg,
             ended = exit.wait_for(Option::is_some) => {
                 drop(ended);
                 break;
             }
         };
         match msg {
-            Ok(ToRuntime::Init(init)) => {
+            Ok(Frame::Message(ToRuntime::Init(init))) => {
                 *runtime.init.lock().unwrap() = Some(init);
                 let ok = FromRuntime::InitOk {
                     style: "fake".into(),
                     services: Vec::new(),
                 };
-                if write_frame(&mut *writer.lock().await, &ok).await.is_err() {
+                if write_frames(&writer, |out| message(out, &ok))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
-            Ok(ToRuntime::Invoke(invoke)) => {
+            Ok(Frame::Message(ToRuntime::Invoke(invoke))) => {
                 let event = match invoke.payload {
                     Payload::Event(event) => event,
                     Payload::Request(_) | Payload::Scheduled(_) => serde_json::Value::Null,
@@ -273,6 +291,8 @@ async fn play_runtime(stream: DuplexStream, runtime: Arc<FakeRuntime>) {
                     break;
                 }
                 let sleep = Duration::from_millis(event["sleep_ms"].as_u64().unwrap_or(0));
+                let body_after = event["body_after_ms"].as_u64().map(Duration::from_millis);
+                let stall = event["stall"] == serde_json::Value::Bool(true);
                 // Work left running after the answer, as `waitUntil` does.
                 let background = event["background_ms"].as_u64().map(Duration::from_millis);
                 let bound = runtime
@@ -286,25 +306,42 @@ async fn play_runtime(stream: DuplexStream, runtime: Arc<FakeRuntime>) {
                         ("x-fake-runtime".into(), runtime.number.to_string()),
                         ("x-fake-function".into(), bound),
                     ],
-                    // "ok"
-                    body: "b2s=".into(),
                     background: background.is_some(),
                 };
                 let writer = writer.clone();
                 let id = invoke.id;
                 calls.spawn(async move {
                     tokio::time::sleep(sleep).await;
-                    let _ = write_frame(&mut *writer.lock().await, &result).await;
+                    let body = |out: &mut Vec<u8>| {
+                        frame::encode_data(out, id, Stream::Response, b"ok");
+                        frame::encode_end(out, id, Stream::Response);
+                    };
+                    let _ = write_frames(&writer, |out| {
+                        message(out, &result);
+                        if body_after.is_none() && !stall {
+                            body(out);
+                        }
+                    })
+                    .await;
+                    if stall {
+                        return;
+                    }
+                    if let Some(after) = body_after {
+                        tokio::time::sleep(after).await;
+                        let _ = write_frames(&writer, body).await;
+                    }
                     if let Some(after) = background {
                         tokio::time::sleep(after).await;
                         let done = FromRuntime::BackgroundDone {
                             id,
                             timed_out: false,
                         };
-                        let _ = write_frame(&mut *writer.lock().await, &done).await;
+                        let _ = write_frames(&writer, |out| message(out, &done)).await;
                     }
                 });
             }
+            // Bodies and credit: this runtime's calls need none.
+            Ok(_) => {}
             // The host closed the stream, or sent garbage.
             Err(_) => break,
         }
@@ -356,6 +393,7 @@ fn spec(namespace: &str, name: &str, version: i64) -> FunctionSpec {
         timeout: Duration::from_secs(5),
         memory_mb: 128,
         concurrency: 1,
+        max_body_bytes: 6 * 1024 * 1024,
         keep_alive: Duration::from_secs(60),
         max_instances: 16,
         min_instances: 0,
@@ -369,7 +407,7 @@ fn sleeping(ms: u64) -> Payload {
 }
 
 /// A header of a call's reply.
-fn header(call: &Invocation, name: &str) -> String {
+fn header(call: &Invocation<Vec<u8>>, name: &str) -> String {
     match &call.outcome {
         InvokeOutcome::Reply(reply) => reply
             .headers
@@ -382,7 +420,7 @@ fn header(call: &Invocation, name: &str) -> String {
 }
 
 /// The message of a `QuotaReached` error, or a panic naming what it was.
-fn quota_message(result: &Result<Invocation, InvokeError>) -> &str {
+fn quota_message(result: &Result<Invocation<Vec<u8>>, InvokeError>) -> &str {
     match result {
         Err(InvokeError::QuotaReached(message)) => message,
         other => panic!("expected QuotaReached, got {other:?}"),
@@ -394,18 +432,24 @@ async fn a_warm_instance_is_reused() {
     let (driver, scheduler) = setup();
     let f = spec("a", "f", 1);
 
-    let first = scheduler.invoke(&f, sleeping(0)).await.unwrap();
+    let first = scheduler
+        .invoke_buffered(&f, sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
     assert!(first.cold, "the first call starts the instance");
     match &first.outcome {
         InvokeOutcome::Reply(reply) => {
             assert_eq!(reply.status, 200);
-            assert_eq!(reply.body, b"ok");
+            assert_eq!(reply.body, b"ok".to_vec());
         }
         other => panic!("expected a reply, got {other:?}"),
     }
     assert_eq!(header(&first, "x-fake-function"), "f@1");
 
-    let second = scheduler.invoke(&f, sleeping(0)).await.unwrap();
+    let second = scheduler
+        .invoke_buffered(&f, sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
     assert!(!second.cold, "the second call finds the instance warm");
     assert_eq!(
         header(&first, "x-fake-runtime"),
@@ -454,7 +498,7 @@ async fn a_function_runs_on_the_pool_of_its_runtime_line() {
     assert!(scheduler.has_runtimes(&on(Some("node20"), "f")));
     assert!(!scheduler.has_runtimes(&on(Some("node22"), "g")));
     let missing = scheduler
-        .invoke(&on(Some("node22"), "g"), sleeping(0))
+        .invoke_buffered(&on(Some("node22"), "g"), sleeping(0), RequestBody::Empty)
         .await
         .unwrap_err();
     assert!(
@@ -468,12 +512,15 @@ async fn a_function_runs_on_the_pool_of_its_runtime_line() {
         ("fake".to_string(), "node22".to_string())
     );
     scheduler
-        .invoke(&on(Some("node22"), "g"), sleeping(0))
+        .invoke_buffered(&on(Some("node22"), "g"), sleeping(0), RequestBody::Empty)
         .await
         .unwrap();
-    scheduler.invoke(&on(None, "f"), sleeping(0)).await.unwrap();
     scheduler
-        .invoke(&on(Some("node20"), "h"), sleeping(0))
+        .invoke_buffered(&on(None, "f"), sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
+    scheduler
+        .invoke_buffered(&on(Some("node20"), "h"), sleeping(0), RequestBody::Empty)
         .await
         .unwrap();
     assert_eq!((default_line.starts(), node22.starts()), (2, 1));
@@ -493,8 +540,8 @@ async fn calls_beyond_max_instances_queue_for_a_warm_instance() {
         ..spec("a", "f", 1)
     };
     let (one, two) = tokio::join!(
-        scheduler.invoke(&f, sleeping(200)),
-        scheduler.invoke(&f, sleeping(200)),
+        scheduler.invoke_buffered(&f, sleeping(200), RequestBody::Empty),
+        scheduler.invoke_buffered(&f, sleeping(200), RequestBody::Empty),
     );
     let (one, two) = (one.unwrap(), two.unwrap());
     assert_eq!(driver.starts(), 1, "max_instances = 1 starts one runtime");
@@ -514,8 +561,8 @@ async fn busy_instances_are_those_serving_calls_not_idle_ones() {
         scheduler.busy_instances()
     };
     let (ra, rb, busy) = tokio::join!(
-        scheduler.invoke(&fa, sleeping(400)),
-        scheduler.invoke(&fb, sleeping(400)),
+        scheduler.invoke_buffered(&fa, sleeping(400), RequestBody::Empty),
+        scheduler.invoke_buffered(&fb, sleeping(400), RequestBody::Empty),
         during,
     );
     ra.unwrap();
@@ -540,10 +587,10 @@ async fn a_namespace_quota_caps_its_instances_only() {
     let fb = spec("b", "f", 2);
 
     let (r1, r2, r3, rb) = tokio::join!(
-        scheduler.invoke(&fa, sleeping(300)),
-        scheduler.invoke(&fa, sleeping(300)),
-        scheduler.invoke(&fa, sleeping(300)),
-        scheduler.invoke(&fb, sleeping(300)),
+        scheduler.invoke_buffered(&fa, sleeping(300), RequestBody::Empty),
+        scheduler.invoke_buffered(&fa, sleeping(300), RequestBody::Empty),
+        scheduler.invoke_buffered(&fa, sleeping(300), RequestBody::Empty),
+        scheduler.invoke_buffered(&fb, sleeping(300), RequestBody::Empty),
     );
     let results = [r1, r2, r3];
     let ok = results.iter().filter(|r| r.is_ok()).count();
@@ -586,8 +633,8 @@ async fn a_memory_quota_allows_one_instance_at_a_time() {
     };
 
     let (one, two) = tokio::join!(
-        scheduler.invoke(&f, sleeping(300)),
-        scheduler.invoke(&f, sleeping(300)),
+        scheduler.invoke_buffered(&f, sleeping(300), RequestBody::Empty),
+        scheduler.invoke_buffered(&f, sleeping(300), RequestBody::Empty),
     );
     let (ok, refused) = if one.is_ok() { (one, two) } else { (two, one) };
     assert!(ok.unwrap().cold);
@@ -598,10 +645,15 @@ async fn a_memory_quota_allows_one_instance_at_a_time() {
     assert_eq!(scheduler.usage("a"), (1, 256));
 
     // While f's only instance is busy it cannot make room for g.
-    let (busy, other) = tokio::join!(scheduler.invoke(&f, sleeping(300)), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        scheduler.invoke(&g, sleeping(0)).await
-    });
+    let (busy, other) = tokio::join!(
+        scheduler.invoke_buffered(&f, sleeping(300), RequestBody::Empty),
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            scheduler
+                .invoke_buffered(&g, sleeping(0), RequestBody::Empty)
+                .await
+        }
+    );
     assert!(!busy.unwrap().cold, "f's instance is reused");
     let message = quota_message(&other);
     assert!(message.contains("max_memory_mb = 300"), "{message}");
@@ -626,13 +678,19 @@ async fn an_idle_instance_of_another_function_makes_room() {
         ..spec("a", "f2", 2)
     };
 
-    let first = scheduler.invoke(&f1, sleeping(0)).await.unwrap();
+    let first = scheduler
+        .invoke_buffered(&f1, sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
     assert!(first.cold);
     assert_eq!(scheduler.stats("a", "f1").idle, 1);
     assert_eq!(scheduler.usage("a"), (1, 128));
     assert_eq!(driver.kills(), 0);
 
-    let second = scheduler.invoke(&f2, sleeping(0)).await.unwrap();
+    let second = scheduler
+        .invoke_buffered(&f2, sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
     assert!(second.cold);
     assert_eq!(header(&second, "x-fake-function"), "f2@2");
     assert_eq!(driver.starts(), 2);
@@ -645,7 +703,10 @@ async fn an_idle_instance_of_another_function_makes_room() {
     assert_eq!(scheduler.usage("a"), (1, 200));
 
     // And back: f1 now evicts f2, starting cold again.
-    let third = scheduler.invoke(&f1, sleeping(0)).await.unwrap();
+    let third = scheduler
+        .invoke_buffered(&f1, sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
     assert!(third.cold);
     assert_eq!(driver.kills(), 2);
     assert!(driver.runtime(2).killed());
@@ -682,7 +743,10 @@ async fn retire_kills_idle_instances_of_other_versions_of_that_function_only() {
 
     // The survivors still serve warm.
     for s in &specs[1..] {
-        let call = scheduler.invoke(s, sleeping(0)).await.unwrap();
+        let call = scheduler
+            .invoke_buffered(s, sleeping(0), RequestBody::Empty)
+            .await
+            .unwrap();
         assert!(
             !call.cold,
             "{}/{}@{} is warm",
@@ -697,11 +761,14 @@ async fn retire_kills_idle_instances_of_other_versions_of_that_function_only() {
 async fn retire_lets_a_busy_instance_finish_its_call_then_kills_it() {
     let (driver, scheduler) = setup();
     let f1 = spec("a", "f", 1);
-    let (call, killed_while_busy) = tokio::join!(scheduler.invoke(&f1, sleeping(300)), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        scheduler.retire("a", "f", &[2]);
-        driver.kills()
-    });
+    let (call, killed_while_busy) = tokio::join!(
+        scheduler.invoke_buffered(&f1, sleeping(300), RequestBody::Empty),
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            scheduler.retire("a", "f", &[2]);
+            driver.kills()
+        }
+    );
     let call = call.expect("a retired version's running call finishes");
     assert_eq!(header(&call, "x-fake-function"), "f@1");
     assert_eq!(killed_while_busy, 0, "busy instances are not killed");
@@ -715,8 +782,14 @@ async fn reap_idle_with_zero_keep_alive_removes_idle_instances() {
     let (driver, scheduler) = setup();
     let f = spec("a", "f", 1);
     let g = spec("a", "g", 1);
-    scheduler.invoke(&f, sleeping(0)).await.unwrap();
-    scheduler.invoke(&g, sleeping(0)).await.unwrap();
+    scheduler
+        .invoke_buffered(&f, sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
+    scheduler
+        .invoke_buffered(&g, sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
     assert_eq!(scheduler.usage("a"), (2, 256));
 
     let hour = Duration::from_secs(3600);
@@ -738,7 +811,10 @@ async fn reap_idle_with_zero_keep_alive_removes_idle_instances() {
     assert_eq!(scheduler.stats("a", "g").idle, 0);
     assert_eq!(scheduler.usage("a"), (0, 0));
 
-    let again = scheduler.invoke(&f, sleeping(0)).await.unwrap();
+    let again = scheduler
+        .invoke_buffered(&f, sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
     assert!(again.cold, "a reaped instance is started anew");
     assert_eq!(driver.starts(), 3);
 }
@@ -747,10 +823,13 @@ async fn reap_idle_with_zero_keep_alive_removes_idle_instances() {
 async fn reap_idle_leaves_busy_instances_alone() {
     let (driver, scheduler) = setup();
     let f = spec("a", "f", 1);
-    let (call, reaped) = tokio::join!(scheduler.invoke(&f, sleeping(300)), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        scheduler.reap_idle(|_, _, _| Some((Duration::ZERO, 0)), None)
-    });
+    let (call, reaped) = tokio::join!(
+        scheduler.invoke_buffered(&f, sleeping(300), RequestBody::Empty),
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            scheduler.reap_idle(|_, _, _| Some((Duration::ZERO, 0)), None)
+        }
+    );
     assert_eq!(reaped, 0);
     assert!(call.is_ok());
     assert_eq!(driver.kills(), 0);
@@ -761,7 +840,10 @@ async fn reap_idle_leaves_busy_instances_alone() {
 async fn reap_idle_pauses_and_a_call_resumes() {
     let (driver, scheduler) = setup();
     let f = spec("a", "f", 1);
-    scheduler.invoke(&f, sleeping(0)).await.unwrap();
+    scheduler
+        .invoke_buffered(&f, sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
 
     let hour = Duration::from_secs(3600);
     let reaped = scheduler.reap_idle(|_, _, _| Some((hour, 0)), Some(Duration::ZERO));
@@ -772,7 +854,10 @@ async fn reap_idle_pauses_and_a_call_resumes() {
     scheduler.reap_idle(|_, _, _| Some((hour, 0)), Some(Duration::ZERO));
     assert_eq!(driver.pauses(), 1);
 
-    let call = scheduler.invoke(&f, sleeping(0)).await.unwrap();
+    let call = scheduler
+        .invoke_buffered(&f, sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
     assert!(!call.cold);
     assert_eq!(driver.resumes(), 1);
     let stats = scheduler.stats("a", "f");
@@ -784,7 +869,10 @@ async fn a_crashed_instance_is_replaced_by_the_next_call() {
     let (driver, scheduler) = setup();
     let f = spec("a", "f", 1);
     let crash = Payload::Event(serde_json::json!({ "exit": true }));
-    match scheduler.invoke(&f, crash).await {
+    match scheduler
+        .invoke_buffered(&f, crash, RequestBody::Empty)
+        .await
+    {
         Err(InvokeError::Crashed { reason, .. }) => {
             assert!(reason.contains(EXITED), "{reason}");
         }
@@ -793,7 +881,10 @@ async fn a_crashed_instance_is_replaced_by_the_next_call() {
     assert_eq!(scheduler.stats("a", "f").idle, 0);
     assert_eq!(scheduler.usage("a"), (0, 0));
 
-    let next = scheduler.invoke(&f, sleeping(0)).await.unwrap();
+    let next = scheduler
+        .invoke_buffered(&f, sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
     assert!(next.cold);
     assert_eq!(header(&next, "x-fake-runtime"), "2");
     assert_eq!(driver.starts(), 2);
@@ -807,7 +898,10 @@ async fn a_call_past_its_timeout_kills_the_instance() {
         timeout: Duration::from_millis(200),
         ..spec("a", "f", 1)
     };
-    match scheduler.invoke(&f, sleeping(5_000)).await {
+    match scheduler
+        .invoke_buffered(&f, sleeping(5_000), RequestBody::Empty)
+        .await
+    {
         Err(InvokeError::Timeout { timeout, .. }) => {
             assert_eq!(timeout, Duration::from_millis(200));
         }
@@ -816,7 +910,10 @@ async fn a_call_past_its_timeout_kills_the_instance() {
     assert_eq!(driver.kills(), 1);
     assert_eq!(scheduler.stats("a", "f"), Default::default());
 
-    let next = scheduler.invoke(&f, sleeping(0)).await.unwrap();
+    let next = scheduler
+        .invoke_buffered(&f, sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
     assert!(next.cold);
     assert_eq!(driver.starts(), 2);
 }
@@ -833,9 +930,9 @@ async fn a_full_queue_refuses_calls() {
         ..spec("a", "f", 1)
     };
     let (one, two, three) = tokio::join!(
-        scheduler.invoke(&f, sleeping(200)),
-        scheduler.invoke(&f, sleeping(0)),
-        scheduler.invoke(&f, sleeping(0)),
+        scheduler.invoke_buffered(&f, sleeping(200), RequestBody::Empty),
+        scheduler.invoke_buffered(&f, sleeping(0), RequestBody::Empty),
+        scheduler.invoke_buffered(&f, sleeping(0), RequestBody::Empty),
     );
     assert!(one.unwrap().cold);
     assert!(!two.unwrap().cold, "the queued call got the warm instance");
@@ -847,10 +944,13 @@ async fn a_full_queue_refuses_calls() {
 async fn retiring_a_version_while_it_cold_starts_does_not_bring_it_back() {
     let (driver, scheduler) = setup();
     let f1 = spec("a", "f", 1);
-    let (call, ()) = tokio::join!(scheduler.invoke(&f1, sleeping(0)), async {
-        assert_eq!(scheduler.stats("a", "f").starting, 1);
-        scheduler.retire("a", "f", &[2]);
-    });
+    let (call, ()) = tokio::join!(
+        scheduler.invoke_buffered(&f1, sleeping(0), RequestBody::Empty),
+        async {
+            assert_eq!(scheduler.stats("a", "f").starting, 1);
+            scheduler.retire("a", "f", &[2]);
+        }
+    );
     call.unwrap();
     assert_eq!(
         scheduler.stats("a", "f").idle,
@@ -871,10 +971,15 @@ async fn a_retired_cold_start_does_not_let_a_quota_overrun() {
         },
     );
     let (f1, f2) = (spec("a", "f", 1), spec("a", "f", 2));
-    let (one, two) = tokio::join!(scheduler.invoke(&f1, sleeping(0)), async {
-        scheduler.retire("a", "f", &[2]);
-        scheduler.invoke(&f2, sleeping(0)).await
-    });
+    let (one, two) = tokio::join!(
+        scheduler.invoke_buffered(&f1, sleeping(0), RequestBody::Empty),
+        async {
+            scheduler.retire("a", "f", &[2]);
+            scheduler
+                .invoke_buffered(&f2, sleeping(0), RequestBody::Empty)
+                .await
+        }
+    );
     one.unwrap();
     // The retired version's start still counts while it runs: the new
     // version's call may be refused, never let past the quota.
@@ -907,8 +1012,13 @@ async fn nothing_is_evicted_for_a_call_that_could_never_fit() {
         memory_mb: 512,
         ..spec("a", "huge", 1)
     };
-    scheduler.invoke(&small, sleeping(0)).await.unwrap();
-    let r = scheduler.invoke(&huge, sleeping(0)).await;
+    scheduler
+        .invoke_buffered(&small, sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
+    let r = scheduler
+        .invoke_buffered(&huge, sleeping(0), RequestBody::Empty)
+        .await;
     assert!(matches!(r, Err(InvokeError::QuotaReached(_))), "{r:?}");
     assert_eq!(
         driver.kills(),
@@ -939,11 +1049,19 @@ async fn nothing_is_evicted_when_busy_instances_alone_leave_no_room() {
         memory_mb: 256,
         ..spec("a", "big2", 1)
     };
-    scheduler.invoke(&small, sleeping(0)).await.unwrap();
-    let (busy, refused) = tokio::join!(scheduler.invoke(&big, sleeping(300)), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        scheduler.invoke(&big2, sleeping(0)).await
-    });
+    scheduler
+        .invoke_buffered(&small, sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
+    let (busy, refused) = tokio::join!(
+        scheduler.invoke_buffered(&big, sleeping(300), RequestBody::Empty),
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            scheduler
+                .invoke_buffered(&big2, sleeping(0), RequestBody::Empty)
+                .await
+        }
+    );
     busy.unwrap();
     assert!(
         matches!(refused, Err(InvokeError::QuotaReached(_))),
@@ -968,16 +1086,27 @@ async fn the_host_budget_spans_namespaces_and_evicts_across_them() {
     });
     let a = spec("a", "f", 1);
     let b = spec("b", "g", 1);
-    scheduler.invoke(&a, sleeping(0)).await.unwrap();
+    scheduler
+        .invoke_buffered(&a, sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
     // b's cold start ends a's idle instance: the host holds one at a time.
-    scheduler.invoke(&b, sleeping(0)).await.unwrap();
+    scheduler
+        .invoke_buffered(&b, sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
     assert_eq!(driver.kills(), 1);
     assert_eq!((scheduler.usage("a").0, scheduler.usage("b").0), (0, 1));
     // With b busy, a has no room anywhere: 503-worthy, not a namespace's 429.
-    let (busy, refused) = tokio::join!(scheduler.invoke(&b, sleeping(300)), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        scheduler.invoke(&a, sleeping(0)).await
-    });
+    let (busy, refused) = tokio::join!(
+        scheduler.invoke_buffered(&b, sleeping(300), RequestBody::Empty),
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            scheduler
+                .invoke_buffered(&a, sleeping(0), RequestBody::Empty)
+                .await
+        }
+    );
     busy.unwrap();
     match refused {
         Err(InvokeError::HostBudget(why)) => {
@@ -995,7 +1124,10 @@ fn with_background(ms: u64) -> Payload {
 async fn work_after_an_answer_keeps_an_instance_from_pause_and_reaping() {
     let (driver, scheduler) = setup();
     let f = spec("a", "f", 1);
-    let call = scheduler.invoke(&f, with_background(400)).await.unwrap();
+    let call = scheduler
+        .invoke_buffered(&f, with_background(400), RequestBody::Empty)
+        .await
+        .unwrap();
     assert!(call.cold && driver.starts() == 1);
     let init = driver.last_init().expect("an init");
     assert_eq!(init.namespace, "a");
@@ -1022,7 +1154,10 @@ async fn work_after_an_answer_keeps_an_instance_from_pause_and_reaping() {
 async fn a_retired_instance_finishes_its_work_after_the_answer_first() {
     let (driver, scheduler) = setup();
     let f = spec("a", "f", 1);
-    scheduler.invoke(&f, with_background(400)).await.unwrap();
+    scheduler
+        .invoke_buffered(&f, with_background(400), RequestBody::Empty)
+        .await
+        .unwrap();
     scheduler.retire("a", "f", &[]);
     assert_eq!(driver.kills(), 0, "killed while its work ran");
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -1041,14 +1176,16 @@ async fn busy_instances_of_a_retired_version_still_count_against_the_quota() {
     );
     let (v1, v2) = (spec("a", "f", 1), spec("a", "f", 2));
     let (first, second, refused) = tokio::join!(
-        scheduler.invoke(&v1, sleeping(400)),
-        scheduler.invoke(&v1, sleeping(400)),
+        scheduler.invoke_buffered(&v1, sleeping(400), RequestBody::Empty),
+        scheduler.invoke_buffered(&v1, sleeping(400), RequestBody::Empty),
         async {
             tokio::time::sleep(Duration::from_millis(100)).await;
             // An alias moves to version 2 while version 1's calls run.
             scheduler.retire("a", "f", &[2]);
             assert_eq!(scheduler.usage("a").0, 2, "the busy ones still count");
-            scheduler.invoke(&v2, sleeping(0)).await
+            scheduler
+                .invoke_buffered(&v2, sleeping(0), RequestBody::Empty)
+                .await
         }
     );
     first.unwrap();
@@ -1060,7 +1197,10 @@ async fn busy_instances_of_a_retired_version_still_count_against_the_quota() {
     // Once their calls ended, version 1's instances are gone and room is back.
     assert_eq!(scheduler.usage("a").0, 0);
     assert_eq!(driver.kills(), 2);
-    scheduler.invoke(&v2, sleeping(0)).await.unwrap();
+    scheduler
+        .invoke_buffered(&v2, sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -1077,7 +1217,13 @@ async fn provisioned_instances_stay_warm_come_back_after_a_crash_and_are_renewed
     assert_eq!(scheduler.stats("a", "f").idle, 2);
     assert_eq!((driver.kills(), driver.pauses()), (0, 0));
     // A call uses one of them warm.
-    assert!(!scheduler.invoke(&f, sleeping(0)).await.unwrap().cold);
+    assert!(
+        !scheduler
+            .invoke_buffered(&f, sleeping(0), RequestBody::Empty)
+            .await
+            .unwrap()
+            .cold
+    );
 
     // One crashes: the next round starts a replacement.
     let crashed = driver
@@ -1118,4 +1264,183 @@ async fn provisioned_instances_stay_warm_come_back_after_a_crash_and_are_renewed
         2
     );
     assert_eq!(scheduler.usage("a"), (0, 0));
+}
+
+fn event(json: serde_json::Value) -> Payload {
+    Payload::Event(json)
+}
+
+/// The streaming body of a call's reply.
+fn body_of(call: Invocation) -> thaw_sandbox::ResponseBody {
+    match call.outcome {
+        InvokeOutcome::Reply(reply) => reply.body,
+        other => panic!("expected a reply, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_body_still_streaming_holds_its_slot_until_it_ends() {
+    let (driver, scheduler) = setup();
+    let f = FunctionSpec {
+        max_instances: 1,
+        ..spec("a", "f", 1)
+    };
+    let head = scheduler
+        .invoke(
+            &f,
+            event(serde_json::json!({ "body_after_ms": 300 })),
+            RequestBody::Empty,
+        )
+        .await
+        .unwrap();
+    // The head is in, the body is not: the instance is still busy.
+    assert_eq!(scheduler.busy_instances(), 1);
+    let mut body = body_of(head);
+    let next = scheduler.invoke_buffered(&f, sleeping(0), RequestBody::Empty);
+    let read = async {
+        let mut got = Vec::new();
+        while let Some(chunk) = body.chunk().await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        got
+    };
+    let (next, got) = tokio::join!(next, read);
+    assert_eq!(got, b"ok");
+    let next = next.unwrap();
+    assert!(!next.cold, "the next call waited for the same instance");
+    assert_eq!(header(&next, "x-fake-runtime"), "1");
+    assert_eq!(driver.starts(), 1);
+    assert_eq!(scheduler.busy_instances(), 0);
+}
+
+#[tokio::test]
+async fn a_body_dropped_mid_stream_frees_its_instance_at_once() {
+    let (driver, scheduler) = setup();
+    let f = FunctionSpec {
+        max_instances: 1,
+        timeout: Duration::from_secs(30),
+        ..spec("a", "f", 1)
+    };
+    let head = scheduler
+        .invoke(
+            &f,
+            event(serde_json::json!({ "stall": true })),
+            RequestBody::Empty,
+        )
+        .await
+        .unwrap();
+    assert_eq!(scheduler.busy_instances(), 1);
+    // The client went away: the body is dropped unread.
+    drop(head);
+    let next = scheduler
+        .invoke_buffered(&f, sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
+    assert!(!next.cold, "served by the instance the stalled body held");
+    assert_eq!(driver.starts(), 1);
+    assert_eq!(driver.kills(), 0, "freed, not killed");
+}
+
+#[tokio::test]
+async fn a_body_still_streaming_at_the_timeout_is_cut_and_its_runtime_killed() {
+    let (driver, scheduler) = setup();
+    let f = FunctionSpec {
+        timeout: Duration::from_millis(300),
+        ..spec("a", "f", 1)
+    };
+    let head = scheduler
+        .invoke(
+            &f,
+            event(serde_json::json!({ "stall": true })),
+            RequestBody::Empty,
+        )
+        .await
+        .unwrap();
+    let mut body = body_of(head);
+    match body.chunk().await {
+        Some(Err(cut)) => assert!(cut.0.contains("within its timeout"), "{cut}"),
+        other => panic!("expected the body cut short, got {other:?}"),
+    }
+    assert_eq!(driver.kills(), 1);
+    let next = scheduler
+        .invoke_buffered(&f, sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
+    assert!(next.cold, "a new runtime");
+}
+
+#[tokio::test]
+async fn a_buffered_call_refuses_a_body_cut_short_as_a_handler_error() {
+    let (_driver, scheduler) = setup();
+    let f = FunctionSpec {
+        timeout: Duration::from_millis(300),
+        ..spec("a", "f", 1)
+    };
+    match scheduler
+        .invoke_buffered(
+            &f,
+            event(serde_json::json!({ "stall": true })),
+            RequestBody::Empty,
+        )
+        .await
+    {
+        Ok(Invocation {
+            outcome: InvokeOutcome::HandlerError { message, .. },
+            ..
+        }) => assert!(message.contains("cut short"), "{message}"),
+        other => panic!("expected a handler error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_caller_that_goes_away_before_the_answer_gives_the_slot_back_when_it_comes() {
+    let (driver, scheduler) = setup();
+    let f = FunctionSpec {
+        max_instances: 1,
+        ..spec("a", "f", 1)
+    };
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        scheduler.invoke(&f, sleeping(300), RequestBody::Empty),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the caller stopped waiting");
+    // The call runs on; the next one gets the instance after it, warm.
+    let next = scheduler
+        .invoke_buffered(&f, sleeping(0), RequestBody::Empty)
+        .await
+        .unwrap();
+    assert!(!next.cold);
+    assert_eq!(driver.starts(), 1);
+    assert_eq!(driver.kills(), 0);
+}
+
+// Several threads, as thaw runs: the read loop, the call and its reader
+// may each be on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slot_is_free_by_the_time_a_body_is_read_to_its_end() {
+    let (_driver, scheduler) = setup();
+    let f = FunctionSpec {
+        max_instances: 1,
+        ..spec("a", "f", 1)
+    };
+    // Bodies that come with their head, and one that comes later.
+    for event in [
+        serde_json::json!({}),
+        serde_json::json!({ "body_after_ms": 5 }),
+    ] {
+        for _ in 0..100 {
+            let call = scheduler
+                .invoke(&f, Payload::Event(event.clone()), RequestBody::Empty)
+                .await
+                .unwrap();
+            let mut body = body_of(call);
+            while let Some(chunk) = body.chunk().await {
+                chunk.unwrap();
+            }
+            // Nothing between the body's end and this look: a client's
+            // next call would find the instance free.
+            assert_eq!(scheduler.busy_instances(), 0, "{event}");
+        }
+    }
 }

@@ -80,7 +80,8 @@ fn allow_reading(caller: &Caller, namespace: &str) -> Result<(), ApiError> {
 }
 
 impl Platform {
-    /// Accepts a call of `f` to run later: stored before this returns. The
+    /// Accepts a call of `f` to run later: stored before this returns (an
+    /// HTTP request with its `body`, which other payloads do not have). The
     /// target must resolve now (an unknown function or alias is a 404, not
     /// a 202); each attempt resolves it again.
     pub async fn enqueue_call(
@@ -89,6 +90,7 @@ impl Platform {
         f: &FunctionId,
         qualifier: &Qualifier,
         payload: Payload,
+        body: &[u8],
         base: &str,
     ) -> Result<view::CallAccepted, ApiError> {
         if let Some(caller) = caller {
@@ -96,7 +98,7 @@ impl Platform {
         }
         let route = self.resolve(f, qualifier).await?;
         let (kind, origin, payload) = match payload {
-            Payload::Request(r) => ("request", "http", serde_json::to_value(r)),
+            Payload::Request(r) => ("request", "http", super::triggers::stored_request(&r, body)),
             Payload::Event(e) => ("event", "api", Ok(e)),
             Payload::Scheduled(s) => ("scheduled", "api", serde_json::to_value(s)),
         };

@@ -22,7 +22,7 @@ use thaw_registry::{
     Alias, ConfigChange, FunctionId, KeyInfo, LogQuery, Namespace, NamespaceLimits, Registry,
     RegistryError, Role, Split, Version, LATEST,
 };
-use thaw_sandbox::{InvokeOutcome, LogLine};
+use thaw_sandbox::{InvokeOutcome, LogLine, RequestBody};
 use thaw_scheduler::{Invocation, InvokeError};
 
 /// How a deploy goes live.
@@ -805,14 +805,33 @@ impl Platform {
         }
     }
 
-    /// Runs one call on `route`'s version; with the outcome and how long
-    /// it took counted in the metrics by [`Platform::record`].
+    /// Runs one call on `route`'s version, until the head of its answer
+    /// (the body streams); with the outcome and how long it took counted
+    /// in the metrics by [`Platform::record`].
     pub async fn call(
         &self,
         route: &Route,
         payload: thaw_protocol::Payload,
+        body: RequestBody,
     ) -> Result<Invocation, InvokeError> {
-        self.scheduler.invoke(&route.spec, payload).await
+        self.scheduler.invoke(&route.spec, payload, body).await
+    }
+
+    /// [`Platform::call`] with the answer read whole.
+    pub async fn call_buffered(
+        &self,
+        route: &Route,
+        payload: thaw_protocol::Payload,
+        body: Vec<u8>,
+    ) -> Result<Invocation<Vec<u8>>, InvokeError> {
+        let body = if body.is_empty() {
+            RequestBody::Empty
+        } else {
+            RequestBody::Full(body.into())
+        };
+        self.scheduler
+            .invoke_buffered(&route.spec, payload, body)
+            .await
     }
 
     /// Counts one call of `route`'s function: how it ended (`ok`,
@@ -840,7 +859,7 @@ impl Platform {
         let route = self.resolve(f, qualifier).await?;
         let started = Instant::now();
         let result = self
-            .call(&route, thaw_protocol::Payload::Event(event))
+            .call_buffered(&route, thaw_protocol::Payload::Event(event), Vec::new())
             .await;
         let (outcome, cold) = match &result {
             Ok(inv) => (

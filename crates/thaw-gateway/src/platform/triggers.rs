@@ -47,22 +47,47 @@ fn qualifier_of(target: &str) -> Qualifier {
     parse_target(&format!("_@{target}")).1
 }
 
-/// The protocol payload a stored call carries; `id` is the call's own.
+/// How an HTTP request to run later is stored: its head as the protocol
+/// has it, and its body as base64 in `body` (the stored form predates
+/// bodies leaving the protocol's JSON, and calls stored then still run).
+pub(crate) fn stored_request(
+    request: &HttpRequest,
+    body: &[u8],
+) -> Result<serde_json::Value, serde_json::Error> {
+    use base64::Engine as _;
+    let mut stored = serde_json::to_value(request)?;
+    stored["body"] = base64::engine::general_purpose::STANDARD
+        .encode(body)
+        .into();
+    Ok(stored)
+}
+
+/// The protocol payload a stored call carries, and a request's body;
+/// `id` is the call's own.
 pub(crate) fn payload_of(
     kind: &str,
     mut payload: serde_json::Value,
     id: &str,
-) -> Result<Payload, String> {
+) -> Result<(Payload, Vec<u8>), String> {
+    use base64::Engine as _;
     if kind == "scheduled" {
         payload["invocation"] = id.into();
     }
     match kind {
-        "event" => Ok(Payload::Event(payload)),
-        "request" => serde_json::from_value::<HttpRequest>(payload)
-            .map(Payload::Request)
-            .map_err(|e| format!("the stored request cannot be read: {e}")),
+        "event" => Ok((Payload::Event(payload), Vec::new())),
+        "request" => {
+            let body = match payload.get("body") {
+                Some(serde_json::Value::String(b64)) => base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|e| format!("the stored request's body is not base64: {e}"))?,
+                _ => Vec::new(),
+            };
+            serde_json::from_value::<HttpRequest>(payload)
+                .map(|r| (Payload::Request(r), body))
+                .map_err(|e| format!("the stored request cannot be read: {e}"))
+        }
         "scheduled" => serde_json::from_value::<ScheduledCall>(payload)
-            .map(Payload::Scheduled)
+            .map(|s| (Payload::Scheduled(s), Vec::new()))
             .map_err(|e| format!("the stored schedule tick cannot be read: {e}")),
         other => Err(format!("unknown kind of call `{other}`")),
     }
@@ -97,7 +122,7 @@ fn failed(outcome: &'static str, error: String) -> AttemptEnd {
 /// The result kept for a successful attempt: the answer's body as JSON
 /// when it is JSON, else as text (or base64 when not UTF-8), with the
 /// status for HTTP-shaped answers.
-fn result_of(reply: &thaw_sandbox::Reply, kind: &str) -> serde_json::Value {
+fn result_of(reply: &thaw_sandbox::Reply<Vec<u8>>, kind: &str) -> serde_json::Value {
     use base64::Engine as _;
     let body = match std::str::from_utf8(&reply.body) {
         Ok(text) => serde_json::from_str(text)
@@ -302,7 +327,7 @@ impl Platform {
 
     async fn run_on(&self, route: &Route, c: &Claimed) -> Ran {
         let version = Some(route.version.number);
-        let payload = match payload_of(&c.kind, c.payload.clone(), &c.id) {
+        let (payload, body) = match payload_of(&c.kind, c.payload.clone(), &c.id) {
             Ok(p) => p,
             Err(e) => {
                 return Ran {
@@ -319,7 +344,7 @@ impl Platform {
                 }
             }
         };
-        let inv = match self.call(route, payload).await {
+        let inv = match self.call_buffered(route, payload, body).await {
             Ok(inv) => inv,
             Err(e) => {
                 let code = crate::errors::invoke_error(&e).code;
@@ -450,7 +475,7 @@ mod tests {
             "scheduled_time_ms": 60000, "invocation": "",
         });
         match payload_of("scheduled", tick, "abc") {
-            Ok(Payload::Scheduled(s)) => assert_eq!(s.invocation, "abc"),
+            Ok((Payload::Scheduled(s), _)) => assert_eq!(s.invocation, "abc"),
             other => panic!("{other:?}"),
         }
     }

@@ -10,9 +10,9 @@ use std::time::Duration;
 mod agent;
 pub use agent::*;
 
-use base64::Engine;
 use thaw_microvm::{build_image, GuestKernel, ImageInfo, ImageOptions};
-use thaw_protocol::{read_frame, write_frame, FromRuntime, Init, Invoke, Payload, ToRuntime};
+use thaw_protocol::frame::{Frame, FrameReader};
+use thaw_protocol::{write_message, FromRuntime, Init, Invoke, Payload, ToRuntime};
 use tokio::net::UnixStream;
 
 /// Where the built-in test function lives in the image (tests of booting
@@ -54,14 +54,24 @@ pub fn run_dir() -> tempfile::TempDir {
 
 pub const TIMEOUT: Duration = Duration::from_secs(180);
 
+/// The next frame, in time. Each step below reads with a reader of its
+/// own: the runtime sends nothing unasked between the frame a step waits
+/// for and the next step's request, so nothing read ahead is lost.
+async fn next(frames: &mut FrameReader<&mut UnixStream>, what: &str) -> Frame<FromRuntime> {
+    tokio::time::timeout(TIMEOUT, frames.next::<FromRuntime>())
+        .await
+        .unwrap_or_else(|_| panic!("{what} in time"))
+        .unwrap()
+}
+
 /// Reads frames until `ready`; returns the runtime string.
 pub async fn expect_ready(ch: &mut UnixStream) -> String {
+    let mut frames = FrameReader::new(ch);
     loop {
-        match tokio::time::timeout(TIMEOUT, read_frame::<_, FromRuntime>(ch))
-            .await
-            .expect("ready in time")
-            .unwrap()
-        {
+        let Frame::Message(msg) = next(&mut frames, "ready").await else {
+            panic!("expected ready, got a body frame");
+        };
+        match msg {
             FromRuntime::Ready { runtime, node, .. } => return format!("{runtime} node {node}"),
             FromRuntime::Log { line, .. } => eprintln!("guest log: {line}"),
             other => panic!("expected ready, got {other:?}"),
@@ -86,13 +96,13 @@ pub async fn init_and_invoke(
         namespace: "default".into(),
         features: Vec::new(),
     });
-    write_frame(ch, &init).await.unwrap();
+    write_message(ch, &init).await.unwrap();
+    let mut frames = FrameReader::new(&mut *ch);
     loop {
-        match tokio::time::timeout(TIMEOUT, read_frame::<_, FromRuntime>(ch))
-            .await
-            .expect("init in time")
-            .unwrap()
-        {
+        let Frame::Message(msg) = next(&mut frames, "init_ok").await else {
+            panic!("expected init_ok, got a body frame");
+        };
+        match msg {
             FromRuntime::InitOk { style, .. } => {
                 assert_eq!(style, "lambda");
                 break;
@@ -110,7 +120,7 @@ pub async fn invoke(ch: &mut UnixStream, id: u64, event: serde_json::Value) -> s
         .unwrap()
         .as_millis() as u64
         + 60_000;
-    write_frame(
+    write_message(
         ch,
         &ToRuntime::Invoke(Invoke {
             id,
@@ -120,27 +130,20 @@ pub async fn invoke(ch: &mut UnixStream, id: u64, event: serde_json::Value) -> s
     )
     .await
     .unwrap();
+    let mut frames = FrameReader::new(ch);
+    let mut body = Vec::new();
     loop {
-        match tokio::time::timeout(TIMEOUT, read_frame::<_, FromRuntime>(ch))
-            .await
-            .expect("result in time")
-            .unwrap()
-        {
-            FromRuntime::Result {
-                id: got,
-                status,
-                body,
-                ..
-            } => {
+        match next(&mut frames, "the result").await {
+            Frame::Message(FromRuntime::Result {
+                id: got, status, ..
+            }) => {
                 assert_eq!(got, id);
                 assert_eq!(status, 200);
-                let body = base64::engine::general_purpose::STANDARD
-                    .decode(body)
-                    .unwrap();
-                return serde_json::from_slice(&body).unwrap();
             }
-            FromRuntime::Log { line, .. } => eprintln!("guest log: {line}"),
-            other => panic!("expected a result, got {other:?}"),
+            Frame::Data { call, bytes, .. } if call == id => body.extend_from_slice(&bytes),
+            Frame::End { call, .. } if call == id => return serde_json::from_slice(&body).unwrap(),
+            Frame::Message(FromRuntime::Log { line, .. }) => eprintln!("guest log: {line}"),
+            other => panic!("expected a result and its body, got {other:?}"),
         }
     }
 }
