@@ -225,6 +225,11 @@ async fn accept_until_stopped(
             },
             _ = &mut stop => break,
         };
+        // An answer goes out as its head and then its body's chunks: with
+        // Nagle's algorithm on, a chunk written after the head waits for
+        // the peer's delayed acknowledgement (40 ms on Linux), which a
+        // worker forwarding the call, reading the head first, holds back.
+        let _ = stream.set_nodelay(true);
         let connection = Connection {
             app: app.clone(),
             limits,
