@@ -126,21 +126,19 @@ impl Platform {
                     Ok(Some((_, Err(e)))) => Err(e.to_string()),
                     Err(_) => Err(format!("the registry did not answer within {patience:?}")),
                 };
-                let failure = match outcome {
+                match outcome {
                     Ok(members) => {
                         renewed = attempt_started;
                         cluster.set_members(members);
                         cluster.set_serving(true);
-                        None
                     }
-                    Err(why) => Some(why),
-                };
-                if let Some(why) = failure {
-                    tracing::warn!("could not renew this worker's lease: {why}");
-                    // Stop before the lease lapses, when the others begin
-                    // to take this worker's functions.
-                    if Instant::now() >= stop_at {
-                        cluster.set_serving(false);
+                    Err(why) => {
+                        tracing::warn!("could not renew this worker's lease: {why}");
+                        // Stop before the lease lapses, when the others
+                        // begin to take this worker's functions.
+                        if Instant::now() >= stop_at {
+                            cluster.set_serving(false);
+                        }
                     }
                 }
             }
